@@ -1,0 +1,751 @@
+"""Binary HTTP messages (RFC 9292): data model, encoders for both framings, and an incremental decoder.
+
+Theory of operation: :class:`BHTTPDecoder` is the only parser. It is fed arbitrary byte slices
+(``receive_data``; ``b""`` means end of input) and hands out events (``next_event``) as soon as they are
+complete: the head, pieces of content, trailers, the end. :func:`decode` is that decoder run over a whole
+message. The framing (known- or indeterminate-length) is an argument of the encoders, never part of a message.
+Peer bytes raise only :class:`DecodeError`, :class:`UnsupportedError` or :class:`LimitError`; once a decoder
+has failed, it stays failed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+from typing import Final, Iterable, Sequence, Union
+
+from ._varint import decode_varint, encode_varint
+from .errors import DecodeError, LimitError, LocalProtocolError, OHTTPError, UnsupportedError
+
+__all__ = [
+    "Mode",
+    "Field",
+    "Limits",
+    "Request",
+    "Response",
+    "InformationalResponse",
+    "RequestHead",
+    "ResponseHead",
+    "Data",
+    "Trailers",
+    "EndOfMessage",
+    "NEED_DATA",
+    "BHTTPDecoder",
+    "decode",
+    "decode_request",
+    "decode_response",
+    "encode_request",
+    "encode_response",
+    "encode_response_head",
+    "encode_request_head",
+    "encode_chunk",
+    "encode_end",
+    "MEDIA_TYPE_BHTTP",
+]
+
+MEDIA_TYPE_BHTTP: Final = "message/bhttp"
+
+#: One field line: lowercase name and value, as bytes.
+Field = tuple[bytes, bytes]
+
+
+class Mode(Enum):
+    """The framing of a message (RFC 9292 §3.3)."""
+
+    #: Sections and content are length-prefixed.
+    KNOWN_LENGTH = 0
+    #: Sections end with a zero; content is a sequence of non-empty chunks ended by a zero.
+    INDETERMINATE_LENGTH = 1
+
+
+class _Framing(IntEnum):
+    KNOWN_REQUEST = 0
+    KNOWN_RESPONSE = 1
+    INDETERMINATE_REQUEST = 2
+    INDETERMINATE_RESPONSE = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Bounds on what a decoder accepts from a peer; exceeding one raises :class:`LimitError`."""
+
+    max_field_section_size: int = 64 * 1024
+    max_fields: int = 256
+    max_content_size: int = 64 * 1024 * 1024
+    max_informational: int = 8
+
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+\Z")
+_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+_BAD_CONTROL = re.compile(rb"[\x00-\x20\x7f]")
+
+
+def _check_field(name: bytes, value: bytes) -> None:
+    # RFC 9292 §3.6: HTTP/2 rules (RFC 9113 §8.2.1); names lowercase, no pseudo-fields.
+    if not _NAME.match(name):
+        raise DecodeError(f"invalid field name of {len(name)} bytes (must be a lowercase token)")
+    if _BAD_VALUE.search(value):
+        raise DecodeError(f"invalid value for field {name.decode('ascii')!r}")
+
+
+def _fields(items: Iterable[tuple[bytes | str, bytes | str]]) -> tuple[Field, ...]:
+    out = []
+    for n, v in items:
+        nb = n.encode("latin-1") if isinstance(n, str) else bytes(n)
+        vb = v.encode("latin-1") if isinstance(v, str) else bytes(v)
+        try:
+            _check_field(nb, vb)
+        except DecodeError as exc:
+            raise LocalProtocolError(str(exc)) from None
+        out.append((nb, vb))
+    return tuple(out)
+
+
+def _b(v: bytes | str) -> bytes:
+    return v.encode("latin-1") if isinstance(v, str) else bytes(v)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    """A whole HTTP request. Strings are converted to bytes; invalid fields cannot be constructed."""
+
+    method: bytes
+    scheme: bytes = b"https"
+    authority: bytes = b""
+    path: bytes = b"/"
+    headers: tuple[Field, ...] = ()
+    content: bytes = b""
+    trailers: tuple[Field, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", _b(self.method))
+        object.__setattr__(self, "scheme", _b(self.scheme))
+        object.__setattr__(self, "authority", _b(self.authority))
+        object.__setattr__(self, "path", _b(self.path))
+        object.__setattr__(self, "headers", _fields(self.headers))
+        object.__setattr__(self, "trailers", _fields(self.trailers))
+        object.__setattr__(self, "content", bytes(self.content))
+        if not _TOKEN.match(self.method):
+            raise LocalProtocolError("method must be a non-empty token")
+        for what in ("scheme", "authority", "path"):
+            if _BAD_CONTROL.search(getattr(self, what)):
+                raise LocalProtocolError(f"{what} contains control characters or spaces")
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lowercase), or ``None``."""
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InformationalResponse:
+    """A 1xx response that precedes the final one."""
+
+    status: int
+    headers: tuple[Field, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "headers", _fields(self.headers))
+        if not 100 <= self.status <= 199:
+            raise LocalProtocolError(f"informational status {self.status} not in 100..199")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Response:
+    """A whole HTTP response with any informational responses before it."""
+
+    status: int
+    headers: tuple[Field, ...] = ()
+    content: bytes = b""
+    trailers: tuple[Field, ...] = ()
+    informational: tuple[InformationalResponse, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "headers", _fields(self.headers))
+        object.__setattr__(self, "trailers", _fields(self.trailers))
+        object.__setattr__(self, "content", bytes(self.content))
+        if not 200 <= self.status <= 599:
+            raise LocalProtocolError(f"final status {self.status} not in 200..599")
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lowercase), or ``None``."""
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Encoding
+
+
+def _enc_bytes(b: bytes) -> bytes:
+    return encode_varint(len(b)) + b
+
+
+def _enc_fields_body(fields: Sequence[Field]) -> bytes:
+    return b"".join(encode_varint(len(n)) + n + encode_varint(len(v)) + v for n, v in fields)
+
+
+def _enc_section(fields: Sequence[Field], mode: Mode) -> bytes:
+    body = _enc_fields_body(fields)
+    if mode is Mode.KNOWN_LENGTH:
+        return encode_varint(len(body)) + body
+    return body + b"\x00"
+
+
+def _enc_control(req: Request) -> bytes:
+    return _enc_bytes(req.method) + _enc_bytes(req.scheme) + _enc_bytes(req.authority) + _enc_bytes(req.path)
+
+
+def encode_request_head(req: Request, mode: Mode = Mode.INDETERMINATE_LENGTH) -> bytes:
+    """Framing indicator, control data and header section; follow with content and :func:`encode_end`."""
+    fi = _Framing.KNOWN_REQUEST if mode is Mode.KNOWN_LENGTH else _Framing.INDETERMINATE_REQUEST
+    return bytes((fi,)) + _enc_control(req) + _enc_section(req.headers, mode)
+
+
+def encode_response_head(
+    status: int,
+    headers: Iterable[tuple[bytes | str, bytes | str]] = (),
+    informational: Sequence[InformationalResponse] = (),
+) -> bytes:
+    """The start of an indeterminate-length response: framing, 1xx responses, status and header section.
+
+    Follow it with :func:`encode_chunk` per piece of content and :func:`encode_end`; this is how an SSE stream is
+    carried event by event.
+    """
+    if not 200 <= status <= 599:
+        raise LocalProtocolError(f"final status {status} not in 200..599")
+    out = bytearray((_Framing.INDETERMINATE_RESPONSE,))
+    for info in informational:
+        out += encode_varint(info.status) + _enc_section(info.headers, Mode.INDETERMINATE_LENGTH)
+    out += encode_varint(status) + _enc_section(_fields(headers), Mode.INDETERMINATE_LENGTH)
+    return bytes(out)
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One indeterminate-length content chunk; chunks cannot be empty (a zero ends the content)."""
+    if not data:
+        raise LocalProtocolError("an indeterminate-length content chunk cannot be empty")
+    return encode_varint(len(data)) + data
+
+
+def encode_end(trailers: Iterable[tuple[bytes | str, bytes | str]] = (), padding: int = 0) -> bytes:
+    """End an indeterminate-length message: content terminator, trailer section, padding."""
+    return b"\x00" + _enc_section(_fields(trailers), Mode.INDETERMINATE_LENGTH) + bytes(padding)
+
+
+def _enc_tail(content: bytes, trailers: Sequence[Field], mode: Mode, truncate: bool, padding: int) -> bytes:
+    # RFC 9292 §3.8: trailing empty sections may be omitted ("truncated") and zeros may pad.
+    if mode is Mode.KNOWN_LENGTH:
+        parts = [_enc_bytes(content), _enc_section(trailers, mode)]
+    else:
+        parts = [(encode_chunk(content) if content else b"") + b"\x00", _enc_section(trailers, mode)]
+    if truncate:
+        empty_tail = [b"\x00", b"\x00"]
+        while parts and parts[-1] == empty_tail[len(parts) - 1]:
+            parts.pop()
+    return b"".join(parts) + bytes(padding)
+
+
+def encode_request(
+    req: Request, mode: Mode = Mode.KNOWN_LENGTH, *, truncate: bool = False, padding: int = 0
+) -> bytes:
+    """Encode a whole request. ``truncate`` omits empty trailing sections; ``padding`` appends zeros."""
+    head_fi = _Framing.KNOWN_REQUEST if mode is Mode.KNOWN_LENGTH else _Framing.INDETERMINATE_REQUEST
+    head = bytes((head_fi,)) + _enc_control(req)
+    section = _enc_section(req.headers, mode)
+    tail = _enc_tail(req.content, req.trailers, mode, truncate, 0)
+    if truncate and not tail and section == b"\x00":
+        section = b""
+    return head + section + tail + bytes(padding)
+
+
+def encode_response(
+    resp: Response, mode: Mode = Mode.KNOWN_LENGTH, *, truncate: bool = False, padding: int = 0
+) -> bytes:
+    """Encode a whole response, informational responses first."""
+    fi = _Framing.KNOWN_RESPONSE if mode is Mode.KNOWN_LENGTH else _Framing.INDETERMINATE_RESPONSE
+    out = bytearray((fi,))
+    for info in resp.informational:
+        out += encode_varint(info.status) + _enc_section(info.headers, mode)
+    out += encode_varint(resp.status)
+    section = _enc_section(resp.headers, mode)
+    tail = _enc_tail(resp.content, resp.trailers, mode, truncate, 0)
+    if truncate and not tail and section == b"\x00":
+        section = b""
+    out += section + tail + bytes(padding)
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decoding events
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """Control data and header section of a request."""
+
+    method: bytes
+    scheme: bytes
+    authority: bytes
+    path: bytes
+    headers: tuple[Field, ...]
+    mode: Mode
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    """Final status and header section of a response (informational ones come as their own events)."""
+
+    status: int
+    headers: tuple[Field, ...]
+    mode: Mode
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """A piece of content, in order; boundaries carry no meaning."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Trailers:
+    """The trailer section (emitted only when non-empty)."""
+
+    fields: tuple[Field, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfMessage:
+    """The message is complete; only zero padding may follow."""
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+#: Returned by :meth:`BHTTPDecoder.next_event` when more bytes are needed.
+NEED_DATA: Final = _NeedData()
+
+Event = Union[RequestHead, ResponseHead, InformationalResponse, Data, Trailers, EndOfMessage]
+
+
+class _State(Enum):
+    FRAMING = 0  #: expecting the framing indicator
+    CONTROL = 1  #: request control data or a response status
+    HEADERS = 2  #: a header section (after a request's control data or a status)
+    CONTENT = 3  #: content (length or chunks)
+    TRAILERS = 4  #: the trailer section
+    PADDING = 5  #: only zeros may follow
+    DONE = 6  #: EndOfMessage delivered
+    ERROR = 7  #: failed; every call raises
+
+
+class BHTTPDecoder:
+    """Incremental BHTTP decoder (h11 style).
+
+    ``receive_data(data)`` appends bytes (``b""`` ends input); ``next_event()`` returns the next complete event
+    or :data:`NEED_DATA`. ``expect`` restricts the message to ``"request"`` or ``"response"``.
+
+    Raises (from ``next_event``):
+        DecodeError: malformed or truncated message, non-zero padding.
+        UnsupportedError: unknown framing indicator.
+        LimitError: a :class:`Limits` bound was exceeded.
+    """
+
+    def __init__(self, limits: Limits | None = None, *, expect: str | None = None) -> None:
+        if expect not in (None, "request", "response"):
+            raise LocalProtocolError(f"expect must be 'request' or 'response', not {expect!r}")
+        self._limits = limits or Limits()
+        self._expect = expect
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._state = _State.FRAMING
+        self._mode = Mode.KNOWN_LENGTH
+        self._is_request = False
+        self._control: tuple[bytes, bytes, bytes, bytes] | None = None
+        self._status = 0
+        self._informational = 0
+        # Indeterminate field section in progress / content bookkeeping.
+        self._fields: list[Field] = []
+        self._section_bytes = 0
+        self._content_left = -1  # known-length: bytes left; indeterminate: bytes left in current chunk
+        self._content_total = 0
+        self._started_section = False
+        self._pending: list[Event] = []
+
+    @property
+    def is_request(self) -> bool:
+        """Whether the message being decoded is a request (valid once the framing indicator is read)."""
+        return self._is_request
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes; ``b""`` marks the end of input."""
+        if self._state is _State.ERROR:
+            raise DecodeError("decoder already failed")
+        if self._eof:
+            if data:
+                raise LocalProtocolError("data received after end of input")
+            return
+        if not data:
+            self._eof = True
+        else:
+            self._buf += data
+
+    def next_event(self) -> Event | _NeedData:
+        """The next event, or :data:`NEED_DATA`."""
+        if self._state is _State.ERROR:
+            raise DecodeError("decoder already failed")
+        try:
+            ev = self._next()
+        except OHTTPError:
+            self._state = _State.ERROR
+            raise
+        # Drop consumed bytes so buffers do not grow with the stream (O(n) over a long stream).
+        if self._pos > 4096 and self._pos * 2 > len(self._buf):
+            del self._buf[: self._pos]
+            self._pos = 0
+        return ev
+
+    # -- internals ---------------------------------------------------------------------------------------------
+
+    def _avail(self) -> int:
+        return len(self._buf) - self._pos
+
+    def _varint(self) -> int | None:
+        out = decode_varint(self._buf, self._pos)
+        if out is None:
+            if self._eof:
+                raise DecodeError(f"message truncated inside a length at offset {self._pos}")
+            return None
+        self._pos = out[1]
+        return out[0]
+
+    def _peek_eof_here(self) -> bool:
+        return self._eof and self._pos >= len(self._buf)
+
+    def _next(self) -> Event | _NeedData:
+        if self._pending:
+            return self._pending.pop(0)
+        while True:
+            st = self._state
+            if st is _State.FRAMING:
+                if self._peek_eof_here():
+                    raise DecodeError("empty message")
+                fi = self._varint()
+                if fi is None:
+                    return NEED_DATA
+                if fi > 3:
+                    raise UnsupportedError(f"unknown framing indicator {fi}")
+                self._is_request = fi in (0, 2)
+                self._mode = Mode.KNOWN_LENGTH if fi < 2 else Mode.INDETERMINATE_LENGTH
+                if self._expect == "request" and not self._is_request:
+                    raise DecodeError("expected a request, got a response")
+                if self._expect == "response" and self._is_request:
+                    raise DecodeError("expected a response, got a request")
+                self._state = _State.CONTROL
+            elif st is _State.CONTROL:
+                ev = self._control_data()
+                if ev is not None:
+                    return ev
+                if self._state is _State.CONTROL:
+                    return NEED_DATA
+            elif st is _State.HEADERS:
+                section = self._section(truncatable=True)
+                if section is None:
+                    return NEED_DATA
+                self._state = _State.CONTENT
+                self._content_left = -1
+                if self._is_request:
+                    assert self._control is not None
+                    return RequestHead(*self._control, section, self._mode)
+                if self._status < 200:
+                    self._informational += 1
+                    self._state = _State.CONTROL
+                    return InformationalResponse(status=self._status, headers=section)
+                return ResponseHead(self._status, section, self._mode)
+            elif st is _State.CONTENT:
+                ev2 = self._content()
+                if ev2 is not None:
+                    return ev2
+                if self._state is _State.CONTENT:
+                    return NEED_DATA
+            elif st is _State.TRAILERS:
+                section = self._section(truncatable=True)
+                if section is None:
+                    return NEED_DATA
+                self._state = _State.PADDING
+                if section:
+                    self._pending.append(EndOfMessage())
+                    return Trailers(section)
+                return EndOfMessage()
+            elif st is _State.PADDING:
+                # Padding is validated as it arrives, but EndOfMessage has already been delivered.
+                rest = self._buf[self._pos :]
+                if rest.count(0) != len(rest):
+                    raise DecodeError("non-zero byte in padding")
+                self._pos = len(self._buf)
+                return NEED_DATA
+            else:
+                return NEED_DATA
+
+    def _string(self, what: str) -> bytes | None:
+        start = self._pos
+        n = self._varint()
+        if n is None:
+            return None
+        if self._avail() < n and self._eof:
+            raise DecodeError(f"{what} truncated: {self._avail()} of {n} bytes")
+        if n > self._limits.max_field_section_size:
+            raise LimitError(f"{what} of {n} bytes exceeds {self._limits.max_field_section_size}")
+        if self._avail() < n:
+            self._pos = start
+            return None
+        out = bytes(self._buf[self._pos : self._pos + n])
+        self._pos += n
+        return out
+
+    def _control_data(self) -> Event | None:
+        start = self._pos
+        if self._is_request:
+            parts = []
+            for what in ("method", "scheme", "authority", "path"):
+                s = self._string(what)
+                if s is None:
+                    self._pos = start
+                    return None
+                parts.append(s)
+            method, scheme, authority, path = parts
+            if not _TOKEN.match(method):
+                raise DecodeError("invalid request method")
+            for name, val in (("scheme", scheme), ("authority", authority), ("path", path)):
+                if _BAD_CONTROL.search(val):
+                    raise DecodeError(f"invalid characters in {name}")
+            self._control = (method, scheme, authority, path)
+            self._state = _State.HEADERS
+            return None
+        if self._peek_eof_here():
+            raise DecodeError("response truncated before its status")
+        status = self._varint()
+        if status is None:
+            return None
+        if not 100 <= status <= 599:
+            raise DecodeError(f"invalid status {status}")
+        if status < 200 and self._informational >= self._limits.max_informational:
+            raise LimitError(f"more than {self._limits.max_informational} informational responses")
+        self._status = status
+        self._state = _State.HEADERS
+        return None
+
+    def _section(self, *, truncatable: bool) -> tuple[Field, ...] | None:
+        """Read one field section; ``None`` means more data is needed.
+
+        RFC 9292 §3.8: a message may end where a section would start (the section and all after it are empty),
+        except after an informational status, which must have its header section.
+        """
+        lim = self._limits
+        may_truncate = truncatable and (self._is_request or self._status >= 200)
+        if self._mode is Mode.KNOWN_LENGTH:
+            if may_truncate and self._peek_eof_here():
+                return ()
+            start = self._pos
+            n = self._varint()
+            if n is None:
+                return None
+            if n > lim.max_field_section_size:
+                raise LimitError(f"field section of {n} bytes exceeds {lim.max_field_section_size}")
+            if self._avail() < n:
+                if self._eof:
+                    raise DecodeError(f"field section truncated: {self._avail()} of {n} bytes")
+                self._pos = start
+                return None
+            end = self._pos + n
+            fields: list[Field] = []
+            pos = self._pos
+            while pos < end:
+                pos, f = self._field_at(pos, end)
+                fields.append(f)
+                self._count_field(len(fields))
+            self._pos = end
+            return tuple(fields)
+        # Indeterminate: field lines until a zero name length.
+        while True:
+            if may_truncate and not self._started_section and self._peek_eof_here():
+                return ()
+            start = self._pos
+            first = decode_varint(self._buf, self._pos)
+            if first is None:
+                if self._eof:
+                    raise DecodeError("field section truncated")
+                return None
+            if first[0] == 0:
+                self._pos = first[1]
+                out = tuple(self._fields)
+                self._fields = []
+                self._section_bytes = 0
+                self._started_section = False
+                return out
+            pos, f = self._field_at(start, None)
+            if pos < 0:
+                if self._eof:
+                    raise DecodeError("field line truncated")
+                return None
+            self._section_bytes += pos - start
+            if self._section_bytes > lim.max_field_section_size:
+                raise LimitError(f"field section exceeds {lim.max_field_section_size} bytes")
+            self._pos = pos
+            self._fields.append(f)
+            self._started_section = True
+            self._count_field(len(self._fields))
+
+    def _count_field(self, n: int) -> None:
+        if n > self._limits.max_fields:
+            raise LimitError(f"more than {self._limits.max_fields} fields")
+
+    def _field_at(self, pos: int, end: int | None) -> tuple[int, Field]:
+        """Parse a field line at ``pos``; with ``end=None`` returns ``(-1, ...)`` when incomplete."""
+        buf = self._buf
+        limit = len(buf) if end is None else end
+        parts: list[bytes] = []
+        for what in ("name", "value"):
+            out = decode_varint(buf, pos)
+            if out is None or out[1] > limit:
+                if end is None:
+                    return -1, (b"", b"")
+                raise DecodeError(f"field {what} length overruns its section")
+            n, pos = out
+            if n > self._limits.max_field_section_size:
+                raise LimitError(f"field {what} of {n} bytes exceeds {self._limits.max_field_section_size}")
+            if pos + n > limit:
+                if end is None:
+                    return -1, (b"", b"")
+                raise DecodeError(f"field {what} overruns its section")
+            parts.append(bytes(buf[pos : pos + n]))
+            pos += n
+        name, value = parts
+        if not name:
+            raise DecodeError("empty field name")
+        _check_field(name, value)
+        return pos, (name, value)
+
+    def _content(self) -> Event | None:
+        lim = self._limits
+        if self._mode is Mode.KNOWN_LENGTH:
+            if self._content_left < 0:
+                if self._peek_eof_here():
+                    self._state = _State.TRAILERS
+                    return None
+                n = self._varint()
+                if n is None:
+                    return None
+                if n > lim.max_content_size:
+                    raise LimitError(f"content of {n} bytes exceeds {lim.max_content_size}")
+                self._content_left = n
+            if self._content_left == 0:
+                self._state = _State.TRAILERS
+                return None
+            take = min(self._content_left, self._avail())
+            if take == 0:
+                if self._eof:
+                    raise DecodeError(f"content truncated: {self._content_left} bytes missing")
+                return None
+            data = bytes(self._buf[self._pos : self._pos + take])
+            self._pos += take
+            self._content_left -= take
+            return Data(data)
+        # Indeterminate: chunks until a zero length.
+        if self._content_left <= 0:
+            if self._content_left < 0 and self._peek_eof_here():
+                # Content may be omitted only if nothing of it was sent.
+                self._state = _State.TRAILERS
+                return None
+            n = self._varint()
+            if n is None:
+                return None
+            if n == 0:
+                self._state = _State.TRAILERS
+                self._content_left = -1
+                return None
+            self._content_total += n
+            if self._content_total > lim.max_content_size:
+                raise LimitError(f"content exceeds {lim.max_content_size} bytes")
+            self._content_left = n
+        take = min(self._content_left, self._avail())
+        if take == 0:
+            if self._eof:
+                raise DecodeError(f"content chunk truncated: {self._content_left} bytes missing")
+            return None
+        data = bytes(self._buf[self._pos : self._pos + take])
+        self._pos += take
+        self._content_left -= take
+        return Data(data)
+
+
+def _run(data: bytes, limits: Limits | None, expect: str | None) -> Request | Response:
+    dec = BHTTPDecoder(limits, expect=expect)
+    dec.receive_data(data)
+    dec.receive_data(b"")
+    head: RequestHead | ResponseHead | None = None
+    infos: list[InformationalResponse] = []
+    content = bytearray()
+    trailers: tuple[Field, ...] = ()
+    while True:
+        ev = dec.next_event()
+        if isinstance(ev, (RequestHead, ResponseHead)):
+            head = ev
+        elif isinstance(ev, InformationalResponse):
+            infos.append(ev)
+        elif isinstance(ev, Data):
+            content += ev.data
+        elif isinstance(ev, Trailers):
+            trailers = ev.fields
+        elif isinstance(ev, EndOfMessage):
+            break
+        else:  # NEED_DATA after EOF cannot happen: EOF either completes the message or raises.
+            raise DecodeError("message incomplete")
+    ev = dec.next_event()  # validates padding
+    if isinstance(head, RequestHead):
+        return Request(
+            method=head.method,
+            scheme=head.scheme,
+            authority=head.authority,
+            path=head.path,
+            headers=head.headers,
+            content=bytes(content),
+            trailers=trailers,
+        )
+    assert isinstance(head, ResponseHead)
+    return Response(
+        status=head.status, headers=head.headers, content=bytes(content), trailers=trailers, informational=tuple(infos)
+    )
+
+
+def decode(data: bytes, limits: Limits | None = None) -> Request | Response:
+    """Decode a whole BHTTP message of either framing.
+
+    Raises:
+        DecodeError, UnsupportedError, LimitError: the message is invalid (RFC 9292 §4).
+    """
+    return _run(data, limits, None)
+
+
+def decode_request(data: bytes, limits: Limits | None = None) -> Request:
+    """Decode a whole BHTTP request; a response is a :class:`DecodeError`."""
+    out = _run(data, limits, "request")
+    assert isinstance(out, Request)
+    return out
+
+
+def decode_response(data: bytes, limits: Limits | None = None) -> Response:
+    """Decode a whole BHTTP response; a request is a :class:`DecodeError`."""
+    out = _run(data, limits, "response")
+    assert isinstance(out, Response)
+    return out
