@@ -1,14 +1,103 @@
-"""The ``veil`` command: a thin dispatcher; each subcommand's code lives in the package it belongs to."""
+"""The ``veil`` command: a thin dispatcher; each subcommand's code lives in the package it belongs to.
+
+Also the one place that resolves options, so every subcommand behaves alike: a value comes from the command
+line, else from the environment (``VEIL_<SUBCOMMAND>_<OPTION>``), else from the TOML file given by ``--config``
+(table ``[<subcommand>]``), else from the option's default.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
-from typing import Final
+import tomllib
+from dataclasses import dataclass
+from typing import Any, Callable, Final
 
 #: subcommand -> (module, one-line help). Each module defines ``add_arguments(parser)`` and ``run(args) -> int``.
-SUBCOMMANDS: Final[dict[str, tuple[str, str]]] = {}
+SUBCOMMANDS: Final[dict[str, tuple[str, str]]] = {
+    "gateway": ("enclave.cli", "run the OHTTP gateway (inside the TEE) in front of an inference engine"),
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a subcommand, settable from CLI, environment or TOML."""
+
+    name: str  # e.g. "listen"; the flag is --listen, the env var VEIL_GATEWAY_LISTEN, the TOML key listen
+    help: str
+    default: Any = None
+    type: Callable[[str], Any] = str
+    flag: bool = False  # a boolean switch
+    repeat: bool = False  # may be given several times; a list
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+
+
+def add_options(parser: argparse.ArgumentParser, command: str, options: list[Option]) -> None:
+    """Register ``options`` on ``parser``; call :func:`resolve_options` after parsing."""
+    parser.add_argument("--config", metavar="FILE", help=f"TOML file with a [{command}] table of options")
+    for opt in options:
+        env = env_name(command, opt.name)
+        dest = opt.name.replace("-", "_")
+        shown = "" if opt.default in (None, False, []) else f" (default: {opt.default})"
+        text = f"{opt.help}{shown} [env {env}]"
+        if opt.flag:
+            parser.add_argument(f"--{opt.name}", dest=dest, action="store_const", const=True, default=None, help=text)
+        elif opt.repeat:
+            parser.add_argument(f"--{opt.name}", dest=dest, action="append", default=None, help=text, metavar=opt.metavar)
+        else:
+            parser.add_argument(
+                f"--{opt.name}", dest=dest, default=None, help=text, choices=opt.choices, metavar=opt.metavar
+            )
+    parser.set_defaults(_veil_command=command, _veil_options=options)
+
+
+def env_name(command: str, option: str) -> str:
+    """The environment variable for ``option`` of ``command``."""
+    return f"VEIL_{command}_{option}".upper().replace("-", "_")
+
+
+def resolve_options(args: argparse.Namespace) -> None:
+    """Fill every option not given on the command line from the environment, the TOML file or the default."""
+    command: str = args._veil_command
+    table: dict[str, Any] = {}
+    if args.config:
+        try:
+            with open(args.config, "rb") as fh:
+                table = tomllib.load(fh).get(command, {})
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SystemExit(f"veil {command}: cannot read config file {args.config}: {exc}") from None
+    for opt in args._veil_options:
+        dest = opt.name.replace("-", "_")
+        if getattr(args, dest) is not None:
+            value = getattr(args, dest)
+        elif (raw := os.environ.get(env_name(command, opt.name))) is not None:
+            if opt.flag:
+                value = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif opt.repeat:
+                value = [v for v in raw.split(",") if v]
+            else:
+                value = raw
+        elif opt.name in table or dest in table:
+            value = table.get(opt.name, table.get(dest))
+        else:
+            value = opt.default
+            setattr(args, dest, value)
+            continue
+        try:
+            if opt.flag:
+                value = bool(value)
+            elif opt.repeat:
+                value = [opt.type(str(v)) for v in (value if isinstance(value, list) else [value])]
+            elif value is not None:
+                value = opt.type(str(value))
+        except ValueError as exc:
+            raise SystemExit(f"veil {command}: invalid value for --{opt.name}: {exc}") from None
+        if opt.choices and value is not None and not opt.repeat and value not in opt.choices:
+            raise SystemExit(f"veil {command}: --{opt.name} must be one of {', '.join(opt.choices)}")
+        setattr(args, dest, value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,15 +105,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="veil", description="Veil: confidential LLM inference over Oblivious HTTP")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = {}
+    wanted = next((a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("-")), None)
     for name, (module, help_text) in SUBCOMMANDS.items():
-        mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=help_text)
-        mod.add_arguments(p)
-        modules[name] = mod
+        # Import only the subcommand being run (and all of them for --help), to keep start-up fast.
+        if wanted is None or wanted == name or wanted not in SUBCOMMANDS:
+            mod = importlib.import_module(module)
+            mod.add_arguments(p)
+            modules[name] = mod
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    if hasattr(args, "_veil_options"):
+        resolve_options(args)
     code: int = modules[args.command].run(args)
     return code
 

@@ -1,0 +1,7 @@
+"""The OpenAI API served inside the TEE."""
+
+from .auth import ApiKeys, hash_key
+from .errors import openai_error
+from .router import Api, ApiRequest
+
+__all__ = ["Api", "ApiRequest", "ApiKeys", "hash_key", "openai_error"]

@@ -1,0 +1,18 @@
+"""The interface of evidence providers (simulated now; SEV-SNP, TDX and NVIDIA slot in here)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .bundle import Bundle
+
+
+class EvidenceProvider(Protocol):
+    """Collects evidence that binds a key configuration."""
+
+    #: "simulated", "sev-snp", "tdx", ...
+    platform: str
+
+    def collect(self, key_config: bytes, nonce: bytes = b"") -> Bundle:
+        """Evidence whose REPORT_DATA is :func:`report_data` of ``key_config`` (and ``nonce``)."""
+        ...

@@ -1,0 +1,144 @@
+"""``veil gateway``: options, set-up and the server loop."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from ohttp import GatewayKey, KeyRing
+from veil_cli import Option, add_options
+
+from .api import Api, ApiKeys
+from .api.router import CACHE_SALT_MODES
+from .attestation import EvidenceProvider, SimulatedProvider
+from .engines import EchoEngine, Engine, UpstreamEngine
+from .gateway import GatewayConfig, create_app
+from .keyfile import KEMS, KeyFileError, load_key_file
+
+log = logging.getLogger("veil.gateway")
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_DIR = str(Path.home() / ".cache" / "veil" / "models" / "SmolLM2-135M-Instruct")
+
+OPTIONS = [
+    Option("listen", "HOST:PORT to listen on", "127.0.0.1:8081"),
+    Option("engine", "inference engine", "vllm", choices=("vllm", "upstream", "echo")),
+    Option("upstream-url", "base URL of an OpenAI-compatible server on loopback (--engine upstream)"),
+    Option("model", "model directory for --engine vllm", DEFAULT_MODEL_DIR),
+    Option("served-model-name", "model id clients use (--engine vllm)", "SmolLM2-135M-Instruct"),
+    Option("engine-python", "Python of the engine's virtualenv (--engine vllm)", str(REPO / ".venv-engine" / "bin" / "python")),
+    Option("engine-port", "loopback port for the vLLM child (0: pick a free one)", 0, type=int),
+    Option("engine-args", "extra arguments for the vLLM server, one string", ""),
+    Option("echo-token-delay", "seconds between streamed tokens of the echo engine", 0.0, type=float),
+    Option("key-file", "load the OHTTP key from this JSON file (tests, key management; see docs)"),
+    Option("kem", "KEM of generated keys", "x25519", choices=tuple(KEMS)),
+    Option("attestation", "evidence provider", "simulated", choices=("simulated", "auto")),
+    Option("max-request-bytes", "largest encapsulated request", 4 * 1024 * 1024, type=int),
+    Option("replay-window", "seconds an inner Date may differ from now; seen requests are kept this long", 60.0, type=float),
+    Option("require-date", "reject encapsulated requests without a Date", False, flag=True),
+    Option("pad-to", "pad responses (and stream events) to a multiple of N bytes; 0 is off", 0, type=int),
+    Option("keys-max-age", "seconds clients may cache the key configuration", 3600, type=int),
+    Option("rotation-interval", "rotate keys every N seconds (0: never; SIGUSR1 rotates now)", 0.0, type=float),
+    Option("rotation-grace", "seconds a rotated-out key is still accepted", 300.0, type=float),
+    Option("api-keys-file", "require API keys: file of [name:]sha256hex lines (also env VEIL_GATEWAY_API_KEYS)"),
+    Option("cache-salt", "prompt-cache isolation: per tenant, per request, or off", "tenant", choices=CACHE_SALT_MODES),
+    Option("log-level", "logging level", "info", choices=("debug", "info", "warning", "error")),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``veil gateway`` options."""
+    add_options(parser, "gateway", OPTIONS)
+
+
+TEE_DEVICES = ("/sys/kernel/config/tsm/report", "/dev/sev-guest", "/dev/tdx_guest")
+
+
+def make_provider(kind: str) -> EvidenceProvider:
+    """The evidence provider; simulated is refused on real TEE hardware, and there is no silent fallback."""
+    present = [d for d in TEE_DEVICES if os.path.exists(d)]
+    if kind == "simulated" or kind == "auto":
+        if present:
+            raise SystemExit(
+                f"veil gateway: TEE hardware found ({', '.join(present)}) but only the simulated attestation provider "
+                "is available in this build; refusing to publish simulated evidence on real hardware."
+            )
+        if kind == "auto":
+            log.warning("no TEE hardware found: --attestation auto uses the SIMULATED provider")
+        return SimulatedProvider()
+    raise SystemExit(f"veil gateway: unknown attestation provider {kind}")
+
+
+def make_engine(args: argparse.Namespace) -> Engine:
+    """The engine named by ``--engine``."""
+    if args.engine == "echo":
+        return EchoEngine(token_delay=args.echo_token_delay)
+    if args.engine == "upstream":
+        if not args.upstream_url:
+            raise SystemExit("veil gateway: --engine upstream needs --upstream-url http://127.0.0.1:PORT")
+        try:
+            return UpstreamEngine(args.upstream_url)
+        except ValueError as exc:
+            raise SystemExit(f"veil gateway: {exc}") from None
+    from .engines.vllm import VllmEngine
+
+    return VllmEngine(
+        python=args.engine_python,
+        model=args.model,
+        served_model_name=args.served_model_name,
+        port=args.engine_port,
+        extra_args=args.engine_args.split() if args.engine_args else [],
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the gateway until interrupted."""
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"veil gateway: --listen must be HOST:PORT, got {args.listen!r}")
+    if args.key_file:
+        try:
+            key = load_key_file(args.key_file)
+        except KeyFileError as exc:
+            raise SystemExit(f"veil gateway: {exc}") from None
+        log.warning("loaded the OHTTP key from %s: for tests and key-management integrations only", args.key_file)
+    else:
+        key = GatewayKey.generate(0, KEMS[args.kem])  # in memory only; never written to disk
+    try:
+        api_keys = ApiKeys.load(args.api_keys_file)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"veil gateway: cannot load API keys: {exc}") from None
+    provider = make_provider(args.attestation)
+    engine = make_engine(args)
+    config = GatewayConfig(
+        max_request_bytes=args.max_request_bytes,
+        replay_window=args.replay_window,
+        require_date=args.require_date,
+        pad_to=args.pad_to,
+        keys_max_age=args.keys_max_age,
+        rotation_interval=args.rotation_interval,
+        rotation_grace=args.rotation_grace,
+    )
+    api = Api(engine, api_keys=api_keys, cache_salt=args.cache_salt)
+    app = create_app(engine=engine, keyring=KeyRing([key]), provider=provider, config=config, api=api)
+    if provider.platform == "simulated":
+        log.warning("attestation is SIMULATED: no TEE protects this gateway; clients must opt in to trust it")
+    print(f"veil gateway listening on http://{host}:{port}/.well-known/ohttp-gateway (engine {engine.kind})",
+          flush=True)
+    # access_log=None: an access log would record client (relay) addresses and paths.
+    web.run_app(app, host=host, port=int(port), access_log=None, print=None, handle_signals=True)
+    return 0
+
+
+def main() -> None:  # pragma: no cover - convenience for python -m
+    from veil_cli import main as veil_main
+
+    sys.exit(veil_main(["gateway", *sys.argv[1:]]))
+
+

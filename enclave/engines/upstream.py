@@ -1,0 +1,119 @@
+"""Any OpenAI-compatible server on loopback (for instance a vLLM the operator started)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from typing import AsyncIterator
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from .base import EngineResponse, EngineUnavailable
+
+log = logging.getLogger("veil.engine")
+
+
+def require_loopback(url: str) -> None:
+    """Refuse an upstream outside the TEE: plaintext must not leave the machine."""
+    host = urlsplit(url).hostname or ""
+    try:
+        ok = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        ok = host == "localhost"
+    if not ok:
+        raise ValueError(f"upstream {url!r} is not on loopback; the gateway only forwards plaintext inside the TEE")
+
+
+class UpstreamEngine:
+    """Forwards to ``base_url`` (e.g. ``http://127.0.0.1:8000``) over one pooled client session."""
+
+    kind = "upstream"
+
+    def __init__(self, base_url: str, *, read_timeout: float = 600.0) -> None:
+        require_loopback(base_url)
+        self.base_url = base_url.rstrip("/")
+        self._read_timeout = read_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._models: list[str] | None = None
+        self._healthy = False
+
+    async def start(self) -> None:
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self._read_timeout)
+            self._session = aiohttp.ClientSession(
+                timeout=timeout, connector=aiohttp.TCPConnector(limit=0, force_close=False), auto_decompress=False
+            )
+        await self.probe()
+
+    async def probe(self) -> bool:
+        """Ask the upstream for its models; records health."""
+        assert self._session is not None
+        try:
+            async with self._session.get(self.base_url + "/v1/models", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                if r.status == 200:
+                    data = await r.json()
+                    self._models = [m["id"] for m in data.get("data", [])]
+                    self._healthy = True
+                    return True
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError):
+            pass
+        self._healthy = False
+        return False
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def healthy(self) -> bool:
+        return self._healthy and self._session is not None
+
+    async def models(self) -> list[str]:
+        if self._models is None and self._session is not None:
+            await self.probe()
+        return list(self._models or [])
+
+    async def call(self, method: str, path: str, body: bytes | None, *, stream: bool) -> EngineResponse:
+        if self._session is None:
+            raise EngineUnavailable("engine not started")
+        headers = {"content-type": "application/json"} if body is not None else {}
+        try:
+            resp = await self._session.request(method, self.base_url + path, data=body, headers=headers)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            self._healthy = False
+            raise EngineUnavailable(f"engine unreachable: {type(exc).__name__}") from None
+        ctype = resp.headers.get("content-type", "application/json").split(";")[0].strip()
+        if stream and resp.status == 200 and ctype == "text/event-stream":
+            return EngineResponse(status=200, content_type=ctype, events=_sse_events(resp))
+        try:
+            data = await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise EngineUnavailable(f"engine failed mid-response: {type(exc).__name__}") from None
+        finally:
+            resp.release()
+        return EngineResponse(status=resp.status, content_type=ctype, body=data)
+
+
+async def _sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """Split an SSE body into events (each ending in a blank line) as bytes arrive."""
+    buf = b""
+    complete = False
+    try:
+        async for piece in resp.content.iter_any():
+            buf += piece.replace(b"\r\n", b"\n")
+            while (i := buf.find(b"\n\n")) >= 0:
+                event, buf = buf[: i + 2], buf[i + 2 :]
+                if event.strip():
+                    yield event
+        if buf.strip():
+            yield buf if buf.endswith(b"\n\n") else buf.rstrip(b"\n") + b"\n\n"
+        complete = True
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise EngineUnavailable(f"engine stream broke: {type(exc).__name__}") from None
+    finally:
+        if not complete:
+            resp.close()  # closing the connection makes vLLM abort the generation
+        else:
+            resp.release()

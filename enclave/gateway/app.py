@@ -1,0 +1,112 @@
+"""``create_app``: the gateway's aiohttp application (one ``cleanup_ctx`` per resource)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import AsyncIterator
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ohttp import KeyRing
+
+from ..api import Api
+from ..attestation import EvidenceProvider
+from ..engines import Engine
+from .appkeys import STATE
+from .config import GatewayConfig
+from .ohttp_routes import get_attestation, get_keys, post_gateway
+from .state import GatewayState
+
+log = logging.getLogger("veil.gateway")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 when the engine can serve, 503 while it starts or restarts."""
+    state = request.app[STATE]
+    up = state.api.engine.healthy()
+    state.metrics.engine_up.set(1 if up else 0)
+    body = {"status": "ok" if up else "starting", "engine": state.api.engine.kind, "attestation": state.provider.platform}
+    return web.Response(status=200 if up else 503, body=orjson.dumps(body), content_type="application/json")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    state = request.app[STATE]
+    state.metrics.engine_up.set(1 if state.api.engine.healthy() else 0)
+    resp = web.Response(body=generate_latest(state.metrics.registry))
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
+
+
+def create_app(
+    *,
+    engine: Engine,
+    keyring: KeyRing,
+    provider: EvidenceProvider,
+    config: GatewayConfig | None = None,
+    api: Api | None = None,
+) -> web.Application:
+    """Build the gateway application. The engine is started in the background; ``/healthz`` says when it is up."""
+    cfg = config or GatewayConfig()
+    state = GatewayState(config=cfg, keyring=keyring, api=api or Api(engine), provider=provider)
+    # The client_max_size bound is a backstop; routes enforce max_request_bytes while streaming the body in.
+    app = web.Application(client_max_size=cfg.max_request_bytes + 1)
+    app[STATE] = state
+    app.router.add_get("/.well-known/ohttp-gateway", get_keys)
+    app.router.add_post("/.well-known/ohttp-gateway", post_gateway)
+    app.router.add_get("/.well-known/veil-attestation", get_attestation)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.cleanup_ctx.append(_engine_ctx)
+    app.cleanup_ctx.append(_rotation_ctx)
+    return app
+
+
+async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
+    engine = app[STATE].api.engine
+
+    async def start() -> None:
+        try:
+            await engine.start()
+        except Exception as exc:
+            log.error("engine %s failed to start: %s", engine.kind, exc)
+
+    task = asyncio.create_task(start())
+    yield
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    await engine.close()
+
+
+async def _rotation_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+
+    def rotate() -> None:
+        new = state.rotate()
+        log.info("rotated keys: key id %d is now published", new.config.key_id)
+
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGUSR1, rotate)
+        signals = True
+    except (NotImplementedError, RuntimeError, ValueError):
+        signals = False  # not the main thread (tests), or no signals on this platform
+
+    async def periodic() -> None:
+        while True:
+            await asyncio.sleep(state.config.rotation_interval)
+            rotate()
+
+    task = asyncio.create_task(periodic()) if state.config.rotation_interval > 0 else None
+    yield
+    if task is not None:
+        task.cancel()
+    if signals:
+        loop.remove_signal_handler(signal.SIGUSR1)

@@ -1,0 +1,295 @@
+"""The OHTTP surface of the gateway (RFC 9458, RFC 9540 conventions).
+
+Layers, each mapped to its errors in one place:
+- before decapsulation: plain HTTP status with ``application/problem+json`` (415, 400, 413, 422 ``ohttp-key``);
+- after decapsulation: everything is encapsulated; the outer response is always 200 and reveals nothing of the
+  inner status or headers;
+- inside the API: OpenAI error JSON (``enclave.api``).
+Once a chunked response has started it cannot be rewritten: an engine failure becomes an SSE error event followed
+by a proper final chunk; anything worse ends the stream without its final chunk, which the client sees as truncation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import AsyncIterator, Final
+
+import orjson
+from aiohttp import web
+
+import ohttp
+from ohttp import bhttp
+
+from ..api import ApiRequest, openai_error
+from ..engines import EngineResponse, EngineUnavailable
+from .appkeys import STATE
+from .replay import http_date, parse_http_date
+from .state import GatewayState
+
+log = logging.getLogger("veil.gateway")
+
+PROBLEM_KEY: Final = "https://iana.org/assignments/http-problem-types#ohttp-key"
+PROBLEM_DATE: Final = "https://iana.org/assignments/http-problem-types#date"
+_NO_STORE: Final = "private, no-store"
+_REQUEST_LIMITS: Final = bhttp.Limits(max_field_section_size=64 * 1024, max_fields=128)
+
+
+def problem(status: int, title: str, *, type_: str = "about:blank", detail: str | None = None) -> web.Response:
+    """An unencapsulated RFC 9457 problem response (only for errors before decapsulation)."""
+    body: dict[str, object] = {"type": type_, "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    return web.Response(
+        status=status,
+        body=orjson.dumps(body),
+        content_type="application/problem+json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _outer_error(exc: ohttp.RemoteProtocolError) -> tuple[web.Response, str]:
+    if isinstance(exc, (ohttp.KeyIdError, ohttp.DecryptError)):
+        return problem(422, "key identifier unknown", type_=PROBLEM_KEY, detail=str(exc)), "key_error"
+    if isinstance(exc, ohttp.LimitError):
+        return problem(413, "request too large", detail=str(exc)), "too_large"
+    return problem(400, "malformed encapsulated request", detail=str(exc)), "decode_error"
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or ``None`` if it exceeds ``limit`` (checked while reading, not trusted from headers)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    buf = bytearray()
+    async for piece in request.content.iter_any():
+        buf += piece
+        if len(buf) > limit:
+            return None
+    return bytes(buf)
+
+
+def _media_type(request: web.Request) -> str:
+    return request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Keys and evidence
+
+
+async def get_keys(request: web.Request) -> web.Response:
+    """``GET /.well-known/ohttp-gateway``: the published ``application/ohttp-keys``."""
+    state = request.app[STATE]
+    accept = request.headers.get("Accept", "*/*")
+    if not any(a.split(";")[0].strip() in (ohttp.MEDIA_TYPE_KEYS, "*/*", "application/*") for a in accept.split(",")):
+        return problem(406, "not acceptable", detail=f"this resource is {ohttp.MEDIA_TYPE_KEYS}")
+    state.refresh()
+    return web.Response(
+        body=state.keys_body,
+        content_type=ohttp.MEDIA_TYPE_KEYS,
+        headers={"Cache-Control": f"max-age={_max_age(state)}"},
+    )
+
+
+def _max_age(state: GatewayState) -> int:
+    age = state.config.keys_max_age
+    change = state.keyring.next_change()
+    if change is not None:
+        age = min(age, max(0, int(change - time.time())))
+    return age
+
+
+async def get_attestation(request: web.Request) -> web.Response:
+    """``GET /.well-known/veil-attestation[?nonce=HEX32]``: the evidence bundle for the published keys."""
+    state = request.app[STATE]
+    state.refresh()
+    nonce_hex = request.query.get("nonce")
+    if nonce_hex is None:
+        body = state.bundle_json
+        cache = f"max-age={_max_age(state)}"
+    else:
+        try:
+            nonce = bytes.fromhex(nonce_hex)
+        except ValueError:
+            nonce = b""
+        if len(nonce) != 32:
+            return problem(400, "bad nonce", detail="nonce must be 64 hex characters (32 bytes)")
+        now = time.monotonic()
+        if now - state.last_fresh_evidence < state.config.fresh_evidence_interval:
+            return problem(429, "fresh evidence rate limit", detail="retry in a second")
+        state.last_fresh_evidence = now
+        body = state.provider.collect(state.keys_body, nonce).to_json()
+        cache = "no-store"
+    return web.Response(body=body, content_type="application/json", headers={"Cache-Control": cache})
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Encapsulated requests
+
+
+async def post_gateway(request: web.Request) -> web.StreamResponse:
+    """``POST /.well-known/ohttp-gateway`` with ``message/ohttp-req`` or ``message/ohttp-chunked-req``."""
+    mtype = _media_type(request)
+    if mtype == ohttp.MEDIA_TYPE_REQUEST:
+        return await _post_plain(request)
+    if mtype == ohttp.MEDIA_TYPE_CHUNKED_REQUEST:
+        return await _post_chunked(request)
+    request.app[STATE].metrics.requests.labels("none", "media_type").inc()
+    return problem(
+        415,
+        "unsupported media type",
+        detail=f"send {ohttp.MEDIA_TYPE_REQUEST} or {ohttp.MEDIA_TYPE_CHUNKED_REQUEST}",
+    )
+
+
+async def _post_plain(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    start = time.perf_counter()
+    m = state.metrics
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        # RFC 9458 §5.1: non-chunked OHTTP cannot carry 1xx; a client must not ask for it.
+        m.requests.labels("plain", "decode_error").inc()
+        return problem(417, "expectation failed", detail="100-continue is not possible with message/ohttp-req")
+    body = await _read_body(request, state.config.max_request_bytes)
+    if body is None:
+        m.requests.labels("plain", "too_large").inc()
+        return problem(413, "request too large", detail=f"limit is {state.config.max_request_bytes} bytes")
+    try:
+        inner, ctx = state.gateway.decapsulate(body)
+    except ohttp.RemoteProtocolError as exc:
+        resp, outcome = _outer_error(exc)
+        m.requests.labels("plain", outcome).inc()
+        return resp
+    outcome, api_resp = await _serve_inner(state, inner, ctx.enc)
+    status, headers, content = await _collect(api_resp)
+    m.inner_status.labels(f"{status // 100}xx").inc()
+    pad = state.config.pad_to
+    encoded = bhttp.encode_response(bhttp.Response(status=status, headers=headers, content=content))
+    if pad:
+        encoded += bytes(-len(encoded) % pad)
+    sealed = ctx.encapsulate(encoded)
+    m.requests.labels("plain", outcome).inc()
+    m.latency.labels("plain").observe(time.perf_counter() - start)
+    return web.Response(body=sealed, content_type=ohttp.MEDIA_TYPE_RESPONSE, headers={"Cache-Control": _NO_STORE})
+
+
+async def _post_chunked(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    start = time.perf_counter()
+    m = state.metrics
+    dec = ohttp.ChunkedGatewayRequest(state.keyring)
+    inner = bytearray()
+    total = 0
+    limit = state.config.max_request_bytes
+    try:
+        async for piece in request.content.iter_any():
+            total += len(piece)
+            if total > limit:
+                m.requests.labels("chunked", "too_large").inc()
+                return problem(413, "request too large", detail=f"limit is {limit} bytes")
+            dec.receive_data(piece)
+            while (ev := dec.next_event()) is not ohttp.chunked.NEED_DATA:
+                assert isinstance(ev, ohttp.Chunk)
+                inner += ev.data
+        dec.receive_data(b"")
+        while (ev := dec.next_event()) is not ohttp.chunked.NEED_DATA:
+            assert isinstance(ev, ohttp.Chunk)
+            inner += ev.data
+            if ev.final:
+                break
+    except ohttp.RemoteProtocolError as exc:
+        resp, outcome = _outer_error(exc)
+        m.requests.labels("chunked", outcome).inc()
+        return resp
+    enc = dec.response()
+    outcome, api_resp = await _serve_inner(state, bytes(inner), dec.enc)
+    m.inner_status.labels(f"{api_resp.status // 100}xx").inc()
+    out = web.StreamResponse(
+        status=200,
+        headers={
+            "Content-Type": ohttp.MEDIA_TYPE_CHUNKED_RESPONSE,
+            "Incremental": "?1",
+            "Cache-Control": _NO_STORE,
+        },
+    )
+    out.enable_chunked_encoding()
+    head_headers = [("content-type", api_resp.content_type), *api_resp.headers.items()]
+    pad = state.config.pad_to
+    try:
+        await out.prepare(request)
+        await out.write(enc.encode_chunk(bhttp.encode_response_head(api_resp.status, head_headers)))
+        m.first_chunk.observe(time.perf_counter() - start)
+        async for piece in _pieces(api_resp, pad):
+            await out.write(enc.encode_chunk(bhttp.encode_chunk(piece)))
+            m.chunks.inc()
+        await out.write(enc.encode_chunk(bhttp.encode_end(), final=True))
+        await out.write_eof()
+    except (ConnectionResetError, asyncio.CancelledError, OSError) as exc:
+        # The client (or relay) went away: stop generating. Nothing else to do; the stream is gone.
+        await api_resp.aclose()
+        m.requests.labels("chunked", "client_gone").inc()
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return out
+    m.requests.labels("chunked", outcome).inc()
+    m.latency.labels("chunked").observe(time.perf_counter() - start)
+    return out
+
+
+async def _pieces(resp: EngineResponse, pad: int) -> AsyncIterator[bytes]:
+    """Content pieces: the whole body, or one per SSE event as the engine produces it."""
+    if resp.events is None:
+        if resp.body:
+            yield resp.body
+        return
+    try:
+        async for event in resp.events:
+            yield _pad_event(event, pad) if pad else event
+    except EngineUnavailable as exc:
+        # Headers are out; an SSE error event (as vLLM itself sends) is the cleanest error left.
+        err = {"error": {"message": f"The inference engine failed mid-stream ({exc}).", "type": "server_error",
+                         "param": None, "code": "engine_unavailable"}}
+        yield b"data: " + orjson.dumps(err) + b"\n\n"
+
+
+def _pad_event(event: bytes, pad: int) -> bytes:
+    # An SSE comment line (":" ...) is ignored by every SSE parser; it hides the token length on the wire.
+    extra = -(len(event) + 2) % pad
+    return event[:-1] + b":" + b"p" * extra + b"\n\n"
+
+
+async def _collect(resp: EngineResponse) -> tuple[int, list[tuple[str, str]], bytes]:
+    headers = [("content-type", resp.content_type), *resp.headers.items()]
+    if resp.events is None:
+        return resp.status, headers, resp.body
+    buf = bytearray()
+    async for piece in _pieces(resp, 0):
+        buf += piece
+    return resp.status, headers, bytes(buf)
+
+
+async def _serve_inner(state: GatewayState, inner: bytes, enc: bytes) -> tuple[str, EngineResponse]:
+    """Decode the inner BHTTP request, apply replay and Date rules, and call the API. Never raises."""
+    if state.replay.seen(enc):
+        return "replay", openai_error(400, "This request was already received (replay).", code="replayed_request")
+    try:
+        req = bhttp.decode_request(inner, _REQUEST_LIMITS)
+    except ohttp.RemoteProtocolError as exc:
+        return "inner_decode_error", openai_error(400, f"Malformed binary HTTP request: {exc}.", code="bad_bhttp")
+    date = req.header(b"date")
+    if date is not None or state.config.require_date:
+        t = parse_http_date(date) if date is not None else None
+        if t is None or abs(time.time() - t) > state.config.replay_window:
+            body = {"type": PROBLEM_DATE, "title": "date not acceptable", "status": 400}
+            return "date", EngineResponse(
+                status=400, content_type="application/problem+json", body=orjson.dumps(body),
+                headers={"date": http_date()},
+            )
+    api_req = ApiRequest(
+        method=req.method.decode("ascii"), path=req.path.decode("latin-1"), headers=req.headers, body=req.content
+    )
+    try:
+        return "ok", await state.api.handle(api_req)
+    except Exception as exc:  # a bug must not become a traceback for the client, nor leak content into logs
+        log.error("internal error while serving an inner request: %s (content not logged)", type(exc).__name__)
+        return "internal_error", openai_error(500, "Internal error in the gateway.", code="internal_error")

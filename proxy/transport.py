@@ -1,0 +1,279 @@
+"""The client side of Veil's OHTTP: fetch and verify keys, encapsulate requests, open (chunked) responses.
+
+One aiohttp ``ClientSession``; all protocol work is done by ``ohttp``. Used by ``veil proxy``, the in-process
+httpx transport and the tests. Every request gets a fresh HPKE context and a ``Date`` inside the encapsulation;
+nothing that links two requests is added.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import AsyncIterator, Callable, Final
+
+import aiohttp
+
+import ohttp
+from ohttp import bhttp
+
+log = logging.getLogger("veil.client")
+
+#: Headers never copied from the caller into the encapsulated request (they would link requests or are hop-by-hop).
+DROP_HEADERS: Final = frozenset(
+    {
+        "host", "connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection",
+        "content-length", "cookie", "user-agent", "x-request-id", "x-stainless-retry-count", "openai-organization",
+        "openai-project", "accept-encoding", "x-stainless-async", "x-stainless-lang", "x-stainless-package-version",
+        "x-stainless-os", "x-stainless-arch", "x-stainless-runtime", "x-stainless-runtime-version",
+        "x-stainless-read-timeout", "x-stainless-timeout", "forwarded", "x-forwarded-for", "via",
+    }
+)
+
+
+class VeilClientError(Exception):
+    """A failure on the way to or from the gateway (not an API error: those arrive as responses)."""
+
+    def __init__(self, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class KeyState:
+    """The verified key configuration in use."""
+
+    keys_body: bytes
+    config: ohttp.KeyConfig
+    verification: object = None
+    simulated: bool = False
+    fetched_at: float = field(default_factory=time.time)
+
+
+#: Verifies an evidence bundle for a keys body; returns (verification result, simulated?) or raises.
+Verifier = Callable[[bytes, bytes], "tuple[object, bool]"]
+
+
+@dataclass
+class InnerResponse:
+    """A decapsulated response: status, headers and either a whole body or a stream of content pieces."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes = b""
+    pieces: AsyncIterator[bytes] | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+
+class OhttpClient:
+    """Talks OHTTP to ``url`` (a relay path for one gateway, or a gateway's ``/.well-known/ohttp-gateway``).
+
+    ``keys_url`` and ``attestation_url`` default to ``url`` and ``url + "/attestation"`` (the relay's layout);
+    pass the gateway's own paths when talking to a gateway directly.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        verifier: Verifier,
+        keys_url: str | None = None,
+        attestation_url: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 600.0,
+        send_date: bool = True,
+    ) -> None:
+        self.url = url
+        self.keys_url = keys_url or url
+        self.attestation_url = attestation_url or url.rstrip("/") + "/attestation"
+        self._verifier = verifier
+        self._session = session
+        self._own_session = session is None
+        self._timeout = timeout
+        self._lock = asyncio.Lock()
+        self.keys: KeyState | None = None
+        self.send_date = send_date
+
+    async def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self._timeout),
+                connector=aiohttp.TCPConnector(limit=0),
+                cookie_jar=aiohttp.DummyCookieJar(),  # never store or send cookies
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the session if this client created it."""
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def refresh_keys(self, *, stale: bytes | None = None) -> KeyState:
+        """Fetch the key configuration and its evidence, verify, and keep them. Refuses unverifiable keys."""
+        async with self._lock:
+            if self.keys is not None and stale is not None and self.keys.keys_body != stale:
+                return self.keys  # another task refreshed already
+            s = await self._http()
+            try:
+                async with s.get(self.keys_url, headers={"Accept": ohttp.MEDIA_TYPE_KEYS}) as r:
+                    if r.status != 200:
+                        raise VeilClientError(f"key fetch from {self.keys_url} failed: HTTP {r.status}")
+                    body = await r.read()
+                async with s.get(self.attestation_url, headers={"Accept": "application/json"}) as r:
+                    if r.status != 200:
+                        raise VeilClientError(f"attestation fetch from {self.attestation_url} failed: HTTP {r.status}")
+                    bundle = await r.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise VeilClientError(f"cannot reach {self.keys_url}: {type(exc).__name__}: {exc}") from None
+            try:
+                configs = ohttp.decode_list(body)
+            except ohttp.OHTTPError as exc:
+                raise VeilClientError(f"gateway key configuration is malformed: {exc}") from None
+            if not configs:
+                raise VeilClientError("the gateway offers no key configuration this client supports")
+            verification, simulated = self._verifier(bundle, body)  # raises when it does not verify
+            self.keys = KeyState(keys_body=body, config=configs[0], verification=verification, simulated=simulated)
+            return self.keys
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        *,
+        chunked: bool = False,
+    ) -> InnerResponse:
+        """Send one request through OHTTP; ``chunked`` uses chunked OHTTP and streams the response."""
+        keys = self.keys or await self.refresh_keys()
+        for attempt in (1, 2):
+            try:
+                return await self._send(keys, method, path, headers or [], body, chunked)
+            except _KeyRejected:
+                if attempt == 2:
+                    raise VeilClientError("the gateway rejected freshly verified keys twice; giving up", 502) from None
+                log.info("gateway rejected the key id; refreshing keys and retrying once")
+                keys = await self.refresh_keys(stale=keys.keys_body)
+        raise AssertionError("unreachable")
+
+    def _inner(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> bhttp.Request:
+        fields = [(n.lower(), v) for n, v in headers if n.lower() not in DROP_HEADERS]
+        if self.send_date:
+            fields.append(("date", formatdate(usegmt=True)))
+        return bhttp.Request(method=method, scheme="https", authority="", path=path, headers=tuple(fields), content=body)
+
+    async def _send(
+        self, keys: KeyState, method: str, path: str, headers: list[tuple[str, str]], body: bytes, chunked: bool
+    ) -> InnerResponse:
+        inner = bhttp.encode_request(self._inner(method, path, headers, body))
+        s = await self._http()
+        if not chunked:
+            enc_req, ctx = ohttp.ClientRequest(keys.config).encapsulate(inner)
+            try:
+                async with s.post(self.url, data=enc_req, headers={"Content-Type": ohttp.MEDIA_TYPE_REQUEST}) as r:
+                    data = await r.read()
+                    await _check_outer(r, data, ohttp.MEDIA_TYPE_RESPONSE)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise VeilClientError(f"relay unreachable: {type(exc).__name__}: {exc}", 502) from None
+            try:
+                resp = bhttp.decode_response(ctx.decapsulate(data))
+            except ohttp.OHTTPError as exc:
+                raise VeilClientError(f"the encapsulated response did not open: {exc}") from None
+            return InnerResponse(resp.status, resp.headers, resp.content)
+        creq = ohttp.ChunkedClientRequest(keys.config)
+        wire = creq.encode_chunk(inner, final=True)
+        try:
+            r = await s.post(
+                self.url, data=wire, headers={"Content-Type": ohttp.MEDIA_TYPE_CHUNKED_REQUEST, "Incremental": "?1"}
+            )
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise VeilClientError(f"relay unreachable: {type(exc).__name__}: {exc}", 502) from None
+        if r.status != 200 or r.headers.get("Content-Type", "").split(";")[0] != ohttp.MEDIA_TYPE_CHUNKED_RESPONSE:
+            data = await r.read()
+            r.release()
+            await _check_outer(r, data, ohttp.MEDIA_TYPE_CHUNKED_RESPONSE)
+        return await _open_stream(r, creq.response())
+
+
+class _KeyRejected(Exception):
+    pass
+
+
+async def _check_outer(r: aiohttp.ClientResponse, data: bytes, expected: str) -> None:
+    if r.status == 422 and b"ohttp-key" in data:
+        raise _KeyRejected()
+    if r.status != 200:
+        # Unencapsulated: from the relay or the gateway before decapsulation. Not trusted beyond its status.
+        raise VeilClientError(f"relay or gateway answered HTTP {r.status} before decryption", 502 if r.status >= 500 else r.status)
+    ctype = r.headers.get("Content-Type", "").split(";")[0].strip()
+    if ctype != expected:
+        raise VeilClientError(f"unexpected response media type {ctype!r}, wanted {expected}")
+
+
+async def _open_stream(r: aiohttp.ClientResponse, dec: ohttp.ChunkedClientResponse) -> InnerResponse:
+    """Feed ciphertext into the chunk decoder and the BHTTP decoder; return once the head has arrived."""
+    bdec = bhttp.BHTTPDecoder(expect="response")
+    it = r.content.iter_any().__aiter__()
+    ended = False
+
+    async def pump() -> bool:
+        """Read more from the network into the decoders; False at end of input."""
+        nonlocal ended
+        if ended:
+            return False
+        try:
+            piece = await it.__anext__()
+        except StopAsyncIteration:
+            piece = b""
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise VeilClientError(f"stream broke: {type(exc).__name__}", 502) from None
+        dec.receive_data(piece)
+        if not piece:
+            ended = True
+        while (ev := dec.next_event()) is not ohttp.chunked.NEED_DATA:
+            assert isinstance(ev, ohttp.Chunk)
+            if ev.data:
+                bdec.receive_data(ev.data)
+            if ev.final:
+                bdec.receive_data(b"")
+        return True
+
+    head: bhttp.ResponseHead | None = None
+    try:
+        while head is None:
+            ev2 = bdec.next_event()
+            if ev2 is bhttp.NEED_DATA:
+                if not await pump():
+                    raise VeilClientError("stream ended before the response head")
+            elif isinstance(ev2, bhttp.ResponseHead):
+                head = ev2
+    except ohttp.OHTTPError as exc:
+        r.close()
+        raise VeilClientError(f"the encapsulated stream did not open: {exc}") from None
+
+    async def pieces() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                ev3 = bdec.next_event()
+                if ev3 is bhttp.NEED_DATA:
+                    if not await pump():
+                        raise VeilClientError("stream truncated: it ended without its final chunk")
+                elif isinstance(ev3, bhttp.Data):
+                    yield ev3.data
+                elif isinstance(ev3, bhttp.EndOfMessage):
+                    return
+        except ohttp.OHTTPError as exc:
+            raise VeilClientError(f"stream failed: {exc}") from None
+        finally:
+            r.close()
+
+    return InnerResponse(head.status, head.headers, pieces=pieces())
