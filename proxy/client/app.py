@@ -1,0 +1,172 @@
+"""``veil proxy``: a local OpenAI-compatible endpoint; every request leaves this machine encapsulated.
+
+The SDK talks plain HTTP to 127.0.0.1; the proxy encapsulates the whole request (method, path, headers, body)
+as BHTTP to the verified gateway key and sends it through the relay. ``stream: true`` travels as chunked OHTTP
+and is re-emitted as SSE as chunks arrive.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Final
+
+import orjson
+from aiohttp import web
+
+from ..transport import OhttpClient, VeilClientError
+
+log = logging.getLogger("veil.proxy")
+
+API_KEY_MODES: Final = ("auto", "always", "never")
+_HOP: Final = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"})
+
+
+@dataclass
+class ProxyState:
+    """Per-app state."""
+
+    client: OhttpClient
+    api_key_mode: str = "auto"
+    gateway_wants_key: bool = False
+    started: float = 0.0
+
+
+STATE = web.AppKey("STATE", ProxyState)
+
+
+def _openai_error(status: int, message: str, code: str) -> web.Response:
+    body = {"error": {"message": message, "type": "veil_error", "param": None, "code": code}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def _attestation_header(state: ProxyState) -> dict[str, str]:
+    keys = state.client.keys
+    if keys is None:
+        return {}
+    return {"x-veil-attestation": "simulated" if keys.simulated else "verified"}
+
+
+def _wants_stream(body: bytes) -> bool:
+    if b'"stream"' not in body:
+        return False
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and obj.get("stream") is True
+
+
+async def api(request: web.Request) -> web.StreamResponse:
+    """Any ``/v1/...`` request: encapsulate, send through the relay, answer with the gateway's response."""
+    state = request.app[STATE]
+    body = await request.read()
+    headers = list(request.headers.items())
+    auth = [(n, v) for n, v in headers if n.lower() == "authorization"]
+    headers = [(n, v) for n, v in headers if n.lower() != "authorization"]
+    if state.api_key_mode == "always" or (state.api_key_mode == "auto" and state.gateway_wants_key):
+        headers += auth
+    stream = request.method == "POST" and _wants_stream(body)
+    path = request.path_qs
+    try:
+        inner = await state.client.request(request.method, path, headers, body, chunked=stream)
+        if (inner.status == 401 and state.api_key_mode == "auto" and not state.gateway_wants_key and auth):
+            # The gateway asks for API keys: from now on the SDK's key travels (inside the encapsulation only).
+            state.gateway_wants_key = True
+            if inner.pieces is not None:
+                async for _ in inner.pieces:
+                    pass
+            inner = await state.client.request(request.method, path, headers + auth, body, chunked=stream)
+    except VeilClientError as exc:
+        log.warning("request failed: %s", exc)
+        return _openai_error(exc.status if exc.status >= 400 else 502, f"Veil: {exc}", exc.code)
+    out_headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in inner.headers if n.decode("latin-1") not in _HOP}
+    out_headers.update(_attestation_header(state))
+    if inner.pieces is None:
+        return web.Response(status=inner.status, body=inner.body, headers=out_headers)
+    resp = web.StreamResponse(status=inner.status, headers=out_headers)
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    try:
+        async for piece in inner.pieces:
+            await resp.write(piece)
+    except VeilClientError as exc:
+        # Headers are out; tell the SDK in-band, as an SSE error event, and end the stream.
+        log.warning("stream failed: %s", exc)
+        err = {"error": {"message": f"Veil: {exc}", "type": "veil_error", "code": "veil_stream_broken"}}
+        await resp.write(b"data: " + orjson.dumps(err) + b"\n\n")
+    except (ConnectionResetError, OSError):
+        await _drain_close(inner.pieces)
+        return resp
+    await resp.write_eof()
+    return resp
+
+
+async def _drain_close(pieces: AsyncIterator[bytes]) -> None:
+    aclose = getattr(pieces, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def attestation(request: web.Request) -> web.Response:
+    """``GET /v1/veil/attestation``: what this proxy verified about the gateway it talks to."""
+    state = request.app[STATE]
+    keys = state.client.keys
+    if keys is None:
+        return _openai_error(503, "No gateway key verified yet.", "veil_not_ready")
+    v = keys.verification
+    doc = {
+        "relay": state.client.url,
+        "verified_at": keys.fetched_at,
+        "simulated": keys.simulated,
+        "trusted": not keys.simulated,
+        "platform": "simulated" if keys.simulated else getattr(v, "platform", "unknown"),
+        "key_id": keys.config.key_id,
+        "kem": keys.config.kem.name,
+        "suites": [f"{s.kdf.name}/{s.aead.name}" for s in keys.config.suites],
+        "measurement": getattr(v, "measurement", b"").hex() if isinstance(getattr(v, "measurement", None), bytes) else None,
+        "checks": getattr(v, "checks", None),
+        "warning": "SIMULATED attestation: no TEE protects this gateway" if keys.simulated else None,
+    }
+    return web.Response(body=orjson.dumps(doc, default=str), content_type="application/json")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Ready once a verified key is held."""
+    state = request.app[STATE]
+    ok = state.client.keys is not None
+    body = {"status": "ok" if ok else "no verified key", **_attestation_header(state)}
+    return web.Response(status=200 if ok else 503, body=orjson.dumps(body), content_type="application/json")
+
+
+async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    state.started = time.time()
+    try:
+        await state.client.refresh_keys()
+    except Exception as exc:  # keep serving: each request retries the fetch and reports the error
+        log.error("could not verify the gateway yet: %s", exc)
+    yield
+    await state.client.close()
+
+
+def create_app(client: OhttpClient, *, api_key_mode: str = "auto", static_dir: str | None = None) -> web.Application:
+    """Build the client proxy application."""
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[STATE] = ProxyState(client=client, api_key_mode=api_key_mode)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/veil/attestation", attestation)
+    app.router.add_route("*", "/v1/{tail:.*}", api)
+    if static_dir is not None:
+        app.router.add_get("/", _index(static_dir))
+        app.router.add_static("/static/", static_dir)
+    app.cleanup_ctx.append(_client_ctx)
+    return app
+
+
+def _index(static_dir: str):  # type: ignore[no-untyped-def]
+    async def index(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(f"{static_dir}/index.html")
+
+    return index

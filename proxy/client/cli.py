@@ -1,0 +1,56 @@
+"""``veil proxy``: options and the server loop."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from veil_cli import Option, add_options
+
+from ..transport import OhttpClient
+from ..verify import make_verifier
+from .app import API_KEY_MODES, create_app
+
+OPTIONS = [
+    Option("listen", "HOST:PORT for the local OpenAI-compatible endpoint (keep it on loopback)", "127.0.0.1:8000"),
+    Option("relay", "the relay's URL for one gateway, e.g. http://relay.example/NAME"),
+    Option("policy", "attestation policy file (TOML); real-hardware verifiers use it"),
+    Option("insecure-allow-simulated", "accept SIMULATED attestation (development only; no TEE protects you)",
+           False, flag=True),
+    Option("api-key", "when the SDK's API key travels (inside the encapsulation): auto = only once the gateway "
+           "asks for one", "auto", choices=API_KEY_MODES),
+    Option("log-level", "logging level", "info", choices=("debug", "info", "warning", "error")),
+]
+
+BANNER = """
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+!!  INSECURE: --insecure-allow-simulated is on. A gateway with SIMULATED attestation  !!
+!!  is trusted: no TEE protects your prompts. Every response carries                 !!
+!!  'x-veil-attestation: simulated'. Use this for development only.                  !!
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``veil proxy`` options."""
+    add_options(parser, "proxy", OPTIONS)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the client proxy until interrupted."""
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.relay:
+        raise SystemExit("veil proxy: --relay URL is required (the relay's path for your gateway)")
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"veil proxy: --listen must be HOST:PORT, got {args.listen!r}")
+    if args.insecure_allow_simulated:
+        print(BANNER, file=sys.stderr, flush=True)
+    client = OhttpClient(args.relay, verifier=make_verifier(allow_simulated=args.insecure_allow_simulated))
+    app = create_app(client, api_key_mode=args.api_key)
+    print(f"veil proxy: OpenAI base_url = http://{host}:{port}/v1 (relay {args.relay})", flush=True)
+    web.run_app(app, host=host, port=int(port), access_log=None, print=None)
+    return 0

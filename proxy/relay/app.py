@@ -1,0 +1,372 @@
+"""``veil relay``: an OHTTP relay (RFC 9458 §6.2) for relay operators.
+
+It sees who sends, never what: it forwards ciphertext only to allow-listed gateways, builds every forwarded
+request from scratch (no client address, cookie, user agent or any other client header goes on), streams both
+directions without buffering, caches key configurations and evidence so every client sees the same keys, and
+limits sizes, rates and time. It keeps no per-client logs; client addresses live in memory only for the rate
+window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Final
+
+import aiohttp
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger("veil.relay")
+
+MEDIA_REQ: Final = "message/ohttp-req"
+MEDIA_CHUNKED_REQ: Final = "message/ohttp-chunked-req"
+MEDIA_KEYS: Final = "application/ohttp-keys"
+WELL_KNOWN: Final = "/.well-known/ohttp-gateway"
+ATTESTATION: Final = "/.well-known/veil-attestation"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+#: Response headers from the gateway that reach the client; everything else is dropped.
+_PASS_RESPONSE: Final = ("Content-Type", "Incremental")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelayConfig:
+    """Limits and settings; every one has a command-line option."""
+
+    gateways: dict[str, str]
+    max_request_bytes: int = 4 * 1024 * 1024
+    max_response_bytes: int = 64 * 1024 * 1024
+    max_concurrent: int = 1024
+    rate_per_minute: int = 600
+    connect_timeout: float = 5.0
+    read_timeout: float = 300.0
+    client_timeout: float = 30.0
+    cors_origins: tuple[str, ...] = ()
+    min_cache_seconds: float = 5.0
+    max_cache_seconds: float = 3600.0
+
+    def __post_init__(self) -> None:
+        for name, url in self.gateways.items():
+            if not _NAME.match(name):
+                raise ValueError(f"gateway name {name!r} must be letters, digits, '.', '_' or '-'")
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"gateway URL {url!r} must be http(s)")
+
+
+@dataclass
+class _Cached:
+    body: bytes
+    content_type: str
+    expires: float
+
+
+class RateLimiter:
+    """Fixed-window counter per address, in memory only, forgotten when the window ends."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._window = 0
+        self._counts: dict[str, int] = {}
+
+    def allow(self, addr: str, now: float | None = None) -> bool:
+        window = int((time.monotonic() if now is None else now) // 60)
+        if window != self._window:
+            self._window = window
+            self._counts = {}
+        n = self._counts.get(addr, 0) + 1
+        self._counts[addr] = n
+        return n <= self.per_minute
+
+
+@dataclass
+class RelayState:
+    """Per-app state."""
+
+    config: RelayConfig
+    session: aiohttp.ClientSession | None = None
+    cache: dict[tuple[str, str], _Cached] = field(default_factory=dict)
+    cache_locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+    limiter: RateLimiter = field(init=False)
+    slots: asyncio.Semaphore = field(init=False)
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.config.rate_per_minute)
+        self.slots = asyncio.Semaphore(self.config.max_concurrent)
+        r = self.registry
+        self.requests = Counter("veil_relay_requests_total", "Forwarded requests by outcome", ["outcome"], registry=r)
+        self.latency = Histogram("veil_relay_upstream_seconds", "Gateway response time (to headers)", registry=r,
+                                 buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30))
+        self.in_flight = Gauge("veil_relay_in_flight", "Requests being forwarded", registry=r)
+        self.bytes = Counter("veil_relay_bytes_total", "Bytes relayed", ["direction"], registry=r)
+
+
+STATE = web.AppKey("STATE", RelayState)
+
+
+def _problem(status: int, title: str, detail: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+    body: dict[str, object] = {"type": "about:blank", "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/problem+json",
+                        headers={"Cache-Control": "no-store", **(headers or {})})
+
+
+def _target(state: RelayState, name: str) -> str | None:
+    if name == "" and len(state.config.gateways) == 1:
+        return next(iter(state.config.gateways.values()))
+    return state.config.gateways.get(name)
+
+
+def _attestation_url(gateway_url: str) -> str:
+    base = gateway_url[: -len(WELL_KNOWN)] if gateway_url.endswith(WELL_KNOWN) else gateway_url.rstrip("/")
+    return base + ATTESTATION
+
+
+# ------------------------------------------------------------------------------------------------------------------
+
+
+async def forward(request: web.Request) -> web.StreamResponse:
+    """``POST /NAME`` (or ``/``): forward an encapsulated request to the allow-listed gateway NAME."""
+    state = request.app[STATE]
+    name = request.match_info.get("name", "")
+    url = _target(state, name)
+    if url is None:
+        state.requests.labels("forbidden").inc()
+        return _problem(403, "unknown gateway", "this relay forwards only to its configured gateways")
+    ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if ctype not in (MEDIA_REQ, MEDIA_CHUNKED_REQ):
+        state.requests.labels("media_type").inc()
+        return _problem(415, "unsupported media type", f"send {MEDIA_REQ} or {MEDIA_CHUNKED_REQ}")
+    cfg = state.config
+    if request.content_length is not None and request.content_length > cfg.max_request_bytes:
+        state.requests.labels("too_large").inc()
+        return _problem(413, "request too large", f"limit is {cfg.max_request_bytes} bytes")
+    if not state.limiter.allow(request.remote or ""):
+        state.requests.labels("rate_limited").inc()
+        return _problem(429, "too many requests", "slow down", {"Retry-After": "60"})
+    if state.slots.locked():
+        state.requests.labels("busy").inc()
+        return _problem(503, "relay busy", "too many concurrent requests", {"Retry-After": "1"})
+    async with state.slots:
+        state.in_flight.inc()
+        try:
+            return await _forward(request, state, url, ctype)
+        finally:
+            state.in_flight.dec()
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _body(request: web.Request, limit: int, timeout: float, counter: Counter) -> AsyncIterator[bytes]:
+    total = 0
+    it = request.content.iter_any().__aiter__()
+    while True:
+        try:
+            piece = await asyncio.wait_for(it.__anext__(), timeout)
+        except StopAsyncIteration:
+            return
+        total += len(piece)
+        if total > limit:
+            raise _TooLarge()
+        counter.inc(len(piece))
+        yield piece
+
+
+async def _forward(request: web.Request, state: RelayState, url: str, ctype: str) -> web.StreamResponse:
+    cfg = state.config
+    assert state.session is not None
+    up_bytes = state.bytes.labels("up")
+    # The forwarded request is built from scratch: content type, framing, nothing else of the client's.
+    headers = {"Content-Type": ctype}
+    if ctype == MEDIA_CHUNKED_REQ:
+        headers["Incremental"] = "?1"
+        data: object = _body(request, cfg.max_request_bytes, cfg.client_timeout, up_bytes)
+    else:
+        try:
+            data = b"".join([p async for p in _body(request, cfg.max_request_bytes, cfg.client_timeout, up_bytes)])
+        except _TooLarge:
+            state.requests.labels("too_large").inc()
+            return _problem(413, "request too large", f"limit is {cfg.max_request_bytes} bytes")
+        except asyncio.TimeoutError:
+            state.requests.labels("client_timeout").inc()
+            return _problem(408, "request timeout", "the request body arrived too slowly")
+    t0 = time.perf_counter()
+    try:
+        upstream = await state.session.post(url, data=data, headers=headers, allow_redirects=False)
+    except _TooLarge:
+        state.requests.labels("too_large").inc()
+        return _problem(413, "request too large", f"limit is {cfg.max_request_bytes} bytes")
+    except asyncio.TimeoutError:
+        state.requests.labels("gateway_timeout").inc()
+        return _problem(504, "gateway timeout", "the gateway did not answer in time")
+    except (aiohttp.ClientError, OSError):
+        state.requests.labels("gateway_error").inc()
+        return _problem(502, "bad gateway", "the gateway is unreachable")
+    state.latency.observe(time.perf_counter() - t0)
+    try:
+        out_headers = {k: upstream.headers[k] for k in _PASS_RESPONSE if k in upstream.headers}
+        out_headers["Cache-Control"] = "no-store"
+        resp = web.StreamResponse(status=upstream.status, headers=out_headers)
+        if upstream.content_length is not None and "Incremental" not in out_headers:
+            resp.content_length = upstream.content_length
+        else:
+            resp.enable_chunked_encoding()
+        _cors(request, state, resp)
+        await resp.prepare(request)
+        down = state.bytes.labels("down")
+        total = 0
+        try:
+            async for piece in upstream.content.iter_any():
+                total += len(piece)
+                if total > cfg.max_response_bytes:
+                    state.requests.labels("response_too_large").inc()
+                    upstream.close()
+                    return resp  # cut off: the client sees a truncated body, never a silent success
+                down.inc(len(piece))
+                await resp.write(piece)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            state.requests.labels("gateway_broke").inc()
+            return resp  # the stream ends without its final chunk; the client detects truncation
+        await resp.write_eof()
+        state.requests.labels("ok" if upstream.status == 200 else f"gateway_{upstream.status // 100}xx").inc()
+        return resp
+    except (ConnectionResetError, OSError):
+        state.requests.labels("client_gone").inc()
+        return web.StreamResponse()
+    finally:
+        upstream.release()
+
+
+async def keys(request: web.Request) -> web.Response:
+    """``GET /NAME``: the gateway's key configuration, cached for its lifetime (key consistency)."""
+    return await _cached_get(request, "keys")
+
+
+async def attestation(request: web.Request) -> web.Response:
+    """``GET /NAME/attestation``: the gateway's evidence bundle, cached alongside its keys."""
+    return await _cached_get(request, "attestation")
+
+
+async def _cached_get(request: web.Request, what: str) -> web.Response:
+    state = request.app[STATE]
+    name = request.match_info.get("name", "")
+    url = _target(state, name)
+    if url is None:
+        return _problem(404 if request.method == "GET" else 403, "unknown gateway")
+    if what == "attestation" and "nonce" in request.query:
+        return _problem(400, "fresh evidence is not relayed", "ask for cached evidence; nonces would link clients")
+    key = (name or "", what)
+    lock = state.cache_locks.setdefault(key, asyncio.Lock())
+    async with lock:
+        entry = state.cache.get(key)
+        now = time.monotonic()
+        if entry is None or entry.expires <= now:
+            fresh = await _fetch(state, url if what == "keys" else _attestation_url(url), what)
+            if isinstance(fresh, web.Response):
+                if entry is None:
+                    return fresh
+                # The gateway is down: keep serving what every client was already given, until it expires.
+            else:
+                entry = fresh
+                state.cache[key] = entry
+    remaining = max(0, int(entry.expires - time.monotonic()))
+    resp = web.Response(body=entry.body, content_type=entry.content_type,
+                        headers={"Cache-Control": f"max-age={remaining}"})
+    _cors(request, state, resp)
+    return resp
+
+
+async def _fetch(state: RelayState, url: str, what: str) -> _Cached | web.Response:
+    assert state.session is not None
+    accept = MEDIA_KEYS if what == "keys" else "application/json"
+    try:
+        async with state.session.get(url, headers={"Accept": accept}, allow_redirects=False) as r:
+            body = await r.content.read(1024 * 1024 + 1)
+            if r.status != 200 or len(body) > 1024 * 1024:
+                return _problem(502, "bad gateway", f"the gateway answered {r.status} for its {what}")
+            cc = r.headers.get("Cache-Control", "")
+            ctype = r.headers.get("Content-Type", accept).split(";")[0]
+    except asyncio.TimeoutError:
+        return _problem(504, "gateway timeout", f"the gateway did not send its {what} in time")
+    except (aiohttp.ClientError, OSError):
+        return _problem(502, "bad gateway", "the gateway is unreachable")
+    m = re.search(r"max-age=(\d+)", cc)
+    cfg = state.config
+    ttl = min(cfg.max_cache_seconds, max(cfg.min_cache_seconds, float(m.group(1)) if m else cfg.min_cache_seconds))
+    return _Cached(body, ctype, time.monotonic() + ttl)
+
+
+def _cors(request: web.Request, state: RelayState, resp: web.StreamResponse) -> None:
+    origin = request.headers.get("Origin")
+    allowed = state.config.cors_origins
+    if origin and ("*" in allowed or origin in allowed):
+        resp.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
+        if "*" not in allowed:
+            resp.headers["Vary"] = "Origin"
+
+
+async def preflight(request: web.Request) -> web.Response:
+    """CORS preflight for browser front ends on the allowed origins."""
+    state = request.app[STATE]
+    resp = web.Response(status=204)
+    _cors(request, state, resp)
+    if "Access-Control-Allow-Origin" in resp.headers:
+        resp.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        resp.headers["Access-Control-Allow-Headers"] = "Content-Type, Incremental, Accept"
+        resp.headers["Access-Control-Max-Age"] = "600"
+    return resp
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The relay process is up (gateways are checked by the requests themselves)."""
+    return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; fixed labels only."""
+    resp = web.Response(body=generate_latest(request.app[STATE].registry))
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
+
+
+async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    cfg = state.config
+    state.session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.read_timeout),
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+    )
+    yield
+    await state.session.close()
+
+
+def create_app(config: RelayConfig) -> web.Application:
+    """Build the relay application."""
+    app = web.Application(client_max_size=config.max_request_bytes + 1)
+    app[STATE] = RelayState(config=config)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("OPTIONS", "/{tail:.*}", preflight)
+    app.router.add_get("/", keys)
+    app.router.add_post("/", forward)
+    app.router.add_get("/{name}/attestation", attestation)
+    app.router.add_get("/{name}", keys)
+    app.router.add_post("/{name}", forward)
+    app.router.add_route("POST", "/{tail:.*}", _forbidden)
+    app.cleanup_ctx.append(_session_ctx)
+    return app
+
+
+async def _forbidden(request: web.Request) -> web.Response:
+    request.app[STATE].requests.labels("forbidden").inc()
+    return _problem(403, "unknown gateway", "this relay forwards only to its configured gateways")

@@ -1,0 +1,72 @@
+"""``veil relay``: options and the server loop."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from aiohttp import web
+
+from veil_cli import Option, add_options
+
+from .app import RelayConfig, create_app
+
+OPTIONS = [
+    Option("listen", "HOST:PORT to listen on", "127.0.0.1:8080"),
+    Option("gateway", "NAME=URL of an allowed gateway's /.well-known/ohttp-gateway (repeatable)", repeat=True,
+           metavar="NAME=URL"),
+    Option("max-request-bytes", "largest request body", 4 * 1024 * 1024, type=int),
+    Option("max-response-bytes", "largest response body (streams are cut off beyond it)", 64 * 1024 * 1024, type=int),
+    Option("max-concurrent", "requests forwarded at once (503 beyond)", 1024, type=int),
+    Option("rate-per-minute", "requests per client address per minute (429 beyond; kept in memory only)", 600, type=int),
+    Option("connect-timeout", "seconds to connect to a gateway (502 beyond)", 5.0, type=float),
+    Option("read-timeout", "seconds a gateway may stay silent (504 / stream cut beyond)", 300.0, type=float),
+    Option("client-timeout", "seconds a client may stay silent while sending its body (408 beyond)", 30.0, type=float),
+    Option("cors-origin", "browser origin allowed to use the relay, or * (repeatable)", repeat=True, metavar="ORIGIN"),
+    Option("log-level", "logging level", "info", choices=("debug", "info", "warning", "error")),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``veil relay`` options."""
+    add_options(parser, "relay", OPTIONS)
+
+
+def parse_gateways(items: list[str]) -> dict[str, str]:
+    """``["a=http://...", ...]`` -> ``{"a": "http://..."}``."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, url = item.partition("=")
+        if not sep or not name or not url:
+            raise SystemExit(f"veil relay: --gateway takes NAME=URL, got {item!r}")
+        out[name] = url
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the relay until interrupted."""
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.gateway:
+        raise SystemExit("veil relay: give at least one --gateway NAME=URL (the allow list)")
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"veil relay: --listen must be HOST:PORT, got {args.listen!r}")
+    try:
+        config = RelayConfig(
+            gateways=parse_gateways(args.gateway),
+            max_request_bytes=args.max_request_bytes,
+            max_response_bytes=args.max_response_bytes,
+            max_concurrent=args.max_concurrent,
+            rate_per_minute=args.rate_per_minute,
+            connect_timeout=args.connect_timeout,
+            read_timeout=args.read_timeout,
+            client_timeout=args.client_timeout,
+            cors_origins=tuple(args.cors_origin or ()),
+        )
+    except ValueError as exc:
+        raise SystemExit(f"veil relay: {exc}") from None
+    names = ", ".join(f"/{n}" for n in config.gateways)
+    print(f"veil relay listening on http://{host}:{port} (gateways: {names})", flush=True)
+    # access_log=None: the relay keeps no per-client logs.
+    web.run_app(create_app(config), host=host, port=int(port), access_log=None, print=None)
+    return 0
