@@ -15,6 +15,7 @@ from email.utils import formatdate
 from typing import AsyncIterator, Callable, Final
 
 import aiohttp
+import orjson
 
 import ohttp
 from ohttp import bhttp
@@ -206,6 +207,17 @@ class OhttpClient:
             r.release()
             await _check_outer(r, data, ohttp.MEDIA_TYPE_CHUNKED_RESPONSE)
         return await _open_stream(r, creq.response())
+
+
+def wants_stream(body: bytes) -> bool:
+    """Whether an OpenAI request body asks for ``stream: true`` (then chunked OHTTP carries it)."""
+    if b'"stream"' not in body:
+        return False
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and obj.get("stream") is True
 
 
 class _KeyRejected(Exception):

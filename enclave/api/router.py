@@ -50,6 +50,21 @@ class ApiRequest:
         return None
 
 
+def _openai_shaped(resp: EngineResponse, path: str) -> EngineResponse:
+    """Engine errors that are not OpenAI error JSON (vLLM answers unknown routes with ``{"detail": ...}``)."""
+    if resp.status < 400 or resp.events is not None:
+        return resp
+    try:
+        body = orjson.loads(resp.body)
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return resp
+    if resp.status == 404:
+        return openai_error(404, f"The engine does not serve {path}.", code="unknown_url")
+    return openai_error(resp.status, f"The engine rejected the request (HTTP {resp.status}).", code="engine_error")
+
+
 class Api:
     """Dispatches decapsulated requests to ``engine``.
 
@@ -150,4 +165,4 @@ class Api:
                 tenant = "hdr:" + t.decode("latin-1")
             raw["cache_salt"] = self.salt_for(tenant)
         stream = bool(getattr(parsed, "stream", False))
-        return await self.engine.call("POST", path, orjson.dumps(raw), stream=stream)
+        return _openai_shaped(await self.engine.call("POST", path, orjson.dumps(raw), stream=stream), path)

@@ -35,7 +35,7 @@ CPU_ENV = {
     "DO_NOT_TRACK": "1",
 }
 #: Lines of vLLM's start-up log worth showing as progress (never request content: vLLM logs none at INFO
-#: with --disable-log-requests).
+#: with --no-enable-log-requests).
 _PROGRESS = re.compile(r"(Loading|Loaded|weights|KV cache|Capturing|compil|Starting|init engine|Available routes|"
                        r"Application startup complete|model weights took|memory)", re.I)
 
@@ -99,8 +99,9 @@ class VllmEngine(UpstreamEngine):
             "--port", str(self.port),
             "--gpu-memory-utilization", "0.5",
             "--enforce-eager",
-            "--disable-log-requests",
+            "--no-enable-log-requests",  # vLLM must never log prompts
             "--disable-uvicorn-access-log",
+            "--disable-log-stats",
             *self.extra_args,
         ]
 

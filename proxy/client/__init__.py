@@ -1,0 +1,6 @@
+"""The client side for SDK users: the local proxy app and the in-process httpx transport."""
+
+from .app import create_app
+from .httpx_transport import VeilAsyncTransport, VeilTransport
+
+__all__ = ["create_app", "VeilTransport", "VeilAsyncTransport"]

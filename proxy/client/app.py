@@ -15,7 +15,7 @@ from typing import AsyncIterator, Final
 import orjson
 from aiohttp import web
 
-from ..transport import OhttpClient, VeilClientError
+from ..transport import OhttpClient, VeilClientError, wants_stream
 
 log = logging.getLogger("veil.proxy")
 
@@ -48,16 +48,6 @@ def _attestation_header(state: ProxyState) -> dict[str, str]:
     return {"x-veil-attestation": "simulated" if keys.simulated else "verified"}
 
 
-def _wants_stream(body: bytes) -> bool:
-    if b'"stream"' not in body:
-        return False
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(obj, dict) and obj.get("stream") is True
-
-
 async def api(request: web.Request) -> web.StreamResponse:
     """Any ``/v1/...`` request: encapsulate, send through the relay, answer with the gateway's response."""
     state = request.app[STATE]
@@ -67,7 +57,7 @@ async def api(request: web.Request) -> web.StreamResponse:
     headers = [(n, v) for n, v in headers if n.lower() != "authorization"]
     if state.api_key_mode == "always" or (state.api_key_mode == "auto" and state.gateway_wants_key):
         headers += auth
-    stream = request.method == "POST" and _wants_stream(body)
+    stream = request.method == "POST" and wants_stream(body)
     path = request.path_qs
     try:
         inner = await state.client.request(request.method, path, headers, body, chunked=stream)

@@ -1,0 +1,141 @@
+"""In-process OHTTP for Python users who cannot run a proxy: an ``httpx`` transport for the OpenAI SDK.
+
+    from openai import OpenAI
+    import httpx2  # the SDK's HTTP client (httpx for openai < 3)
+    from proxy.client import VeilTransport
+
+    client = OpenAI(base_url="http://veil.invalid/v1", api_key="unused",
+                    http_client=httpx2.Client(transport=VeilTransport("http://relay.example/NAME")))
+
+The host in ``base_url`` is never contacted: every request is encapsulated and sent to the relay. The SDK's API key
+stays on this machine unless ``send_api_key=True`` (then it travels inside the encapsulation only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import AsyncIterator, Iterator
+
+try:  # openai >= 3 is built on httpx2; older SDKs on httpx. Same transport API.
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover - exercised only with an older SDK
+    import httpx  # type: ignore[no-redef]
+
+from ..transport import InnerResponse, OhttpClient, VeilClientError, wants_stream
+from ..verify import make_verifier
+
+_HOP = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
+
+
+def _headers(inner: InnerResponse, simulated: bool) -> list[tuple[bytes, bytes]]:
+    out = [(n, v) for n, v in inner.headers if n not in _HOP]
+    out.append((b"x-veil-attestation", b"simulated" if simulated else b"verified"))
+    return out
+
+
+class VeilAsyncTransport(httpx.AsyncBaseTransport):
+    """For ``httpx.AsyncClient`` / ``openai.AsyncOpenAI``."""
+
+    def __init__(
+        self,
+        relay_url: str,
+        *,
+        allow_simulated: bool = False,
+        keys_url: str | None = None,
+        attestation_url: str | None = None,
+        send_api_key: bool = False,
+    ) -> None:
+        self.client = OhttpClient(
+            relay_url,
+            verifier=make_verifier(allow_simulated=allow_simulated),
+            keys_url=keys_url,
+            attestation_url=attestation_url,
+        )
+        self.send_api_key = send_api_key
+
+    async def send(self, request: httpx.Request, body: bytes) -> InnerResponse:
+        """Encapsulate one httpx request and send it."""
+        headers = [
+            (k, v) for k, v in request.headers.items() if self.send_api_key or k.lower() != "authorization"
+        ]
+        path = request.url.raw_path.decode("ascii")
+        try:
+            return await self.client.request(
+                request.method, path, headers, body, chunked=request.method == "POST" and wants_stream(body)
+            )
+        except VeilClientError as exc:
+            raise httpx.TransportError(f"Veil: {exc}") from exc
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        inner = await self.send(request, await request.aread())
+        simulated = bool(self.client.keys and self.client.keys.simulated)
+        if inner.pieces is None:
+            return httpx.Response(inner.status, headers=_headers(inner, simulated), content=inner.body)
+        return httpx.Response(inner.status, headers=_headers(inner, simulated), stream=_AsyncStream(inner.pieces))
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+class _AsyncStream(httpx.AsyncByteStream):
+    def __init__(self, pieces: AsyncIterator[bytes]) -> None:
+        self._pieces = pieces
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for p in self._pieces:
+                yield p
+        except VeilClientError as exc:
+            raise httpx.ReadError(f"Veil: {exc}") from exc
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._pieces, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class VeilTransport(httpx.BaseTransport):
+    """For ``httpx.Client`` / ``openai.OpenAI``: runs the async client on a private event-loop thread."""
+
+    def __init__(self, relay_url: str, **kwargs: object) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="veil-transport", daemon=True)
+        self._thread.start()
+        self._async = VeilAsyncTransport(relay_url, **kwargs)  # type: ignore[arg-type]
+
+    def _run(self, coro):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        inner = self._run(self._async.send(request, request.read()))
+        simulated = bool(self._async.client.keys and self._async.client.keys.simulated)
+        if inner.pieces is None:
+            return httpx.Response(inner.status, headers=_headers(inner, simulated), content=inner.body)
+        return httpx.Response(inner.status, headers=_headers(inner, simulated), stream=_SyncStream(self, inner.pieces))
+
+    def close(self) -> None:
+        if self._loop.is_running():
+            self._run(self._async.aclose())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+
+
+class _SyncStream(httpx.SyncByteStream):
+    def __init__(self, transport: VeilTransport, pieces: AsyncIterator[bytes]) -> None:
+        self._t = transport
+        self._pieces = pieces
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            try:
+                yield self._t._run(self._pieces.__anext__())
+            except StopAsyncIteration:
+                return
+            except VeilClientError as exc:
+                raise httpx.ReadError(f"Veil: {exc}") from exc
+
+    def close(self) -> None:
+        aclose = getattr(self._pieces, "aclose", None)
+        if aclose is not None and self._t._loop.is_running():
+            self._t._run(aclose())

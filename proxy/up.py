@@ -1,0 +1,220 @@
+"""``veil up``: gateway, relay and client proxy on loopback as three real processes, then a streamed chat.
+
+This is the local demo of the whole path. No TEE exists on a laptop, so the gateway's evidence is simulated and
+the proxy is started with ``--insecure-allow-simulated``; every answer says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from veil_cli import Option, add_options
+
+OPTIONS = [
+    Option("engine", "inference engine of the gateway", "vllm", choices=("vllm", "echo")),
+    Option("gateway-port", "loopback port of the gateway", 8081, type=int),
+    Option("relay-port", "loopback port of the relay", 8080, type=int),
+    Option("proxy-port", "loopback port of the client proxy (the OpenAI base_url)", 8000, type=int),
+    Option("model", "model directory for --engine vllm (default: the one scripts/setup-engine makes)"),
+    Option("no-chat", "start everything and wait for Ctrl-C instead of chatting", False, flag=True),
+    Option("startup-timeout", "seconds to wait for everything to be healthy", 900.0, type=float),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``veil up`` options."""
+    add_options(parser, "up", OPTIONS)
+
+
+@dataclass
+class Child:
+    """One supervised piece of the chain."""
+
+    name: str
+    args: list[str]
+    health: str
+    proc: asyncio.subprocess.Process | None = None
+    quiet: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def _pump(child: Child) -> None:
+    assert child.proc is not None and child.proc.stdout is not None
+    async for raw in child.proc.stdout:
+        line = raw.decode(errors="replace").rstrip()
+        # Once the chat runs, only problems are shown, so they do not interleave with the conversation.
+        if not child.quiet.is_set() or " ERROR " in line or " WARNING " in line and "SIMULATED" not in line:
+            print(f"  [{child.name}] {line}", flush=True)
+
+
+async def _start(child: Child) -> None:
+    child.proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "veil_cli", *child.args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    asyncio.create_task(_pump(child))
+
+
+async def _wait_healthy(session: aiohttp.ClientSession, child: Child, deadline: float) -> None:
+    last_note = time.monotonic()
+    while time.monotonic() < deadline:
+        assert child.proc is not None
+        if child.proc.returncode is not None:
+            raise SystemExit(f"veil up: the {child.name} exited with code {child.proc.returncode} (see its log above)")
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            async with session.get(child.health, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                if r.status == 200:
+                    print(f"veil up: {child.name} is ready", flush=True)
+                    return
+        if time.monotonic() - last_note > 15:
+            print(f"veil up: still waiting for the {child.name}…", flush=True)
+            last_note = time.monotonic()
+        await asyncio.sleep(0.3)
+    raise SystemExit(f"veil up: the {child.name} did not become healthy in time")
+
+
+async def _stop(children: list[Child]) -> None:
+    for child in reversed(children):
+        if child.proc is not None and child.proc.returncode is None:
+            child.proc.send_signal(signal.SIGINT)
+    for child in reversed(children):
+        if child.proc is not None:
+            try:
+                await asyncio.wait_for(child.proc.wait(), 20)
+            except asyncio.TimeoutError:
+                child.proc.kill()
+                await child.proc.wait()
+
+
+async def _chat(base_url: str, model: str, interactive: bool) -> None:
+    history: list[dict[str, Any]] = []
+    if interactive:
+        print("\nType a message and press Enter. /reset clears the conversation, /quit (or Ctrl-D) leaves.\n", flush=True)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=600)) as s:
+        while True:
+            try:
+                line = await asyncio.to_thread(input, "you> " if interactive else "")
+            except EOFError:
+                print()
+                return
+            text = line.strip()
+            if not text:
+                continue
+            if text in ("/quit", "/exit"):
+                return
+            if text == "/reset":
+                history.clear()
+                print("(conversation cleared)")
+                continue
+            if not interactive:
+                print(f"you> {text}")
+            history.append({"role": "user", "content": text})
+            body = {"model": model, "messages": history, "stream": True, "max_tokens": 256, "temperature": 0}
+            print("veil> ", end="", flush=True)
+            reply = []
+            async with s.post(base_url + "/chat/completions", json=body) as r:
+                if r.status != 200:
+                    err = await r.json(content_type=None)
+                    print(f"[error {r.status}: {err.get('error', {}).get('message', err)}]")
+                    history.pop()
+                    continue
+                async for raw in r.content:
+                    if not raw.startswith(b"data: ") or raw.strip() == b"data: [DONE]":
+                        continue
+                    event = orjson.loads(raw[6:])
+                    if "error" in event:
+                        print(f"\n[error: {event['error'].get('message')}]", end="")
+                        break
+                    for choice in event.get("choices", []):
+                        piece = choice.get("delta", {}).get("content") or ""
+                        reply.append(piece)
+                        print(piece, end="", flush=True)
+            print(flush=True)
+            history.append({"role": "assistant", "content": "".join(reply)})
+
+
+async def _main(args: argparse.Namespace) -> int:
+    gw, relay, px = args.gateway_port, args.relay_port, args.proxy_port
+    gw_args = ["gateway", "--listen", f"127.0.0.1:{gw}", "--engine", args.engine, "--attestation", "simulated"]
+    if args.model:
+        gw_args += ["--model", args.model]
+    children = [
+        Child("gateway", gw_args, f"http://127.0.0.1:{gw}/healthz"),
+        Child("relay", ["relay", "--listen", f"127.0.0.1:{relay}",
+                        "--gateway", f"local=http://127.0.0.1:{gw}/.well-known/ohttp-gateway", "--cors-origin", "*"],
+              f"http://127.0.0.1:{relay}/healthz"),
+        Child("proxy", ["proxy", "--listen", f"127.0.0.1:{px}", "--relay", f"http://127.0.0.1:{relay}/local",
+                        "--insecure-allow-simulated"], f"http://127.0.0.1:{px}/healthz"),
+    ]
+    deadline = time.monotonic() + args.startup_timeout
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with aiohttp.ClientSession() as s:
+            if args.engine == "vllm":
+                print("veil up: starting the gateway with vLLM (SmolLM2-135M on CPU); loading takes ~20-60 s…",
+                      flush=True)
+            for child in children:
+                await _start(child)
+                waiter = asyncio.create_task(_wait_healthy(s, child, deadline))
+                stopper = asyncio.create_task(stop.wait())
+                done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                if waiter not in done:
+                    waiter.cancel()
+                    return 130
+                waiter.result()
+            async with s.get(f"http://127.0.0.1:{px}/v1/models") as r:
+                model = (await r.json())["data"][0]["id"]
+        base_url = f"http://127.0.0.1:{px}/v1"
+        print(f"""
+veil up: the whole chain is running on loopback.
+  OpenAI base_url : {base_url}        (model: {model})
+  relay           : http://127.0.0.1:{relay}/local
+  gateway         : http://127.0.0.1:{gw}/.well-known/ohttp-gateway
+  attestation     : SIMULATED (no TEE on this machine; see {base_url}/veil/attestation)
+
+  from openai import OpenAI
+  client = OpenAI(base_url="{base_url}", api_key="unused")
+  client.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hello"}}])
+""", flush=True)
+        for child in children:
+            child.quiet.set()
+        if args.no_chat:
+            print("veil up: serving; press Ctrl-C to stop.", flush=True)
+            await stop.wait()
+        else:
+            chat = asyncio.create_task(_chat(base_url, model, sys.stdin.isatty()))
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({chat, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if chat.done():
+                chat.result()
+            else:
+                chat.cancel()
+        return 0
+    finally:
+        print("\nveil up: stopping…", flush=True)
+        await _stop(children)
+        print("veil up: stopped.", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chain until the chat ends or Ctrl-C."""
+    try:
+        return asyncio.run(_main(args))
+    except KeyboardInterrupt:
+        return 130
