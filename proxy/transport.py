@@ -171,10 +171,13 @@ class OhttpClient:
         raise AssertionError("unreachable")
 
     def _inner(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> bhttp.Request:
-        fields = [(n.lower(), v) for n, v in headers if n.lower() not in DROP_HEADERS]
+        fields = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers if n.lower() not in DROP_HEADERS]
         if self.send_date:
-            fields.append(("date", formatdate(usegmt=True)))
-        return bhttp.Request(method=method, scheme="https", authority="", path=path, headers=tuple(fields), content=body)
+            fields.append((b"date", formatdate(usegmt=True).encode("ascii")))
+        return bhttp.Request(
+            method=method.encode("ascii"), scheme=b"https", authority=b"", path=path.encode("latin-1"),
+            headers=tuple(fields), content=body,
+        )
 
     async def _send(
         self, keys: KeyState, method: str, path: str, headers: list[tuple[str, str]], body: bytes, chunked: bool

@@ -82,7 +82,7 @@ class EchoEngine:
 
     def _chat(self, req: dict[str, Any], stream: bool) -> EngineResponse:
         messages = req.get("messages", [])
-        last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+        last_user: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
         text = _text_of(last_user.get("content", ""))
         words = _words(text) if text else []
         prompt_tokens = sum(len(_text_of(m.get("content", "")).split()) for m in messages)

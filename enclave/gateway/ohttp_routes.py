@@ -258,8 +258,9 @@ def _pad_event(event: bytes, pad: int) -> bytes:
     return event[:-1] + b":" + b"p" * extra + b"\n\n"
 
 
-async def _collect(resp: EngineResponse) -> tuple[int, list[tuple[str, str]], bytes]:
-    headers = [("content-type", resp.content_type), *resp.headers.items()]
+async def _collect(resp: EngineResponse) -> tuple[int, tuple[tuple[bytes, bytes], ...], bytes]:
+    headers = tuple((n.encode("latin-1"), v.encode("latin-1"))
+                    for n, v in [("content-type", resp.content_type), *resp.headers.items()])
     if resp.events is None:
         return resp.status, headers, resp.body
     buf = bytearray()

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator, Awaitable, Iterator, TypeVar
 
 try:  # openai >= 3 is built on httpx2; older SDKs on httpx. Same transport API.
     import httpx2 as httpx
 except ImportError:  # pragma: no cover - exercised only with an older SDK
-    import httpx  # type: ignore[no-redef]
+    import httpx  # type: ignore[no-redef,import-not-found,unused-ignore]
 
 from ..transport import InnerResponse, OhttpClient, VeilClientError, wants_stream
 from ..verify import make_verifier
 
+T = TypeVar("T")
 _HOP = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
 
 
@@ -95,6 +96,10 @@ class _AsyncStream(httpx.AsyncByteStream):
             await aclose()
 
 
+async def _await(aw: Awaitable[T]) -> T:
+    return await aw
+
+
 class VeilTransport(httpx.BaseTransport):
     """For ``httpx.Client`` / ``openai.OpenAI``: runs the async client on a private event-loop thread."""
 
@@ -104,8 +109,8 @@ class VeilTransport(httpx.BaseTransport):
         self._thread.start()
         self._async = VeilAsyncTransport(relay_url, **kwargs)  # type: ignore[arg-type]
 
-    def _run(self, coro):  # type: ignore[no-untyped-def]
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+    def _run(self, coro: Awaitable[T]) -> T:
+        return asyncio.run_coroutine_threadsafe(_await(coro), self._loop).result()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         inner = self._run(self._async.send(request, request.read()))
