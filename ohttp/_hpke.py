@@ -217,8 +217,10 @@ class PrivateKey:
         return cls(kem, pair.private_key, pair.public_key.to_public_bytes())
 
     def private_bytes(self) -> bytes:
-        """The serialized private key; callers decide whether it may leave memory."""
-        return self._sk.to_private_bytes()
+        """The serialized private key (Nsk bytes); callers decide whether it may leave memory."""
+        out = self._sk.to_private_bytes()
+        # pyhpke 0.6 writes an EC scalar on key_size *bytes* (256 for P-256), zeros first; RFC 9180 wants Nsk.
+        return out[-self.kem.n_sk :]
 
     def setup_recipient(self, kdf: KdfId, aead: AeadId, enc: bytes, info: bytes) -> HpkeContext:
         """SetupBaseR(enc, skR, info); a bad ``enc`` is a :class:`DecryptError`."""

@@ -76,6 +76,8 @@ class Limits:
     max_informational: int = 8
 
 
+_DEFAULT_LIMITS: Final = Limits()
+
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+\Z")
 _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
@@ -363,7 +365,7 @@ class BHTTPDecoder:
     def __init__(self, limits: Limits | None = None, *, expect: str | None = None) -> None:
         if expect not in (None, "request", "response"):
             raise LocalProtocolError(f"expect must be 'request' or 'response', not {expect!r}")
-        self._limits = limits or Limits()
+        self._limits = limits or _DEFAULT_LIMITS
         self._expect = expect
         self._buf = bytearray()
         self._pos = 0
@@ -695,7 +697,8 @@ def _run(data: bytes, limits: Limits | None, expect: str | None) -> Request | Re
     dec.receive_data(b"")
     head: RequestHead | ResponseHead | None = None
     infos: list[InformationalResponse] = []
-    content = bytearray()
+    # Pieces joined once at the end: a known-length message has one, which join hands back without a copy.
+    content: list[bytes] = []
     trailers: tuple[Field, ...] = ()
     while True:
         ev = dec.next_event()
@@ -704,7 +707,7 @@ def _run(data: bytes, limits: Limits | None, expect: str | None) -> Request | Re
         elif isinstance(ev, InformationalResponse):
             infos.append(ev)
         elif isinstance(ev, Data):
-            content += ev.data
+            content.append(ev.data)
         elif isinstance(ev, Trailers):
             trailers = ev.fields
         elif isinstance(ev, EndOfMessage):
@@ -712,20 +715,28 @@ def _run(data: bytes, limits: Limits | None, expect: str | None) -> Request | Re
         else:  # NEED_DATA after EOF cannot happen: EOF either completes the message or raises.
             raise DecodeError("message incomplete")
     ev = dec.next_event()  # validates padding
+    # The decoder has already checked everything that __post_init__ would check again (method token, control
+    # characters, every field line, status range), so the message is built without a second validation pass.
     if isinstance(head, RequestHead):
-        return Request(
-            method=head.method,
-            scheme=head.scheme,
-            authority=head.authority,
-            path=head.path,
-            headers=head.headers,
-            content=bytes(content),
-            trailers=trailers,
-        )
+        req = object.__new__(Request)
+        _set = object.__setattr__
+        _set(req, "method", head.method)
+        _set(req, "scheme", head.scheme)
+        _set(req, "authority", head.authority)
+        _set(req, "path", head.path)
+        _set(req, "headers", head.headers)
+        _set(req, "content", b"".join(content))
+        _set(req, "trailers", trailers)
+        return req
     assert isinstance(head, ResponseHead)
-    return Response(
-        status=head.status, headers=head.headers, content=bytes(content), trailers=trailers, informational=tuple(infos)
-    )
+    resp = object.__new__(Response)
+    _set = object.__setattr__
+    _set(resp, "status", head.status)
+    _set(resp, "headers", head.headers)
+    _set(resp, "content", b"".join(content))
+    _set(resp, "trailers", trailers)
+    _set(resp, "informational", tuple(infos))
+    return resp
 
 
 def decode(data: bytes, limits: Limits | None = None) -> Request | Response:

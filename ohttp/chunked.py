@@ -20,6 +20,7 @@ from typing import Final
 
 from ._hpke import Aead, AeadId, HpkeContext, KdfId, setup_sender
 from ._varint import decode_varint, encode_varint
+from .bhttp import NEED_DATA, _NeedData
 from .encapsulation import (
     ParsedHeader,
     build_header,
@@ -41,6 +42,7 @@ __all__ = [
     "MAX_CHUNK_SIZE",
     "MEDIA_TYPE_CHUNKED_REQUEST",
     "MEDIA_TYPE_CHUNKED_RESPONSE",
+    "NEED_DATA",
 ]
 
 MEDIA_TYPE_CHUNKED_REQUEST: Final = "message/ohttp-chunked-req"
@@ -61,13 +63,7 @@ class Chunk:
     final: bool = False
 
 
-class _NeedData:
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-#: Returned by ``next_event`` when more bytes are needed.
-NEED_DATA: Final = _NeedData()
+# ``NEED_DATA`` is the package's one sentinel (``ohttp.NEED_DATA``), shared with the BHTTP decoder.
 
 
 class _ChunkReader:
@@ -94,6 +90,7 @@ class _ChunkReader:
         else:
             self._buf += data
             if self._final_seen and len(self._buf) - self._pos > self._max_sealed:
+                self.failed = True  # once failed, stay failed: never open this final chunk at EOF
                 raise ChunkError(f"final chunk larger than {self._max_sealed} bytes")
 
     def buffered(self) -> bytearray:
