@@ -92,20 +92,32 @@ def _check_field(name: bytes, value: bytes) -> None:
         raise DecodeError(f"invalid value for field {name.decode('ascii')!r}")
 
 
+#: Field lines already validated: a gateway sends the same few headers millions of times, and validation is
+#: regex work. Bounded so that a stream of distinct values cannot grow it without limit.
+_VALID_FIELDS: dict[tuple[bytes, bytes], None] = {}
+_VALID_FIELDS_MAX: Final = 4096
+
+
 def _fields(items: Iterable[tuple[bytes | str, bytes | str]]) -> tuple[Field, ...]:
     out = []
     for n, v in items:
         nb = n.encode("latin-1") if isinstance(n, str) else bytes(n)
         vb = v.encode("latin-1") if isinstance(v, str) else bytes(v)
-        try:
-            _check_field(nb, vb)
-        except DecodeError as exc:
-            raise LocalProtocolError(str(exc)) from None
-        out.append((nb, vb))
+        pair = (nb, vb)
+        if pair not in _VALID_FIELDS:
+            try:
+                _check_field(nb, vb)
+            except DecodeError as exc:
+                raise LocalProtocolError(str(exc)) from None
+            if len(_VALID_FIELDS) < _VALID_FIELDS_MAX:
+                _VALID_FIELDS[pair] = None
+        out.append(pair)
     return tuple(out)
 
 
 def _b(v: bytes | str) -> bytes:
+    if type(v) is bytes:
+        return v  # immutable already: no copy (a 64 KiB body must not be copied per layer)
     return v.encode("latin-1") if isinstance(v, str) else bytes(v)
 
 
@@ -128,7 +140,7 @@ class Request:
         object.__setattr__(self, "path", _b(self.path))
         object.__setattr__(self, "headers", _fields(self.headers))
         object.__setattr__(self, "trailers", _fields(self.trailers))
-        object.__setattr__(self, "content", bytes(self.content))
+        object.__setattr__(self, "content", _b(self.content))
         if not _TOKEN.match(self.method):
             raise LocalProtocolError("method must be a non-empty token")
         for what in ("scheme", "authority", "path"):
@@ -169,7 +181,7 @@ class Response:
     def __post_init__(self) -> None:
         object.__setattr__(self, "headers", _fields(self.headers))
         object.__setattr__(self, "trailers", _fields(self.trailers))
-        object.__setattr__(self, "content", bytes(self.content))
+        object.__setattr__(self, "content", _b(self.content))
         if not 200 <= self.status <= 599:
             raise LocalProtocolError(f"final status {self.status} not in 200..599")
 
@@ -190,7 +202,15 @@ def _enc_bytes(b: bytes) -> bytes:
 
 
 def _enc_fields_body(fields: Sequence[Field]) -> bytes:
-    return b"".join(encode_varint(len(n)) + n + encode_varint(len(v)) + v for n, v in fields)
+    parts = []
+    for n, v in fields:
+        ln, lv = len(n), len(v)
+        # Lengths under 64 are one byte; writing those inline keeps the common case out of encode_varint.
+        parts.append(bytes((ln,)) if ln < 64 else encode_varint(ln))
+        parts.append(n)
+        parts.append(bytes((lv,)) if lv < 64 else encode_varint(lv))
+        parts.append(v)
+    return b"".join(parts)
 
 
 def _enc_section(fields: Sequence[Field], mode: Mode) -> bytes:
@@ -241,30 +261,43 @@ def encode_end(trailers: Iterable[tuple[bytes | str, bytes | str]] = (), padding
     return b"\x00" + _enc_section(_fields(trailers), Mode.INDETERMINATE_LENGTH) + bytes(padding)
 
 
-def _enc_tail(content: bytes, trailers: Sequence[Field], mode: Mode, truncate: bool, padding: int) -> bytes:
-    # RFC 9292 §3.8: trailing empty sections may be omitted ("truncated") and zeros may pad.
-    if mode is Mode.KNOWN_LENGTH:
-        parts = [_enc_bytes(content), _enc_section(trailers, mode)]
+def _tail_parts(content: bytes, trailers: Sequence[Field], mode: Mode, truncate: bool) -> list[bytes]:
+    """Content and trailer section as parts to join once (no copy of a large content until the final join).
+
+    RFC 9292 §3.8: with ``truncate``, empty trailing sections are omitted.
+    """
+    tsec = _enc_section(trailers, mode)
+    if not content:
+        cparts = [b"\x00"]
+    elif mode is Mode.KNOWN_LENGTH:
+        cparts = [encode_varint(len(content)), content]
     else:
-        parts = [(encode_chunk(content) if content else b"") + b"\x00", _enc_section(trailers, mode)]
-    if truncate:
-        empty_tail = [b"\x00", b"\x00"]
-        while parts and parts[-1] == empty_tail[len(parts) - 1]:
-            parts.pop()
-    return b"".join(parts) + bytes(padding)
+        cparts = [encode_varint(len(content)), content, b"\x00"]
+    if truncate and tsec == b"\x00":
+        return cparts if content else []
+    cparts.append(tsec)
+    return cparts
+
+
+def _encode(head: list[bytes], headers: Sequence[Field], content: bytes, trailers: Sequence[Field], mode: Mode,
+            truncate: bool, padding: int) -> bytes:
+    section = _enc_section(headers, mode)
+    tail = _tail_parts(content, trailers, mode, truncate)
+    if not (truncate and not tail and section == b"\x00"):
+        head.append(section)
+    head.extend(tail)
+    if padding:
+        head.append(bytes(padding))
+    return b"".join(head)
 
 
 def encode_request(
     req: Request, mode: Mode = Mode.KNOWN_LENGTH, *, truncate: bool = False, padding: int = 0
 ) -> bytes:
     """Encode a whole request. ``truncate`` omits empty trailing sections; ``padding`` appends zeros."""
-    head_fi = _Framing.KNOWN_REQUEST if mode is Mode.KNOWN_LENGTH else _Framing.INDETERMINATE_REQUEST
-    head = bytes((head_fi,)) + _enc_control(req)
-    section = _enc_section(req.headers, mode)
-    tail = _enc_tail(req.content, req.trailers, mode, truncate, 0)
-    if truncate and not tail and section == b"\x00":
-        section = b""
-    return head + section + tail + bytes(padding)
+    fi = _Framing.KNOWN_REQUEST if mode is Mode.KNOWN_LENGTH else _Framing.INDETERMINATE_REQUEST
+    head = [bytes((fi,)), _enc_control(req)]
+    return _encode(head, req.headers, req.content, req.trailers, mode, truncate, padding)
 
 
 def encode_response(
@@ -272,16 +305,12 @@ def encode_response(
 ) -> bytes:
     """Encode a whole response, informational responses first."""
     fi = _Framing.KNOWN_RESPONSE if mode is Mode.KNOWN_LENGTH else _Framing.INDETERMINATE_RESPONSE
-    out = bytearray((fi,))
+    head = [bytes((fi,))]
     for info in resp.informational:
-        out += encode_varint(info.status) + _enc_section(info.headers, mode)
-    out += encode_varint(resp.status)
-    section = _enc_section(resp.headers, mode)
-    tail = _enc_tail(resp.content, resp.trailers, mode, truncate, 0)
-    if truncate and not tail and section == b"\x00":
-        section = b""
-    out += section + tail + bytes(padding)
-    return bytes(out)
+        head.append(encode_varint(info.status))
+        head.append(_enc_section(info.headers, mode))
+    head.append(encode_varint(resp.status))
+    return _encode(head, resp.headers, resp.content, resp.trailers, mode, truncate, padding)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -691,7 +720,118 @@ class BHTTPDecoder:
         return Data(data)
 
 
+class _Fallback(Exception):
+    """The fast path declines; the incremental decoder decides (and names the error)."""
+
+
+def _fast_known_length(data: bytes, limits: Limits, expect: str | None) -> Request | Response | None:
+    """Straight-line decoding of a whole known-length message, the gateway's common case.
+
+    It accepts exactly what :class:`BHTTPDecoder` accepts for such messages (the test suite checks the two
+    against each other); anything unusual (indeterminate framing, informational responses, truncation inside a
+    section, any error) returns ``None`` so that the incremental decoder handles it and raises its precise error.
+    """
+    n = len(data)
+    if n == 0 or data[0] > 1:
+        return None
+    is_request = data[0] == 0
+    if expect is not None and is_request != (expect == "request"):
+        return None
+    max_section = limits.max_field_section_size
+    pos = 1
+    try:
+        if is_request:
+            control = []
+            for _ in range(4):
+                length, pos = _vi(data, pos)
+                end = pos + length
+                if end > n or length > max_section:
+                    return None
+                control.append(data[pos:end])
+                pos = end
+            method, scheme, authority, path = control
+            if not _TOKEN.match(method) or any(_BAD_CONTROL.search(c) for c in (scheme, authority, path)):
+                return None
+        else:
+            status, pos = _vi(data, pos)
+            if not 200 <= status <= 599:
+                return None
+        sections: list[tuple[Field, ...]] = []
+        content = b""
+        for part in range(3):  # header section, content, trailer section
+            if pos == n:  # RFC 9292 §3.8 truncation: this part and all after it are empty
+                sections.extend(() for _ in range(2 - len(sections)))
+                break
+            length, pos = _vi(data, pos)
+            end = pos + length
+            if end > n:
+                return None
+            if part == 1:
+                if length > limits.max_content_size:
+                    return None
+                content = data[pos:end]
+            else:
+                if length > max_section:
+                    return None
+                fields = []
+                while pos < end:
+                    nl, pos = _vi(data, pos)
+                    name = data[pos : pos + nl]
+                    pos += nl
+                    vl, pos = _vi(data, pos)
+                    value = data[pos : pos + vl]
+                    pos += vl
+                    if pos > end or not _NAME.match(name) or _BAD_VALUE.search(value):
+                        return None
+                    fields.append((name, value))
+                if len(fields) > limits.max_fields:
+                    return None
+                sections.append(tuple(fields))
+            pos = end
+        if data.count(0, pos) != n - pos:  # only zero padding may follow
+            return None
+    except _Fallback:
+        return None
+    headers, trailers = sections
+    _set = object.__setattr__
+    if is_request:
+        req = object.__new__(Request)
+        _set(req, "method", method)
+        _set(req, "scheme", scheme)
+        _set(req, "authority", authority)
+        _set(req, "path", path)
+        _set(req, "headers", headers)
+        _set(req, "content", content)
+        _set(req, "trailers", trailers)
+        return req
+    resp = object.__new__(Response)
+    _set(resp, "status", status)
+    _set(resp, "headers", headers)
+    _set(resp, "content", content)
+    _set(resp, "trailers", trailers)
+    _set(resp, "informational", ())
+    return resp
+
+
+def _vi(data: bytes, pos: int) -> tuple[int, int]:
+    # A varint for the fast path; running out of bytes hands the message to the incremental decoder.
+    try:
+        first = data[pos]
+    except IndexError:
+        raise _Fallback from None
+    if first < 0x40:
+        return first, pos + 1
+    size = 1 << (first >> 6)
+    end = pos + size
+    if end > len(data):
+        raise _Fallback
+    return int.from_bytes(data[pos:end], "big") & ((1 << (8 * size - 2)) - 1), end
+
+
 def _run(data: bytes, limits: Limits | None, expect: str | None) -> Request | Response:
+    fast = _fast_known_length(bytes(data), limits or _DEFAULT_LIMITS, expect)
+    if fast is not None:
+        return fast
     dec = BHTTPDecoder(limits, expect=expect)
     dec.receive_data(data)
     dec.receive_data(b"")

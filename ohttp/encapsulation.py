@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final, Iterable
 
 from ._hpke import (
@@ -105,19 +106,26 @@ def parse_request_header(data: bytes | bytearray, keys: KeyRing) -> ParsedHeader
         return None
     header = bytes(data[:REQUEST_HEADER_LEN])
     key = keys.get(header[0])
-    kem_value = int.from_bytes(header[1:3], "big")
-    if kem_value != int(key.config.kem):
-        raise KeyIdError(f"key id {header[0]} does not use kem 0x{kem_value:04x}")
-    try:
-        suite = SymmetricSuite(KdfId(int.from_bytes(header[3:5], "big")), AeadId(int.from_bytes(header[5:7], "big")))
-    except ValueError:
-        raise UnsupportedError("unsupported kdf or aead in request header") from None
-    if not key.config.supports(suite):
-        raise KeyIdError(f"key id {header[0]} does not offer the requested kdf/aead")
+    kdf, aead = _suite_of(header[1:7], key.config)
     end = REQUEST_HEADER_LEN + key.config.kem.n_pk
     if len(data) < end:
         return None
-    return ParsedHeader(key, suite.kdf, suite.aead, header, bytes(data[REQUEST_HEADER_LEN:end]), end)
+    return ParsedHeader(key, kdf, aead, header, bytes(data[REQUEST_HEADER_LEN:end]), end)
+
+
+@lru_cache(maxsize=1024)
+def _suite_of(algs: bytes, config: KeyConfig) -> tuple[KdfId, AeadId]:
+    # Cached per (algorithm bytes, key config): both are immutable, and ids parse the same way every time.
+    kem_value = int.from_bytes(algs[0:2], "big")
+    if kem_value != int(config.kem):
+        raise KeyIdError(f"key id {config.key_id} does not use kem 0x{kem_value:04x}")
+    try:
+        suite = SymmetricSuite(KdfId(int.from_bytes(algs[2:4], "big")), AeadId(int.from_bytes(algs[4:6], "big")))
+    except ValueError:
+        raise UnsupportedError("unsupported kdf or aead in request header") from None
+    if not config.supports(suite):
+        raise KeyIdError(f"key id {config.key_id} does not offer the requested kdf/aead")
+    return suite.kdf, suite.aead
 
 
 class ClientResponse:
