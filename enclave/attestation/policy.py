@@ -1,0 +1,114 @@
+"""The client's attestation policy (TOML). Fail closed: an empty allow list accepts nothing.
+
+Example::
+
+    platforms = ["sev-snp", "tdx"]          # which CPU TEEs are acceptable
+    require_gpu = false                      # demand NVIDIA CC evidence for every request path
+
+    [sev-snp]
+    measurements = ["<96 hex chars>"]        # launch digests (sev-snp-measure)
+    min_tcb = { bootloader = 3, tee = 0, snp = 8, microcode = 115 }
+    vmpl = [0]
+    allow_vlek = true
+    allow_debug = false                      # never true in production
+    allow_migration_agent = false
+
+    [tdx]
+    measurements = [{ mrtd = "<96 hex>", rtmr0 = "<96 hex>", rtmr1 = "<96 hex>", rtmr2 = "<96 hex>" }]
+    allowed_status = ["UpToDate"]
+    allow_debug = false
+
+    [nvidia]
+    allowed_driver_versions = ["550.54.15"]
+    allowed_vbios_versions = ["96.00.74.00.1A"]
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import EvidenceFormatError
+
+
+@dataclass(frozen=True)
+class SnpPolicy:
+    measurements: tuple[bytes, ...] = ()
+    any_measurement: bool = False  # only from `veil attest verify --any-measurement`; says so in the document
+    min_tcb: dict[str, int] = field(default_factory=dict)
+    vmpl: tuple[int, ...] = (0,)
+    allow_vlek: bool = True
+    allow_debug: bool = False
+    allow_migration_agent: bool = False
+
+
+@dataclass(frozen=True)
+class TdxPolicy:
+    measurements: tuple[dict[str, bytes], ...] = ()
+    any_measurement: bool = False
+    allowed_status: tuple[str, ...] = ("UpToDate",)
+    allow_debug: bool = False
+
+
+@dataclass(frozen=True)
+class NvidiaPolicy:
+    allowed_driver_versions: tuple[str, ...] = ()
+    allowed_vbios_versions: tuple[str, ...] = ()
+    any_version: bool = False
+
+
+@dataclass(frozen=True)
+class Policy:
+    platforms: tuple[str, ...] = ("sev-snp", "tdx")
+    require_gpu: bool = False
+    snp: SnpPolicy = field(default_factory=SnpPolicy)
+    tdx: TdxPolicy = field(default_factory=TdxPolicy)
+    nvidia: NvidiaPolicy = field(default_factory=NvidiaPolicy)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        """Read a TOML policy file; unknown keys are errors (a typo must not loosen the policy)."""
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise EvidenceFormatError(f"cannot read policy {path}: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Policy:
+        known = {"platforms", "require_gpu", "sev-snp", "tdx", "nvidia"}
+        if extra := set(data) - known:
+            raise EvidenceFormatError(f"unknown policy keys: {sorted(extra)}")
+        snp = dict(data.get("sev-snp", {}))
+        tdx = dict(data.get("tdx", {}))
+        nv = dict(data.get("nvidia", {}))
+        try:
+            policy = cls(
+                platforms=tuple(data.get("platforms", ("sev-snp", "tdx"))),
+                require_gpu=bool(data.get("require_gpu", False)),
+                snp=SnpPolicy(
+                    measurements=tuple(bytes.fromhex(m) for m in snp.pop("measurements", [])),
+                    min_tcb={k: int(v) for k, v in snp.pop("min_tcb", {}).items()},
+                    vmpl=tuple(int(v) for v in snp.pop("vmpl", [0])),
+                    allow_vlek=bool(snp.pop("allow_vlek", True)),
+                    allow_debug=bool(snp.pop("allow_debug", False)),
+                    allow_migration_agent=bool(snp.pop("allow_migration_agent", False)),
+                ),
+                tdx=TdxPolicy(
+                    measurements=tuple({k: bytes.fromhex(v) for k, v in m.items()} for m in tdx.pop("measurements", [])),
+                    allowed_status=tuple(tdx.pop("allowed_status", ["UpToDate"])),
+                    allow_debug=bool(tdx.pop("allow_debug", False)),
+                ),
+                nvidia=NvidiaPolicy(
+                    allowed_driver_versions=tuple(nv.pop("allowed_driver_versions", [])),
+                    allowed_vbios_versions=tuple(nv.pop("allowed_vbios_versions", [])),
+                ),
+            )
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise EvidenceFormatError(f"invalid policy: {exc}") from None
+        for name, rest in (("sev-snp", snp), ("tdx", tdx), ("nvidia", nv)):
+            if rest:
+                raise EvidenceFormatError(f"unknown keys in [{name}]: {sorted(rest)}")
+        return policy
