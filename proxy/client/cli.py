@@ -49,7 +49,18 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"veil proxy: --listen must be HOST:PORT, got {args.listen!r}")
     if args.insecure_allow_simulated:
         print(BANNER, file=sys.stderr, flush=True)
-    client = OhttpClient(args.relay, verifier=make_verifier(allow_simulated=args.insecure_allow_simulated))
+    policy = None
+    if args.policy:
+        from enclave.attestation.errors import AttestationError
+        from enclave.attestation.policy import Policy
+
+        try:
+            policy = Policy.load(args.policy)
+        except AttestationError as exc:
+            raise SystemExit(f"veil proxy: {exc}") from None
+    client = OhttpClient(
+        args.relay, verifier=make_verifier(allow_simulated=args.insecure_allow_simulated, policy=policy)
+    )
     app = create_app(client, api_key_mode=args.api_key)
     print(f"veil proxy: OpenAI base_url = http://{host}:{port}/v1 (relay {args.relay})", flush=True)
     web.run_app(app, host=host, port=int(port), access_log=None, print=None)

@@ -1,0 +1,96 @@
+"""Verify an evidence bundle against a policy: the one entry point for clients (proxy, transport, ``veil attest``).
+
+Order (fail closed; every step is a check in the verdict):
+1. the bundle binds exactly the key configuration the client fetched (byte equality);
+2. the platform is one the policy accepts (simulated only with ``allow_simulated``);
+3. the CPU evidence verifies (SEV-SNP or TDX verifier: chain, signature, TCB, policy, measurement) and its
+   REPORT_DATA equals the binding recomputed here from the bytes received (key list, GPU evidence, nonce);
+4. GPU evidence, when present or required, verifies with the nonce derived from the key configuration.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+
+from .bundle import Bundle, gpu_nonce, report_data
+from .errors import EvidenceFormatError
+from .policy import Policy
+from .result import Verdict
+from .simulated import SimulatedEvidenceError, verify_simulated
+
+
+def verify_bundle(
+    bundle: Bundle,
+    keys_body: bytes | None,
+    policy: Policy,
+    *,
+    now: dt.datetime | None = None,
+    allow_simulated: bool = False,
+    check_binding: bool = True,
+) -> Verdict:
+    """Check ``bundle`` for ``keys_body`` (the exact ``application/ohttp-keys`` bytes the client will use).
+
+    ``check_binding=False`` is for auditing raw evidence (``veil attest verify --no-binding``) and says so.
+    Raises :class:`EvidenceFormatError` only for evidence that cannot be parsed at all.
+    """
+    when = now or dt.datetime.now(dt.timezone.utc)
+    verdict = Verdict(platform=bundle.platform)
+    if keys_body is not None:
+        verdict.add("bundle binds the fetched key configuration", hmac.compare_digest(bundle.key_config, keys_body),
+                    "identical bytes", f"{len(bundle.key_config)} vs {len(keys_body)} bytes")
+    expected_rd = report_data(bundle.key_config, bundle.gpu_evidence, bundle.nonce) if check_binding else None
+
+    if bundle.platform == "simulated":
+        verdict.simulated = True
+        if not allow_simulated:
+            verdict.add("platform accepted", False, "a real TEE (" + ", ".join(policy.platforms) + ")",
+                        "simulated", "simulated evidence is refused without --insecure-allow-simulated")
+            return verdict
+        try:
+            sim = verify_simulated(bundle, allow_simulated=True)
+        except SimulatedEvidenceError as exc:
+            verdict.add("simulated evidence", False, detail=str(exc))
+            return verdict
+        verdict.add("simulated evidence signature and binding", True, detail="INSECURE: no TEE")
+        verdict.measurement = sim.measurement
+        return verdict
+
+    if bundle.platform not in policy.platforms:
+        verdict.add("platform accepted", False, " or ".join(policy.platforms), bundle.platform)
+        return verdict
+    verdict.add("platform accepted", True, " or ".join(policy.platforms), bundle.platform)
+
+    cpu = _verify_cpu(bundle, policy, when, expected_rd)
+    verdict.extend(cpu)
+    verdict.measurement, verdict.report_data, verdict.claims = cpu.measurement, cpu.report_data, dict(cpu.claims)
+
+    if bundle.gpu_evidence or policy.require_gpu:
+        if not bundle.gpu_evidence:
+            verdict.add("GPU evidence present", False, "NVIDIA CC evidence", "none")
+        else:
+            from .nvidia import decode_gpu_evidence, verify_nvidia
+
+            gpus = decode_gpu_evidence(bundle.gpu_evidence)
+            nonce = gpu_nonce(bundle.key_config) if check_binding else None
+            gpu = verify_nvidia(gpus, policy.nvidia, now=when, expected_nonce=nonce)
+            verdict.extend(gpu)
+            verdict.claims["gpus"] = gpu.claims
+    return verdict
+
+
+def _verify_cpu(bundle: Bundle, policy: Policy, now: dt.datetime, expected_rd: bytes | None) -> Verdict:
+    if bundle.platform == "sev-snp":
+        from .snp import verify_snp
+
+        return verify_snp(bundle.report, bundle.certs, policy.snp, now=now, expected_report_data=expected_rd)
+    if bundle.platform == "tdx":
+        from .tdx import verify_tdx
+
+        collateral = bundle.certs.get("collateral")
+        if collateral is None:
+            v = Verdict(platform="tdx")
+            v.add("TDX collateral present", False, "collateral in the bundle", "none")
+            return v
+        return verify_tdx(bundle.report, collateral, policy.tdx, now=now, expected_report_data=expected_rd)
+    raise EvidenceFormatError(f"unknown platform {bundle.platform!r}")
