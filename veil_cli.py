@@ -21,6 +21,7 @@ SUBCOMMANDS: Final[dict[str, tuple[str, str]]] = {
     "relay": ("proxy.relay.cli", "run an OHTTP relay that forwards ciphertext to allow-listed gateways"),
     "proxy": ("proxy.client.cli", "run a local OpenAI-compatible endpoint that encrypts everything to the gateway"),
     "up": ("proxy.up", "start gateway, relay and client proxy on loopback and chat"),
+    "attest": ("enclave.attestation.cli", "verify attestation evidence (a bundle, a URL, or raw files)"),
 }
 
 

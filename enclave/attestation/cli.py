@@ -1,0 +1,177 @@
+"""``veil attest verify``: check an evidence bundle (file or URL) or raw evidence files, print a readable document.
+
+Exit codes: 0 pass, 2 usage, 3 evidence unparsable, 4 a check failed, 6 evidence or collateral unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import orjson
+
+from .bundle import Bundle, BundleError
+from .errors import AttestationError, EvidenceFormatError
+from .policy import Policy
+from .verify import verify_bundle
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``veil attest`` options."""
+    sub = parser.add_subparsers(dest="attest_command", metavar="ACTION", required=True)
+    v = sub.add_parser("verify", help="verify a bundle or raw evidence and print what was checked")
+    v.add_argument("source", nargs="?", help="evidence bundle: a file, or a URL (a gateway's "
+                   "/.well-known/veil-attestation or a relay's /NAME/attestation)")
+    v.add_argument("--policy", metavar="FILE", help="policy TOML (default: accept no measurement)")
+    v.add_argument("--at", metavar="TIME", help="verify at this time: ISO 8601 or Unix seconds (default: now)")
+    v.add_argument("--insecure-allow-simulated", action="store_true", help="accept simulated evidence (development)")
+    v.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    raw = v.add_argument_group("raw evidence (instead of a bundle)")
+    raw.add_argument("--snp-report", metavar="F", help="SEV-SNP attestation report (1184 bytes)")
+    raw.add_argument("--cert", metavar="F", help="VCEK or VLEK certificate (PEM or DER)")
+    raw.add_argument("--chain", metavar="F", help="ASK/ASVK and ARK certificates (PEM)")
+    raw.add_argument("--tdx-quote", metavar="F", help="TDX quote (binary)")
+    raw.add_argument("--collateral", metavar="F", help="TDX collateral (dcap-qvl JSON)")
+    raw.add_argument("--gpu-evidence", metavar="F", action="append", help="NVIDIA attestation report (hex or binary)")
+    raw.add_argument("--gpu-chain", metavar="F", action="append", help="NVIDIA device certificate chain (PEM)")
+    raw.add_argument("--nonce", metavar="HEX", help="expected GPU nonce for raw GPU evidence")
+    raw.add_argument("--no-binding", action="store_true", help="skip the key binding (raw evidence has no keys)")
+    raw.add_argument("--any-measurement", action="store_true", help="accept any measurement (auditing only)")
+
+
+def parse_time(text: str | None) -> dt.datetime:
+    """ISO 8601 or Unix seconds; naive times are UTC."""
+    if text is None:
+        return dt.datetime.now(dt.timezone.utc)
+    try:
+        return dt.datetime.fromtimestamp(float(text), dt.timezone.utc)
+    except ValueError:
+        pass
+    when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+def _read(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+def _pem(data: bytes) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    if b"-----BEGIN" in data:
+        return data.decode()
+    return x509.load_der_x509_certificate(data).public_bytes(Encoding.PEM).decode()
+
+
+def _snp_bundle(args: argparse.Namespace) -> Bundle:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from .snp import parse_report
+
+    report = _read(args.snp_report)
+    certs: dict[str, str] = {}
+    if args.cert:
+        leaf = "vlek" if parse_report(report).signing_key == "vlek" else "vcek"
+        certs[leaf] = _pem(_read(args.cert))
+    if args.chain:
+        for cert in x509.load_pem_x509_certificates(_read(args.chain)):
+            cn = cert.subject.rfc4514_string()
+            role = "ark" if "ARK-" in cn else "asvk" if "ASVK" in cn or "SEV-VLEK" in cn else "ask"
+            certs[role] = cert.public_bytes(Encoding.PEM).decode()
+    return Bundle(platform="sev-snp", key_config=b"", report=report, certs=certs)
+
+
+def _gpu_evidence(args: argparse.Namespace) -> bytes:
+    from .nvidia import encode_gpu_evidence
+
+    reports, chains = args.gpu_evidence or [], args.gpu_chain or []
+    if len(reports) != len(chains):
+        raise SystemExit("veil attest: give one --gpu-chain per --gpu-evidence")
+    gpus = []
+    for r, c in zip(reports, chains):
+        data = _read(r)
+        try:
+            data = bytes.fromhex(data.decode().strip())
+        except (UnicodeDecodeError, ValueError):
+            pass
+        gpus.append((data, _read(c).decode()))
+    return encode_gpu_evidence(gpus)
+
+
+def _load(args: argparse.Namespace) -> Bundle:
+    if args.source:
+        if args.source.startswith(("http://", "https://")):
+            try:
+                with urllib.request.urlopen(args.source, timeout=30) as r:
+                    data = r.read()
+            except (urllib.error.URLError, OSError) as exc:
+                raise SystemExit(f"veil attest: cannot fetch {args.source}: {exc}") from None
+        else:
+            data = _read(args.source)
+        return Bundle.from_json(data)
+    if not args.no_binding:
+        raise SystemExit("veil attest: raw evidence carries no key configuration; pass --no-binding")
+    if args.snp_report:
+        bundle = _snp_bundle(args)
+    elif args.tdx_quote:
+        if not args.collateral:
+            raise SystemExit("veil attest: --tdx-quote needs --collateral")
+        bundle = Bundle(platform="tdx", key_config=b"", report=_read(args.tdx_quote),
+                        certs={"collateral": _read(args.collateral).decode()})
+    elif args.gpu_evidence:
+        bundle = Bundle(platform="nvidia", key_config=b"", report=b"")
+    else:
+        raise SystemExit("veil attest verify: give a bundle (file or URL) or raw evidence (--snp-report, --tdx-quote, "
+                         "--gpu-evidence)")
+    if args.gpu_evidence:
+        bundle = Bundle(platform=bundle.platform, key_config=b"", report=bundle.report, certs=bundle.certs,
+                        gpu_evidence=_gpu_evidence(args))
+    return bundle
+
+
+def run(args: argparse.Namespace) -> int:
+    """Verify and print the document; the exit code says what failed."""
+    try:
+        policy = Policy.load(args.policy) if args.policy else Policy()
+        if args.any_measurement:
+            from dataclasses import replace
+
+            policy = replace(policy, snp=replace(policy.snp, any_measurement=True),
+                             tdx=replace(policy.tdx, any_measurement=True),
+                             nvidia=replace(policy.nvidia, any_version=True))
+        now = parse_time(args.at)
+        bundle = _load(args)
+        if bundle.platform == "nvidia":  # raw GPU evidence only
+            from .nvidia import decode_gpu_evidence, verify_nvidia
+
+            nonce = bytes.fromhex(args.nonce) if args.nonce else None
+            verdict = verify_nvidia(decode_gpu_evidence(bundle.gpu_evidence), policy.nvidia, now=now,
+                                    expected_nonce=nonce)
+        else:
+            verdict = verify_bundle(bundle, None, policy, now=now, allow_simulated=args.insecure_allow_simulated,
+                                    check_binding=not args.no_binding)
+    except (BundleError, EvidenceFormatError) as exc:
+        print(f"evidence unusable: {exc}", file=sys.stderr)
+        return 3
+    except AttestationError as exc:
+        print(f"verification could not complete: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (OSError, ValueError) as exc:
+        print(f"veil attest: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(orjson.dumps(verdict.to_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(f"verified at: {now.isoformat()}")
+        if args.no_binding:
+            print("NOTE: key binding not checked (--no-binding)")
+        if args.any_measurement:
+            print("NOTE: any measurement accepted (--any-measurement)")
+        print(verdict.document())
+    return 0 if verdict.ok else 4
