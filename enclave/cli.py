@@ -47,6 +47,8 @@ OPTIONS = [
     Option("rotation-grace", "seconds a rotated-out key is still accepted", 300.0, type=float),
     Option("api-keys-file", "require API keys: file of [name:]sha256hex lines (also env VEIL_GATEWAY_API_KEYS)"),
     Option("cache-salt", "prompt-cache isolation: per tenant, per request, or off", "tenant", choices=CACHE_SALT_MODES),
+    Option("shutdown-timeout", "on SIGTERM/SIGINT, seconds in-flight requests and streams may take to finish",
+           30.0, type=float),
     Option("log-level", "logging level", "info", choices=("debug", "info", "warning", "error")),
 ]
 
@@ -132,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"veil gateway listening on http://{host}:{port}/.well-known/ohttp-gateway (engine {engine.kind})",
           flush=True)
     # access_log=None: an access log would record client (relay) addresses and paths.
-    web.run_app(app, host=host, port=int(port), access_log=None, print=None, handle_signals=True)
+    web.run_app(app, host=host, port=int(port), access_log=None, print=None, handle_signals=True,
+                shutdown_timeout=args.shutdown_timeout)
     return 0
 
 

@@ -49,8 +49,10 @@ def problem(status: int, title: str, *, type_: str = "about:blank", detail: str 
     )
 
 
-def _outer_error(exc: ohttp.RemoteProtocolError) -> tuple[web.Response, str]:
-    if isinstance(exc, (ohttp.KeyIdError, ohttp.DecryptError)):
+def _outer_error(exc: ohttp.RemoteProtocolError, *, header_ok: bool = False) -> tuple[web.Response, str]:
+    # A chunk that fails to open after the HPKE set-up succeeded is tampering or truncation, not a stale key:
+    # answering 422 there would send an honest client to refresh keys for nothing.
+    if isinstance(exc, ohttp.KeyIdError) or (isinstance(exc, ohttp.DecryptError) and not header_ok):
         return problem(422, "key identifier unknown", type_=PROBLEM_KEY, detail=str(exc)), "key_error"
     if isinstance(exc, ohttp.LimitError):
         return problem(413, "request too large", detail=str(exc)), "too_large"
@@ -198,7 +200,7 @@ async def _post_chunked(request: web.Request) -> web.StreamResponse:
             if ev.final:
                 break
     except ohttp.RemoteProtocolError as exc:
-        resp, outcome = _outer_error(exc)
+        resp, outcome = _outer_error(exc, header_ok=dec.header_ready)
         m.requests.labels("chunked", outcome).inc()
         return resp
     enc = dec.response()

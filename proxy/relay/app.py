@@ -210,6 +210,12 @@ async def _forward(request: web.Request, state: RelayState, url: str, ctype: str
         state.requests.labels("gateway_error").inc()
         return _problem(502, "bad gateway", "the gateway is unreachable")
     state.latency.observe(time.perf_counter() - t0)
+    if upstream.status == 422:
+        # The gateway no longer accepts the key this client used (rotation): drop the cached key list and evidence
+        # now, so the client's refresh gets the new keys instead of the stale cached ones.
+        name = request.match_info.get("name", "")
+        state.cache.pop((name, "keys"), None)
+        state.cache.pop((name, "attestation"), None)
     try:
         out_headers = {k: upstream.headers[k] for k in _PASS_RESPONSE if k in upstream.headers}
         out_headers["Cache-Control"] = "no-store"

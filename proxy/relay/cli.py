@@ -23,6 +23,8 @@ OPTIONS = [
     Option("read-timeout", "seconds a gateway may stay silent (504 / stream cut beyond)", 300.0, type=float),
     Option("client-timeout", "seconds a client may stay silent while sending its body (408 beyond)", 30.0, type=float),
     Option("cors-origin", "browser origin allowed to use the relay, or * (repeatable)", repeat=True, metavar="ORIGIN"),
+    Option("shutdown-timeout", "on SIGTERM/SIGINT, seconds in-flight requests and streams may take to finish",
+           30.0, type=float),
     Option("log-level", "logging level", "info", choices=("debug", "info", "warning", "error")),
 ]
 
@@ -68,5 +70,6 @@ def run(args: argparse.Namespace) -> int:
     names = ", ".join(f"/{n}" for n in config.gateways)
     print(f"veil relay listening on http://{host}:{port} (gateways: {names})", flush=True)
     # access_log=None: the relay keeps no per-client logs.
-    web.run_app(create_app(config), host=host, port=int(port), access_log=None, print=None)
+    web.run_app(create_app(config), host=host, port=int(port), access_log=None, print=None,
+                shutdown_timeout=args.shutdown_timeout)
     return 0
