@@ -21,6 +21,7 @@ Example::
     [nvidia]
     allowed_driver_versions = ["550.54.15"]
     allowed_vbios_versions = ["96.00.74.00.1A"]
+    accept_unverifiable_cc_mode = false      # Hopper evidence cannot show CC mode; true accepts that, visibly
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class NvidiaPolicy:
     allowed_driver_versions: tuple[str, ...] = ()
     allowed_vbios_versions: tuple[str, ...] = ()
     any_version: bool = False
+    #: Hopper evidence has no CC on/off field; without RIM comparison the check cannot pass. An operator who accepts
+    #: that risk says so here, and the verification document says it was accepted, not verified.
+    accept_unverifiable_cc_mode: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,7 @@ class Policy:
                 nvidia=NvidiaPolicy(
                     allowed_driver_versions=tuple(nv.pop("allowed_driver_versions", [])),
                     allowed_vbios_versions=tuple(nv.pop("allowed_vbios_versions", [])),
+                    accept_unverifiable_cc_mode=bool(nv.pop("accept_unverifiable_cc_mode", False)),
                 ),
             )
         except (TypeError, ValueError, AttributeError) as exc:

@@ -1,0 +1,439 @@
+"""Verify NVIDIA Hopper GPU evidence offline: device chain to the pinned NVIDIA root, FWID binding, SPDM signature,
+nonce, then the client's policy (CC mode, driver/VBIOS allow lists). One :class:`Check` per step per GPU.
+
+Imports nothing from ``enclave`` outside ``attestation``. Time comes in as ``now``; nothing here touches the network,
+so OCSP revocation is never checked and is reported as unknown (never as good).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import ExtensionOID
+
+from ..errors import EvidenceFormatError
+from ..policy import NvidiaPolicy
+from ..result import Verdict
+from .abi import MAX_CHAIN_TEXT, MAX_GPUS, NONCE_SIZE, GpuReport, parse_cert_fwid, parse_gpu_report
+
+#: SHA-256 of the DER of "CN=NVIDIA Device Identity CA, O=NVIDIA" (P-384, 2021-11-05..9999), the root of every Hopper
+#: device chain. Pinned by fingerprint: the root travels in the evidence, and only this exact certificate is accepted.
+NVIDIA_DEVICE_ROOT_SHA256: Final = "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48"
+
+#: The DICE TcbInfo extension carrying the firmware id (FWID) in the "GSP FMC LF" leaf.
+OID_TCG_DICE_TCB_INFO: Final = x509.ObjectIdentifier("2.23.133.5.4.1")
+
+PLATFORM: Final = "nvidia"
+MAX_CHAIN_CERTS: Final = 8  # Hopper ships 5: FMC LF, BROM, Provisioner ICA, GH100 Identity, Device Identity CA
+NO_BINDING_DETAIL: Final = "nonce not checked (--no-binding)"
+REVOCATION_NOTE: Final = "revocation status unknown (offline): OCSP for the device chain was not checked"
+
+_E = TypeVar("_E", bound=x509.ExtensionType)
+_HANDLED_CRITICAL: Final = frozenset({ExtensionOID.KEY_USAGE, ExtensionOID.BASIC_CONSTRAINTS})
+_PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChainResult:
+    """The outcome of :func:`check_chain` (root pinning is judged by the caller from ``root_fingerprint``)."""
+
+    certs: tuple[x509.Certificate, ...]
+    signatures_ok: bool
+    signatures_detail: str
+    validity_ok: bool
+    validity_detail: str
+    root_fingerprint: str
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.certs[0]
+
+
+def parse_cert_chain(pem: str) -> tuple[x509.Certificate, ...]:
+    """The certificates of a PEM chain as NVIDIA ships it (leaf first, root last).
+
+    Raises:
+        EvidenceFormatError: not text, too long, text other than certificate blocks, or a certificate that does not
+            parse.
+    """
+    if not isinstance(pem, str) or len(pem) > MAX_CHAIN_TEXT:
+        raise EvidenceFormatError(f"certificate chain must be PEM text of at most {MAX_CHAIN_TEXT} characters")
+    blocks = _PEM_CERT.findall(pem)
+    # Stray text between blocks is not signed by anyone; refuse it rather than let it ride along in the bundle.
+    if _PEM_CERT.sub("", pem).strip():
+        raise EvidenceFormatError("certificate chain has text outside CERTIFICATE blocks")
+    if not 2 <= len(blocks) <= MAX_CHAIN_CERTS:
+        raise EvidenceFormatError(f"certificate chain has {len(blocks)} certificates, expected 2..{MAX_CHAIN_CERTS}")
+    try:
+        return tuple(x509.load_pem_x509_certificate(b.encode("ascii")) for b in blocks)
+    except ValueError as exc:
+        raise EvidenceFormatError(f"certificate does not parse: {exc}") from None
+
+
+def check_chain(certs: tuple[x509.Certificate, ...], now: datetime.datetime) -> ChainResult:
+    """Check that ``certs[i]`` is issued by ``certs[i+1]`` and the last is self-signed, each with ECDSA-SHA384, CA
+    constraints on every issuer, and that all are valid at ``now``. Pinning is separate (:attr:`root_fingerprint`)."""
+    sig_errors: list[str] = []
+    n = len(certs)
+    for i, cert in enumerate(certs):
+        issuer = certs[min(i + 1, n - 1)]
+        if cert.signature_algorithm_oid != x509.SignatureAlgorithmOID.ECDSA_WITH_SHA384:
+            sig_errors.append(f"cert {i} ({_cn(cert)}) is signed with {cert.signature_algorithm_oid.dotted_string}")
+            continue
+        try:
+            # Also checks issuer name == subject name of the next certificate.
+            cert.verify_directly_issued_by(issuer)
+        except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError) as exc:
+            sig_errors.append(f"cert {i} ({_cn(cert)}) not issued by {_cn(issuer)}: {type(exc).__name__} {exc}")
+        sig_errors.extend(_unhandled_critical(cert, i))
+        if i > 0:
+            sig_errors.extend(_ca_problems(cert, i, issued_below=i - 1))
+    leaf_usage = _ext(certs[0], x509.KeyUsage)
+    if leaf_usage is None or not leaf_usage.digital_signature:
+        sig_errors.append("leaf key usage lacks digitalSignature")
+    leaf_key = certs[0].public_key()
+    if not isinstance(leaf_key, ec.EllipticCurvePublicKey) or not isinstance(leaf_key.curve, ec.SECP384R1):
+        sig_errors.append("leaf key is not ECDSA P-384")
+
+    expired = [
+        f"cert {i} ({_cn(c)}) valid {c.not_valid_before_utc:%Y-%m-%d}..{c.not_valid_after_utc:%Y-%m-%d}"
+        for i, c in enumerate(certs)
+        if not c.not_valid_before_utc <= now <= c.not_valid_after_utc
+    ]
+    return ChainResult(
+        certs=certs,
+        signatures_ok=not sig_errors,
+        signatures_detail="; ".join(sig_errors) or " <- ".join(_cn(c) for c in certs),
+        validity_ok=not expired,
+        validity_detail="; ".join(expired) or f"all {n} certificates valid at {now.isoformat()}",
+        root_fingerprint=hashlib.sha256(certs[-1].public_bytes(Encoding.DER)).hexdigest(),
+    )
+
+
+def _ca_problems(cert: x509.Certificate, i: int, *, issued_below: int) -> list[str]:
+    """An issuer must be a CA allowed to sign certificates, and its path length must admit the certs below it."""
+    problems: list[str] = []
+    bc = _ext(cert, x509.BasicConstraints)
+    if bc is None or not bc.ca:
+        problems.append(f"cert {i} ({_cn(cert)}) is not a CA")
+    elif bc.path_length is not None and bc.path_length < issued_below:
+        problems.append(f"cert {i} ({_cn(cert)}) path length {bc.path_length} < {issued_below} CAs below it")
+    ku = _ext(cert, x509.KeyUsage)
+    if ku is not None and not ku.key_cert_sign:
+        problems.append(f"cert {i} ({_cn(cert)}) key usage lacks keyCertSign")
+    return problems
+
+
+def _ext(cert: x509.Certificate, kind: type[_E]) -> _E | None:
+    """The extension's value; ``None`` when absent or when the extensions do not parse (callers treat both as
+    failing)."""
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+
+
+def _unhandled_critical(cert: x509.Certificate, i: int) -> list[str]:
+    """RFC 5280 4.2: a certificate with a critical extension the verifier does not process must be rejected."""
+    try:
+        extensions = list(cert.extensions)
+    except ValueError as exc:  # duplicate or malformed extensions
+        return [f"cert {i} ({_cn(cert)}) extensions do not parse: {exc}"]
+    return [
+        f"cert {i} ({_cn(cert)}) has unhandled critical extension {e.oid.dotted_string}"
+        for e in extensions
+        if e.critical and e.oid not in _HANDLED_CRITICAL
+    ]
+
+
+def _cn(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(names[0].value) if names else cert.subject.rfc4514_string()
+
+
+def cert_fwid(cert: x509.Certificate) -> bytes:
+    """The FWID from a leaf's TcbInfo extension.
+
+    Raises:
+        EvidenceFormatError: the extension is missing or malformed.
+    """
+    try:
+        ext = cert.extensions.get_extension_for_oid(OID_TCG_DICE_TCB_INFO).value
+    except x509.ExtensionNotFound:
+        raise EvidenceFormatError("leaf certificate has no TcbInfo (2.23.133.5.4.1) extension") from None
+    except ValueError as exc:
+        raise EvidenceFormatError(f"leaf certificate extensions do not parse: {exc}") from None
+    if not isinstance(ext, x509.UnrecognizedExtension):
+        raise EvidenceFormatError("unexpected TcbInfo extension type")
+    return parse_cert_fwid(ext.value)
+
+
+def verify_report_signature(report: GpuReport, key: ec.EllipticCurvePublicKey) -> bool:
+    """ECDSA P-384 / SHA-384 over :attr:`GpuReport.signed_bytes`; NVIDIA's r and s are big-endian (AMD's are not)."""
+    r = int.from_bytes(report.signature[:48], "big")
+    s = int.from_bytes(report.signature[48:], "big")
+    try:
+        key.verify(encode_dss_signature(r, s), report.signed_bytes, ec.ECDSA(hashes.SHA384()))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def verify_nvidia(
+    gpus: list[tuple[bytes, str]],
+    policy: NvidiaPolicy,
+    *,
+    now: datetime.datetime,
+    expected_nonce: bytes | None,
+) -> Verdict:
+    """Verify every GPU's evidence ``(report bytes, PEM chain)``; the verdict passes only if every check of every GPU
+    passes. Checks are named ``gpu[i] <step>``; steps that span GPUs are named ``gpus <step>``.
+
+    Per GPU: parse; cert chain (signatures, CA constraints) to a self-signed root; cert validity at ``now``; root
+    pinned (:data:`NVIDIA_DEVICE_ROOT_SHA256`); FWID of the leaf == FWID in the report; report signature by the leaf
+    key; nonce == ``expected_nonce`` (constant time; ``None`` = ``--no-binding``, recorded as such); CC mode;
+    driver and VBIOS versions in the policy allow lists (unless ``policy.any_version``).
+
+    CC mode: Hopper reports carry no CC on/off/devtools field (FEATURE_FLAG is the multi-GPU mode), so that check is
+    recorded as not checkable (``ok=None``) and the verdict fails closed until RIM comparison (which reveals devtools
+    through changed measurements) is implemented. Revocation (OCSP) is never checked offline: it is listed in
+    ``claims["notes"]`` as unknown and is never a passing check.
+
+    Raises:
+        ValueError: ``now`` is not timezone-aware (a naive time would silently shift every validity window).
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware")
+    verdict = Verdict(platform=PLATFORM)
+    notes: list[str] = []
+    gpu_claims: list[dict[str, Any]] = []
+    verdict.claims.update({"gpus": gpu_claims, "notes": notes, "revocation": "unknown"})
+
+    if not verdict.add("gpus count", 1 <= len(gpus) <= MAX_GPUS, expected=f"1..{MAX_GPUS}", found=str(len(gpus))):
+        return verdict
+
+    leaf_keys: list[bytes | None] = []
+    modes: list[tuple[str, int | None] | None] = []
+    for i, (raw, pem) in enumerate(gpus):
+        claims, leaf_key, mode = _verify_one(verdict, f"gpu[{i}] ", raw, pem, policy, now, expected_nonce)
+        gpu_claims.append(claims)
+        leaf_keys.append(leaf_key)
+        modes.append(mode)
+        notes.append(f"gpu[{i}] {REVOCATION_NOTE}; reported as unknown, never as good")
+
+    if len(gpus) > 1:
+        # N copies of one GPU's evidence would otherwise pass as N GPUs: the device keys must differ.
+        present = [k for k in leaf_keys if k is not None]
+        verdict.add(
+            "gpus distinct devices",
+            len(present) == len(gpus) and len(set(present)) == len(present),
+            expected=f"{len(gpus)} distinct device keys",
+            found=f"{len(set(present))} distinct of {len(present)} parsed",
+        )
+        # All GPUs of one VM must be in the same multi-GPU mode; a mixed set means the host reconfigured some.
+        distinct_modes = {m for m in modes if m is not None}
+        verdict.add(
+            "gpus consistent mode",
+            None not in modes and len(distinct_modes) == 1,
+            expected="one (FEATURE_FLAG, PROTECTED_PCIE_STATUS) for all GPUs",
+            found=", ".join(sorted(f"{m}/{_hex(p)}" for m, p in distinct_modes)) or "none parsed",
+        )
+    return verdict
+
+
+def _verify_one(
+    v: Verdict,
+    prefix: str,
+    raw: bytes,
+    pem: str,
+    policy: NvidiaPolicy,
+    now: datetime.datetime,
+    expected_nonce: bytes | None,
+) -> tuple[dict[str, Any], bytes | None, tuple[str, int | None] | None]:
+    claims: dict[str, Any] = {"revocation": "unknown"}
+    report: GpuReport | None = None
+    try:
+        report = parse_gpu_report(raw)
+    except EvidenceFormatError as exc:
+        v.add(prefix + "parse", False, detail=str(exc))
+    else:
+        padding = f"{report.padding} trailing zero byte(s) ignored, outside the signed range" if report.padding else ""
+        v.add(
+            prefix + "parse",
+            True,
+            found=f"SPDM 1.1, {len(report.blocks)} measurement blocks, {len(report.opaque_fields)} opaque fields",
+            detail=padding,
+        )
+        claims.update(
+            driver_version=report.driver_version,
+            vbios_version=report.vbios_version,
+            fwid=report.fwid.hex() if report.fwid else None,
+            nonce=report.nonce.hex(),
+            mode=report.mode,
+            protected_pcie_status=_hex(report.protected_pcie_status),
+            project=report.project,
+            project_sku=report.project_sku,
+            chip_sku=report.chip_sku,
+        )
+
+    chain: ChainResult | None = None
+    try:
+        chain = check_chain(parse_cert_chain(pem), now)
+    except (EvidenceFormatError, UnsupportedAlgorithm, ValueError) as exc:  # a key or curve cryptography cannot load
+        v.add(prefix + "cert chain", False, detail=str(exc))
+        v.add(prefix + "cert validity", False, detail="no chain")
+        v.add(prefix + "root pinned", False, expected=NVIDIA_DEVICE_ROOT_SHA256, detail="no chain")
+    else:
+        v.add(prefix + "cert chain", chain.signatures_ok, detail=chain.signatures_detail)
+        v.add(prefix + "cert validity", chain.validity_ok, detail=chain.validity_detail)
+        v.add(
+            prefix + "root pinned",
+            hmac.compare_digest(chain.root_fingerprint, NVIDIA_DEVICE_ROOT_SHA256),
+            expected=NVIDIA_DEVICE_ROOT_SHA256,
+            found=chain.root_fingerprint,
+            detail="SHA-256 of the root certificate's DER",
+        )
+        claims["device"] = chain.leaf.subject.rfc4514_string()
+        claims["hwmodel"] = _cn(chain.certs[1]) if len(chain.certs) > 1 else None
+
+    if report is None:
+        return claims, None, None
+
+    leaf_key: ec.EllipticCurvePublicKey | None = None
+    if chain is not None:
+        key = chain.leaf.public_key()
+        if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP384R1):
+            leaf_key = key
+
+    # FWID: ties the leaf certificate (the GSP firmware identity it was issued to) to the firmware that produced the
+    # report, so a leaf from another firmware build cannot vouch for these measurements.
+    if chain is None:
+        v.add(prefix + "fwid", False, detail="no leaf certificate")
+    elif report.fwid is None:
+        v.add(prefix + "fwid", False, detail="report has no FWID opaque field")
+    else:
+        try:
+            cfwid = cert_fwid(chain.leaf)
+        except EvidenceFormatError as exc:
+            v.add(prefix + "fwid", False, found=report.fwid.hex(), detail=str(exc))
+        else:
+            v.add(prefix + "fwid", hmac.compare_digest(cfwid, report.fwid), expected=cfwid.hex(),
+                  found=report.fwid.hex(), detail="leaf TcbInfo FWID vs report opaque FWID")
+
+    if leaf_key is None:
+        v.add(prefix + "signature", False, detail="no usable P-384 leaf key")
+    else:
+        v.add(prefix + "signature", verify_report_signature(report, leaf_key),
+              detail=f"ECDSA P-384/SHA-384 over {len(report.signed_bytes)} bytes (request || response - signature)")
+
+    if expected_nonce is None:
+        v.add(prefix + "nonce", True, found=report.nonce.hex(), detail=NO_BINDING_DETAIL)
+    else:
+        v.add(
+            prefix + "nonce",
+            len(expected_nonce) == NONCE_SIZE and hmac.compare_digest(expected_nonce, report.nonce),
+            expected=expected_nonce.hex(),
+            found=report.nonce.hex(),
+            detail="requester nonce in GET_MEASUREMENTS",
+        )
+
+    unverifiable = ("not present in evidence: Hopper reports carry no CC on/off/devtools field (FEATURE_FLAG is the "
+                    "multi-GPU mode); devtools shows only as changed measurements, and RIM comparison is not "
+                    "implemented")
+    v.add(
+        prefix + "cc mode",
+        True if policy.accept_unverifiable_cc_mode else None,
+        expected="on",
+        found=f"FEATURE_FLAG {report.mode}",
+        detail=("NOT VERIFIED, accepted by policy (accept_unverifiable_cc_mode): " + unverifiable
+                if policy.accept_unverifiable_cc_mode else unverifiable),
+    )
+    _check_version(v, prefix + "driver version", report.driver_version, policy.allowed_driver_versions,
+                   policy.any_version, fold_case=False)
+    _check_version(v, prefix + "vbios version", report.vbios_version, policy.allowed_vbios_versions,
+                   policy.any_version, fold_case=True)
+
+    leaf_der = None if leaf_key is None else leaf_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return claims, leaf_der, (report.mode, report.protected_pcie_status)
+
+
+def _check_version(
+    v: Verdict, name: str, found: str | None, allowed: tuple[str, ...], any_version: bool, *, fold_case: bool
+) -> None:
+    if found is None:
+        v.add(name, False, detail="not present in report")
+    elif any_version:
+        v.add(name, True, found=found, detail="any version accepted (--any-version)")
+    else:
+        # VBIOS versions are hex digits: "96.00.9f.00.01" (nvtrust) and "96.00.9F.00.01" are the same version.
+        ok = found.upper() in {a.upper() for a in allowed} if fold_case else found in allowed
+        v.add(name, ok, expected=" | ".join(allowed) or "(empty allow list)", found=found)
+
+
+def _hex(value: int | None) -> str | None:
+    return None if value is None else f"0x{value:02x}"
+
+
+# --- golden measurements (RIM): diagnostics only -----------------------------------------------------------------
+
+_SWID_NS: Final = "{http://standards.iso.org/iso/19770/-2/2015/schema.xsd}"
+_SHA384_NS: Final = "{http://www.w3.org/2001/04/xmlenc#sha384}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RimComparison:
+    """Active RIM measurements against the report's blocks (RIM index ``i`` is SPDM block ``i + 1``)."""
+
+    matched: tuple[int, ...]  # RIM indices
+    mismatched: tuple[int, ...]
+    missing: tuple[int, ...]  # active in the RIM, no such block in the report
+
+
+def compare_rim_measurements(report: GpuReport, rim_xml: bytes) -> RimComparison:
+    """Compare a RIM's active golden measurements with ``report``'s measurement blocks.
+
+    **Diagnostics only, not a verification step:** the RIM's XML-DSig signature and its signer chain (to the NVIDIA
+    RIM root) are NOT checked here, so a match proves nothing about an unauthenticated RIM. ``verify_nvidia`` does not
+    call this; it exists to cross-check the block parser against NVIDIA's published golden values.
+
+    Raises:
+        EvidenceFormatError: the XML does not parse or a Resource is malformed.
+    """
+    import xml.etree.ElementTree as ET  # local: only this diagnostic needs it
+
+    try:
+        root = ET.fromstring(rim_xml)
+    except ET.ParseError as exc:
+        raise EvidenceFormatError(f"RIM is not XML: {exc}") from None
+    blocks = report.measurements
+    matched: list[int] = []
+    mismatched: list[int] = []
+    missing: list[int] = []
+    for res in root.iter(f"{_SWID_NS}Resource"):
+        if res.get("type") != "Measurement" or res.get("active") != "True":
+            continue
+        try:
+            index = int(res.get("index", ""))
+            n_alt = int(res.get("alternatives", "1"))
+            golden = {bytes.fromhex(res.get(f"{_SHA384_NS}Hash{k}", "")) for k in range(n_alt)}
+        except ValueError as exc:
+            raise EvidenceFormatError(f"RIM Resource malformed: {exc}") from None
+        value = blocks.get(index + 1)
+        if value is None:
+            missing.append(index)
+        elif value in golden:
+            matched.append(index)
+        else:
+            mismatched.append(index)
+    return RimComparison(matched=tuple(matched), mismatched=tuple(mismatched), missing=tuple(missing))
