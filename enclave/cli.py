@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -37,7 +38,11 @@ OPTIONS = [
     Option("echo-token-delay", "seconds between streamed tokens of the echo engine", 0.0, type=float),
     Option("key-file", "load the OHTTP key from this JSON file (tests, key management; see docs)"),
     Option("kem", "KEM of generated keys", "x25519", choices=tuple(KEMS)),
-    Option("attestation", "evidence provider", "simulated", choices=("simulated", "auto")),
+    Option("attestation", "evidence provider: auto (the TEE this machine is), sev-snp, tdx (configfs-tsm), or "
+           "simulated (development; refused on TEE hardware)", "simulated", choices=("simulated", "auto", "sev-snp", "tdx")),
+    Option("gpu-evidence-command", "command that prints NVIDIA GPU evidence (nvtrust JSON) for the nonce given as "
+           "its last argument"),
+    Option("pccs-url", "PCCS for TDX collateral (default: Intel PCS)"),
     Option("max-request-bytes", "largest encapsulated request", 4 * 1024 * 1024, type=int),
     Option("replay-window", "seconds an inner Date may differ from now; seen requests are kept this long", 60.0, type=float),
     Option("require-date", "reject encapsulated requests without a Date", False, flag=True),
@@ -61,19 +66,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 TEE_DEVICES = ("/sys/kernel/config/tsm/report", "/dev/sev-guest", "/dev/tdx_guest")
 
 
-def make_provider(kind: str) -> EvidenceProvider:
-    """The evidence provider; simulated is refused on real TEE hardware, and there is no silent fallback."""
+def make_provider(args: argparse.Namespace) -> EvidenceProvider:
+    """The evidence provider. Simulated is refused on TEE hardware and a real one without it: no silent fallback."""
+    kind = args.attestation
     present = [d for d in TEE_DEVICES if os.path.exists(d)]
-    if kind == "simulated" or kind == "auto":
+    if kind == "simulated":
         if present:
             raise SystemExit(
-                f"veil gateway: TEE hardware found ({', '.join(present)}) but only the simulated attestation provider "
-                "is available in this build; refusing to publish simulated evidence on real hardware."
+                f"veil gateway: TEE hardware found ({', '.join(present)}); refusing to publish simulated evidence on "
+                "real hardware. Use --attestation auto."
             )
-        if kind == "auto":
-            log.warning("no TEE hardware found: --attestation auto uses the SIMULATED provider")
-        return SimulatedProvider()
-    raise SystemExit(f"veil gateway: unknown attestation provider {kind}")
+        cpu: EvidenceProvider = SimulatedProvider()
+    else:
+        from .attestation.tsm import ConfigfsTsmProvider, TsmError
+
+        try:
+            tsm = ConfigfsTsmProvider()
+        except TsmError as exc:
+            raise SystemExit(f"veil gateway: --attestation {kind}: {exc}. For development without a TEE use "
+                             "--attestation simulated.") from None
+        if kind != "auto" and tsm.platform != kind:
+            raise SystemExit(f"veil gateway: --attestation {kind}, but this machine is a {tsm.platform} guest")
+        cpu = tsm
+    gpu = None
+    if args.gpu_evidence_command:
+        from .attestation.gateway_evidence import GpuEvidenceCommand
+
+        gpu = GpuEvidenceCommand(shlex.split(args.gpu_evidence_command))
+    from .attestation.gateway_evidence import GatewayEvidence
+
+    return GatewayEvidence(cpu, gpu=gpu, pccs_url=args.pccs_url)
 
 
 def make_engine(args: argparse.Namespace) -> Engine:
@@ -116,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         api_keys = ApiKeys.load(args.api_keys_file)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"veil gateway: cannot load API keys: {exc}") from None
-    provider = make_provider(args.attestation)
+    provider = make_provider(args)
     engine = make_engine(args)
     config = GatewayConfig(
         max_request_bytes=args.max_request_bytes,

@@ -13,6 +13,6 @@ class EvidenceProvider(Protocol):
     #: "simulated", "sev-snp", "tdx", ...
     platform: str
 
-    def collect(self, key_config: bytes, nonce: bytes = b"") -> Bundle:
-        """Evidence whose REPORT_DATA is :func:`report_data` of ``key_config`` (and ``nonce``)."""
+    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"") -> Bundle:
+        """Evidence whose REPORT_DATA is :func:`report_data` of ``key_config``, ``gpu_evidence`` and ``nonce``."""
         ...

@@ -43,12 +43,13 @@ class SimulatedProvider:
         self._key = Ed25519PrivateKey.generate()
         self._pub = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
-    def collect(self, key_config: bytes, nonce: bytes = b"") -> Bundle:
-        """A bundle whose report binds ``key_config`` exactly as a real one would."""
+    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"") -> Bundle:
+        """A bundle whose report binds ``key_config`` (and GPU evidence, and a nonce) exactly as a real one would."""
         now = time.time()
-        body = MAGIC + report_data(key_config, b"", nonce) + MEASUREMENT + int(now * 1000).to_bytes(8, "big") + self._pub
+        rd = report_data(key_config, gpu_evidence, nonce)
+        body = MAGIC + rd + MEASUREMENT + int(now * 1000).to_bytes(8, "big") + self._pub
         return Bundle(platform=PLATFORM, key_config=key_config, report=body + self._key.sign(body), nonce=nonce,
-                      issued_at=now)
+                      gpu_evidence=gpu_evidence, issued_at=now)
 
 
 @dataclass(frozen=True)

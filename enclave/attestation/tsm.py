@@ -195,7 +195,7 @@ class ConfigfsTsmProvider:
         self.provider = provider
         self.platform: str = PROVIDERS[provider]
 
-    def collect(self, key_config: bytes, nonce: bytes = b"") -> Bundle:
+    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"") -> Bundle:
         """Evidence whose REPORT_DATA is :func:`report_data` of ``key_config`` and ``nonce``.
 
         Retries with a fresh entry when the generation counter shows another writer touched ours.
@@ -205,7 +205,7 @@ class ConfigfsTsmProvider:
             EvidenceFormatError: the SNP report or certificate table is malformed.
             OSError: the kernel refused a request (e.g. privlevel below privlevel_floor).
         """
-        inblob = report_data(key_config, b"", nonce)
+        inblob = report_data(key_config, gpu_evidence, nonce)
         seen: list[str] = []
         for _ in range(self._max_attempts):
             entry = self._new_entry()
@@ -222,7 +222,7 @@ class ConfigfsTsmProvider:
             outblob, auxblob = result
             certs = self._check_output(outblob, auxblob, inblob)
             return Bundle(platform=self.platform, key_config=key_config, report=outblob, nonce=nonce, certs=certs,
-                          issued_at=time.time())
+                          gpu_evidence=gpu_evidence, issued_at=time.time())
         raise TsmError(f"configfs-tsm generation changed during every one of {self._max_attempts} attempts: "
                        + "; ".join(seen))
 

@@ -49,21 +49,18 @@ def verify_bundle(
             return verdict
         try:
             sim = verify_simulated(bundle, allow_simulated=True)
+            verdict.add("simulated evidence signature and binding", True, detail="INSECURE: no TEE")
+            verdict.measurement = sim.measurement
         except SimulatedEvidenceError as exc:
             verdict.add("simulated evidence", False, detail=str(exc))
-            return verdict
-        verdict.add("simulated evidence signature and binding", True, detail="INSECURE: no TEE")
-        verdict.measurement = sim.measurement
-        return verdict
-
-    if bundle.platform not in policy.platforms:
+    elif bundle.platform not in policy.platforms:
         verdict.add("platform accepted", False, " or ".join(policy.platforms), bundle.platform)
         return verdict
-    verdict.add("platform accepted", True, " or ".join(policy.platforms), bundle.platform)
-
-    cpu = _verify_cpu(bundle, policy, when, expected_rd)
-    verdict.extend(cpu)
-    verdict.measurement, verdict.report_data, verdict.claims = cpu.measurement, cpu.report_data, dict(cpu.claims)
+    else:
+        verdict.add("platform accepted", True, " or ".join(policy.platforms), bundle.platform)
+        cpu = _verify_cpu(bundle, policy, when, expected_rd)
+        verdict.extend(cpu)
+        verdict.measurement, verdict.report_data, verdict.claims = cpu.measurement, cpu.report_data, dict(cpu.claims)
 
     if bundle.gpu_evidence or policy.require_gpu:
         if not bundle.gpu_evidence:

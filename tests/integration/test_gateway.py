@@ -392,3 +392,16 @@ def test_help_documents_every_option() -> None:
     for opt in ("--listen", "--engine", "--key-file", "--replay-window", "--pad-to", "--api-keys-file", "--config"):
         assert opt in out
     assert "VEIL_GATEWAY_LISTEN" in out
+
+
+@pytest.mark.parametrize("kind", ["auto", "sev-snp", "tdx"])
+def test_real_attestation_is_refused_without_tee_hardware(kind: str) -> None:
+    import subprocess
+    import sys
+
+    if Path("/sys/kernel/config/tsm/report").exists():
+        pytest.fail("this test expects a machine without TEE hardware")
+    r = subprocess.run([sys.executable, "-m", "veil_cli", "gateway", "--engine", "echo", "--listen",
+                        f"127.0.0.1:{free_port()}", "--attestation", kind], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    assert "configfs-tsm" in r.stderr and "--attestation simulated" in r.stderr

@@ -1,0 +1,81 @@
+"""What the gateway publishes: CPU evidence, GPU evidence collected with the key-derived nonce, TDX collateral.
+
+``GatewayEvidence`` composes the pieces in the order the binding needs: GPU evidence first (its nonce is derived
+from the key configuration), then the CPU report over SHA-256 of those exact GPU bytes, then (TDX) the collateral
+a client needs to verify offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from dataclasses import replace
+
+from .bundle import Bundle, gpu_nonce
+from .errors import CollateralUnavailableError, EvidenceFormatError
+from .provider import EvidenceProvider
+
+log = logging.getLogger("veil.attestation")
+
+
+class GpuEvidenceCommand:
+    """Collects NVIDIA GPU evidence by running an operator-supplied command (NVIDIA's tools) with the nonce.
+
+    The command gets the 32-byte nonce as 64 hex characters in its last argument and must print nvtrust's evidence
+    list as JSON (``[{"evidence": <b64 report>, "certificate": <b64 PEM chain>}, ...]``), one entry per GPU.
+    """
+
+    def __init__(self, command: list[str], timeout: float = 120.0) -> None:
+        self.command = command
+        self.timeout = timeout
+
+    def collect(self, nonce: bytes) -> bytes:
+        from .nvidia import encode_gpu_evidence, load_nvtrust_evidence_list
+
+        try:
+            out = subprocess.run([*self.command, nonce.hex()], capture_output=True, timeout=self.timeout, check=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise CollateralUnavailableError(f"GPU evidence command failed: {exc}") from None
+        return encode_gpu_evidence(load_nvtrust_evidence_list(out.stdout))
+
+
+class GatewayEvidence:
+    """An :class:`EvidenceProvider` that adds GPU evidence and TDX collateral around a CPU provider."""
+
+    def __init__(self, cpu: EvidenceProvider, *, gpu: GpuEvidenceCommand | None = None,
+                 pccs_url: str | None = None) -> None:
+        self.cpu = cpu
+        self.gpu = gpu
+        self.pccs_url = pccs_url
+        self.platform = cpu.platform
+
+    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"") -> Bundle:
+        if self.gpu is not None and not gpu_evidence:
+            gpu_evidence = self.gpu.collect(gpu_nonce(key_config))
+        bundle = self.cpu.collect(key_config, nonce, gpu_evidence)
+        if bundle.platform == "tdx" and "collateral" not in bundle.certs:
+            bundle = replace(bundle, certs={**bundle.certs, "collateral": self._tdx_collateral(bundle.report)})
+        return bundle
+
+    def _tdx_collateral(self, quote: bytes) -> str:
+        # Clients verify offline, so the gateway ships the collateral (fetched from the operator's PCCS or Intel PCS).
+        try:
+            import dcap_qvl
+
+            if self.pccs_url:
+                coll = dcap_qvl.get_collateral(self.pccs_url, quote)
+            else:
+                import asyncio
+                from concurrent.futures import ThreadPoolExecutor
+
+                # The gateway calls this from inside its event loop: run the library's coroutine on its own loop.
+                with ThreadPoolExecutor(1) as pool:
+                    coll = pool.submit(asyncio.run, dcap_qvl.get_collateral_from_pcs(quote)).result()
+            text: str = coll.to_json()
+            return text
+        except EvidenceFormatError:
+            raise
+        except Exception as exc:
+            raise CollateralUnavailableError(
+                f"cannot fetch TDX collateral ({exc}); set --pccs-url to a reachable PCCS"
+            ) from None

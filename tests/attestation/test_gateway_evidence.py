@@ -1,0 +1,51 @@
+"""The gateway's evidence composition: GPU evidence collected with the key-derived nonce, bound into REPORT_DATA,
+and checked by the client's verify_bundle."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from pathlib import Path
+
+import ohttp
+from enclave.attestation import SimulatedProvider, gpu_nonce, report_data
+from enclave.attestation.gateway_evidence import GatewayEvidence, GpuEvidenceCommand
+from enclave.attestation.policy import NvidiaPolicy, Policy
+from enclave.attestation.verify import verify_bundle
+
+HGX = "nvidia-gpu/hgx-8gpu-ppcie-nvtrust/gpu_evidence.json"
+
+
+def test_gpu_evidence_is_collected_with_the_key_nonce_and_bound(evidence_dir: Path, tmp_path: Path) -> None:
+    keys = ohttp.encode_list([ohttp.GatewayKey.generate(1).config])
+    seen = tmp_path / "nonce.txt"
+    # A stand-in for NVIDIA's tools: records the nonce it was asked for and prints real (recorded) GPU evidence.
+    script = tmp_path / "gpu.py"
+    script.write_text(
+        "import sys\n"
+        f"open({str(seen)!r}, 'w').write(sys.argv[-1])\n"
+        f"sys.stdout.write(open({str(evidence_dir / HGX)!r}).read())\n"
+    )
+    provider = GatewayEvidence(SimulatedProvider(), gpu=GpuEvidenceCommand([sys.executable, str(script)]))
+    bundle = provider.collect(keys)
+    assert seen.read_text() == gpu_nonce(keys).hex()
+    assert bundle.gpu_evidence and report_data(keys, bundle.gpu_evidence) in bundle.report
+
+    policy = Policy(nvidia=NvidiaPolicy(any_version=True, accept_unverifiable_cc_mode=True))
+    now = datetime.datetime(2026, 11, 26, tzinfo=datetime.UTC)
+    verdict = verify_bundle(bundle, keys, policy, now=now, allow_simulated=True)
+    checks = {c.name: c.ok for c in verdict.checks}
+    # Eight real GPUs verify (chain, signature, FWID) but the recorded evidence answers another nonce: the binding
+    # to this key configuration fails, which is exactly what must happen to replayed GPU evidence.
+    assert checks["gpu[0] signature"] is True and checks["gpu[7] signature"] is True
+    assert checks["gpu[0] nonce"] is False
+    assert not verdict.ok
+    assert "gpu[0] nonce" in verdict.document()
+
+
+def test_gpu_evidence_in_the_bundle_changes_report_data() -> None:
+    keys = b"\x00\x01k"
+    a = SimulatedProvider().collect(keys)
+    b = SimulatedProvider().collect(keys, gpu_evidence=b"gpu")
+    assert report_data(keys) in a.report and report_data(keys, b"gpu") in b.report
+    assert report_data(keys) not in b.report
