@@ -141,8 +141,10 @@ async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
     await state.client.close()
 
 
-def create_app(client: OhttpClient, *, api_key_mode: str = "auto", static_dir: str | None = None) -> web.Application:
-    """Build the client proxy application."""
+def create_app(
+    client: OhttpClient, *, api_key_mode: str = "auto", static_dir: str | None = None, allow_simulated: bool = False
+) -> web.Application:
+    """Build the client proxy application; ``static_dir`` serves the browser chat page (``proxy/web``) at ``/``."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[STATE] = ProxyState(client=client, api_key_mode=api_key_mode)
     app.router.add_get("/healthz", healthz)
@@ -150,9 +152,20 @@ def create_app(client: OhttpClient, *, api_key_mode: str = "auto", static_dir: s
     app.router.add_route("*", "/v1/{tail:.*}", api)
     if static_dir is not None:
         app.router.add_get("/", _index(static_dir))
+        app.router.add_get("/veil-config.json", _web_config(client.url, allow_simulated))
         app.router.add_static("/static/", static_dir)
     app.cleanup_ctx.append(_client_ctx)
     return app
+
+
+def _web_config(relay: str, allow_simulated: bool):  # type: ignore[no-untyped-def]
+    """``GET /veil-config.json``: where the page finds the relay; it encrypts in the browser and uses no proxy."""
+    body = orjson.dumps({"relay": relay, "allow_simulated": allow_simulated})
+
+    async def web_config(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json", headers={"Cache-Control": "no-store"})
+
+    return web_config
 
 
 def _index(static_dir: str):  # type: ignore[no-untyped-def]

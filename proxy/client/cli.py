@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
@@ -24,6 +25,9 @@ OPTIONS = [
            "asks for one", "auto", choices=API_KEY_MODES),
     Option("log-level", "logging level", "info", choices=("debug", "info", "warning", "error")),
 ]
+
+#: The browser chat page (``proxy/web``), present in a source checkout; ``veil proxy`` serves it at ``/``.
+WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 
 BANNER = """
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
@@ -61,7 +65,11 @@ def run(args: argparse.Namespace) -> int:
     client = OhttpClient(
         args.relay, verifier=make_verifier(allow_simulated=args.insecure_allow_simulated, policy=policy)
     )
-    app = create_app(client, api_key_mode=args.api_key)
+    web_dir = str(WEB_DIR) if (WEB_DIR / "index.html").is_file() else None
+    app = create_app(client, api_key_mode=args.api_key, static_dir=web_dir,
+                     allow_simulated=args.insecure_allow_simulated)
     print(f"veil proxy: OpenAI base_url = http://{host}:{port}/v1 (relay {args.relay})", flush=True)
+    if web_dir:
+        print(f"veil proxy: chat page at http://{host}:{port}/ (encrypts in the browser)", flush=True)
     web.run_app(app, host=host, port=int(port), access_log=None, print=None)
     return 0

@@ -1,0 +1,256 @@
+// VeilClient: the page's OHTTP client. It does in the browser what proxy/transport.py does for `veil proxy`:
+// fetch the key configuration and the evidence bundle through the relay (GET RELAY, GET RELAY/attestation),
+// verify them before anything is sent, encapsulate every request with a fresh HPKE context and a `date` inside,
+// POST it to the relay, and open the answer; `stream: true` travels as chunked OHTTP and is read incrementally
+// (fetch's ReadableStream -> chunk decoder -> incremental BHTTP decoder -> content pieces as they arrive).
+// A 422 with problem type ohttp-key refreshes and re-verifies the keys and retries once.
+//
+// Requests carry no cookies, no referrer and nothing the relay could use to link them; the relay sees only the
+// ciphertext and the media type.
+
+import { BHTTPDecoder, NEED_DATA, decode, encodeRequest } from "./bhttp.js";
+import { ChunkedClientRequest, MEDIA_TYPE_CHUNKED_REQUEST, MEDIA_TYPE_CHUNKED_RESPONSE } from "./chunked.js";
+import {
+  MEDIA_TYPE_KEYS, MEDIA_TYPE_REQUEST, MEDIA_TYPE_RESPONSE, chooseSuite, decodeKeyList, encapsulateRequest, suiteName,
+} from "./ohttp.js";
+import { verifyBundle } from "./attestation.js";
+
+/** A failure on the way to or from the gateway (API errors are responses, not VeilErrors). */
+export class VeilError extends Error {
+  constructor(message, { code = "veil_upstream_error", status = 502 } = {}) {
+    super(message);
+    this.name = "VeilError";
+    this.code = code;
+    this.status = status;
+  }
+}
+
+const FETCH_DEFAULTS = Object.freeze({
+  mode: "cors",
+  credentials: "omit", // never a cookie or HTTP auth to the relay
+  cache: "no-store", // a refresh after 422 must not get the old keys from the browser cache
+  referrerPolicy: "no-referrer",
+  redirect: "error",
+});
+
+function maxAgeOf(cacheControl) {
+  const m = /(?:^|,)\s*max-age=(\d+)/i.exec(cacheControl || "");
+  return m ? Number(m[1]) : null;
+}
+
+function mediaType(res) {
+  return (res.headers.get("Content-Type") || "").split(";")[0].trim().toLowerCase();
+}
+
+export class VeilClient {
+  /**
+   * relay: the relay's URL for one gateway (http://relay.example/NAME); allowSimulated: accept SIMULATED
+   * evidence (only when the user asked for it); fetch: injectable for tests; now: clock in ms.
+   */
+  constructor({ relay, allowSimulated = false, fetch: fetchImpl, now = () => Date.now() }) {
+    if (!relay) throw new VeilError("no relay URL configured");
+    this.relay = relay.replace(/\/+$/, "");
+    this.allowSimulated = allowSimulated;
+    this._fetchImpl = fetchImpl || globalThis.fetch.bind(globalThis);
+    this._now = now;
+    /** What was fetched and verified (also when it was refused): shown by the trust panel. */
+    this.trust = null;
+    this._refreshing = null;
+  }
+
+  async _fetch(url, init) {
+    try {
+      return await this._fetchImpl(url, { ...FETCH_DEFAULTS, ...init });
+    } catch (err) {
+      if (err && err.name === "AbortError") throw err;
+      throw new VeilError(`cannot reach the relay at ${url} (${err && err.message || err}); is it running, ` +
+        "and does it allow this page's origin (veil relay --cors-origin)?");
+    }
+  }
+
+  /** Fetch and verify keys and evidence. Throws VeilError (code veil_attestation_refused) if they do not pass. */
+  refresh() {
+    if (!this._refreshing) {
+      this._refreshing = this._refresh().finally(() => {
+        this._refreshing = null;
+      });
+    }
+    return this._refreshing;
+  }
+
+  async _refresh() {
+    const keysRes = await this._fetch(this.relay, { headers: { Accept: MEDIA_TYPE_KEYS } });
+    if (keysRes.status !== 200) throw new VeilError(`key fetch from ${this.relay} failed: HTTP ${keysRes.status}`);
+    const keysBody = new Uint8Array(await keysRes.arrayBuffer());
+    const cacheControl = keysRes.headers.get("Cache-Control") || "";
+    const attRes = await this._fetch(`${this.relay}/attestation`, { headers: { Accept: "application/json" } });
+    if (attRes.status !== 200) throw new VeilError(`attestation fetch failed: HTTP ${attRes.status}`);
+    const bundle = new Uint8Array(await attRes.arrayBuffer());
+
+    const fetchedAt = this._now();
+    const maxAge = maxAgeOf(cacheControl);
+    const trust = {
+      relay: this.relay, keysBody, cacheControl, fetchedAt, maxAge,
+      expiresAt: maxAge === null ? null : fetchedAt + maxAge * 1000,
+      config: null, suite: null, suiteName: null, keyId: null, verdict: null, accepted: false, error: null,
+    };
+    this.trust = trust;
+    let configs;
+    try {
+      configs = decodeKeyList(keysBody);
+    } catch (err) {
+      trust.error = `the gateway's key configuration is malformed: ${err.message}`;
+      throw new VeilError(trust.error);
+    }
+    if (!configs.length) {
+      trust.error = "the gateway offers no key configuration this page supports";
+      throw new VeilError(trust.error);
+    }
+    trust.config = configs[0];
+    trust.suite = chooseSuite(trust.config);
+    trust.suiteName = suiteName(trust.config.kem, trust.suite);
+    trust.keyId = trust.config.keyId;
+    trust.verdict = await verifyBundle(bundle, keysBody, { allowSimulated: this.allowSimulated });
+    if (!trust.verdict.accepted) {
+      trust.error = `attestation refused: ${trust.verdict.refusal}`;
+      throw new VeilError(trust.error, { code: "veil_attestation_refused" });
+    }
+    trust.accepted = true;
+    return trust;
+  }
+
+  /** Verified, unexpired keys (refreshing when needed). */
+  async ready() {
+    const t = this.trust;
+    if (t && t.accepted && (t.expiresAt === null || this._now() < t.expiresAt)) return t;
+    return this.refresh();
+  }
+
+  /**
+   * Send one request through OHTTP. Returns {status, headers, body} or, with stream: true (chunked OHTTP),
+   * {status, headers, pieces} where pieces is an async iterator of content bytes as they arrive. signal aborts.
+   */
+  async request(method, path, { headers = [], body, stream = false, signal } = {}) {
+    let trust = await this.ready();
+    for (let attempt = 1; ; attempt++) {
+      const out = await this._send(trust, method, path, headers, body, stream, signal);
+      if (!out.keyRejected) return out;
+      if (attempt === 2) throw new VeilError("the gateway rejected freshly verified keys twice; giving up");
+      trust = await this.refresh(); // the key was rotated out: fetch, re-verify, retry once
+    }
+  }
+
+  async _send(trust, method, path, headers, body, stream, signal) {
+    const content = typeof body === "string" ? new TextEncoder().encode(body) : body || new Uint8Array(0);
+    const fields = headers.map(([n, v]) => [n.toLowerCase(), v]);
+    fields.push(["date", new Date(this._now()).toUTCString()]);
+    const inner = encodeRequest({ method, scheme: "https", authority: "", path, headers: fields, content });
+    if (!stream) {
+      const { request, response } = await encapsulateRequest(trust.config, inner, { suite: trust.suite });
+      const res = await this._fetch(this.relay, {
+        method: "POST", headers: { "Content-Type": MEDIA_TYPE_REQUEST }, body: request, signal,
+      });
+      if (await this._keyRejected(res)) return { keyRejected: true };
+      this._checkOuter(res, MEDIA_TYPE_RESPONSE);
+      let msg;
+      try {
+        msg = decode(await response.open(new Uint8Array(await res.arrayBuffer())), { expect: "response" });
+      } catch (err) {
+        if (err && err.name === "AbortError") throw err;
+        throw new VeilError(`the encapsulated response did not open: ${err.message}`);
+      }
+      return { status: msg.status, headers: msg.headers, body: msg.content };
+    }
+    const creq = await ChunkedClientRequest.create(trust.config, { suite: trust.suite });
+    const wire = await creq.encodeChunk(inner, { final: true });
+    const res = await this._fetch(this.relay, {
+      method: "POST", headers: { "Content-Type": MEDIA_TYPE_CHUNKED_REQUEST, Incremental: "?1" }, body: wire, signal,
+    });
+    if (await this._keyRejected(res)) return { keyRejected: true };
+    this._checkOuter(res, MEDIA_TYPE_CHUNKED_RESPONSE);
+    return openStream(res.body.getReader(), creq.response());
+  }
+
+  async _keyRejected(res) {
+    if (res.status !== 422) return false;
+    const text = await res.text();
+    return text.includes("ohttp-key");
+  }
+
+  _checkOuter(res, expected) {
+    if (res.status !== 200) {
+      // Unencapsulated: from the relay or the gateway before decryption; trusted for nothing beyond its status.
+      throw new VeilError(`the relay or gateway answered HTTP ${res.status} before decryption`, { status: res.status });
+    }
+    const type = mediaType(res);
+    if (type !== expected) throw new VeilError(`unexpected response media type "${type}", wanted ${expected}`);
+  }
+}
+
+/** Read a chunked OHTTP response: returns {status, headers, pieces} once the BHTTP head has arrived. */
+async function openStream(reader, chunks) {
+  const bhttp = new BHTTPDecoder({ expect: "response" });
+  let ended = false;
+
+  // One network read into the decoders; false at end of input.
+  async function pump() {
+    if (ended) return false;
+    const { value, done } = await reader.read();
+    if (done) {
+      ended = true;
+      chunks.end();
+    } else {
+      chunks.receive(value);
+    }
+    for (let c = await chunks.next(); c !== NEED_DATA; c = await chunks.next()) {
+      if (c.data.length) bhttp.receive(c.data);
+      if (c.final) bhttp.end();
+    }
+    return true;
+  }
+
+  const wrap = (err) => (err && (err.name === "AbortError" || err instanceof VeilError) ? err
+    : new VeilError(`the encapsulated stream failed: ${err && err.message || err}`, { code: "veil_stream_broken" }));
+
+  let head = null;
+  try {
+    while (head === null) {
+      const ev = bhttp.next();
+      if (ev === NEED_DATA) {
+        if (!(await pump())) throw new VeilError("the stream ended before the response head");
+      } else if (ev.type === "response-head") {
+        head = ev;
+      }
+    }
+  } catch (err) {
+    reader.cancel().catch(() => {});
+    throw wrap(err);
+  }
+
+  async function* pieces() {
+    let complete = false;
+    try {
+      for (;;) {
+        const ev = bhttp.next();
+        if (ev === NEED_DATA) {
+          if (!(await pump())) throw new VeilError("stream truncated: it ended without its final chunk");
+        } else if (ev.type === "data") {
+          yield ev.data;
+        } else if (ev.type === "end") {
+          // Complete only once the final chunk (AAD "final") has authenticated: a cut stream is never a success.
+          while (!chunks.complete) {
+            if (!(await pump())) throw new VeilError("stream truncated: it ended without its final chunk");
+          }
+          complete = true;
+          return;
+        }
+      }
+    } catch (err) {
+      throw wrap(err);
+    } finally {
+      if (!complete) reader.cancel().catch(() => {}); // hang up: the relay and the gateway stop generating
+    }
+  }
+
+  return { status: head.status, headers: head.headers, pieces: pieces() };
+}
