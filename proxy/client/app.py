@@ -15,6 +15,8 @@ from typing import AsyncIterator, Final
 import orjson
 from aiohttp import web
 
+from enclave.attestation.result import Verdict
+
 from ..transport import OhttpClient, VeilClientError, wants_stream
 
 log = logging.getLogger("veil.proxy")
@@ -106,17 +108,20 @@ async def attestation(request: web.Request) -> web.Response:
     if keys is None:
         return _openai_error(503, "No gateway key verified yet.", "veil_not_ready")
     v = keys.verification
+    verdict = v.to_json() if isinstance(v, Verdict) else {}
     doc = {
         "relay": state.client.url,
         "verified_at": keys.fetched_at,
         "simulated": keys.simulated,
-        "trusted": not keys.simulated,
-        "platform": "simulated" if keys.simulated else getattr(v, "platform", "unknown"),
+        "trusted": bool(verdict.get("ok")) and not keys.simulated,
+        "platform": verdict.get("platform", "unknown"),
         "key_id": keys.config.key_id,
         "kem": keys.config.kem.name,
         "suites": [f"{s.kdf.name}/{s.aead.name}" for s in keys.config.suites],
-        "measurement": getattr(v, "measurement", b"").hex() if isinstance(getattr(v, "measurement", None), bytes) else None,
-        "checks": getattr(v, "checks", None),
+        "measurement": verdict.get("measurement"),
+        "checks": verdict.get("checks", []),
+        "claims": verdict.get("claims", {}),
+        "document": v.document() if isinstance(v, Verdict) else None,
         "warning": "SIMULATED attestation: no TEE protects this gateway" if keys.simulated else None,
     }
     return web.Response(body=orjson.dumps(doc, default=str), content_type="application/json")

@@ -49,3 +49,31 @@ def test_gpu_evidence_in_the_bundle_changes_report_data() -> None:
     b = SimulatedProvider().collect(keys, gpu_evidence=b"gpu")
     assert report_data(keys) in a.report and report_data(keys, b"gpu") in b.report
     assert report_data(keys) not in b.report
+
+
+def test_real_snp_evidence_through_verify_bundle_fails_only_on_the_key_binding(evidence_dir: Path) -> None:
+    """Genuine SEV-SNP evidence that was not made for these keys: every hardware check passes, the binding fails
+    (what a gateway replaying someone else's report would get)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from enclave.attestation import Bundle
+    from enclave.attestation.policy import SnpPolicy
+    from enclave.attestation.snp import parse_report
+
+    d = evidence_dir / "sev-snp" / "milan-vcek-v2-virtee"
+    report = (d / "report.bin").read_bytes()
+    certs = {"vcek": x509.load_der_x509_certificate((d / "vcek.der").read_bytes()).public_bytes(Encoding.PEM).decode()}
+    for cert in x509.load_pem_x509_certificates((d / "ask_ark.pem").read_bytes()):
+        role = "ark" if "ARK-" in cert.subject.rfc4514_string() else "ask"
+        certs[role] = cert.public_bytes(Encoding.PEM).decode()
+    keys = ohttp.encode_list([ohttp.GatewayKey.generate(1).config])
+    bundle = Bundle(platform="sev-snp", key_config=keys, report=report, certs=certs)
+    policy = Policy(snp=SnpPolicy(measurements=(parse_report(report).measurement,)))
+    now = datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC)
+    verdict = verify_bundle(bundle, keys, policy, now=now)
+    failed = [c.name for c in verdict.failures]
+    assert failed == ["REPORT_DATA binding"], verdict.document()
+    # Without a measurement allow list the default policy refuses even genuine hardware (fail closed).
+    strict = verify_bundle(bundle, keys, Policy(), now=now)
+    assert "measurement" in [c.name for c in strict.failures]
