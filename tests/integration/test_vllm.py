@@ -80,3 +80,48 @@ class TestVllmEngine:
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
         finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
         assert finals == ["stop"]
+
+
+class TestVllmFaults:
+    def test_engine_killed_mid_stream_gives_a_clean_error_and_restarts(
+        self, vllm_chain: tuple[Proc, Proc, Proc]
+    ) -> None:
+        import os
+        import signal
+        import subprocess
+        import time
+
+        gw, _, proxy = vllm_chain
+        client = openai.OpenAI(base_url=proxy.base + "/v1", api_key="unused", max_retries=0)
+        children = subprocess.run(["pgrep", "-P", str(gw.popen.pid)], capture_output=True, text=True).stdout.split()
+        assert children, "the gateway has no engine child"
+        stream = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Count from 1 to 200, one number per line."}],
+            max_tokens=400, temperature=0, stream=True,
+        )
+        got_text = False
+        error = None
+        try:
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content and not got_text:
+                    got_text = True
+                    for pid in children:  # kill vLLM (and its engine core) mid-stream
+                        os.killpg(int(pid), signal.SIGKILL)
+        except openai.APIError as exc:
+            error = exc
+        assert got_text
+        # The SDK raises the gateway's in-band error event (encapsulated all the way), not a hang or a cut stream.
+        assert error is not None and "engine" in str(error).lower(), error
+        # The gateway restarts the engine and serves again.
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                r = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=30)
+                assert "Paris" in (r.choices[0].message.content or "")
+                break
+            except openai.APIStatusError as exc:
+                assert exc.status_code == 503  # "engine unavailable, retry shortly" while it restarts
+                time.sleep(2)
+        else:
+            pytest.fail("the engine did not come back")
+        assert "restarting" in gw.log()
