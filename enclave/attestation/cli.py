@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     raw.add_argument("--gpu-evidence", metavar="F", action="append", help="NVIDIA attestation report (hex or binary)")
     raw.add_argument("--gpu-chain", metavar="F", action="append", help="NVIDIA device certificate chain (PEM)")
     raw.add_argument("--nonce", metavar="HEX", help="expected GPU nonce for raw GPU evidence")
+    raw.add_argument("--azure-evidence", metavar="F", help="Azure CVM evidence (az-snp-vtpm / az-tdx-vtpm JSON: "
+                     "HCL report, vTPM quote, PCRs, VCEK)")
+    raw.add_argument("--amd-chain", metavar="F", help="ASK/ARK PEM for --azure-evidence (the JSON carries only the VCEK)")
+    raw.add_argument("--maa-token", metavar="F", help="Microsoft Azure Attestation token (JWT)")
+    raw.add_argument("--jwks", metavar="F", help="MAA signing keys (JWKS JSON) for --maa-token")
     raw.add_argument("--no-binding", action="store_true", help="skip the key binding (raw evidence has no keys)")
     raw.add_argument("--any-measurement", action="store_true", help="accept any measurement (auditing only)")
 
@@ -117,6 +122,27 @@ def _load(args: argparse.Namespace) -> Bundle:
         return Bundle.from_json(data)
     if not args.no_binding:
         raise SystemExit("veil attest: raw evidence carries no key configuration; pass --no-binding")
+    if args.azure_evidence:
+        import base64
+
+        from .azure import load_trustee_evidence
+
+        chain = _read(args.amd_chain).decode() if args.amd_chain else None
+        ev = load_trustee_evidence(_read(args.azure_evidence), amd_chain_pem=chain)
+        certs = {**(ev.certs or {}), "tpm_quote": base64.b64encode(ev.tpm_quote).decode(),
+                 "tpm_signature": base64.b64encode(ev.tpm_signature).decode(),
+                 "pcrs": orjson.dumps([ev.pcrs[i].hex() for i in sorted(ev.pcrs)]).decode()}
+        if ev.td_quote is not None:
+            certs["td_quote"] = base64.b64encode(ev.td_quote).decode()
+        if args.collateral:
+            certs["collateral"] = _read(args.collateral).decode()
+        platform = "az-tdx-vtpm" if ev.td_quote is not None else "az-snp-vtpm"
+        return Bundle(platform=platform, key_config=b"", report=ev.hcl_report, certs=certs)
+    if args.maa_token:
+        if not args.jwks:
+            raise SystemExit("veil attest: --maa-token needs --jwks")
+        return Bundle(platform="maa", key_config=b"", report=_read(args.maa_token).strip(),
+                      certs={"jwks": _read(args.jwks).decode()})
     if args.snp_report:
         bundle = _snp_bundle(args)
     elif args.tdx_quote:
@@ -150,7 +176,9 @@ def run(args: argparse.Namespace) -> int:
 
             policy = replace(policy, snp=replace(policy.snp, any_measurement=True),
                              tdx=replace(policy.tdx, any_measurement=True),
-                             nvidia=replace(policy.nvidia, any_version=True))
+                             nvidia=replace(policy.nvidia, any_version=True),
+                             azure=replace(policy.azure, any_measurement=True),
+                             maa=replace(policy.maa, any_measurement=True))
         now = parse_time(args.at)
         bundle = _load(args)
         if bundle.platform == "nvidia":  # raw GPU evidence only
@@ -160,6 +188,12 @@ def run(args: argparse.Namespace) -> int:
             verdict = verify_nvidia(decode_gpu_evidence(bundle.gpu_evidence), policy.nvidia, now=now,
                                     expected_nonce=nonce)
         else:
+            if args.no_binding and bundle.platform not in policy.platforms and bundle.platform != "simulated":
+                # Auditing raw evidence of a platform the policy file does not list: check it anyway, and say so.
+                from dataclasses import replace
+
+                policy = replace(policy, platforms=(*policy.platforms, bundle.platform))
+                print(f"NOTE: platform {bundle.platform} added to the policy's list for this audit")
             verdict = verify_bundle(bundle, None, policy, now=now, allow_simulated=args.insecure_allow_simulated,
                                     check_binding=not args.no_binding)
     except (BundleError, EvidenceFormatError) as exc:

@@ -63,6 +63,18 @@ class NvidiaPolicy:
     accept_unverifiable_cc_mode: bool = False
 
 
+def _azure_policy() -> Any:
+    from .azure.policy import AzurePolicy
+
+    return AzurePolicy()
+
+
+def _maa_policy() -> Any:
+    from .azure.policy import MaaPolicy
+
+    return MaaPolicy()
+
+
 @dataclass(frozen=True)
 class Policy:
     platforms: tuple[str, ...] = ("sev-snp", "tdx")
@@ -70,6 +82,10 @@ class Policy:
     snp: SnpPolicy = field(default_factory=SnpPolicy)
     tdx: TdxPolicy = field(default_factory=TdxPolicy)
     nvidia: NvidiaPolicy = field(default_factory=NvidiaPolicy)
+    #: ``[azure]``: vTPM PCR allow lists for Azure confidential VMs (az-snp-vtpm, az-tdx-vtpm)
+    azure: Any = field(default_factory=_azure_policy)
+    #: ``[maa]``: Microsoft Azure Attestation token issuers, measurements, key pins
+    maa: Any = field(default_factory=_maa_policy)
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -82,7 +98,7 @@ class Policy:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Policy:
-        known = {"platforms", "require_gpu", "sev-snp", "tdx", "nvidia"}
+        known = {"platforms", "require_gpu", "sev-snp", "tdx", "nvidia", "azure", "maa"}
         if extra := set(data) - known:
             raise EvidenceFormatError(f"unknown policy keys: {sorted(extra)}")
         snp = dict(data.get("sev-snp", {}))
@@ -116,4 +132,9 @@ class Policy:
         for name, rest in (("sev-snp", snp), ("tdx", tdx), ("nvidia", nv)):
             if rest:
                 raise EvidenceFormatError(f"unknown keys in [{name}]: {sorted(rest)}")
-        return policy
+        from dataclasses import replace
+
+        from .azure.policy import AzurePolicy, MaaPolicy
+
+        return replace(policy, azure=AzurePolicy.from_dict(data.get("azure", {})),
+                       maa=MaaPolicy.from_dict(data.get("maa", {})))

@@ -10,8 +10,12 @@ Order (fail closed; every step is a check in the verdict):
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import hmac
+
+import orjson
 
 from .bundle import Bundle, gpu_nonce, report_data
 from .errors import EvidenceFormatError
@@ -77,6 +81,14 @@ def verify_bundle(
 
 
 def _verify_cpu(bundle: Bundle, policy: Policy, now: dt.datetime, expected_rd: bytes | None) -> Verdict:
+    if bundle.platform in ("az-snp-vtpm", "az-tdx-vtpm"):
+        return _verify_azure(bundle, policy, now, expected_rd)
+    if bundle.platform == "maa":
+        from .azure import verify_maa_token
+
+        jwks = orjson.loads(bundle.certs.get("jwks", "{}"))
+        return verify_maa_token(bundle.report.decode("ascii", "replace"), jwks, policy.maa, now=now,
+                                expected_runtime_key=expected_rd)
     if bundle.platform == "sev-snp":
         from .snp import verify_snp
 
@@ -91,3 +103,30 @@ def _verify_cpu(bundle: Bundle, policy: Policy, now: dt.datetime, expected_rd: b
             return v
         return verify_tdx(bundle.report, collateral, policy.tdx, now=now, expected_report_data=expected_rd)
     raise EvidenceFormatError(f"unknown platform {bundle.platform!r}")
+
+
+def azure_tpm_nonce(binding: bytes) -> bytes:
+    """What an Azure vTPM quote carries as its nonce: SHA-256 of Veil's 64-byte binding (vTPMs take <= 48 bytes)."""
+    return hashlib.sha256(binding).digest()
+
+
+def _verify_azure(bundle: Bundle, policy: Policy, now: dt.datetime, expected_rd: bytes | None) -> Verdict:
+    """Azure CVM bundles: ``report`` is the HCL report; ``certs`` carries the VCEK chain (SNP) or ``collateral`` and
+    ``td_quote`` (TDX), and the vTPM quote as ``tpm_quote``/``tpm_signature`` (base64) and ``pcrs`` (JSON list of
+    hex, PCR0 first). Veil's binding travels in the TPM quote's nonce (see :func:`azure_tpm_nonce`)."""
+    from .azure import verify_azure_cvm
+
+    c = bundle.certs
+    try:
+        pcrs = {i: bytes.fromhex(v) for i, v in enumerate(orjson.loads(c.get("pcrs", "[]")))}
+        tpm_quote = base64.b64decode(c.get("tpm_quote", ""), validate=True)
+        tpm_sig = base64.b64decode(c.get("tpm_signature", ""), validate=True)
+        td_quote = base64.b64decode(c["td_quote"], validate=True) if "td_quote" in c else None
+    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        raise EvidenceFormatError(f"malformed Azure attachments: {exc}") from None
+    chain = {k: v for k, v in c.items() if k in ("vcek", "vlek", "ask", "asvk", "ark")} or None
+    return verify_azure_cvm(
+        bundle.report, tpm_quote, tpm_sig, pcrs, chain, c.get("collateral"), policy.azure, now=now,
+        expected_nonce=azure_tpm_nonce(expected_rd) if expected_rd is not None else None, td_quote=td_quote,
+        snp_policy=policy.snp, tdx_policy=policy.tdx,
+    )

@@ -77,3 +77,35 @@ def test_real_snp_evidence_through_verify_bundle_fails_only_on_the_key_binding(e
     # Without a measurement allow list the default policy refuses even genuine hardware (fail closed).
     strict = verify_bundle(bundle, keys, Policy(), now=now)
     assert "measurement" in [c.name for c in strict.failures]
+
+
+def test_azure_cvm_bundle_through_verify_bundle(evidence_dir: Path) -> None:
+    """An Azure SNP CVM's evidence carried in a Veil bundle: hardware, HCL and vTPM checks pass; the binding to
+    Veil's keys (the TPM nonce) fails, since this recorded quote answered b"challenge"."""
+    import base64
+
+    import orjson
+
+    from enclave.attestation import Bundle
+    from enclave.attestation.azure import AzurePolicy, load_trustee_evidence
+    from enclave.attestation.azure import parse_hcl_report
+    from enclave.attestation.policy import SnpPolicy
+    from enclave.attestation.snp import parse_report
+
+    d = evidence_dir / "sev-snp" / "milan-vcek-v3-azure-vtpm-trustee"
+    chain = (evidence_dir / "roots" / "amd_milan_ask_ark.pem").read_text()
+    ev = load_trustee_evidence((d / "evidence-v1.json").read_text(), amd_chain_pem=chain)
+    certs = {**(ev.certs or {}), "tpm_quote": base64.b64encode(ev.tpm_quote).decode(),
+             "tpm_signature": base64.b64encode(ev.tpm_signature).decode(),
+             "pcrs": orjson.dumps([ev.pcrs[i].hex() for i in sorted(ev.pcrs)]).decode()}
+    keys = ohttp.encode_list([ohttp.GatewayKey.generate(1).config])
+    bundle = Bundle.from_json(Bundle(platform="az-snp-vtpm", key_config=keys, report=ev.hcl_report,
+                                     certs=certs).to_json())
+    measurement = parse_report(parse_hcl_report(ev.hcl_report).snp_report).measurement
+    policy = Policy(platforms=("az-snp-vtpm",), snp=SnpPolicy(measurements=(measurement,)),
+                    azure=AzurePolicy(any_measurement=True))
+    now = datetime.datetime(2025, 6, 1, tzinfo=datetime.UTC)
+    verdict = verify_bundle(bundle, keys, policy, now=now)
+    assert [c.name for c in verdict.failures] == ["TPM nonce binding"], verdict.document()
+    audit = verify_bundle(bundle, keys, policy, now=now, check_binding=False)
+    assert audit.ok, audit.document()
