@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "HCL report, vTPM quote, PCRs, VCEK)")
     raw.add_argument("--amd-chain", metavar="F", help="ASK/ARK PEM for --azure-evidence (the JSON carries only the VCEK)")
     raw.add_argument("--maa-token", metavar="F", help="Microsoft Azure Attestation token (JWT)")
+    raw.add_argument("--nitro-doc", metavar="F", help="AWS Nitro Enclaves attestation document (COSE_Sign1 CBOR)")
+    raw.add_argument("--sgx-quote", metavar="F", help="Intel SGX quote (with --collateral)")
     raw.add_argument("--jwks", metavar="F", help="MAA signing keys (JWKS JSON) for --maa-token")
     raw.add_argument("--no-binding", action="store_true", help="skip the key binding (raw evidence has no keys)")
     raw.add_argument("--any-measurement", action="store_true", help="accept any measurement (auditing only)")
@@ -143,6 +145,13 @@ def _load(args: argparse.Namespace) -> Bundle:
             raise SystemExit("veil attest: --maa-token needs --jwks")
         return Bundle(platform="maa", key_config=b"", report=_read(args.maa_token).strip(),
                       certs={"jwks": _read(args.jwks).decode()})
+    if args.nitro_doc:
+        return Bundle(platform="aws-nitro", key_config=b"", report=_read(args.nitro_doc))
+    if args.sgx_quote:
+        if not args.collateral:
+            raise SystemExit("veil attest: --sgx-quote needs --collateral")
+        return Bundle(platform="sgx", key_config=b"", report=_read(args.sgx_quote),
+                      certs={"collateral": _read(args.collateral).decode()})
     if args.snp_report:
         bundle = _snp_bundle(args)
     elif args.tdx_quote:
@@ -178,7 +187,9 @@ def run(args: argparse.Namespace) -> int:
                              tdx=replace(policy.tdx, any_measurement=True),
                              nvidia=replace(policy.nvidia, any_version=True),
                              azure=replace(policy.azure, any_measurement=True),
-                             maa=replace(policy.maa, any_measurement=True))
+                             maa=replace(policy.maa, any_measurement=True),
+                             nitro=replace(policy.nitro, any_measurement=True),
+                             sgx=replace(policy.sgx, any_measurement=True))
         now = parse_time(args.at)
         bundle = _load(args)
         if bundle.platform == "nvidia":  # raw GPU evidence only

@@ -75,6 +75,18 @@ def _maa_policy() -> Any:
     return MaaPolicy()
 
 
+def _nitro_policy() -> Any:
+    from .nitro import NitroPolicy
+
+    return NitroPolicy()
+
+
+def _sgx_policy() -> Any:
+    from .sgx import SgxPolicy
+
+    return SgxPolicy()
+
+
 @dataclass(frozen=True)
 class Policy:
     platforms: tuple[str, ...] = ("sev-snp", "tdx")
@@ -86,6 +98,10 @@ class Policy:
     azure: Any = field(default_factory=_azure_policy)
     #: ``[maa]``: Microsoft Azure Attestation token issuers, measurements, key pins
     maa: Any = field(default_factory=_maa_policy)
+    #: ``[nitro]``: AWS Nitro Enclaves PCR allow lists
+    nitro: Any = field(default_factory=_nitro_policy)
+    #: ``[sgx]``: MRENCLAVE / MRSIGNER allow lists
+    sgx: Any = field(default_factory=_sgx_policy)
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -98,7 +114,7 @@ class Policy:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Policy:
-        known = {"platforms", "require_gpu", "sev-snp", "tdx", "nvidia", "azure", "maa"}
+        known = {"platforms", "require_gpu", "sev-snp", "tdx", "nvidia", "azure", "maa", "nitro", "sgx"}
         if extra := set(data) - known:
             raise EvidenceFormatError(f"unknown policy keys: {sorted(extra)}")
         snp = dict(data.get("sev-snp", {}))
@@ -135,6 +151,10 @@ class Policy:
         from dataclasses import replace
 
         from .azure.policy import AzurePolicy, MaaPolicy
+        from .nitro import NitroPolicy
+        from .sgx import SgxPolicy
 
         return replace(policy, azure=AzurePolicy.from_dict(data.get("azure", {})),
-                       maa=MaaPolicy.from_dict(data.get("maa", {})))
+                       maa=MaaPolicy.from_dict(data.get("maa", {})),
+                       nitro=NitroPolicy.from_dict(data.get("nitro", {})),
+                       sgx=SgxPolicy.from_dict(data.get("sgx", {})))

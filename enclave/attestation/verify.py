@@ -83,6 +83,17 @@ def verify_bundle(
 def _verify_cpu(bundle: Bundle, policy: Policy, now: dt.datetime, expected_rd: bytes | None) -> Verdict:
     if bundle.platform in ("az-snp-vtpm", "az-tdx-vtpm"):
         return _verify_azure(bundle, policy, now, expected_rd)
+    if bundle.platform == "aws-nitro":
+        from .nitro import verify_nitro
+
+        # Nitro documents carry no key of their own: Veil's binding goes in user_data (64 bytes). The client checks
+        # certificates at its own clock, not the document's timestamp: the evidence must be valid now.
+        return verify_nitro(bundle.report, policy.nitro, now=now, expected_user_data=expected_rd)
+    if bundle.platform == "sgx":
+        from .sgx import verify_sgx
+
+        return verify_sgx(bundle.report, bundle.certs.get("collateral"), policy.sgx, now=now,
+                          expected_report_data=expected_rd)
     if bundle.platform == "maa":
         from .azure import verify_maa_token
 
