@@ -39,6 +39,8 @@ from ..result import Verdict
 from ..tdx.verify import (
     INTEL_SGX_ROOT_CA_SHA256,
     _call_library,
+    _check_dcap,
+    _check_trust_anchor,
     _check_collateral_validity,
     _Collateral,
     _iso,
@@ -292,8 +294,10 @@ def verify_sgx(
     fmspc = bytes(ext.fmspc) if ext is not None else None
     col = _check_collateral(v, collateral, fmspc)
     _check_collateral_validity(v, col, now)
-    root_der = _check_trust_anchor(v, q, col)
-    status, advisories, dcap_error = _check_dcap(v, q, col, root_der, now)
+    root_der = _check_trust_anchor(v, q.pck_chain_pem, col)
+    status, advisories, dcap_error = _check_dcap(
+        v, q.raw, col, root_der, now, lambda report_json: _verified_report_differs(q, report_json)
+    )
 
     # validate: platform and enclave policy, on the parsed (and cross-checked) fields
     _check_tcb_status(v, policy, status, advisories, dcap_error)
@@ -390,52 +394,6 @@ def _check_collateral(
         detail="; ".join(problems),
     )
     return col
-
-
-def _check_trust_anchor(v: Verdict, q: SgxQuote, col: _Collateral | None) -> bytes | None:
-    """The certificate whose DER hashes to the pinned Intel root becomes dcap-qvl's only trust anchor."""
-    expected = f"Intel SGX Root CA sha256 {INTEL_SGX_ROOT_CA_SHA256}"
-    sources: list[tuple[str, bytes]] = [("the quote's PCK chain", q.pck_chain_pem)]
-    if col is not None:
-        sources += [(f"collateral {k}", col.fields[k].encode())
-                    for k in ("tcb_info_issuer_chain", "qe_identity_issuer_chain", "pck_crl_issuer_chain")]
-    for where, pem in sources:
-        for der in _pem_certificates(pem):
-            if hmac.compare_digest(hashlib.sha256(der).hexdigest(), INTEL_SGX_ROOT_CA_SHA256):
-                v.add("trust anchor", True, expected=expected, found=f"found in {where}")
-                return der
-    v.add("trust anchor", False, expected=expected, found="not found",
-          detail="no certificate in the quote or collateral matches the pinned Intel root")
-    return None
-
-
-def _check_dcap(
-    v: Verdict, q: SgxQuote, col: _Collateral | None, root_der: bytes | None, now: datetime.datetime
-) -> tuple[str | None, list[str], str | None]:
-    """dcap-qvl: PCK chain + CRLs to the pinned root, QE report and identity, ISV report signature, TCB level.
-
-    Returns (TCB status, advisory ids, error message).
-    """
-    expected = f"quote, QE report and PCK chain verify to the pinned Intel root at {_iso(now)}"
-    if col is None or root_der is None:
-        why = "no usable collateral" if col is None else "no pinned trust anchor"
-        v.add("DCAP verification", False, expected=expected, found="not run", detail=f"{why} (fail closed)")
-        return None, [], why
-    result, err = _call_library(dcap_qvl.verify_with_root_ca, q.raw, col.library, root_der, int(now.timestamp()))
-    if result is None:
-        v.add("DCAP verification", False, expected=expected, found="error", detail=f"dcap-qvl: {err}")
-        return None, [], err
-    status = str(result.status)
-    advisories = sorted(str(a) for a in result.advisory_ids)
-    differs = _verified_report_differs(q, str(result.to_json()))
-    v.add(
-        "DCAP verification",
-        not differs,
-        expected=expected,
-        found=f"verified, TCB status {status}",
-        detail=f"verified report differs from the parsed quote in {', '.join(differs)}" if differs else "",
-    )
-    return status, advisories, None
 
 
 def _verified_report_differs(q: SgxQuote, report_json: str) -> list[str]:

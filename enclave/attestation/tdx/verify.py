@@ -126,8 +126,10 @@ def verify_tdx(
     fmspc = _quote_fmspc(q)
     col = _check_collateral(v, collateral, fmspc)
     _check_collateral_validity(v, col, now)
-    root_der = _check_trust_anchor(v, q, col)
-    status, advisories, dcap_error = _check_dcap(v, q, col, root_der, now)
+    root_der = _check_trust_anchor(v, q.pck_chain_pem, col)
+    status, advisories, dcap_error = _check_dcap(
+        v, q.raw, col, root_der, now, lambda report_json: _verified_report_differs(q, report_json)
+    )
 
     # validate: the platform and workload policy (go-sev-guest's `validate`), on the parsed fields
     _check_tcb_status(v, policy, status, advisories, dcap_error)
@@ -326,12 +328,15 @@ def _iso(t: datetime.datetime) -> str:
     return t.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _check_trust_anchor(v: Verdict, q: TdxQuote, col: _Collateral | None) -> bytes | None:
-    """Find the certificate whose DER hashes to the pinned Intel root; it becomes dcap-qvl's only trust anchor."""
+def _check_trust_anchor(v: Verdict, pck_chain_pem: bytes | None, col: _Collateral | None) -> bytes | None:
+    """Find the certificate whose DER hashes to the pinned Intel root; it becomes dcap-qvl's only trust anchor.
+
+    Shared with the SGX verifier (same root, same collateral format).
+    """
     expected = f"Intel SGX Root CA sha256 {INTEL_SGX_ROOT_CA_SHA256}"
     sources: list[tuple[str, bytes]] = []
-    if q.pck_chain_pem is not None:
-        sources.append(("the quote's PCK chain", q.pck_chain_pem))
+    if pck_chain_pem is not None:
+        sources.append(("the quote's PCK chain", pck_chain_pem))
     if col is not None:
         sources += [(f"collateral {k}", col.fields[k].encode()) for k in _ISSUER_CHAINS]
     for where, pem in sources:
@@ -355,25 +360,31 @@ def _pem_certificates(pem: bytes) -> list[bytes]:
 
 
 def _check_dcap(
-    v: Verdict, q: TdxQuote, col: _Collateral | None, root_der: bytes | None, now: datetime.datetime
+    v: Verdict,
+    raw_quote: bytes,
+    col: _Collateral | None,
+    root_der: bytes | None,
+    now: datetime.datetime,
+    report_differs: Callable[[str], list[str]],
 ) -> tuple[str | None, list[str], str | None]:
     """dcap-qvl: PCK chain + CRLs to the pinned root, QE report signature and identity, quote signature, TCB level.
 
-    Returns (TCB status, advisory ids, error message).
+    ``report_differs`` compares the report dcap-qvl says it verified with the caller's own parse. Shared with the
+    SGX verifier. Returns (TCB status, advisory ids, error message).
     """
     expected = f"quote, QE report and PCK chain verify to the pinned Intel root at {_iso(now)}"
     if col is None or root_der is None:
         why = "no usable collateral" if col is None else "no pinned trust anchor"
         v.add("DCAP verification", False, expected=expected, found="not run", detail=f"{why} (fail closed)")
         return None, [], why
-    result, err = _call_library(dcap_qvl.verify_with_root_ca, q.raw, col.library, root_der, int(now.timestamp()))
+    result, err = _call_library(dcap_qvl.verify_with_root_ca, raw_quote, col.library, root_der, int(now.timestamp()))
     if result is None:
         v.add("DCAP verification", False, expected=expected, found="error", detail=f"dcap-qvl: {err}")
         return None, [], err
     status = str(result.status)
     advisories = sorted(str(a) for a in result.advisory_ids)
-    # dcap-qvl reports the TD report it verified; it must be the one policy reads.
-    differs = _verified_report_differs(q, str(result.to_json()))
+    # dcap-qvl reports the report it verified; it must be the one policy reads.
+    differs = report_differs(str(result.to_json()))
     v.add(
         "DCAP verification",
         not differs,
