@@ -19,7 +19,9 @@ from .api.router import CACHE_SALT_MODES
 from .attestation import EvidenceProvider, SimulatedProvider
 from .engines import EchoEngine, Engine, UpstreamEngine
 from .gateway import GatewayConfig, create_app
+from .kbs_client import load_broker_keys
 from .keyfile import KEMS, KeyFileError, load_key_file
+from .model.loader import load_for_gateway
 
 log = logging.getLogger("veil.gateway")
 
@@ -35,9 +37,20 @@ OPTIONS = [
     Option("engine-python", "Python of the engine's virtualenv (--engine vllm)", str(REPO / ".venv-engine" / "bin" / "python")),
     Option("engine-port", "loopback port for the vLLM child (0: pick a free one)", 0, type=int),
     Option("engine-args", "extra arguments for the vLLM server, one string", ""),
+    Option("encrypted-model", "encrypted model directory (veil model encrypt): verified and decrypted into "
+           "--model-tmpfs before the engine starts; the engine serves the decrypted copy (overrides --model)"),
+    Option("model-key-file", "model key file {key_id, key} for --encrypted-model"),
+    Option("model-tmpfs", "tmpfs mount (TEE memory) for the decrypted model", "/dev/shm"),
+    Option("insecure-allow-disk-model", "allow --model-tmpfs on a persistent disk (tests only)", False, flag=True),
+    Option("model-decrypt-threads", "threads for decrypting the model (0: one per CPU)", 0, type=int),
     Option("echo-token-delay", "seconds between streamed tokens of the echo engine", 0.0, type=float),
     Option("key-file", "load the OHTTP key from this JSON file (tests, key management; see docs)"),
     Option("kem", "KEM of generated keys", "x25519", choices=tuple(KEMS)),
+    Option("key-broker", "fetch the shared OHTTP key set from this key broker (https://; veil broker) at start"),
+    Option("key-broker-resource", "the key set's resource at the broker", "default/ohttp/keyset"),
+    Option("key-broker-policy", "attestation policy the key broker's own evidence must pass (TOML)"),
+    Option("insecure-allow-simulated-broker", "accept a key broker with SIMULATED evidence (development only)",
+           False, flag=True),
     Option("attestation", "evidence provider: auto (the TEE this machine is), sev-snp, tdx (configfs-tsm), or "
            "simulated (development; refused on TEE hardware)", "simulated", choices=("simulated", "auto", "sev-snp", "tdx")),
     Option("gpu-evidence-command", "command that prints NVIDIA GPU evidence (nvtrust JSON) for the nonce given as "
@@ -132,13 +145,16 @@ def run(args: argparse.Namespace) -> int:
         except KeyFileError as exc:
             raise SystemExit(f"veil gateway: {exc}") from None
         log.warning("loaded the OHTTP key from %s: for tests and key-management integrations only", args.key_file)
-    else:
+    elif not args.key_broker:
         key = GatewayKey.generate(0, KEMS[args.kem])  # in memory only; never written to disk
     try:
         api_keys = ApiKeys.load(args.api_keys_file)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"veil gateway: cannot load API keys: {exc}") from None
     provider = make_provider(args)
+    keys = load_broker_keys(args, provider) if args.key_broker else [key]  # attests the broker, then itself
+    if (model := load_for_gateway(args)) is not None:  # decrypt + verify before anything serves, or exit
+        args.model = str(model.path)
     engine = make_engine(args)
     config = GatewayConfig(
         max_request_bytes=args.max_request_bytes,
@@ -150,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         rotation_grace=args.rotation_grace,
     )
     api = Api(engine, api_keys=api_keys, cache_salt=args.cache_salt)
-    app = create_app(engine=engine, keyring=KeyRing([key]), provider=provider, config=config, api=api)
+    app = create_app(engine=engine, keyring=KeyRing(keys), provider=provider, config=config, api=api)
     if provider.platform == "simulated":
         log.warning("attestation is SIMULATED: no TEE protects this gateway; clients must opt in to trust it")
     print(f"veil gateway listening on http://{host}:{port}/.well-known/ohttp-gateway (engine {engine.kind})",

@@ -171,9 +171,10 @@ class OhttpClient:
         raise AssertionError("unreachable")
 
     def _inner(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> bhttp.Request:
-        fields = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers if n.lower() not in DROP_HEADERS]
+        fields = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in ((n.lower(), v) for n, v in headers)
+                  if n not in DROP_HEADERS]
         if self.send_date:
-            fields.append((b"date", formatdate(usegmt=True).encode("ascii")))
+            fields.append((b"date", _http_date()))
         return bhttp.Request(
             method=method.encode("ascii"), scheme=b"https", authority=b"", path=path.encode("latin-1"),
             headers=tuple(fields), content=body,
@@ -187,7 +188,7 @@ class OhttpClient:
         if not chunked:
             enc_req, ctx = ohttp.ClientRequest(keys.config).encapsulate(inner)
             try:
-                async with s.post(self.url, data=enc_req, headers={"Content-Type": ohttp.MEDIA_TYPE_REQUEST}) as r:
+                async with s.post(self.url, data=enc_req, headers=_PLAIN_HEADERS) as r:
                     data = await r.read()
                     await _check_outer(r, data, ohttp.MEDIA_TYPE_RESPONSE)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -200,9 +201,7 @@ class OhttpClient:
         creq = ohttp.ChunkedClientRequest(keys.config)
         wire = creq.encode_chunk(inner, final=True)
         try:
-            r = await s.post(
-                self.url, data=wire, headers={"Content-Type": ohttp.MEDIA_TYPE_CHUNKED_REQUEST, "Incremental": "?1"}
-            )
+            r = await s.post(self.url, data=wire, headers=_CHUNKED_HEADERS)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise VeilClientError(f"relay unreachable: {type(exc).__name__}: {exc}", 502) from None
         if r.status != 200 or r.headers.get("Content-Type", "").split(";")[0] != ohttp.MEDIA_TYPE_CHUNKED_RESPONSE:
@@ -210,6 +209,20 @@ class OhttpClient:
             r.release()
             await _check_outer(r, data, ohttp.MEDIA_TYPE_CHUNKED_RESPONSE)
         return await _open_stream(r, creq.response())
+
+
+_PLAIN_HEADERS: Final = {"Content-Type": ohttp.MEDIA_TYPE_REQUEST}
+_CHUNKED_HEADERS: Final = {"Content-Type": ohttp.MEDIA_TYPE_CHUNKED_REQUEST, "Incremental": "?1"}
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _http_date() -> bytes:
+    """``formatdate(usegmt=True)`` as bytes, formatted once per second (it has one-second resolution anyway)."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode("ascii"))
+    return _date_cache[1]
 
 
 def wants_stream(body: bytes) -> bool:

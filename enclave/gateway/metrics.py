@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -38,3 +40,31 @@ class GatewayMetrics:
             "veil_gateway_engine_restarts_total", "Times the supervised engine was restarted", registry=self.registry
         )
         self.keys = Gauge("veil_gateway_keys", "Keys in the key ring", registry=self.registry)
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    # Labelled children of the per-request metrics, bound on first use (so /metrics shows a series exactly when
+    # it did before) and then reused: ``labels()`` validates its arguments and takes a lock on every call.
+
+    def outcome(self, framing: str, outcome: str) -> Counter:
+        """``requests.labels(framing, outcome)``, cached."""
+        key = ("requests", framing, outcome)
+        child: Counter | None = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(framing, outcome)
+        return child
+
+    def inner_status_of(self, status: int) -> Counter:
+        """``inner_status.labels("<N>xx")`` for an HTTP status, cached."""
+        key = ("inner_status", str(status // 100))
+        child: Counter | None = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.inner_status.labels(f"{status // 100}xx")
+        return child
+
+    def latency_of(self, framing: str) -> Histogram:
+        """``latency.labels(framing)``, cached."""
+        key = ("latency", framing)
+        child: Histogram | None = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.latency.labels(framing)
+        return child

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from email.utils import format_datetime, parsedate_to_datetime
+from functools import lru_cache
 from datetime import datetime, timezone
 
 
@@ -14,7 +15,15 @@ def http_date(now: float | None = None) -> str:
 
 
 def parse_http_date(value: bytes) -> float | None:
-    """Unix seconds of an HTTP date, or ``None`` when it cannot be parsed."""
+    """Unix seconds of an HTTP date, or ``None`` when it cannot be parsed.
+
+    Cached: every request sent within the same second carries the same ``Date``, and parsing costs microseconds.
+    """
+    return _parse_http_date(bytes(value))
+
+
+@lru_cache(maxsize=256)
+def _parse_http_date(value: bytes) -> float | None:
     try:
         dt = parsedate_to_datetime(value.decode("latin-1"))
     except (TypeError, ValueError, IndexError):

@@ -14,12 +14,15 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Final
+from functools import cached_property
+from typing import AsyncIterator, Final, Mapping, Sequence
 
 import aiohttp
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .pool import Replica, ReplicaPool, split_urls
 
 log = logging.getLogger("veil.relay")
 
@@ -37,7 +40,7 @@ _PASS_RESPONSE: Final = ("Content-Type", "Incremental")
 class RelayConfig:
     """Limits and settings; every one has a command-line option."""
 
-    gateways: dict[str, str]
+    gateways: Mapping[str, str | Sequence[str]]  # name -> URL, or the URLs of replicas ("URL1,URL2" or a list)
     max_request_bytes: int = 4 * 1024 * 1024
     max_response_bytes: int = 64 * 1024 * 1024
     max_concurrent: int = 1024
@@ -48,13 +51,17 @@ class RelayConfig:
     cors_origins: tuple[str, ...] = ()
     min_cache_seconds: float = 5.0
     max_cache_seconds: float = 3600.0
+    health_interval: float = 5.0  # seconds between /healthz checks of replicas (0: none)
 
     def __post_init__(self) -> None:
-        for name, url in self.gateways.items():
+        for name, urls in self.gateways.items():
             if not _NAME.match(name):
                 raise ValueError(f"gateway name {name!r} must be letters, digits, '.', '_' or '-'")
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"gateway URL {url!r} must be http(s)")
+            if not split_urls(urls):
+                raise ValueError(f"gateway {name!r} has no URL")
+            for url in split_urls(urls):
+                if not url.startswith(("http://", "https://")):
+                    raise ValueError(f"gateway URL {url!r} must be http(s)")
 
 
 @dataclass
@@ -93,8 +100,10 @@ class RelayState:
     limiter: RateLimiter = field(init=False)
     slots: asyncio.Semaphore = field(init=False)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    pools: dict[str, ReplicaPool] = field(init=False)
 
     def __post_init__(self) -> None:
+        self.pools = {name: ReplicaPool(name, split_urls(urls)) for name, urls in self.config.gateways.items()}
         self.limiter = RateLimiter(self.config.rate_per_minute)
         self.slots = asyncio.Semaphore(self.config.max_concurrent)
         r = self.registry
@@ -103,6 +112,27 @@ class RelayState:
                                  buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30))
         self.in_flight = Gauge("veil_relay_in_flight", "Requests being forwarded", registry=r)
         self.bytes = Counter("veil_relay_bytes_total", "Bytes relayed", ["direction"], registry=r)
+        self.retries = Counter("veil_relay_retries_total", "Requests sent to another replica after the first could "
+                               "not be connected to (nothing had been sent)", registry=r)
+        up = Gauge("veil_relay_replica_up", "1 while a gateway replica is in rotation", ["gateway", "replica"],
+                   registry=r)
+        for pool in self.pools.values():
+            for rep in pool.replicas if len(pool) > 1 else ():
+                up.labels(pool.name, str(rep.index)).set_function(rep.up)
+
+    # Labelled children bound once, on first use (so /metrics shows them exactly when it did before):
+    # ``labels()`` validates its arguments and takes a lock on every call, and these are on the per-request path.
+    @cached_property
+    def bytes_up(self) -> Counter:
+        return self.bytes.labels("up")
+
+    @cached_property
+    def bytes_down(self) -> Counter:
+        return self.bytes.labels("down")
+
+    @cached_property
+    def outcome_ok(self) -> Counter:
+        return self.requests.labels("ok")
 
 
 STATE = web.AppKey("STATE", RelayState)
@@ -116,10 +146,10 @@ def _problem(status: int, title: str, detail: str | None = None, headers: dict[s
                         headers={"Cache-Control": "no-store", **(headers or {})})
 
 
-def _target(state: RelayState, name: str) -> str | None:
-    if name == "" and len(state.config.gateways) == 1:
-        return next(iter(state.config.gateways.values()))
-    return state.config.gateways.get(name)
+def _target(state: RelayState, name: str) -> ReplicaPool | None:
+    if name == "" and len(state.pools) == 1:
+        return next(iter(state.pools.values()))
+    return state.pools.get(name)
 
 
 def _attestation_url(gateway_url: str) -> str:
@@ -132,10 +162,17 @@ def _attestation_url(gateway_url: str) -> str:
 
 async def forward(request: web.Request) -> web.StreamResponse:
     """``POST /NAME`` (or ``/``): forward an encapsulated request to the allow-listed gateway NAME."""
+    resp = await _admit(request)
+    if not resp.prepared:  # the relay's own refusals (403, 413, 429, ...) must be readable by browser pages too
+        _cors(request, request.app[STATE], resp)
+    return resp
+
+
+async def _admit(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     name = request.match_info.get("name", "")
-    url = _target(state, name)
-    if url is None:
+    pool = _target(state, name)
+    if pool is None:
         state.requests.labels("forbidden").inc()
         return _problem(403, "unknown gateway", "this relay forwards only to its configured gateways")
     ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -155,7 +192,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     async with state.slots:
         state.in_flight.inc()
         try:
-            return await _forward(request, state, url, ctype)
+            return await _forward(request, state, pool, ctype)
         finally:
             state.in_flight.dec()
 
@@ -164,12 +201,21 @@ class _TooLarge(Exception):
     pass
 
 
+class _Response(web.StreamResponse):
+    """A streamed response whose status line and headers leave with its first body bytes, in one send instead of
+    two (as aiohttp's own ``web.Response`` does): an OHTTP client can do nothing with the headers alone, and the
+    gateway sends the first bytes right behind its own headers."""
+
+    _send_headers_immediately = False
+
+
 async def _body(request: web.Request, limit: int, timeout: float, counter: Counter) -> AsyncIterator[bytes]:
     total = 0
     it = request.content.iter_any().__aiter__()
     while True:
         try:
-            piece = await asyncio.wait_for(it.__anext__(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: that wraps every piece in a new task
+                piece = await it.__anext__()
         except StopAsyncIteration:
             return
         total += len(piece)
@@ -179,18 +225,45 @@ async def _body(request: web.Request, limit: int, timeout: float, counter: Count
         yield piece
 
 
-async def _forward(request: web.Request, state: RelayState, url: str, ctype: str) -> web.StreamResponse:
+async def _whole_body(request: web.Request, limit: int, timeout: float, counter: Counter) -> bytes:
+    """A ``message/ohttp-req`` body: the same limits and per-piece timeout as :func:`_body`, but what has arrived
+    already is taken without waiting (the common case: the whole small body came with the headers)."""
+    content = request.content
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        piece = content.read_nowait()
+        if not piece:
+            if content.at_eof():
+                break
+            async with asyncio.timeout(timeout):
+                piece = await content.readany()
+            if not piece:
+                break
+        total += len(piece)
+        if total > limit:
+            raise _TooLarge()
+        counter.inc(len(piece))
+        parts.append(piece)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _forward(request: web.Request, state: RelayState, pool: ReplicaPool, ctype: str) -> web.StreamResponse:
     cfg = state.config
     assert state.session is not None
-    up_bytes = state.bytes.labels("up")
+    up_bytes = state.bytes_up
     # The forwarded request is built from scratch: content type, framing, nothing else of the client's.
     headers = {"Content-Type": ctype}
     if ctype == MEDIA_CHUNKED_REQ:
         headers["Incremental"] = "?1"
-        data: object = _body(request, cfg.max_request_bytes, cfg.client_timeout, up_bytes)
+    data: object
+    if ctype == MEDIA_CHUNKED_REQ and not request.content.is_eof():
+        data = _body(request, cfg.max_request_bytes, cfg.client_timeout, up_bytes)
     else:
+        # A whole message, or an incremental one that has arrived completely already (the usual chat request):
+        # forwarded in one piece with a Content-Length, rather than as chunks and a terminator in separate sends.
         try:
-            data = b"".join([p async for p in _body(request, cfg.max_request_bytes, cfg.client_timeout, up_bytes)])
+            data = await _whole_body(request, cfg.max_request_bytes, cfg.client_timeout, up_bytes)
         except _TooLarge:
             state.requests.labels("too_large").inc()
             return _problem(413, "request too large", f"limit is {cfg.max_request_bytes} bytes")
@@ -199,7 +272,8 @@ async def _forward(request: web.Request, state: RelayState, url: str, ctype: str
             return _problem(408, "request timeout", "the request body arrived too slowly")
     t0 = time.perf_counter()
     try:
-        upstream = await state.session.post(url, data=data, headers=headers, allow_redirects=False)
+        # Another replica is tried only when nothing was sent (connection refused or timed out); never after.
+        upstream, replica = await pool.post(state.session, data, headers, state.retries)
     except _TooLarge:
         state.requests.labels("too_large").inc()
         return _problem(413, "request too large", f"limit is {cfg.max_request_bytes} bytes")
@@ -219,14 +293,14 @@ async def _forward(request: web.Request, state: RelayState, url: str, ctype: str
     try:
         out_headers = {k: upstream.headers[k] for k in _PASS_RESPONSE if k in upstream.headers}
         out_headers["Cache-Control"] = "no-store"
-        resp = web.StreamResponse(status=upstream.status, headers=out_headers)
+        resp = _Response(status=upstream.status, headers=out_headers)
         if upstream.content_length is not None and "Incremental" not in out_headers:
             resp.content_length = upstream.content_length
         else:
             resp.enable_chunked_encoding()
         _cors(request, state, resp)
         await resp.prepare(request)
-        down = state.bytes.labels("down")
+        down = state.bytes_down
         total = 0
         try:
             async for piece in upstream.content.iter_any():
@@ -241,13 +315,17 @@ async def _forward(request: web.Request, state: RelayState, url: str, ctype: str
             state.requests.labels("gateway_broke").inc()
             return resp  # the stream ends without its final chunk; the client detects truncation
         await resp.write_eof()
-        state.requests.labels("ok" if upstream.status == 200 else f"gateway_{upstream.status // 100}xx").inc()
+        if upstream.status == 200:
+            state.outcome_ok.inc()
+        else:
+            state.requests.labels(f"gateway_{upstream.status // 100}xx").inc()
         return resp
     except (ConnectionResetError, OSError):
         state.requests.labels("client_gone").inc()
         return web.StreamResponse()
     finally:
         upstream.release()
+        replica.release()
 
 
 async def keys(request: web.Request) -> web.Response:
@@ -261,10 +339,16 @@ async def attestation(request: web.Request) -> web.Response:
 
 
 async def _cached_get(request: web.Request, what: str) -> web.Response:
+    resp = await _cached_lookup(request, what)
+    _cors(request, request.app[STATE], resp)  # errors too, so that a page can tell "refused" from "unreachable"
+    return resp
+
+
+async def _cached_lookup(request: web.Request, what: str) -> web.Response:
     state = request.app[STATE]
     name = request.match_info.get("name", "")
-    url = _target(state, name)
-    if url is None:
+    pool = _target(state, name)
+    if pool is None:
         return _problem(404 if request.method == "GET" else 403, "unknown gateway")
     if what == "attestation" and "nonce" in request.query:
         return _problem(400, "fresh evidence is not relayed", "ask for cached evidence; nonces would link clients")
@@ -274,7 +358,7 @@ async def _cached_get(request: web.Request, what: str) -> web.Response:
         entry = state.cache.get(key)
         now = time.monotonic()
         if entry is None or entry.expires <= now:
-            fresh = await _fetch(state, url if what == "keys" else _attestation_url(url), what)
+            fresh = await _fetch_pool(state, pool, what)
             if isinstance(fresh, web.Response):
                 if entry is None:
                     return fresh
@@ -285,8 +369,35 @@ async def _cached_get(request: web.Request, what: str) -> web.Response:
     remaining = max(0, int(entry.expires - time.monotonic()))
     resp = web.Response(body=entry.body, content_type=entry.content_type,
                         headers={"Cache-Control": f"max-age={remaining}"})
-    _cors(request, state, resp)
     return resp
+
+
+async def _fetch_pool(state: RelayState, pool: ReplicaPool, what: str) -> _Cached | web.Response:
+    """Keys from the first healthy replica that answers; evidence from the replica whose keys are served."""
+    fresh: _Cached | web.Response = _problem(502, "bad gateway", "no replica answered")
+    for replica in pool.in_order(pool.keys_from if what == "attestation" else None):
+        fresh = await _fetch(state, replica.url if what == "keys" else _attestation_url(replica.url), what)
+        if isinstance(fresh, _Cached):
+            if what == "keys" and len(pool) > 1:
+                if pool.keys_from is not replica:  # evidence must come with the keys it binds
+                    for name in (pool.name, "") if len(state.pools) == 1 else (pool.name,):
+                        state.cache.pop((name, "attestation"), None)
+                pool.keys_from = replica
+                pool.background(_compare_keys(state, pool, replica, fresh.body))
+            return fresh
+    return fresh
+
+
+async def _compare_keys(state: RelayState, pool: ReplicaPool, served: Replica, body: bytes) -> None:
+    """A replica set must publish one key configuration; say so loudly when it does not."""
+    for other in pool.replicas:
+        if other is served or not other.healthy:
+            continue
+        theirs = await _fetch(state, other.url, "keys")
+        if isinstance(theirs, _Cached) and theirs.body != body:
+            log.warning("gateway %s: replica %d publishes a different key configuration than replica %d; serving "
+                        "replica %d's (requests that reach replica %d will fail with 422). Give the replicas one "
+                        "key set.", pool.name, other.index, served.index, served.index, other.index)
 
 
 async def _fetch(state: RelayState, url: str, what: str) -> _Cached | web.Response:
@@ -356,6 +467,20 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
     await state.session.close()
 
 
+async def _health_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    assert state.session is not None
+    interval = state.config.health_interval
+    tasks = [asyncio.create_task(p.watch(state.session, interval)) for p in state.pools.values()
+             if len(p) > 1 and interval > 0]
+    yield
+    for pool in state.pools.values():
+        pool.close()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def create_app(config: RelayConfig) -> web.Application:
     """Build the relay application."""
     app = web.Application(client_max_size=config.max_request_bytes + 1)
@@ -370,6 +495,7 @@ def create_app(config: RelayConfig) -> web.Application:
     app.router.add_post("/{name}", forward)
     app.router.add_route("POST", "/{tail:.*}", _forbidden)
     app.cleanup_ctx.append(_session_ctx)
+    app.cleanup_ctx.append(_health_ctx)
     return app
 
 

@@ -10,11 +10,14 @@ from aiohttp import web
 from veil_cli import Option, add_options
 
 from .app import RelayConfig, create_app
+from .pool import split_urls
 
 OPTIONS = [
     Option("listen", "HOST:PORT to listen on", "127.0.0.1:8080"),
-    Option("gateway", "NAME=URL of an allowed gateway's /.well-known/ohttp-gateway (repeatable)", repeat=True,
+    Option("gateway", "NAME=URL of an allowed gateway's /.well-known/ohttp-gateway (repeatable); NAME=URL1,URL2,... "
+           "for replicas of one gateway (least outstanding requests, health-checked)", repeat=True,
            metavar="NAME=URL"),
+    Option("health-interval", "seconds between /healthz checks of gateway replicas (0: none)", 5.0, type=float),
     Option("max-request-bytes", "largest request body", 4 * 1024 * 1024, type=int),
     Option("max-response-bytes", "largest response body (streams are cut off beyond it)", 64 * 1024 * 1024, type=int),
     Option("max-concurrent", "requests forwarded at once (503 beyond)", 1024, type=int),
@@ -34,14 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser, "relay", OPTIONS)
 
 
-def parse_gateways(items: list[str]) -> dict[str, str]:
-    """``["a=http://...", ...]`` -> ``{"a": "http://..."}``."""
-    out: dict[str, str] = {}
+def parse_gateways(items: list[str]) -> dict[str, tuple[str, ...]]:
+    """``["a=http://...", "b=http://1,http://2"]`` -> ``{"a": ("http://...",), "b": ("http://1", "http://2")}``."""
+    out: dict[str, tuple[str, ...]] = {}
     for item in items:
-        name, sep, url = item.partition("=")
-        if not sep or not name or not url:
-            raise SystemExit(f"veil relay: --gateway takes NAME=URL, got {item!r}")
-        out[name] = url
+        name, sep, urls = item.partition("=")
+        if not sep or not name or not split_urls(urls):
+            raise SystemExit(f"veil relay: --gateway takes NAME=URL or NAME=URL1,URL2,..., got {item!r}")
+        if name in out:
+            raise SystemExit(f"veil relay: gateway {name!r} given twice; list its replicas as NAME=URL1,URL2")
+        out[name] = split_urls(urls)
     return out
 
 
@@ -64,10 +69,12 @@ def run(args: argparse.Namespace) -> int:
             read_timeout=args.read_timeout,
             client_timeout=args.client_timeout,
             cors_origins=tuple(args.cors_origin or ()),
+            health_interval=args.health_interval,
         )
     except ValueError as exc:
         raise SystemExit(f"veil relay: {exc}") from None
-    names = ", ".join(f"/{n}" for n in config.gateways)
+    names = ", ".join(f"/{n}" + (f" ({len(u)} replicas)" if len(u) > 1 else "")
+                      for n, u in parse_gateways(args.gateway).items())
     print(f"veil relay listening on http://{host}:{port} (gateways: {names})", flush=True)
     # access_log=None: the relay keeps no per-client logs.
     web.run_app(create_app(config), host=host, port=int(port), access_log=None, print=None,

@@ -1,0 +1,106 @@
+"""``veil broker``: a key broker (Trustee KBS protocol 0.4.0) that releases sealed secrets to attested gateways."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from veil_cli import Option, add_options
+
+from .audit import AuditLog
+from .config import BrokerConfigError, load_resources
+from .protocol import KbsProtocolError, parse_resource_path
+from .sealing import KEK_ENV, SealError, load_kek, seal
+
+log = logging.getLogger("veil.broker")
+
+OPTIONS = [
+    Option("listen", "HOST:PORT to listen on (HTTPS)", "127.0.0.1:8090"),
+    Option("resources", "TOML resource table: [resources.\"repo/type/tag\"] path = sealed file, policy = file"),
+    Option("kek-file", f"key-encryption key of the sealed secrets: 64 hex characters or 32 raw bytes (or ${KEK_ENV})"),
+    Option("audit-log", "append the audit log (JSON lines) to this file (default: the log)"),
+    Option("insecure-allow-simulated", "accept SIMULATED gateway evidence (development only; its measurement must "
+           "still be in the policy's [simulated] table)", False, flag=True),
+    Option("attestation", "the broker's own evidence provider (like veil gateway --attestation)", "simulated",
+           choices=("simulated", "auto", "sev-snp", "tdx")),
+    Option("pccs-url", "PCCS for TDX collateral (default: Intel PCS)"),
+    Option("tls-cert", "TLS certificate (PEM); without it a fresh self-signed one is made in memory"),
+    Option("tls-key", "TLS private key (PEM) for --tls-cert"),
+    Option("session-timeout", "seconds an RCAR session lives from /auth", 300.0, type=float),
+    Option("seal", "seal this plaintext file ('-': stdin) with the KEK for --seal-resource, print it, and exit"),
+    Option("seal-resource", "repository/type/tag the --seal output is for"),
+    Option("log-level", "logging level", "info", choices=("debug", "info", "warning", "error")),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``veil broker`` options."""
+    add_options(parser, "broker", OPTIONS)
+
+
+def _seal(args: argparse.Namespace, kek: bytes) -> int:
+    parts = (args.seal_resource or "").split("/")
+    try:
+        if len(parts) != 3:
+            raise KbsProtocolError("--seal needs --seal-resource repository/type/tag")
+        resource = parse_resource_path(*parts)
+    except KbsProtocolError as exc:
+        raise SystemExit(f"veil broker: {exc.detail}") from None
+    try:
+        plaintext = sys.stdin.buffer.read() if args.seal == "-" else Path(args.seal).read_bytes()
+    except OSError as exc:
+        raise SystemExit(f"veil broker: cannot read {args.seal}: {exc}") from None
+    sys.stdout.buffer.write(seal(kek, resource, plaintext))
+    sys.stdout.flush()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the broker until interrupted (or seal one secret with ``--seal``)."""
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        kek = load_kek(args.kek_file)
+    except SealError as exc:
+        raise SystemExit(f"veil broker: {exc}") from None
+    if args.seal:
+        return _seal(args, kek)
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"veil broker: --listen must be HOST:PORT, got {args.listen!r}")
+    if not args.resources:
+        raise SystemExit("veil broker: --resources FILE is required (the table of sealed secrets and policies)")
+    try:
+        resources = load_resources(args.resources, kek)
+    except BrokerConfigError as exc:
+        raise SystemExit(f"veil broker: {exc}") from None
+
+    from ..cli import make_provider
+    from .app import BrokerConfig, create_app
+    from .tls import load_identity
+
+    provider = make_provider(argparse.Namespace(attestation=args.attestation, gpu_evidence_command=None,
+                                                pccs_url=args.pccs_url))
+    try:
+        identity, ssl_ctx = load_identity(args.tls_cert, args.tls_key, host)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"veil broker: TLS identity: {exc}") from None
+    try:
+        audit = AuditLog(args.audit_log)
+    except OSError as exc:
+        raise SystemExit(f"veil broker: cannot open the audit log {args.audit_log}: {exc}") from None
+    if args.insecure_allow_simulated:
+        log.warning("--insecure-allow-simulated: SIMULATED gateway evidence is accepted; no TEE protects the secrets")
+    if provider.platform == "simulated":
+        log.warning("the broker's own attestation is SIMULATED: gateways must opt in to trust it")
+    app = create_app(resources=resources, kek=kek, provider=provider, identity=identity, audit=audit,
+                     config=BrokerConfig(session_timeout=args.session_timeout,
+                                         allow_simulated=args.insecure_allow_simulated))
+    print(f"veil broker listening on https://{host}:{port}/kbs/v0 ({len(resources)} resources)", flush=True)
+    # access_log=None: an access log would record gateway addresses.
+    web.run_app(app, host=host, port=int(port), ssl_context=ssl_ctx, access_log=None, print=None,
+                handle_signals=True)
+    return 0

@@ -1,0 +1,140 @@
+"""A real ``veil broker`` process on loopback (HTTPS, self-signed in memory) and the files it needs."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from enclave.attestation.simulated import MEASUREMENT
+from enclave.keyset import new_key_set
+from tests.integration.conftest import REPO, Proc, free_port, veil_process  # noqa: F401  (veil_process: fixture)
+
+KEYSET = "default/ohttp/keyset"
+OTHER_MEASUREMENT = "ab" * 48
+
+_NO_VERIFY = ssl.create_default_context()
+_NO_VERIFY.check_hostname = False
+_NO_VERIFY.verify_mode = ssl.CERT_NONE
+
+
+@dataclass
+class BrokerProc(Proc):
+    """A broker process; ``base`` is its https:// URL."""
+
+    @property
+    def base(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+
+def start_broker(args: list[str], port: int, *, timeout: float = 30.0, env: dict[str, str] | None = None) -> BrokerProc:
+    """``veil broker ARGS --listen 127.0.0.1:PORT``, waiting until ``/healthz`` answers over HTTPS."""
+    log_fd, log_name = tempfile.mkstemp(prefix="veil-broker-", suffix=".log")
+    popen = subprocess.Popen([sys.executable, "-m", "veil_cli", "broker", *args, "--listen", f"127.0.0.1:{port}"],
+                             cwd=REPO, stdout=log_fd, stderr=subprocess.STDOUT,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    os.close(log_fd)
+    proc = BrokerProc(popen, port, Path(log_name))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise RuntimeError(f"veil broker exited with {popen.returncode}:\n{proc.log()}")
+        try:
+            with urllib.request.urlopen(proc.base + "/healthz", timeout=1, context=_NO_VERIFY) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        time.sleep(0.1)
+    proc.stop()
+    raise RuntimeError(f"veil broker not healthy after {timeout}s:\n{proc.log()}")
+
+
+@dataclass
+class BrokerFiles:
+    """A broker's directory: KEK, policies, the plaintext key set (test only) sealed into ``keyset.sealed``."""
+
+    dir: Path
+    kek_file: Path
+    keyset_plain: bytes
+    audit: Path
+
+    def write_policy(self, name: str, simulated: list[str]) -> Path:
+        path = self.dir / name
+        path.write_text('platforms = ["sev-snp", "tdx"]\n[simulated]\nmeasurements = [' +
+                        ", ".join(f'"{m}"' for m in simulated) + "]\n")
+        return path
+
+    def write_resources(self, policy: str = "allow.toml", *, extra: str = "") -> Path:
+        path = self.dir / "resources.toml"
+        path.write_text(f'[resources."{KEYSET}"]\npath = "keyset.sealed"\npolicy = "{policy}"\n' + extra)
+        return path
+
+    def args(self, *extra: str, policy: str = "allow.toml", resources_extra: str = "") -> list[str]:
+        resources = self.write_resources(policy, extra=resources_extra)
+        return ["--resources", str(resources), "--kek-file", str(self.kek_file), "--audit-log", str(self.audit),
+                *extra]
+
+    def audit_lines(self) -> list[str]:
+        return self.audit.read_text().splitlines() if self.audit.exists() else []
+
+
+def seal_with_cli(kek_file: Path, resource: str, plaintext: Path) -> bytes:
+    """``veil broker --seal``: what an operator runs."""
+    out = subprocess.run([sys.executable, "-m", "veil_cli", "broker", "--kek-file", str(kek_file), "--seal",
+                          str(plaintext), "--seal-resource", resource], cwd=REPO, capture_output=True, check=True)
+    return out.stdout
+
+
+def make_broker_files(root: Path) -> BrokerFiles:
+    root.mkdir(parents=True, exist_ok=True)
+    kek = root / "kek.hex"
+    kek.write_text(os.urandom(32).hex() + "\n")
+    plain = new_key_set(key_id=7)
+    plain_path = root / "keyset.plain.json"
+    plain_path.write_bytes(plain)
+    (root / "keyset.sealed").write_bytes(seal_with_cli(kek, KEYSET, plain_path))
+    plain_path.unlink()  # the operator deletes the plaintext; only the sealed file stays
+    files = BrokerFiles(dir=root, kek_file=kek, keyset_plain=plain, audit=root / "audit.jsonl")
+    files.write_policy("allow.toml", [MEASUREMENT.hex()])
+    files.write_policy("deny.toml", [OTHER_MEASUREMENT])
+    return files
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> BrokerFiles:
+    return make_broker_files(tmp_path_factory.mktemp("broker"))
+
+
+@pytest.fixture(scope="module")
+def broker(files: BrokerFiles) -> Iterator[BrokerProc]:
+    """The broker most tests share: simulated gateway evidence allowed, the simulated measurement in the policy."""
+    proc = start_broker(files.args("--insecure-allow-simulated"), free_port())
+    yield proc
+    proc.stop()
+    proc.log_path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def broker_process() -> Iterator[Callable[..., BrokerProc]]:
+    """Factory for brokers with other settings; each is stopped at teardown."""
+    procs: list[BrokerProc] = []
+
+    def factory(args: list[str], **kw: object) -> BrokerProc:
+        p = start_broker(args, free_port(), **kw)  # type: ignore[arg-type]
+        procs.append(p)
+        return p
+
+    yield factory
+    for p in procs:
+        p.stop()
+        p.log_path.unlink(missing_ok=True)
