@@ -42,6 +42,8 @@ OPTIONS = [
     Option("model-key-file", "model key file {key_id, key} for --encrypted-model"),
     Option("model-tmpfs", "tmpfs mount (TEE memory) for the decrypted model", "/dev/shm"),
     Option("insecure-allow-disk-model", "allow --model-tmpfs on a persistent disk (tests only)", False, flag=True),
+    Option("model-key-repo", "with --key-broker and no --model-key-file: fetch the model key from the broker at "
+           "<repo>/model-key/<key id>", "default"),
     Option("model-decrypt-threads", "threads for decrypting the model (0: one per CPU)", 0, type=int),
     Option("echo-token-delay", "seconds between streamed tokens of the echo engine", 0.0, type=float),
     Option("key-file", "load the OHTTP key from this JSON file (tests, key management; see docs)"),
@@ -153,7 +155,12 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"veil gateway: cannot load API keys: {exc}") from None
     provider = make_provider(args)
     keys = load_broker_keys(args, provider) if args.key_broker else [key]  # attests the broker, then itself
-    if (model := load_for_gateway(args)) is not None:  # decrypt + verify before anything serves, or exit
+    key_source = None
+    if args.encrypted_model and not args.model_key_file and args.key_broker:
+        from .kbs_client import broker_model_key_source
+
+        key_source = broker_model_key_source(args, provider)  # attests the broker, then the gateway attests itself
+    if (model := load_for_gateway(args, key_source)) is not None:  # decrypt + verify before serving, or exit
         args.model = str(model.path)
     engine = make_engine(args)
     config = GatewayConfig(

@@ -28,7 +28,7 @@ import logging
 import os
 import ssl as ssl_module
 import time
-from typing import Any, Final, Self, cast
+from typing import Any, Callable, Final, Self, cast
 
 import aiohttp
 import orjson
@@ -304,3 +304,28 @@ def load_broker_keys(args: Any, provider: EvidenceProvider) -> list[GatewayKey]:
     log.info("OHTTP key set from the key broker %s (%s): key ids %s", args.key_broker, args.key_broker_resource,
              ", ".join(str(k.config.key_id) for k in keys))
     return keys
+
+
+def broker_model_key_source(args: Any, provider: EvidenceProvider) -> Callable[[str], bytes]:
+    """``--encrypted-model`` with ``--key-broker``: the model key comes from the broker after attestation.
+
+    The resource is ``<--model-key-repo>/model-key/<key id>`` and holds the key file JSON that
+    ``veil model keygen`` writes (``{"key_id": ..., "key": "<64 hex>"}``), sealed at the broker.
+    """
+    def source(key_id: str) -> bytes:
+        from .model.keys import ModelKey
+
+        path = f"{args.model_key_repo}/model-key/{key_id}"
+        try:
+            policy = AttestationPolicy.load(args.key_broker_policy) if args.key_broker_policy else AttestationPolicy()
+            found = asyncio.run(fetch_resources(args.key_broker, [path], provider, broker_policy=policy,
+                                                allow_simulated_broker=args.insecure_allow_simulated_broker))
+            obj = orjson.loads(found[path])
+            key = ModelKey(str(obj["key_id"]), bytes.fromhex(obj["key"]))
+        except (AttestationError, KbsClientError, KeyError, ValueError, TypeError, orjson.JSONDecodeError) as exc:
+            raise SystemExit(f"veil gateway: model key {key_id} from the key broker: {exc}") from None
+        if key.key_id != key_id:
+            raise SystemExit(f"veil gateway: the key broker released key {key.key_id!r} for {key_id!r}")
+        return key.key
+
+    return source
