@@ -182,6 +182,7 @@ async def _main(args: argparse.Namespace) -> int:
         base_url = f"http://127.0.0.1:{px}/v1"
         print(f"""
 veil up: the whole chain is running on loopback.
+  chat in a browser: http://127.0.0.1:{px}/   (encrypts in the page, talks to the relay directly)
   OpenAI base_url : {base_url}        (model: {model})
   relay           : http://127.0.0.1:{relay}/local
   gateway         : http://127.0.0.1:{gw}/.well-known/ohttp-gateway
