@@ -1,0 +1,534 @@
+#!/usr/bin/env python3
+"""``veil relay`` against nginx as a plain reverse proxy: requests/s and added latency, same upstream, same run.
+
+Set-up, all on loopback, started by this script (free ports, a temporary directory):
+
+* the upstream: a fast fixed-answer HTTP server standing in for a gateway. ``--upstream nginx`` (default): a
+  separate nginx (1 worker) that answers every POST with ``200 message/ohttp-res`` and a fixed body of the size of
+  a real sealed chat response; ``--upstream aiohttp``: a small aiohttp server (this script, hidden mode) doing the
+  same. The relay never looks inside the bytes, so their content does not matter, only their size;
+* the relay: ``veil relay --gateway gw=<upstream>`` with ``--rate-per-minute`` raised (every request comes from
+  127.0.0.1) and one ``--loop`` each (``VEIL_EVENT_LOOP``; default: both asyncio and uvloop when installed);
+* nginx as the reverse proxy under comparison, with its own ``nginx.conf`` written by this script:
+  ``worker_processes 1`` because the relay is one process (same CPU allowance), keep-alive to the upstream (the
+  relay pools its connections too), ``proxy_buffering off`` and ``proxy_request_buffering off`` (the relay streams
+  both ways), and only the content type forwarded (``proxy_pass_request_headers off``: the relay rebuilds every
+  request from scratch), only ``/gw`` allowed, no access log (the relay keeps none);
+* the load: ``wrk`` (Debian package ``wrk``, C, one thread; installed with apt-get when missing and possible),
+  POST of a real-size ``message/ohttp-req`` body (the encapsulation of a short chat request), 64 connections;
+  also 1 connection, for the latency added without queueing.
+
+Every target is measured in the same rounds, interleaved (the order rotates), ``--duration`` seconds each; rates
+are the median over rounds, latencies the median of the per-round percentiles. "Added latency" is a target's
+latency minus the latency straight to the upstream at the same concurrency. CPU per request of the relay and of
+the nginx worker comes from ``/proc/<pid>/stat``.
+
+Target (the issue): relay requests/s >= 0.5x nginx's at 64 connections.
+
+Usage::
+
+    scripts/bench_relay.py [--quick] [--duration S] [--rounds N] [--loops asyncio,uvloop] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Final
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _reexec_in_venv() -> None:
+    """Run under the project's .venv when started by another interpreter that lacks aiohttp (``./scripts/...``)."""
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:
+        venv_python = ROOT / ".venv" / "bin" / "python"
+        if venv_python.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+            os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
+        raise
+
+
+_reexec_in_venv()
+
+CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+TARGET_RATIO: Final = 0.5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Payloads
+
+
+def payloads() -> tuple[bytes, bytes]:
+    """A real encapsulated short chat request, and a sealed response of the size the echo engine's answer has."""
+    import ohttp
+    from ohttp import bhttp
+
+    key = ohttp.GatewayKey.generate(1)
+    body = b'{"model":"echo","messages":[{"role":"user","content":"What is the capital of France?"}]}'
+    inner = bhttp.encode_request(bhttp.Request(
+        method=b"POST", scheme=b"https", authority=b"", path=b"/v1/chat/completions",
+        headers=((b"accept", b"application/json"), (b"content-type", b"application/json"),
+                 (b"date", b"Thu, 26 Nov 2026 08:00:00 GMT")), content=body))
+    req, _ = ohttp.ClientRequest(key.config).encapsulate(inner)
+    _, ctx = ohttp.Gateway(ohttp.KeyRing([key])).decapsulate(req)
+    answer = (b'{"id":"chatcmpl-echo00000001","created":1764144000,"model":"echo","system_fingerprint":"veil-echo",'
+              b'"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"What is the '
+              b'capital of France?"},"finish_reason":"stop","logprobs":null}],"usage":{"prompt_tokens":6,'
+              b'"completion_tokens":6,"total_tokens":12}}')
+    resp = ctx.encapsulate(bhttp.encode_response(bhttp.Response(
+        status=200, headers=((b"content-type", b"application/json"),), content=answer)))
+    return req, resp
+
+
+def printable(n: int) -> str:
+    """``n`` bytes of base64-alphabet filler (nginx's ``return`` takes text; the relay never looks inside)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    return "".join(alphabet[b % 64] for b in os.urandom(n))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    cpu_pid: int = 0  # the process doing the work (nginx: its worker)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM if self.name.startswith("nginx") else signal.SIGINT)
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+    def log_tail(self) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
+        except OSError:
+            return ""
+
+
+def start(name: str, argv: list[str], port: int, ready_path: str, tmp: Path, env: dict[str, str] | None = None,
+          method: str = "GET", cwd: Path = ROOT) -> Proc:
+    log = tmp / f"{name}.log"
+    with open(log, "wb") as fh:
+        popen = subprocess.Popen(argv, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    proc = Proc(name, popen, port, log, popen.pid)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if popen.poll() is not None:
+            raise RuntimeError(f"{name} exited with {popen.returncode}:\n{proc.log_tail()}")
+        try:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{ready_path}", method=method, data=b"x" if method == "POST"
+                                         else None, headers={"Content-Type": "message/ohttp-req"})
+            with urllib.request.urlopen(req, timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        time.sleep(0.1)
+    proc.stop()
+    raise RuntimeError(f"{name} did not come up:\n{proc.log_tail()}")
+
+
+def nginx_worker(master: int) -> int:
+    """The single worker of an nginx master (``worker_processes 1``)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            kids = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        except OSError:
+            kids = []
+        if kids:
+            return int(kids[0])
+        time.sleep(0.05)
+    return master
+
+
+NGINX_COMMON = """
+{user}worker_processes 1;
+daemon off;
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}.error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/{name}-body;
+    proxy_temp_path {tmp}/{name}-proxy;
+    fastcgi_temp_path {tmp}/{name}-fastcgi;
+    uwsgi_temp_path {tmp}/{name}-uwsgi;
+    scgi_temp_path {tmp}/{name}-scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+{body}
+}}
+"""
+
+NGINX_UPSTREAM = """
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            default_type message/ohttp-res;
+            return 200 "{answer}";
+        }}
+    }}
+"""
+
+NGINX_PROXY = """
+    upstream gateway {{
+        server 127.0.0.1:{upstream};
+        keepalive 128;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 4m;
+        location = /gw {{
+            proxy_pass http://gateway/.well-known/ohttp-gateway;
+            proxy_http_version 1.1;
+            proxy_pass_request_headers off;
+            proxy_set_header Content-Type $content_type;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }}
+        location / {{
+            return 403;
+        }}
+    }}
+"""
+
+
+def start_nginx(name: str, body: str, port: int, ready: str, tmp: Path, method: str) -> Proc:
+    conf = tmp / f"{name}.conf"
+    # As root, nginx would switch its worker to "nobody", which cannot enter the private temporary directory.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf.write_text(NGINX_COMMON.format(user=user, tmp=tmp, name=name, body=body))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    proc = start(name, [nginx, "-p", str(tmp), "-c", str(conf)], port, ready, tmp, method=method)
+    proc.cpu_pid = nginx_worker(proc.popen.pid)
+    return proc
+
+
+def serve_upstream(port: int, answer: bytes) -> None:
+    """Hidden mode: the aiohttp stand-in gateway (``--upstream aiohttp``)."""
+    from aiohttp import web
+
+    async def post(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=answer, content_type="message/ohttp-res", headers={"Cache-Control": "no-store"})
+
+    async def get(request: web.Request) -> web.Response:
+        return web.Response(body=b"ok")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", post)
+    app.router.add_get("/{tail:.*}", get)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def ensure_tools() -> None:
+    missing = [t for t in ("nginx", "wrk") if shutil.which(t) is None and not Path(f"/usr/sbin/{t}").exists()]
+    if not missing:
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"installing {' '.join(missing)} with apt-get ...", file=sys.stderr, flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        # Where the package starts its own nginx service, it is left alone: this script runs its own instances.
+        return
+    raise SystemExit(f"bench_relay: needs {' '.join(missing)} (Debian: apt-get install {' '.join(missing)})")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Load (wrk)
+
+WRK_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "message/ohttp-req"
+wrk.body = "{body}"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRKJSON {{"requests":%d,"duration_us":%d,"socket_errors":%d,"non2xx":%d,'
+    .. '"p50":%d,"p90":%d,"p99":%d,"mean":%f}}\\n', summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout, e.status, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.mean))
+end
+"""
+
+
+def lua_string(data: bytes) -> str:
+    return "".join(f"\\{b:03d}" for b in data)
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        rest = f.read().rsplit(b")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+    cpu_us_per_request: float
+
+
+def wrk(url: str, connections: int, duration: float, script: Path, cpu_pid: int | None) -> Run:
+    before = cpu_seconds(cpu_pid) if cpu_pid else 0.0
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    after = cpu_seconds(cpu_pid) if cpu_pid else 0.0
+    m = re.search(r"WRKJSON (\{.*\})", out)
+    if m is None:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    d = json.loads(m.group(1))
+    secs = d["duration_us"] / 1e6
+    return Run(
+        rps=d["requests"] / secs, p50_ms=d["p50"] / 1000, p90_ms=d["p90"] / 1000, p99_ms=d["p99"] / 1000,
+        requests=d["requests"], errors=d["socket_errors"] + d["non2xx"],
+        cpu_us_per_request=(after - before) / d["requests"] * 1e6 if cpu_pid and d["requests"] else float("nan"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def version_of(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except OSError:
+        return "unknown"
+    text = (r.stdout + r.stderr).strip().splitlines()
+    return text[0] if text else "unknown"
+
+
+@dataclass
+class Series:
+    key: str
+    label: str
+    runs: dict[int, list[Run]] = field(default_factory=dict)
+
+    def med(self, c: int, attr: str) -> float:
+        vals = [getattr(r, attr) for r in self.runs.get(c, [])]
+        vals = [v for v in vals if not math.isnan(v)]
+        return statistics.median(vals) if vals else float("nan")
+
+    def errors(self) -> int:
+        return sum(r.errors for rs in self.runs.values() for r in rs)
+
+
+def f(x: float, nd: int = 2) -> str:
+    return "–" if math.isnan(x) else f"{x:.{nd}f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="shorter runs (3 s, 1 round)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per measurement (default 8; quick 3)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; quick 1)")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--upstream", choices=("nginx", "aiohttp"), default="nginx")
+    parser.add_argument("--loops", default=None,
+                        help="relay event loops to measure, comma-separated (default: asyncio,uvloop if installed)")
+    parser.add_argument("--veil-root", type=Path, default=ROOT,
+                        help="run the relay from this checkout (before/after comparisons)")
+    parser.add_argument("--json", metavar="PATH", type=Path, help="also write the results as JSON to PATH")
+    parser.add_argument("--_serve-upstream", dest="serve_upstream", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--_answer", dest="answer", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_upstream is not None:
+        serve_upstream(args.serve_upstream, bytes.fromhex(args.answer))
+        return 0
+    duration = args.duration or (3.0 if args.quick else 8.0)
+    rounds = args.rounds or (1 if args.quick else 3)
+    if args.loops is None:
+        loops = ["asyncio", "uvloop"] if version_of("uvloop") != "not installed" else ["asyncio"]
+    else:
+        loops = [x.strip() for x in args.loops.split(",") if x.strip()]
+    ensure_tools()
+
+    req, resp = payloads()
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    info: dict[str, Any] = {
+        "cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(), "platform": platform.platform(), "aiohttp": version_of("aiohttp"),
+        "uvloop": version_of("uvloop"), "nginx": tool_version(["nginx", "-v"]), "wrk": tool_version(["wrk", "-v"]),
+        "date": date, "loadavg_start": os.getloadavg(),
+    }
+    veil_root = args.veil_root.resolve()
+    relay_env = {"PYTHONPATH": str(veil_root)} if veil_root != ROOT else {}
+    print("# veil relay vs nginx")
+    print()
+    print(f"Machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable); Python {info['python']}; "
+          f"aiohttp {info['aiohttp']}; uvloop {info['uvloop']}; {info['nginx']}; {info['wrk']}; {info['platform']}; "
+          f"{date}; load average at start {info['loadavg_start'][0]:.2f}")
+    print(f"Load: wrk, 1 thread, POST {len(req)} B message/ohttp-req, answer {len(resp)} B message/ohttp-res; "
+          f"{args.connections} and 1 connections, {duration:g} s each, {rounds} interleaved round(s); upstream: "
+          f"{args.upstream}; nginx worker_processes 1 = the relay's 1 process"
+          + (f"; relay code from {veil_root}" if veil_root != ROOT else "") + "; command: "
+          + " ".join(["scripts/bench_relay.py", *(argv if argv is not None else sys.argv[1:])]), flush=True)
+
+    procs: list[Proc] = []
+    with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmpdir:
+        tmp = Path(tmpdir)
+        script = tmp / "post.lua"
+        script.write_text(WRK_LUA.format(body=lua_string(req)))
+        try:
+            up_port = free_port()
+            if args.upstream == "nginx":
+                up = start_nginx("nginx-upstream", NGINX_UPSTREAM.format(port=up_port, answer=printable(len(resp))),
+                                 up_port, "/", tmp, "POST")
+            else:
+                up = start("upstream", [sys.executable, __file__, "--_serve-upstream", str(up_port), "--_answer",
+                                        resp.hex()], up_port, "/", tmp)
+            procs.append(up)
+            ng_port = free_port()
+            ng = start_nginx("nginx-proxy", NGINX_PROXY.format(port=ng_port, upstream=up_port), ng_port, "/gw", tmp,
+                             "POST")
+            procs.append(ng)
+            targets: list[tuple[Series, str, int | None]] = [
+                (Series("direct", "direct to the upstream (no proxy)"), f"http://127.0.0.1:{up_port}/.well-known/ohttp-gateway",
+                 None),
+                (Series("nginx", "nginx reverse proxy (1 worker)"), f"http://127.0.0.1:{ng_port}/gw", ng.cpu_pid),
+            ]
+            for loop in loops:
+                port = free_port()
+                relay = start(f"relay-{loop}", [sys.executable, "-m", "veil_cli", "relay", "--listen", f"127.0.0.1:{port}",
+                                                "--rate-per-minute", "1000000000", "--log-level", "warning", "--gateway",
+                                                f"gw=http://127.0.0.1:{up_port}/.well-known/ohttp-gateway"],
+                              port, "/healthz", tmp, env=relay_env | {"VEIL_EVENT_LOOP": loop}, cwd=veil_root)
+                procs.append(relay)
+                targets.append((Series(f"relay-{loop}", f"veil relay ({loop})"), f"http://127.0.0.1:{port}/gw", relay.cpu_pid))
+            # warm-up
+            for s, url, pid in targets:
+                wrk(url, args.connections, 1, script, pid)
+            for rnd in range(rounds):
+                k = rnd % len(targets)
+                for s, url, pid in targets[k:] + targets[:k]:
+                    for c in (args.connections, 1):
+                        print(f"round {rnd + 1}/{rounds} {s.key:14s} c={c} ...", file=sys.stderr, flush=True)
+                        s.runs.setdefault(c, []).append(wrk(url, c, duration, script, pid))
+        finally:
+            for p in reversed(procs):
+                with contextlib.suppress(Exception):
+                    p.stop()
+    info["loadavg_end"] = os.getloadavg()
+
+    series = [s for s, _, _ in targets]
+    direct, nginx = series[0], series[1]
+    c = args.connections
+    print()
+    print(f"| target | req/s c={c} | vs nginx | p50 ms c={c} | p99 ms c={c} | added p50 ms c={c} | added p99 ms c={c} "
+          "| p50 ms c=1 | p99 ms c=1 | added p50 ms c=1 | added p99 ms c=1 | CPU µs/request (c=" + str(c) + ") |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for s in series:
+        vs = f"{s.med(c, 'rps') / nginx.med(c, 'rps'):.2f}x" if s is not direct else "–"
+        added = [s.med(cc, a) - direct.med(cc, a) for cc in (c, 1) for a in ("p50_ms", "p99_ms")]
+        print(f"| {s.label} | {s.med(c, 'rps'):.0f} | {vs} | {f(s.med(c, 'p50_ms'))} | {f(s.med(c, 'p99_ms'))} "
+              f"| {f(added[0]) if s is not direct else '–'} | {f(added[1]) if s is not direct else '–'} "
+              f"| {f(s.med(1, 'p50_ms'), 3)} | {f(s.med(1, 'p99_ms'), 3)} "
+              f"| {f(added[2], 3) if s is not direct else '–'} | {f(added[3], 3) if s is not direct else '–'} "
+              f"| {f(s.med(c, 'cpu_us_per_request'), 1)} |")
+    print()
+    print("Per round, req/s at c=" + str(c) + ": " + "; ".join(
+        f"{s.key} " + ", ".join(f"{r.rps:.0f}" for r in s.runs[c]) for s in series))
+    print()
+    lines = []
+    for s in series[2:]:
+        ratio = s.med(c, "rps") / nginx.med(c, "rps")
+        lines.append((ratio >= TARGET_RATIO,
+                      f"{s.label} throughput >= {TARGET_RATIO}x nginx at {c} connections: "
+                      f"{s.med(c, 'rps'):.0f} vs {nginx.med(c, 'rps'):.0f} req/s = {ratio:.2f}x"))
+    errors = sum(s.errors() for s in series)
+    for ok, text in lines:
+        print(f"{'PASS' if ok else 'MISS'}: {text}")
+    if errors:
+        print(f"ERRORS: {errors} failed requests (socket errors or non-2xx)")
+    print(f"\n(load average at end {info['loadavg_end'][0]:.2f})")
+    if args.json is not None:
+        doc = {
+            "machine": info, "duration_s": duration, "rounds": rounds, "connections": c, "upstream": args.upstream,
+            "request_bytes": len(req), "response_bytes": len(resp),
+            "series": {s.key: {"label": s.label, "runs": {str(k): [vars(r) for r in v] for k, v in s.runs.items()}}
+                       for s in series},
+            "targets": [{"pass": ok, "detail": t} for ok, t in lines], "errors": errors,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
