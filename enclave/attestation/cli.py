@@ -186,10 +186,10 @@ def run(args: argparse.Namespace) -> int:
             policy = replace(policy, snp=replace(policy.snp, any_measurement=True),
                              tdx=replace(policy.tdx, any_measurement=True),
                              nvidia=replace(policy.nvidia, any_version=True),
-                             azure=replace(policy.azure, any_measurement=True),
-                             maa=replace(policy.maa, any_measurement=True),
-                             nitro=replace(policy.nitro, any_measurement=True),
-                             sgx=replace(policy.sgx, any_measurement=True))
+                             azure=replace(policy.for_platform("azure"), any_measurement=True),
+                             maa=replace(policy.for_platform("maa"), any_measurement=True),
+                             nitro=replace(policy.for_platform("nitro"), any_measurement=True),
+                             sgx=replace(policy.for_platform("sgx"), any_measurement=True))
         now = parse_time(args.at)
         bundle = _load(args)
         if bundle.platform == "nvidia":  # raw GPU evidence only

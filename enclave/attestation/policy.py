@@ -95,13 +95,21 @@ class Policy:
     tdx: TdxPolicy = field(default_factory=TdxPolicy)
     nvidia: NvidiaPolicy = field(default_factory=NvidiaPolicy)
     #: ``[azure]``: vTPM PCR allow lists for Azure confidential VMs (az-snp-vtpm, az-tdx-vtpm)
-    azure: Any = field(default_factory=_azure_policy)
+    azure: Any = None
     #: ``[maa]``: Microsoft Azure Attestation token issuers, measurements, key pins
-    maa: Any = field(default_factory=_maa_policy)
+    maa: Any = None
     #: ``[nitro]``: AWS Nitro Enclaves PCR allow lists
-    nitro: Any = field(default_factory=_nitro_policy)
+    nitro: Any = None
     #: ``[sgx]``: MRENCLAVE / MRSIGNER allow lists
-    sgx: Any = field(default_factory=_sgx_policy)
+    sgx: Any = None
+    # The four above are None until a policy file names them: their verifiers (and cbor2, the Azure and SGX code)
+    # are imported only by a client that meets that platform. ``for_platform`` gives the effective one.
+
+    def for_platform(self, name: str) -> Any:
+        """The policy of ``name`` ("azure", "maa", "nitro", "sgx"); the fail-closed default when not configured."""
+        value = getattr(self, name)
+        return value if value is not None else {"azure": _azure_policy, "maa": _maa_policy,
+                                                "nitro": _nitro_policy, "sgx": _sgx_policy}[name]()
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -150,11 +158,18 @@ class Policy:
                 raise EvidenceFormatError(f"unknown keys in [{name}]: {sorted(rest)}")
         from dataclasses import replace
 
-        from .azure.policy import AzurePolicy, MaaPolicy
-        from .nitro import NitroPolicy
-        from .sgx import SgxPolicy
+        tables: dict[str, Any] = {}
+        if "azure" in data or "maa" in data:
+            from .azure.policy import AzurePolicy, MaaPolicy
 
-        return replace(policy, azure=AzurePolicy.from_dict(data.get("azure", {})),
-                       maa=MaaPolicy.from_dict(data.get("maa", {})),
-                       nitro=NitroPolicy.from_dict(data.get("nitro", {})),
-                       sgx=SgxPolicy.from_dict(data.get("sgx", {})))
+            tables["azure"] = AzurePolicy.from_dict(data.get("azure", {}))
+            tables["maa"] = MaaPolicy.from_dict(data.get("maa", {}))
+        if "nitro" in data:
+            from .nitro import NitroPolicy
+
+            tables["nitro"] = NitroPolicy.from_dict(data["nitro"])
+        if "sgx" in data:
+            from .sgx import SgxPolicy
+
+            tables["sgx"] = SgxPolicy.from_dict(data["sgx"])
+        return replace(policy, **tables)

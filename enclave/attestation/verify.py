@@ -88,17 +88,17 @@ def _verify_cpu(bundle: Bundle, policy: Policy, now: dt.datetime, expected_rd: b
 
         # Nitro documents carry no key of their own: Veil's binding goes in user_data (64 bytes). The client checks
         # certificates at its own clock, not the document's timestamp: the evidence must be valid now.
-        return verify_nitro(bundle.report, policy.nitro, now=now, expected_user_data=expected_rd)
+        return verify_nitro(bundle.report, policy.for_platform("nitro"), now=now, expected_user_data=expected_rd)
     if bundle.platform == "sgx":
         from .sgx import verify_sgx
 
-        return verify_sgx(bundle.report, bundle.certs.get("collateral"), policy.sgx, now=now,
+        return verify_sgx(bundle.report, bundle.certs.get("collateral"), policy.for_platform("sgx"), now=now,
                           expected_report_data=expected_rd)
     if bundle.platform == "maa":
         from .azure import verify_maa_token
 
         jwks = orjson.loads(bundle.certs.get("jwks", "{}"))
-        return verify_maa_token(bundle.report.decode("ascii", "replace"), jwks, policy.maa, now=now,
+        return verify_maa_token(bundle.report.decode("ascii", "replace"), jwks, policy.for_platform("maa"), now=now,
                                 expected_runtime_key=expected_rd)
     if bundle.platform == "sev-snp":
         from .snp import verify_snp
@@ -137,7 +137,7 @@ def _verify_azure(bundle: Bundle, policy: Policy, now: dt.datetime, expected_rd:
         raise EvidenceFormatError(f"malformed Azure attachments: {exc}") from None
     chain = {k: v for k, v in c.items() if k in ("vcek", "vlek", "ask", "asvk", "ark")} or None
     return verify_azure_cvm(
-        bundle.report, tpm_quote, tpm_sig, pcrs, chain, c.get("collateral"), policy.azure, now=now,
+        bundle.report, tpm_quote, tpm_sig, pcrs, chain, c.get("collateral"), policy.for_platform("azure"), now=now,
         expected_nonce=azure_tpm_nonce(expected_rd) if expected_rd is not None else None, td_quote=td_quote,
         snp_policy=policy.snp, tdx_policy=policy.tdx,
     )
