@@ -39,13 +39,11 @@ from ..result import Verdict
 from ..tdx.verify import (
     INTEL_SGX_ROOT_CA_SHA256,
     _call_library,
+    _check_collateral,
     _check_dcap,
     _check_trust_anchor,
     _check_collateral_validity,
-    _Collateral,
-    _iso,
     _json_object,
-    _load_collateral,
     _pem_certificates,
 )
 from .policy import SgxPolicy
@@ -292,7 +290,8 @@ def verify_sgx(
     # verify: collateral, trust anchor, DCAP
     ext, _ = _call_library(dcap_qvl.parse_pck_extension_from_pem, q.pck_chain_pem)
     fmspc = bytes(ext.fmspc) if ext is not None else None
-    col = _check_collateral(v, collateral, fmspc)
+    col = _check_collateral(v, collateral, fmspc, tee="SGX", qe_id="QE",
+                            no_fmspc="the quote's PCK certificate has no readable FMSPC")
     _check_collateral_validity(v, col, now)
     root_der = _check_trust_anchor(v, q.pck_chain_pem, col)
     status, advisories, dcap_error = _check_dcap(
@@ -361,39 +360,6 @@ def _check_library_parse(v: Verdict, q: SgxQuote) -> None:
         expected="dcap-qvl parses the same header and enclave report",
         found="agree" if not diffs else "differ: " + ", ".join(diffs),
     )
-
-
-def _check_collateral(
-    v: Verdict, collateral: str | Mapping[str, Any] | None, fmspc: bytes | None
-) -> _Collateral | None:
-    """Collateral present, well formed, for SGX, and for this platform's FMSPC."""
-    expected = "dcap-qvl collateral JSON: SGX tcbInfo for the quote's FMSPC, SGX QE identity, CRLs"
-    col, problem = _load_collateral(collateral)
-    if col is None:
-        v.add("collateral", False, expected=expected, found="missing" if problem is None else "unusable",
-              detail=problem or "no collateral supplied: DCAP cannot be verified (fail closed)")
-        return None
-    tcb_info = _json_object(col.fields["tcb_info"])
-    qe_identity = _json_object(col.fields["qe_identity"])
-    tcb_fmspc = str(tcb_info.get("fmspc", "")).lower()
-    problems = []
-    if tcb_info.get("id") != "SGX":
-        problems.append(f"tcbInfo.id is {tcb_info.get('id')!r}, not 'SGX'")
-    if qe_identity.get("id") != "QE":
-        problems.append(f"qeIdentity.id is {qe_identity.get('id')!r}, not 'QE'")
-    if fmspc is None:
-        problems.append("the quote's PCK certificate has no readable FMSPC")
-    elif tcb_fmspc != fmspc.hex():
-        problems.append(f"tcbInfo is for FMSPC {tcb_fmspc or '?'}, the quote's PCK is {fmspc.hex()}")
-    v.add(
-        "collateral",
-        not problems,
-        expected=expected,
-        found=f"tcbInfo {tcb_info.get('id')} v{tcb_info.get('version')} FMSPC {tcb_fmspc}, "
-        f"qeIdentity {qe_identity.get('id')}",
-        detail="; ".join(problems),
-    )
-    return col
 
 
 def _verified_report_differs(q: SgxQuote, report_json: str) -> list[str]:

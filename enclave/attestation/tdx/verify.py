@@ -218,10 +218,19 @@ def _quote_fmspc(q: TdxQuote) -> bytes | None:
 
 
 def _check_collateral(
-    v: Verdict, collateral: str | Mapping[str, Any] | None, fmspc: bytes | None
+    v: Verdict,
+    collateral: str | Mapping[str, Any] | None,
+    fmspc: bytes | None,
+    *,
+    tee: str = "TDX",
+    qe_id: str = "TD_QE",
+    no_fmspc: str = "the quote carries no readable PCK certificate (FMSPC unknown)",
 ) -> _Collateral | None:
-    """Collateral present, well formed, for TDX, and for this platform's FMSPC."""
-    expected = "dcap-qvl collateral JSON: TDX tcbInfo for the quote's FMSPC, TD_QE identity, CRLs"
+    """Collateral present, well formed, for this TEE (tcbInfo ``tee``, QE identity ``qe_id``) and this FMSPC.
+
+    Shared with the SGX verifier, which passes ``tee="SGX", qe_id="QE"``.
+    """
+    expected = f"dcap-qvl collateral JSON: {tee} tcbInfo for the quote's FMSPC, {qe_id} identity, CRLs"
     col, problem = _load_collateral(collateral)
     if col is None:
         v.add("collateral", False, expected=expected, found="missing" if problem is None else "unusable",
@@ -231,12 +240,12 @@ def _check_collateral(
     tcb_info = _json_object(col.fields["tcb_info"])
     qe_identity = _json_object(col.fields["qe_identity"])
     tcb_fmspc = str(tcb_info.get("fmspc", "")).lower()
-    if tcb_info.get("id") != "TDX":
-        problems.append(f"tcbInfo.id is {tcb_info.get('id')!r}, not 'TDX'")
-    if qe_identity.get("id") != "TD_QE":
-        problems.append(f"qeIdentity.id is {qe_identity.get('id')!r}, not 'TD_QE'")
+    if tcb_info.get("id") != tee:
+        problems.append(f"tcbInfo.id is {tcb_info.get('id')!r}, not {tee!r}")
+    if qe_identity.get("id") != qe_id:
+        problems.append(f"qeIdentity.id is {qe_identity.get('id')!r}, not {qe_id!r}")
     if fmspc is None:
-        problems.append("the quote carries no readable PCK certificate (FMSPC unknown)")
+        problems.append(no_fmspc)
     elif tcb_fmspc != fmspc.hex():
         problems.append(f"tcbInfo is for FMSPC {tcb_fmspc or '?'}, the quote's PCK is {fmspc.hex()}")
     v.add(
