@@ -65,24 +65,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Final, Protocol
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_env import prepare  # noqa: E402
 
-
-def _reexec_in_venv() -> None:
-    """Run under the project's .venv when started by another interpreter that lacks aiohttp (``./scripts/...``)."""
-    try:
-        import aiohttp  # noqa: F401
-        import openai  # noqa: F401
-    except ImportError:
-        venv_python = ROOT / ".venv" / "bin" / "python"
-        if venv_python.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
-            os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
-        raise
-
-
-_reexec_in_venv()
+ROOT = prepare(__file__, 'aiohttp', 'openai')
 
 import aiohttp
 import orjson

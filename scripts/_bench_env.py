@@ -1,0 +1,25 @@
+"""Shared start of the benchmark scripts: put the repository on ``sys.path`` and, when a script is started by an
+interpreter without the project's packages (``./scripts/bench_x.py`` with the system Python), run it again under
+the project's ``.venv``."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def prepare(script: str, *modules: str) -> Path:
+    """Make the repository importable; re-exec ``script`` under ``.venv`` if any of ``modules`` is missing."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    if all(importlib.util.find_spec(m) is not None for m in modules):
+        return ROOT
+    venv_python = ROOT / ".venv" / "bin" / "python"
+    if venv_python.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+        os.execv(str(venv_python), [str(venv_python), script, *sys.argv[1:]])
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    raise SystemExit(f"{Path(script).name}: missing {', '.join(missing)}; run ./scripts/test once to set up .venv")
