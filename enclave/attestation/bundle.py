@@ -44,6 +44,12 @@ def report_data(key_config: bytes, gpu_evidence: bytes = b"", nonce: bytes = b""
     ).digest()
 
 
+def azure_tpm_nonce(binding: bytes) -> bytes:
+    """What an Azure vTPM quote (and the HCL user data) carries: SHA-256 of the 64-byte binding, because vTPMs take
+    at most 48 bytes of nonce."""
+    return hashlib.sha256(binding).digest()
+
+
 def gpu_nonce(key_config: bytes, boot_nonce: bytes = b"") -> bytes:
     """The nonce GPU evidence is collected with, derived from the key configuration."""
     return hashlib.sha256(GPU_NONCE_LABEL + hashlib.sha256(key_config).digest() + boot_nonce).digest()

@@ -7,6 +7,7 @@ a client needs to verify offline.
 
 from __future__ import annotations
 
+import base64
 import logging
 import subprocess
 from dataclasses import replace
@@ -53,8 +54,12 @@ class GatewayEvidence:
         if self.gpu is not None and not gpu_evidence:
             gpu_evidence = self.gpu.collect(gpu_nonce(key_config))
         bundle = self.cpu.collect(key_config, nonce, gpu_evidence)
-        if bundle.platform == "tdx" and "collateral" not in bundle.certs:
-            bundle = replace(bundle, certs={**bundle.certs, "collateral": self._tdx_collateral(bundle.report)})
+        if "collateral" not in bundle.certs:
+            if bundle.platform == "tdx":
+                bundle = replace(bundle, certs={**bundle.certs, "collateral": self._tdx_collateral(bundle.report)})
+            elif bundle.platform == "az-tdx-vtpm":  # the TD quote travels beside the HCL report
+                td_quote = base64.b64decode(bundle.certs["td_quote"])
+                bundle = replace(bundle, certs={**bundle.certs, "collateral": self._tdx_collateral(td_quote)})
         return bundle
 
     def _tdx_collateral(self, quote: bytes) -> str:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import hmac
 
 import orjson
 
-from .bundle import Bundle, gpu_nonce, report_data
+from .bundle import Bundle, azure_tpm_nonce, gpu_nonce, report_data
 from .errors import EvidenceFormatError
 from .policy import Policy
 from .result import Verdict
@@ -116,11 +115,6 @@ def _verify_cpu(bundle: Bundle, policy: Policy, now: dt.datetime, expected_rd: b
     raise EvidenceFormatError(f"unknown platform {bundle.platform!r}")
 
 
-def azure_tpm_nonce(binding: bytes) -> bytes:
-    """What an Azure vTPM quote carries as its nonce: SHA-256 of Veil's 64-byte binding (vTPMs take <= 48 bytes)."""
-    return hashlib.sha256(binding).digest()
-
-
 def _verify_azure(bundle: Bundle, policy: Policy, now: dt.datetime, expected_rd: bytes | None) -> Verdict:
     """Azure CVM bundles: ``report`` is the HCL report; ``certs`` carries the VCEK chain (SNP) or ``collateral`` and
     ``td_quote`` (TDX), and the vTPM quote as ``tpm_quote``/``tpm_signature`` (base64) and ``pcrs`` (JSON list of
@@ -136,8 +130,32 @@ def _verify_azure(bundle: Bundle, policy: Policy, now: dt.datetime, expected_rd:
     except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
         raise EvidenceFormatError(f"malformed Azure attachments: {exc}") from None
     chain = {k: v for k, v in c.items() if k in ("vcek", "vlek", "ask", "asvk", "ark")} or None
-    return verify_azure_cvm(
+    nonce = azure_tpm_nonce(expected_rd) if expected_rd is not None else None
+    verdict = verify_azure_cvm(
         bundle.report, tpm_quote, tpm_sig, pcrs, chain, c.get("collateral"), policy.for_platform("azure"), now=now,
-        expected_nonce=azure_tpm_nonce(expected_rd) if expected_rd is not None else None, td_quote=td_quote,
-        snp_policy=policy.snp, tdx_policy=policy.tdx,
+        expected_nonce=nonce, td_quote=td_quote, snp_policy=policy.snp, tdx_policy=policy.tdx,
     )
+    if "maa_token" in c:
+        _verify_attached_maa(verdict, c, policy, now, nonce)
+    return verdict
+
+
+def _verify_attached_maa(verdict: Verdict, c: dict[str, str], policy: Policy, now: dt.datetime,
+                         nonce: bytes | None) -> None:
+    """An MAA token a gateway attached beside its vTPM evidence. The client verified the evidence itself; the token
+    adds Microsoft's appraisal for relying parties that trust an MAA instance. It is checked (and can fail the
+    verdict) only when the policy names MAA issuers; otherwise the document says it was not used."""
+    from .azure import verify_maa_token
+
+    maa = policy.for_platform("maa")
+    if not maa.issuers:
+        verdict.claims["maa_token"] = "attached, not verified: the policy names no [maa] issuers"
+        return
+    try:
+        jwks = orjson.loads(c.get("maa_jwks", "{}"))
+    except orjson.JSONDecodeError:
+        jwks = {}
+    sub = verify_maa_token(c["maa_token"], jwks, maa, now=now, expected_runtime_key=nonce)
+    for check in sub.checks:
+        verdict.add(f"MAA token: {check.name}", check.ok, check.expected, check.found, check.detail)
+    verdict.claims["maa"] = sub.claims
