@@ -23,6 +23,7 @@ import ohttp
 from ohttp import bhttp
 
 from ..api import ApiRequest, openai_error
+from ..attestation.errors import AttestationError
 from ..engines import EngineResponse, EngineUnavailable
 from .appkeys import STATE
 from .replay import http_date, parse_http_date
@@ -131,7 +132,13 @@ async def get_attestation(request: web.Request) -> web.Response:
         if now - state.last_fresh_evidence < state.config.fresh_evidence_interval:
             return problem(429, "fresh evidence rate limit", detail="retry in a second")
         state.last_fresh_evidence = now
-        body = state.provider.collect(state.keys_body, nonce).to_json()
+        try:
+            # A hardware round trip (configfs-tsm, vTPM, NSM) that can take a second: off the event loop.
+            bundle = await asyncio.to_thread(state.provider.collect, state.keys_body, nonce)
+        except AttestationError as exc:
+            log.error("fresh evidence collection failed: %s", exc)
+            return problem(503, "evidence unavailable", detail="the gateway could not collect fresh evidence")
+        body = bundle.to_json()
         cache = "no-store"
     return web.Response(body=body, content_type="application/json", headers={"Cache-Control": cache})
 

@@ -1,0 +1,58 @@
+"""``GET /.well-known/veil-attestation?nonce=`` collects evidence off the event loop, and a provider that fails
+gives a plain 503 problem (no traceback, nothing about the failure beyond "unavailable")."""
+
+from __future__ import annotations
+
+import threading
+
+from aiohttp.test_utils import TestClient
+
+from enclave.attestation import SimulatedProvider
+from enclave.attestation.bundle import Bundle
+from enclave.attestation.errors import AttestationError
+from enclave.engines import EchoEngine
+from enclave.gateway import GatewayConfig, create_app
+from ohttp import GatewayKey, KeyRing
+
+
+class CountingProvider(SimulatedProvider):
+    """The simulated provider, noting which thread each collection ran on; optionally failing fresh ones."""
+
+    def __init__(self, fail_fresh: bool = False) -> None:
+        super().__init__()
+        self.fail_fresh = fail_fresh
+        self.threads: list[int] = []
+
+    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"") -> Bundle:
+        self.threads.append(threading.get_ident())
+        if nonce and self.fail_fresh:
+            raise AttestationError("the vTPM said no (secret detail)")
+        return super().collect(key_config, nonce, gpu_evidence)
+
+
+async def _client(aiohttp_client, provider: CountingProvider) -> TestClient:  # type: ignore[no-untyped-def]
+    app = create_app(engine=EchoEngine(), keyring=KeyRing([GatewayKey.generate(0)]), provider=provider,
+                     config=GatewayConfig(fresh_evidence_interval=0.0))
+    client: TestClient = await aiohttp_client(app)
+    return client
+
+
+async def test_fresh_evidence_is_collected_off_the_event_loop(aiohttp_client) -> None:  # type: ignore[no-untyped-def]
+    provider = CountingProvider()
+    client = await _client(aiohttp_client, provider)
+    loop_thread = threading.get_ident()
+    resp = await client.get("/.well-known/veil-attestation", params={"nonce": "ab" * 32})
+    assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store"
+    bundle = Bundle.from_json(await resp.read())
+    assert bundle.nonce == b"\xab" * 32
+    assert provider.threads[-1] != loop_thread
+
+
+async def test_failed_fresh_evidence_is_a_503_problem(aiohttp_client) -> None:  # type: ignore[no-untyped-def]
+    client = await _client(aiohttp_client, CountingProvider(fail_fresh=True))
+    resp = await client.get("/.well-known/veil-attestation", params={"nonce": "00" * 32})
+    assert resp.status == 503 and resp.content_type == "application/problem+json"
+    body = await resp.text()
+    assert "evidence unavailable" in body and "secret detail" not in body and "Traceback" not in body
+    # The cached evidence for the published keys is still served.
+    assert (await client.get("/.well-known/veil-attestation")).status == 200
