@@ -39,11 +39,19 @@ class GatewayState:
         """Recompute the published key list and, when it changed, the evidence that binds it."""
         self.keyring.purge()
         body = self.keyring.encode_published()
-        if body != self.keys_body or self.bundle is None:
+        if body != self.keys_body or self.bundle is None or self._evidence_stale():
             self.keys_body = body
             self.bundle = self.provider.collect(body)
             self.bundle_json = self.bundle.to_json()
         self.metrics.keys.set(len(self.keyring))
+
+    def _evidence_stale(self) -> bool:
+        """Evidence that expires (a Nitro document's leaf certificate lives 3 hours) is collected again at half its
+        life, so a client never receives a bundle whose certificates lapse before it verifies them."""
+        lifetime: float | None = getattr(self.provider, "max_evidence_age", None)
+        if not lifetime or self.bundle is None:
+            return False
+        return time.time() - self.bundle.issued_at > lifetime / 2
 
     def rotate(self) -> GatewayKey:
         """Generate a new key in memory, publish it, and retire the others after the grace period."""

@@ -56,3 +56,24 @@ async def test_failed_fresh_evidence_is_a_503_problem(aiohttp_client) -> None:  
     assert "evidence unavailable" in body and "secret detail" not in body and "Traceback" not in body
     # The cached evidence for the published keys is still served.
     assert (await client.get("/.well-known/veil-attestation")).status == 200
+
+
+class ExpiringProvider(CountingProvider):
+    """Evidence that stays verifiable for 2 seconds (as a Nitro document does for 3 hours)."""
+
+    max_evidence_age = 2.0
+
+
+async def test_expiring_evidence_is_collected_again_at_half_its_life(aiohttp_client) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    provider = ExpiringProvider()
+    client = await _client(aiohttp_client, provider)
+    first = await client.get("/.well-known/veil-attestation")
+    assert int(first.headers["Cache-Control"].removeprefix("max-age=")) <= 1  # capped by the evidence, not the keys
+    first_bundle = Bundle.from_json(await first.read())
+    same = Bundle.from_json(await (await client.get("/.well-known/veil-attestation")).read())
+    assert same.issued_at == first_bundle.issued_at
+    await asyncio.sleep(1.1)
+    later = Bundle.from_json(await (await client.get("/.well-known/veil-attestation")).read())
+    assert later.issued_at > first_bundle.issued_at and later.key_config == first_bundle.key_config
