@@ -23,6 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .pool import Replica, ReplicaPool, split_urls
+from .vsock import VsockBridge, is_vsock_url, parse_vsock_url, vsock_connector
 
 log = logging.getLogger("veil.relay")
 
@@ -40,7 +41,8 @@ _PASS_RESPONSE: Final = ("Content-Type", "Incremental")
 class RelayConfig:
     """Limits and settings; every one has a command-line option."""
 
-    gateways: Mapping[str, str | Sequence[str]]  # name -> URL, or the URLs of replicas ("URL1,URL2" or a list)
+    #: name -> URL, or the URLs of replicas ("URL1,URL2" or a list); http(s):// or vsock://CID:PORT/path
+    gateways: Mapping[str, str | Sequence[str]]
     max_request_bytes: int = 4 * 1024 * 1024
     max_response_bytes: int = 64 * 1024 * 1024
     max_concurrent: int = 1024
@@ -60,8 +62,10 @@ class RelayConfig:
             if not split_urls(urls):
                 raise ValueError(f"gateway {name!r} has no URL")
             for url in split_urls(urls):
-                if not url.startswith(("http://", "https://")):
-                    raise ValueError(f"gateway URL {url!r} must be http(s)")
+                if is_vsock_url(url):
+                    parse_vsock_url(url)  # ValueError says what is wrong
+                elif not url.startswith(("http://", "https://")):
+                    raise ValueError(f"gateway URL {url!r} must be http(s):// or vsock://CID:PORT/path")
 
 
 @dataclass
@@ -101,6 +105,7 @@ class RelayState:
     slots: asyncio.Semaphore = field(init=False)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     pools: dict[str, ReplicaPool] = field(init=False)
+    bridges: list[VsockBridge] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.pools = {name: ReplicaPool(name, split_urls(urls)) for name, urls in self.config.gateways.items()}
@@ -453,6 +458,32 @@ async def metrics(request: web.Request) -> web.Response:
     return resp
 
 
+async def _vsock_ctx(app: web.Application) -> AsyncIterator[None]:
+    """A loopback bridge per vsock replica, its URL rewritten to the bridge's; started before the client session
+    and closed after it (see ``vsock.py``)."""
+    state = app[STATE]
+    rewritten: list[tuple[Replica, str]] = []
+    try:
+        for pool in state.pools.values():
+            for replica in pool.replicas:
+                if not is_vsock_url(replica.url):
+                    continue
+                target = parse_vsock_url(replica.url)
+                bridge = VsockBridge(vsock_connector(target.cid, target.port), label=f"{pool.name} ({target})",
+                                     connect_timeout=state.config.connect_timeout)
+                state.bridges.append(bridge)
+                await bridge.start()
+                rewritten.append((replica, replica.url))
+                replica.url = bridge.url(target.path)
+        yield
+    finally:
+        for bridge in state.bridges:
+            await bridge.close()
+        state.bridges.clear()
+        for replica, url in rewritten:
+            replica.url = url  # the bridge port is gone; a restarted app bridges afresh
+
+
 async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     cfg = state.config
@@ -494,6 +525,7 @@ def create_app(config: RelayConfig) -> web.Application:
     app.router.add_get("/{name}", keys)
     app.router.add_post("/{name}", forward)
     app.router.add_route("POST", "/{tail:.*}", _forbidden)
+    app.cleanup_ctx.append(_vsock_ctx)
     app.cleanup_ctx.append(_session_ctx)
     app.cleanup_ctx.append(_health_ctx)
     return app

@@ -15,7 +15,8 @@ from .pool import split_urls
 OPTIONS = [
     Option("listen", "HOST:PORT to listen on", "127.0.0.1:8080"),
     Option("gateway", "NAME=URL of an allowed gateway's /.well-known/ohttp-gateway (repeatable); NAME=URL1,URL2,... "
-           "for replicas of one gateway (least outstanding requests, health-checked)", repeat=True,
+           "for replicas of one gateway (least outstanding requests, health-checked); a URL may be "
+           "vsock://CID:PORT/.well-known/ohttp-gateway for a gateway in an AWS Nitro enclave", repeat=True,
            metavar="NAME=URL"),
     Option("health-interval", "seconds between /healthz checks of gateway replicas (0: none)", 5.0, type=float),
     Option("max-request-bytes", "largest request body", 4 * 1024 * 1024, type=int),
