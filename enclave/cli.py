@@ -28,8 +28,11 @@ log = logging.getLogger("veil.gateway")
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = str(Path.home() / ".cache" / "veil" / "models" / "SmolLM2-135M-Instruct")
 
+ATTESTATION_KINDS = ("simulated", "auto", "sev-snp", "tdx", "azure", "nitro")
+
 OPTIONS = [
-    Option("listen", "HOST:PORT to listen on", "127.0.0.1:8081"),
+    Option("listen", "HOST:PORT to listen on, or vsock:PORT (AWS Nitro Enclaves: no network inside)",
+           "127.0.0.1:8081"),
     Option("engine", "inference engine", "vllm", choices=("vllm", "upstream", "echo")),
     Option("upstream-url", "base URL of an OpenAI-compatible server on loopback (--engine upstream)"),
     Option("model", "model directory for --engine vllm", DEFAULT_MODEL_DIR),
@@ -53,8 +56,15 @@ OPTIONS = [
     Option("key-broker-policy", "attestation policy the key broker's own evidence must pass (TOML)"),
     Option("insecure-allow-simulated-broker", "accept a key broker with SIMULATED evidence (development only)",
            False, flag=True),
-    Option("attestation", "evidence provider: auto (the TEE this machine is), sev-snp, tdx (configfs-tsm), or "
-           "simulated (development; refused on TEE hardware)", "simulated", choices=("simulated", "auto", "sev-snp", "tdx")),
+    Option("attestation", "evidence provider: auto (the TEE this machine is), sev-snp, tdx (configfs-tsm), azure "
+           "(Azure CVM: HCL report + vTPM quote), nitro (AWS Nitro Enclaves: /dev/nsm), or simulated (development; "
+           "refused on TEE hardware)", "simulated", choices=ATTESTATION_KINDS),
+    Option("tpm-tcti", "--attestation azure: TPM2TOOLS_TCTI for tpm2-tools (default: the kernel's /dev/tpmrm0)"),
+    Option("azure-imds-url", "--attestation azure: Azure instance metadata service (VCEK chain, TD quotes)",
+           "http://169.254.169.254"),
+    Option("maa-url", "--attestation azure: also attach a Microsoft Azure Attestation token from this instance "
+           "(e.g. https://sharedeus.eus.attest.azure.net)"),
+    Option("nsm-device", "--attestation nitro: the Nitro Security Module device", "/dev/nsm"),
     Option("gpu-evidence-command", "command that prints NVIDIA GPU evidence (nvtrust JSON) for the nonce given as "
            "its last argument"),
     Option("pccs-url", "PCCS for TDX collateral (default: Intel PCS)"),
@@ -78,7 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser, "gateway", OPTIONS)
 
 
-TEE_DEVICES = ("/sys/kernel/config/tsm/report", "/dev/sev-guest", "/dev/tdx_guest")
+TEE_DEVICES = ("/sys/kernel/config/tsm/report", "/dev/sev-guest", "/dev/tdx_guest", "/dev/nsm")
+#: On an Azure CVM the guest sees no TEE device (the paravisor owns it) but a vTPM.
+VTPM_DEVICE = "/dev/tpmrm0"
 
 
 def make_provider(args: argparse.Namespace) -> EvidenceProvider:
@@ -92,6 +104,16 @@ def make_provider(args: argparse.Namespace) -> EvidenceProvider:
                 "real hardware. Use --attestation auto."
             )
         cpu: EvidenceProvider = SimulatedProvider()
+    elif kind == "azure" or (kind == "auto" and not present and os.path.exists(VTPM_DEVICE)):
+        cpu = _azure_provider(args)
+    elif kind == "nitro" or (kind == "auto" and present == ["/dev/nsm"]):
+        from .attestation.errors import AttestationError
+        from .attestation.nitro import NitroProvider
+
+        try:
+            cpu = NitroProvider(path=args.nsm_device)
+        except AttestationError as exc:
+            raise SystemExit(f"veil gateway: --attestation nitro: {exc}") from None
     else:
         from .attestation.tsm import ConfigfsTsmProvider, TsmError
 
@@ -111,6 +133,17 @@ def make_provider(args: argparse.Namespace) -> EvidenceProvider:
     from .attestation.gateway_evidence import GatewayEvidence
 
     return GatewayEvidence(cpu, gpu=gpu, pccs_url=args.pccs_url)
+
+
+def _azure_provider(args: argparse.Namespace) -> EvidenceProvider:
+    from .attestation.azure.provider import AzureVtpmProvider
+    from .attestation.azure.vtpm import Tpm2Tools
+    from .attestation.errors import AttestationError
+
+    try:
+        return AzureVtpmProvider(Tpm2Tools(args.tpm_tcti), imds_url=args.azure_imds_url, maa_url=args.maa_url)
+    except AttestationError as exc:
+        raise SystemExit(f"veil gateway: --attestation azure: {exc}") from None
 
 
 def make_engine(args: argparse.Namespace) -> Engine:
@@ -138,9 +171,18 @@ def make_engine(args: argparse.Namespace) -> Engine:
 def run(args: argparse.Namespace) -> int:
     """Run the gateway until interrupted."""
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    host, _, port = args.listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise SystemExit(f"veil gateway: --listen must be HOST:PORT, got {args.listen!r}")
+    from .gateway.vsock import is_vsock, parse_listen, vsock_event_loop, vsock_socket
+
+    sock = None
+    if is_vsock(args.listen):  # AWS Nitro Enclaves: no network inside, only vsock
+        try:
+            sock = vsock_socket(*parse_listen(args.listen))
+        except (ValueError, OSError) as exc:
+            raise SystemExit(f"veil gateway: --listen {args.listen}: {exc}") from None
+    else:
+        host, _, port = args.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise SystemExit(f"veil gateway: --listen must be HOST:PORT or vsock:PORT, got {args.listen!r}")
     if args.key_file:
         try:
             key = load_key_file(args.key_file)
@@ -176,9 +218,15 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(engine=engine, keyring=KeyRing(keys), provider=provider, config=config, api=api)
     if provider.platform == "simulated":
         log.warning("attestation is SIMULATED: no TEE protects this gateway; clients must opt in to trust it")
+    # access_log=None: an access log would record client (relay) addresses and paths.
+    if sock is not None:
+        print(f"veil gateway listening on {args.listen} (engine {engine.kind})", flush=True)
+        # asyncio's own loop: uvloop sets TCP_NODELAY on accepted connections, which vsock refuses.
+        web.run_app(app, sock=sock, loop=vsock_event_loop(), access_log=None, print=None, handle_signals=True,
+                    shutdown_timeout=args.shutdown_timeout)
+        return 0
     print(f"veil gateway listening on http://{host}:{port}/.well-known/ohttp-gateway (engine {engine.kind})",
           flush=True)
-    # access_log=None: an access log would record client (relay) addresses and paths.
     web.run_app(app, host=host, port=int(port), access_log=None, print=None, handle_signals=True,
                 shutdown_timeout=args.shutdown_timeout)
     return 0
