@@ -88,9 +88,16 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _rotation_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
 
-    def rotate() -> None:
-        new = state.rotate()
+    async def rotate_now() -> None:
+        new = await state.rotate_async()
         log.info("rotated keys: key id %d is now published", new.config.key_id)
+
+    pending: set[asyncio.Task[None]] = set()
+
+    def rotate() -> None:  # SIGUSR1: signal handlers are plain callbacks, so the rotation runs as a task
+        task = asyncio.ensure_future(rotate_now())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
 
     loop = asyncio.get_running_loop()
     try:
@@ -102,7 +109,7 @@ async def _rotation_ctx(app: web.Application) -> AsyncIterator[None]:
     async def periodic() -> None:
         while True:
             await asyncio.sleep(state.config.rotation_interval)
-            rotate()
+            await rotate_now()
 
     task = asyncio.create_task(periodic()) if state.config.rotation_interval > 0 else None
     yield

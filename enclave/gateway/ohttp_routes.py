@@ -97,7 +97,7 @@ async def get_keys(request: web.Request) -> web.Response:
     accept = request.headers.get("Accept", "*/*")
     if not any(a.split(";")[0].strip() in (ohttp.MEDIA_TYPE_KEYS, "*/*", "application/*") for a in accept.split(",")):
         return problem(406, "not acceptable", detail=f"this resource is {ohttp.MEDIA_TYPE_KEYS}")
-    state.refresh()
+    await state.refresh_async()
     return web.Response(
         body=state.keys_body,
         content_type=ohttp.MEDIA_TYPE_KEYS,
@@ -119,7 +119,7 @@ def _max_age(state: GatewayState) -> int:
 async def get_attestation(request: web.Request) -> web.Response:
     """``GET /.well-known/veil-attestation[?nonce=HEX32]``: the evidence bundle for the published keys."""
     state = request.app[STATE]
-    state.refresh()
+    await state.refresh_async()
     nonce_hex = request.query.get("nonce")
     if nonce_hex is None:
         body = state.bundle_json

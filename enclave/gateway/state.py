@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -9,9 +11,12 @@ from ohttp import Gateway, GatewayKey, KeyRing
 
 from ..api import Api
 from ..attestation import Bundle, EvidenceProvider
+from ..attestation.errors import AttestationError
 from .config import GatewayConfig
 from .metrics import GatewayMetrics
 from .replay import ReplayCache
+
+log = logging.getLogger("veil.gateway")
 
 
 @dataclass
@@ -31,19 +36,44 @@ class GatewayState:
     last_fresh_evidence: float = 0.0
 
     def __post_init__(self) -> None:
+        self._refresh_lock = asyncio.Lock()
         self.replay = ReplayCache(self.config.replay_window)
         self.gateway = Gateway(self.keyring)
         self.refresh()
 
     def refresh(self) -> None:
-        """Recompute the published key list and, when it changed, the evidence that binds it."""
+        """Recompute the published key list and, when it changed, the evidence that binds it (blocking: start-up)."""
         self.keyring.purge()
         body = self.keyring.encode_published()
-        if body != self.keys_body or self.bundle is None or self._evidence_stale():
-            self.keys_body = body
-            self.bundle = self.provider.collect(body)
-            self.bundle_json = self.bundle.to_json()
+        if self._needs_evidence(body):
+            self._publish(body, self.provider.collect(body))
         self.metrics.keys.set(len(self.keyring))
+
+    async def refresh_async(self) -> None:
+        """:meth:`refresh` for a running server: evidence is collected in a worker thread (a vTPM quote or an
+        IMDS call takes a second or more, and streams must not stall meanwhile). Until it is ready the previous key
+        list and its evidence stay published together, so no client sees keys without their evidence; if collection
+        fails they stay published and the error is logged."""
+        self.keyring.purge()
+        self.metrics.keys.set(len(self.keyring))
+        if not self._needs_evidence(self.keyring.encode_published()) or self._refresh_lock.locked():
+            return  # nothing new, or a collection is under way: serve the current pair meanwhile
+        async with self._refresh_lock:
+            body = self.keyring.encode_published()  # again: another task may have published it meanwhile
+            if not self._needs_evidence(body):
+                return
+            try:
+                bundle = await asyncio.to_thread(self.provider.collect, body)
+            except AttestationError as exc:
+                log.error("evidence collection failed; still publishing the previous keys and evidence: %s", exc)
+                return
+            self._publish(body, bundle)
+
+    def _needs_evidence(self, body: bytes) -> bool:
+        return body != self.keys_body or self.bundle is None or self._evidence_stale()
+
+    def _publish(self, body: bytes, bundle: Bundle) -> None:
+        self.keys_body, self.bundle, self.bundle_json = body, bundle, bundle.to_json()
 
     def _evidence_stale(self) -> bool:
         """Evidence that expires (a Nitro document's leaf certificate lives 3 hours) is collected again at half its
@@ -54,7 +84,8 @@ class GatewayState:
         return time.time() - self.bundle.issued_at > lifetime / 2
 
     def rotate(self) -> GatewayKey:
-        """Generate a new key in memory, publish it, and retire the others after the grace period."""
+        """Generate a new key in memory and retire the others after the grace period; the new key is served once
+        :meth:`refresh` or :meth:`refresh_async` has evidence for it."""
         current = self.keyring.published()
         template = current[0].config if current else None
         key_id = self.keyring.next_key_id()
@@ -63,5 +94,10 @@ class GatewayState:
         else:
             new = GatewayKey.generate(key_id, not_before=time.time())
         self.keyring.rotate(new, self.config.rotation_grace)
-        self.refresh()
+        return new
+
+    async def rotate_async(self) -> GatewayKey:
+        """:meth:`rotate`, then publish the new key with its evidence once collected (off the event loop)."""
+        new = self.rotate()
+        await self.refresh_async()
         return new

@@ -4,8 +4,7 @@ gives a plain 503 problem (no traceback, nothing about the failure beyond "unava
 from __future__ import annotations
 
 import threading
-
-from aiohttp.test_utils import TestClient
+from typing import Any
 
 from enclave.attestation import SimulatedProvider
 from enclave.attestation.bundle import Bundle
@@ -30,11 +29,10 @@ class CountingProvider(SimulatedProvider):
         return super().collect(key_config, nonce, gpu_evidence)
 
 
-async def _client(aiohttp_client, provider: CountingProvider) -> TestClient:  # type: ignore[no-untyped-def]
+async def _client(aiohttp_client: Any, provider: CountingProvider) -> Any:
     app = create_app(engine=EchoEngine(), keyring=KeyRing([GatewayKey.generate(0)]), provider=provider,
                      config=GatewayConfig(fresh_evidence_interval=0.0))
-    client: TestClient = await aiohttp_client(app)
-    return client
+    return await aiohttp_client(app)
 
 
 async def test_fresh_evidence_is_collected_off_the_event_loop(aiohttp_client) -> None:  # type: ignore[no-untyped-def]
@@ -77,3 +75,61 @@ async def test_expiring_evidence_is_collected_again_at_half_its_life(aiohttp_cli
     await asyncio.sleep(1.1)
     later = Bundle.from_json(await (await client.get("/.well-known/veil-attestation")).read())
     assert later.issued_at > first_bundle.issued_at and later.key_config == first_bundle.key_config
+
+
+class SlowProvider(CountingProvider):
+    """Collection takes as long as a vTPM quote plus an IMDS call can."""
+
+    delay = 0.6
+
+    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"") -> Bundle:
+        import time
+
+        time.sleep(self.delay)
+        return super().collect(key_config, nonce, gpu_evidence)
+
+
+async def test_rotation_with_slow_evidence_neither_stalls_the_loop_nor_splits_keys_from_evidence(
+    aiohttp_client: Any,
+) -> None:
+    import asyncio
+    import time
+
+    from enclave.gateway.appkeys import STATE
+
+    client = await _client(aiohttp_client, SlowProvider())
+    state = client.server.app[STATE]
+    old_keys = await (await client.get("/.well-known/ohttp-gateway")).read()
+    rotation = asyncio.ensure_future(state.rotate_async())
+    await asyncio.sleep(0.05)
+    # While the evidence for the new key is collected, the loop answers at once, with the old keys and evidence.
+    started = time.monotonic()
+    keys = await (await client.get("/.well-known/ohttp-gateway")).read()
+    bundle = Bundle.from_json(await (await client.get("/.well-known/veil-attestation")).read())
+    assert time.monotonic() - started < SlowProvider.delay / 2
+    assert keys == old_keys == bundle.key_config
+    await rotation
+    new_keys = await (await client.get("/.well-known/ohttp-gateway")).read()
+    new_bundle = Bundle.from_json(await (await client.get("/.well-known/veil-attestation")).read())
+    assert new_keys != old_keys and new_bundle.key_config == new_keys
+
+
+class FailingAfterStartProvider(CountingProvider):
+    calls = 0
+
+    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"") -> Bundle:
+        self.calls += 1
+        if self.calls > 1:
+            raise AttestationError("device gone")
+        return super().collect(key_config, nonce, gpu_evidence)
+
+
+async def test_failed_collection_keeps_the_previous_keys_and_evidence(aiohttp_client) -> None:  # type: ignore[no-untyped-def]
+    from enclave.gateway.appkeys import STATE
+
+    client = await _client(aiohttp_client, FailingAfterStartProvider())
+    before = await (await client.get("/.well-known/ohttp-gateway")).read()
+    await client.server.app[STATE].rotate_async()
+    keys = await (await client.get("/.well-known/ohttp-gateway")).read()
+    bundle = Bundle.from_json(await (await client.get("/.well-known/veil-attestation")).read())
+    assert keys == before == bundle.key_config
