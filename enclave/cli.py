@@ -17,6 +17,8 @@ from veil_cli import Option, add_options
 from .api import Api, ApiKeys
 from .api.router import CACHE_SALT_MODES
 from .attestation import EvidenceProvider, SimulatedProvider
+from .attestation.errors import AttestationError
+from .attestation.gateway_evidence import GpuEvidenceSource
 from .engines import EchoEngine, Engine, UpstreamEngine
 from .gateway import GatewayConfig, create_app
 from .kbs_client import load_broker_keys
@@ -65,8 +67,10 @@ OPTIONS = [
     Option("maa-url", "--attestation azure: also attach a Microsoft Azure Attestation token from this instance "
            "(e.g. https://sharedeus.eus.attest.azure.net)"),
     Option("nsm-device", "--attestation nitro: the Nitro Security Module device", "/dev/nsm"),
+    Option("gpu-evidence", "NVIDIA GPU evidence: none, or nvml (in-process through nvidia-ml-py; refuses GPUs "
+           "not in CC mode)", "none", choices=("none", "nvml")),
     Option("gpu-evidence-command", "command that prints NVIDIA GPU evidence (nvtrust JSON) for the nonce given as "
-           "its last argument"),
+           "its last argument (instead of --gpu-evidence nvml)"),
     Option("pccs-url", "PCCS for TDX collateral (default: Intel PCS)"),
     Option("max-request-bytes", "largest encapsulated request", 4 * 1024 * 1024, type=int),
     Option("replay-window", "seconds an inner Date may differ from now; seen requests are kept this long", 60.0, type=float),
@@ -107,7 +111,6 @@ def make_provider(args: argparse.Namespace) -> EvidenceProvider:
     elif kind == "azure" or (kind == "auto" and not present and os.path.exists(VTPM_DEVICE)):
         cpu = _azure_provider(args)
     elif kind == "nitro" or (kind == "auto" and present == ["/dev/nsm"]):
-        from .attestation.errors import AttestationError
         from .attestation.nitro import NitroProvider
 
         try:
@@ -125,11 +128,17 @@ def make_provider(args: argparse.Namespace) -> EvidenceProvider:
         if kind != "auto" and tsm.platform != kind:
             raise SystemExit(f"veil gateway: --attestation {kind}, but this machine is a {tsm.platform} guest")
         cpu = tsm
-    gpu = None
+    gpu: GpuEvidenceSource | None = None
+    if args.gpu_evidence_command and args.gpu_evidence != "none":
+        raise SystemExit("veil gateway: give --gpu-evidence or --gpu-evidence-command, not both")
     if args.gpu_evidence_command:
         from .attestation.gateway_evidence import GpuEvidenceCommand
 
         gpu = GpuEvidenceCommand(shlex.split(args.gpu_evidence_command))
+    elif args.gpu_evidence == "nvml":
+        from .attestation.gateway_evidence import NvmlGpuEvidence
+
+        gpu = NvmlGpuEvidence()
     from .attestation.gateway_evidence import GatewayEvidence
 
     return GatewayEvidence(cpu, gpu=gpu, pccs_url=args.pccs_url)
@@ -138,7 +147,6 @@ def make_provider(args: argparse.Namespace) -> EvidenceProvider:
 def _azure_provider(args: argparse.Namespace) -> EvidenceProvider:
     from .attestation.azure.provider import AzureVtpmProvider
     from .attestation.azure.vtpm import Tpm2Tools
-    from .attestation.errors import AttestationError
 
     try:
         return AzureVtpmProvider(Tpm2Tools(args.tpm_tcti), imds_url=args.azure_imds_url, maa_url=args.maa_url)
@@ -215,7 +223,10 @@ def run(args: argparse.Namespace) -> int:
         rotation_grace=args.rotation_grace,
     )
     api = Api(engine, api_keys=api_keys, cache_salt=args.cache_salt)
-    app = create_app(engine=engine, keyring=KeyRing(keys), provider=provider, config=config, api=api)
+    try:
+        app = create_app(engine=engine, keyring=KeyRing(keys), provider=provider, config=config, api=api)
+    except AttestationError as exc:  # the first evidence is collected here: no gateway without it
+        raise SystemExit(f"veil gateway: cannot collect evidence: {exc}") from None
     if provider.platform == "simulated":
         log.warning("attestation is SIMULATED: no TEE protects this gateway; clients must opt in to trust it")
     # access_log=None: an access log would record client (relay) addresses and paths.

@@ -11,6 +11,7 @@ import base64
 import logging
 import subprocess
 from dataclasses import replace
+from typing import Protocol
 
 from .bundle import Bundle, gpu_nonce
 from .errors import CollateralUnavailableError, EvidenceFormatError
@@ -40,10 +41,30 @@ class GpuEvidenceCommand:
         return encode_gpu_evidence(load_nvtrust_evidence_list(out.stdout))
 
 
+class NvmlGpuEvidence:
+    """Collects NVIDIA GPU evidence in-process through NVML (``nvidia-ml-py``; see :mod:`.nvidia.nvml`)."""
+
+    def collect(self, nonce: bytes) -> bytes:
+        from .nvidia import encode_gpu_evidence, load_nvtrust_evidence_list
+        from .nvidia.nvml import NvmlEvidenceError, collect_evidence_list
+
+        try:
+            listing = collect_evidence_list(nonce)
+        except NvmlEvidenceError as exc:
+            raise CollateralUnavailableError(f"GPU evidence: {exc}") from None
+        return encode_gpu_evidence(load_nvtrust_evidence_list(listing))
+
+
+class GpuEvidenceSource(Protocol):
+    def collect(self, nonce: bytes) -> bytes:
+        """Veil's encoding of every GPU's evidence, each collected with ``nonce``."""
+        ...
+
+
 class GatewayEvidence:
     """An :class:`EvidenceProvider` that adds GPU evidence and TDX collateral around a CPU provider."""
 
-    def __init__(self, cpu: EvidenceProvider, *, gpu: GpuEvidenceCommand | None = None,
+    def __init__(self, cpu: EvidenceProvider, *, gpu: GpuEvidenceSource | None = None,
                  pccs_url: str | None = None) -> None:
         self.cpu = cpu
         self.gpu = gpu
