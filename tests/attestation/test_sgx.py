@@ -18,8 +18,7 @@ from typing import Any
 import dcap_qvl
 import pytest
 
-from enclave.attestation.tdx import verify as tdx_verify
-
+from enclave.attestation import dcap
 from enclave.attestation.errors import EvidenceFormatError
 from enclave.attestation.result import Check, Verdict
 from enclave.attestation.sgx import SgxPolicy, SgxSigner, parse_quote, verify_sgx
@@ -109,8 +108,8 @@ def test_pinned_root_is_the_shared_intel_root(evidence_dir: Path) -> None:
 
 
 def test_wrong_pin_fails_closed(monkeypatch: pytest.MonkeyPatch, quote: bytes, collateral: str) -> None:
-    # The trust-anchor check is shared with TDX and reads the pin from there.
-    monkeypatch.setattr(tdx_verify, "INTEL_SGX_ROOT_CA_SHA256", hashlib.sha256(b"another root").hexdigest())
+    # The trust-anchor check is shared with TDX (enclave.attestation.dcap) and reads the pin from there.
+    monkeypatch.setattr(dcap, "INTEL_SGX_ROOT_CA_SHA256", hashlib.sha256(b"another root").hexdigest())
     v = run(quote, collateral)
     assert check(v, "trust anchor").ok is False
     assert check(v, "DCAP verification").ok is False
@@ -122,10 +121,10 @@ def test_the_pinned_certificate_is_the_anchor_dcap_qvl_uses(
     monkeypatch: pytest.MonkeyPatch, quote: bytes, collateral: str
 ) -> None:
     """Pin the PCK Platform CA instead: dcap-qvl must then fail, so it verifies against the pinned certificate."""
-    ders = sgx_verify._pem_certificates(parse_quote(quote).pck_chain_pem)
+    ders = dcap.pem_certificates(parse_quote(quote).pck_chain_pem)
     assert [hashlib.sha256(d).hexdigest() == sgx_verify.INTEL_SGX_ROOT_CA_SHA256 for d in ders] == [
         False, False, True]
-    monkeypatch.setattr(tdx_verify, "INTEL_SGX_ROOT_CA_SHA256", hashlib.sha256(ders[1]).hexdigest())
+    monkeypatch.setattr(dcap, "INTEL_SGX_ROOT_CA_SHA256", hashlib.sha256(ders[1]).hexdigest())
     v = run(quote, collateral)
     assert check(v, "trust anchor").ok is True
     assert check(v, "DCAP verification").ok is False

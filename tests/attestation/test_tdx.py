@@ -18,6 +18,7 @@ from pathlib import Path
 import dcap_qvl
 import pytest
 
+from enclave.attestation import dcap
 from enclave.attestation.errors import EvidenceFormatError
 from enclave.attestation.policy import Policy, TdxPolicy
 from enclave.attestation.result import Check, Verdict
@@ -121,7 +122,7 @@ def test_pinned_root_is_the_shared_intel_root(evidence_dir: Path) -> None:
 def test_wrong_pin_fails_closed(
     monkeypatch: pytest.MonkeyPatch, load_quote: Callable[[str], bytes], load_collateral: Callable[[str], str]
 ) -> None:
-    monkeypatch.setattr(tdx_verify, "INTEL_SGX_ROOT_CA_SHA256", hashlib.sha256(b"some other root").hexdigest())
+    monkeypatch.setattr(dcap, "INTEL_SGX_ROOT_CA_SHA256", hashlib.sha256(b"some other root").hexdigest())
     v = verify_tdx(load_quote(TINFOIL), load_collateral("90c06f000000"), ANY, now=at(T_PCS_2026_01),
                    expected_report_data=None)
     assert not v.ok
@@ -141,7 +142,7 @@ def test_the_pinned_certificate_is_the_anchor_dcap_qvl_uses(
     ders = [base64.b64decode(b"".join(block.split(b"-----")[0].split()))
             for block in chain.split(b"-----BEGIN CERTIFICATE-----")[1:]]
     assert [hashlib.sha256(d).hexdigest() == tdx_verify.INTEL_SGX_ROOT_CA_SHA256 for d in ders] == [False, False, True]
-    monkeypatch.setattr(tdx_verify, "INTEL_SGX_ROOT_CA_SHA256", hashlib.sha256(ders[1]).hexdigest())
+    monkeypatch.setattr(dcap, "INTEL_SGX_ROOT_CA_SHA256", hashlib.sha256(ders[1]).hexdigest())
     v = verify_tdx(raw, load_collateral("90c06f000000"), ANY, now=at(T_PCS_2026_01), expected_report_data=None)
     assert check(v, "trust anchor").ok is True
     assert check(v, "DCAP verification").ok is False

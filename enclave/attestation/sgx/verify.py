@@ -2,9 +2,9 @@
 against an :class:`SgxPolicy`. One :class:`~..result.Check` per step.
 
 The quote's fields are read here at fixed offsets (:func:`parse_quote`), cross-checked against dcap-qvl's parser and
-against the report dcap-qvl verified, so policy never rests on a library's parse alone. Collateral loading, collateral
-validity, PEM splitting and the library-call wrapper are the TDX verifier's (imported, not copied; they are private
-to ``tdx.verify``). Imports nothing from ``enclave`` outside ``enclave.attestation``.
+against the report dcap-qvl verified, so policy never rests on a library's parse alone. The Intel DCAP part
+(collateral loading and validity, the pinned-root trust anchor, the dcap-qvl call and the library-call wrapper) is
+shared with the TDX verifier in :mod:`..dcap`. Imports nothing from ``enclave`` outside ``enclave.attestation``.
 
 Layout (little-endian; Intel SGX ECDSA Quote Library API, "Quote Format" v3)::
 
@@ -22,7 +22,6 @@ Layout (little-endian; Intel SGX ECDSA Quote Library API, "Quote Format" v3)::
 from __future__ import annotations
 
 import datetime
-import hashlib
 import hmac
 import struct
 from collections.abc import Mapping
@@ -31,21 +30,17 @@ from typing import Any, Final
 
 import dcap_qvl
 
+from ..dcap import (
+    INTEL_SGX_ROOT_CA_SHA256,
+    call_library,
+    check_collateral,
+    check_collateral_validity,
+    check_dcap,
+    check_trust_anchor,
+    json_object,
+)
 from ..errors import EvidenceFormatError
 from ..result import Verdict
-
-# Private helpers of the TDX verifier, shared deliberately: SGX and TDX use the same dcap-qvl collateral format, the
-# same Intel root and the same library-call discipline.
-from ..tdx.verify import (
-    INTEL_SGX_ROOT_CA_SHA256,
-    _call_library,
-    _check_collateral,
-    _check_dcap,
-    _check_trust_anchor,
-    _check_collateral_validity,
-    _json_object,
-    _pem_certificates,
-)
 from .policy import SgxPolicy
 
 __all__ = ["INTEL_SGX_ROOT_CA_SHA256", "PLATFORM", "SgxQuote", "parse_quote", "verify_sgx"]
@@ -288,13 +283,13 @@ def verify_sgx(
     )
 
     # verify: collateral, trust anchor, DCAP
-    ext, _ = _call_library(dcap_qvl.parse_pck_extension_from_pem, q.pck_chain_pem)
+    ext, _ = call_library(dcap_qvl.parse_pck_extension_from_pem, q.pck_chain_pem)
     fmspc = bytes(ext.fmspc) if ext is not None else None
-    col = _check_collateral(v, collateral, fmspc, tee="SGX", qe_id="QE",
-                            no_fmspc="the quote's PCK certificate has no readable FMSPC")
-    _check_collateral_validity(v, col, now)
-    root_der = _check_trust_anchor(v, q.pck_chain_pem, col)
-    status, advisories, dcap_error = _check_dcap(
+    col = check_collateral(v, collateral, fmspc, tee="SGX", qe_id="QE",
+                           no_fmspc="the quote's PCK certificate has no readable FMSPC")
+    check_collateral_validity(v, col, now)
+    root_der = check_trust_anchor(v, q.pck_chain_pem, col)
+    status, advisories, dcap_error = check_dcap(
         v, q.raw, col, root_der, now, lambda report_json: _verified_report_differs(q, report_json)
     )
 
@@ -328,12 +323,12 @@ def verify_sgx(
     return v
 
 
-# --- verify: parser cross-check, collateral, trust anchor, DCAP ------------------------------------------------------
+# --- verify: the SGX quote format (collateral, trust anchor and DCAP are in ..dcap) ---------------------------------
 
 
 def _check_library_parse(v: Verdict, q: SgxQuote) -> None:
     """Our fixed-offset parse and dcap-qvl's must agree on every field policy reads (no parser differential)."""
-    lib, err = _call_library(dcap_qvl.parse_quote, q.raw)
+    lib, err = call_library(dcap_qvl.parse_quote, q.raw)
     if lib is None:
         v.add("parser cross-check", False, expected="dcap-qvl parses the same fields", detail=f"dcap-qvl: {err}")
         return
@@ -364,7 +359,7 @@ def _check_library_parse(v: Verdict, q: SgxQuote) -> None:
 
 def _verified_report_differs(q: SgxQuote, report_json: str) -> list[str]:
     """dcap-qvl reports the enclave report it verified; it must be the one policy reads."""
-    report = _json_object(report_json).get("report")
+    report = json_object(report_json).get("report")
     body = report.get("SgxEnclave") if isinstance(report, dict) and len(report) == 1 else None
     if not isinstance(body, dict):
         return ["report kind (expected SgxEnclave)"]

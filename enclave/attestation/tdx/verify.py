@@ -1,26 +1,30 @@
 """Verify a TDX quote (DCAP via dcap-qvl, pinned Intel root, explicit time), then validate it against a TdxPolicy.
 
 Parse (``abi``) raises on malformed bytes; everything after that is a :class:`~..result.Check` in the verdict, so a
-failed signature, missing collateral or "No matching TCB level" is a FAIL line, never an exception. Imports nothing
-from ``enclave`` outside ``enclave.attestation``.
+failed signature, missing collateral or "No matching TCB level" is a FAIL line, never an exception. The Intel DCAP
+part (collateral, trust anchor, the dcap-qvl call) is shared with the SGX verifier in :mod:`..dcap`; the TDX quote
+format (parser cross-check, FMSPC, verified-report comparison) and the policy checks are here. Imports nothing from
+``enclave`` outside ``enclave.attestation``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
-import hashlib
 import hmac
-import json
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from collections.abc import Mapping
+from typing import Any, Final
 
 import dcap_qvl
-from cryptography import x509
 
+from ..dcap import (
+    INTEL_SGX_ROOT_CA_SHA256,
+    call_library,
+    check_collateral,
+    check_collateral_validity,
+    check_dcap,
+    check_trust_anchor,
+    json_object,
+)
 from ..policy import TdxPolicy
 from ..result import Verdict
 from .abi import INTEL_QE_VENDOR_ID, TdxQuote, parse_quote
@@ -28,24 +32,6 @@ from .abi import INTEL_QE_VENDOR_ID, TdxQuote, parse_quote
 __all__ = ["INTEL_SGX_ROOT_CA_SHA256", "PLATFORM", "verify_tdx"]
 
 PLATFORM: Final = "tdx"
-#: SHA-256 of the DER of the Intel SGX Root CA (also the TDX DCAP root), CN=Intel SGX Root CA, P-256, 2018..2049.
-#: dcap-qvl's ``verify`` uses a root embedded in the library; we never rely on it. The root handed to
-#: ``verify_with_root_ca`` is a certificate found in the evidence (quote PCK chain or collateral issuer chains) whose
-#: DER hashes to exactly this value, so the anchor is pinned without shipping the certificate.
-INTEL_SGX_ROOT_CA_SHA256: Final = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
-
-_COLLATERAL_KEYS: Final = (
-    "pck_crl_issuer_chain",
-    "root_ca_crl",
-    "pck_crl",
-    "tcb_info_issuer_chain",
-    "tcb_info",
-    "tcb_info_signature",
-    "qe_identity_issuer_chain",
-    "qe_identity",
-    "qe_identity_signature",
-)
-_ISSUER_CHAINS: Final = ("tcb_info_issuer_chain", "qe_identity_issuer_chain", "pck_crl_issuer_chain")
 #: Policy measurement keys -> TdxQuote attributes. MRTD is mandatory in every entry; the others are compared if present.
 _MEASUREMENT_FIELDS: Final = {"mrtd": "mr_td", "rtmr0": "rtmr0", "rtmr1": "rtmr1", "rtmr2": "rtmr2"}
 #: TdxQuote attribute -> dcap-qvl report attribute / JSON key, for the parser and verified-report cross-checks.
@@ -67,17 +53,9 @@ _LIBRARY_FIELDS: Final = {
     "report_data": "report_data",
 }
 _LIBRARY_FIELDS_15: Final = {"tee_tcb_svn2": "tee_tcb_svn2", "mr_service_td": "mr_service_td"}
-_PEM_CERT: Final = re.compile(rb"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.DOTALL)
 _NO_TCB_LEVEL: Final = "No matching TCB level"
 _BINDING_SKIPPED: Final = "binding skipped (--no-binding)"
-
-_T = TypeVar("_T")
-
-
-@dataclass(frozen=True, slots=True)
-class _Collateral:
-    fields: dict[str, str]
-    library: Any  # dcap_qvl.QuoteCollateralV3
+_NO_FMSPC: Final = "the quote carries no readable PCK certificate (FMSPC unknown)"
 
 
 def verify_tdx(
@@ -124,10 +102,10 @@ def verify_tdx(
 
     # verify: collateral, trust anchor, DCAP (go-sev-guest's `verify`)
     fmspc = _quote_fmspc(q)
-    col = _check_collateral(v, collateral, fmspc)
-    _check_collateral_validity(v, col, now)
-    root_der = _check_trust_anchor(v, q.pck_chain_pem, col)
-    status, advisories, dcap_error = _check_dcap(
+    col = check_collateral(v, collateral, fmspc, tee="TDX", qe_id="TD_QE", no_fmspc=_NO_FMSPC)
+    check_collateral_validity(v, col, now)
+    root_der = check_trust_anchor(v, q.pck_chain_pem, col)
+    status, advisories, dcap_error = check_dcap(
         v, q.raw, col, root_der, now, lambda report_json: _verified_report_differs(q, report_json)
     )
 
@@ -158,28 +136,12 @@ def verify_tdx(
     return v
 
 
-# --- verify: DCAP, collateral, trust anchor -------------------------------------------------------------------------
-
-
-def _call_library(fn: Callable[..., _T], *args: Any) -> tuple[_T | None, str | None]:
-    """Run a dcap-qvl call; any failure (including a Rust panic) becomes a message, never an exception."""
-    try:
-        return fn(*args), None
-    except Exception as exc:  # noqa: BLE001 - every library failure is a failed check
-        return None, _message(exc)
-    except BaseException as exc:  # pyo3's PanicException derives from BaseException
-        if type(exc).__name__ != "PanicException":
-            raise
-        return None, f"dcap-qvl panicked: {_message(exc)}"
-
-
-def _message(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+# --- verify: the TDX quote format (collateral, trust anchor and DCAP are in ..dcap) ---------------------------------
 
 
 def _check_library_parse(v: Verdict, q: TdxQuote) -> None:
     """Our fixed-offset parse and dcap-qvl's must agree on every field policy reads (no parser differential)."""
-    lib, err = _call_library(dcap_qvl.parse_quote, q.raw)
+    lib, err = call_library(dcap_qvl.parse_quote, q.raw)
     if lib is None:
         v.add("parser cross-check", False, expected="dcap-qvl parses the same fields", detail=f"dcap-qvl: {err}")
         return
@@ -213,199 +175,12 @@ def _check_library_parse(v: Verdict, q: TdxQuote) -> None:
 def _quote_fmspc(q: TdxQuote) -> bytes | None:
     if q.pck_chain_pem is None:
         return None
-    ext, _ = _call_library(dcap_qvl.parse_pck_extension_from_pem, q.pck_chain_pem)
+    ext, _ = call_library(dcap_qvl.parse_pck_extension_from_pem, q.pck_chain_pem)
     return bytes(ext.fmspc) if ext is not None else None
 
 
-def _check_collateral(
-    v: Verdict,
-    collateral: str | Mapping[str, Any] | None,
-    fmspc: bytes | None,
-    *,
-    tee: str = "TDX",
-    qe_id: str = "TD_QE",
-    no_fmspc: str = "the quote carries no readable PCK certificate (FMSPC unknown)",
-) -> _Collateral | None:
-    """Collateral present, well formed, for this TEE (tcbInfo ``tee``, QE identity ``qe_id``) and this FMSPC.
-
-    Shared with the SGX verifier, which passes ``tee="SGX", qe_id="QE"``.
-    """
-    expected = f"dcap-qvl collateral JSON: {tee} tcbInfo for the quote's FMSPC, {qe_id} identity, CRLs"
-    col, problem = _load_collateral(collateral)
-    if col is None:
-        v.add("collateral", False, expected=expected, found="missing" if problem is None else "unusable",
-              detail=problem or "no collateral supplied: DCAP cannot be verified (fail closed)")
-        return None
-    problems = []
-    tcb_info = _json_object(col.fields["tcb_info"])
-    qe_identity = _json_object(col.fields["qe_identity"])
-    tcb_fmspc = str(tcb_info.get("fmspc", "")).lower()
-    if tcb_info.get("id") != tee:
-        problems.append(f"tcbInfo.id is {tcb_info.get('id')!r}, not {tee!r}")
-    if qe_identity.get("id") != qe_id:
-        problems.append(f"qeIdentity.id is {qe_identity.get('id')!r}, not {qe_id!r}")
-    if fmspc is None:
-        problems.append(no_fmspc)
-    elif tcb_fmspc != fmspc.hex():
-        problems.append(f"tcbInfo is for FMSPC {tcb_fmspc or '?'}, the quote's PCK is {fmspc.hex()}")
-    v.add(
-        "collateral",
-        not problems,
-        expected=expected,
-        found=f"tcbInfo {tcb_info.get('id')} v{tcb_info.get('version')} FMSPC {tcb_fmspc}, "
-        f"qeIdentity {qe_identity.get('id')}",
-        detail="; ".join(problems),
-    )
-    return col
-
-
-def _load_collateral(collateral: str | Mapping[str, Any] | None) -> tuple[_Collateral | None, str | None]:
-    """(collateral, None), or (None, why); (None, None) when nothing was supplied."""
-    if collateral is None or (isinstance(collateral, (str, Mapping)) and not collateral):
-        return None, None
-    try:
-        obj: Any = json.loads(collateral) if isinstance(collateral, str) else dict(collateral)
-    except (ValueError, TypeError) as exc:
-        return None, f"collateral is not JSON: {_message(exc)}"
-    if not isinstance(obj, dict):
-        return None, f"collateral must be a JSON object, not {type(obj).__name__}"
-    missing = [k for k in _COLLATERAL_KEYS if not isinstance(obj.get(k), str) or not obj[k]]
-    if missing:
-        return None, f"collateral lacks (or has non-string) {', '.join(missing)}"
-    for key in ("tcb_info", "qe_identity"):
-        if not _json_object(obj[key]):
-            return None, f"collateral {key} is not a JSON object"
-    try:
-        text = collateral if isinstance(collateral, str) else json.dumps(obj)
-    except (TypeError, ValueError) as exc:
-        return None, f"collateral is not JSON-serializable: {_message(exc)}"
-    library, err = _call_library(dcap_qvl.QuoteCollateralV3.from_json, text)
-    if library is None:
-        return None, f"dcap-qvl refuses the collateral: {err}"
-    return _Collateral(fields={k: obj[k] for k in _COLLATERAL_KEYS}, library=library), None
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        return {}
-    return obj if isinstance(obj, dict) else {}
-
-
-def _check_collateral_validity(v: Verdict, col: _Collateral | None, now: datetime.datetime) -> None:
-    """Every dated piece of collateral (tcbInfo, QE identity, both CRLs) must be valid at ``now``."""
-    expected = f"tcbInfo, QE identity, PCK and root CRLs all valid at {_iso(now)}"
-    if col is None:
-        v.add("collateral validity", False, expected=expected, detail="no usable collateral")
-        return
-    windows: list[tuple[str, datetime.datetime | None, datetime.datetime | None]] = []
-    for name, key in (("tcbInfo", "tcb_info"), ("qeIdentity", "qe_identity")):
-        obj = _json_object(col.fields[key])
-        windows.append((name, _parse_time(obj.get("issueDate")), _parse_time(obj.get("nextUpdate"))))
-    for name, key in (("root CA CRL", "root_ca_crl"), ("PCK CRL", "pck_crl")):
-        try:
-            crl = x509.load_der_x509_crl(bytes.fromhex(col.fields[key]))
-            windows.append((name, crl.last_update_utc, crl.next_update_utc))
-        except ValueError:
-            windows.append((name, None, None))
-    problems = []
-    for name, start, end in windows:
-        if start is None or end is None:
-            problems.append(f"{name}: no readable validity window")
-        elif now < start:
-            problems.append(f"{name} not valid before {_iso(start)}")
-        elif now > end:
-            problems.append(f"{name} expired {_iso(end)}")
-    starts = [s for _, s, _ in windows if s is not None]
-    ends = [e for _, _, e in windows if e is not None]
-    found = f"valid {_iso(max(starts))}..{_iso(min(ends))}" if starts and ends else "no validity window"
-    v.add("collateral validity", not problems, expected=expected, found=found, detail="; ".join(problems))
-
-
-def _parse_time(value: Any) -> datetime.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        t = datetime.datetime.fromisoformat(value)  # Intel writes "2026-01-12T16:03:13Z"
-    except ValueError:
-        return None
-    return t if t.tzinfo is not None else None
-
-
-def _iso(t: datetime.datetime) -> str:
-    return t.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _check_trust_anchor(v: Verdict, pck_chain_pem: bytes | None, col: _Collateral | None) -> bytes | None:
-    """Find the certificate whose DER hashes to the pinned Intel root; it becomes dcap-qvl's only trust anchor.
-
-    Shared with the SGX verifier (same root, same collateral format).
-    """
-    expected = f"Intel SGX Root CA sha256 {INTEL_SGX_ROOT_CA_SHA256}"
-    sources: list[tuple[str, bytes]] = []
-    if pck_chain_pem is not None:
-        sources.append(("the quote's PCK chain", pck_chain_pem))
-    if col is not None:
-        sources += [(f"collateral {k}", col.fields[k].encode()) for k in _ISSUER_CHAINS]
-    for where, pem in sources:
-        for der in _pem_certificates(pem):
-            if hmac.compare_digest(hashlib.sha256(der).hexdigest(), INTEL_SGX_ROOT_CA_SHA256):
-                v.add("trust anchor", True, expected=expected, found=f"found in {where}")
-                return der
-    v.add("trust anchor", False, expected=expected, found="not found",
-          detail="no certificate in the quote or collateral matches the pinned Intel root")
-    return None
-
-
-def _pem_certificates(pem: bytes) -> list[bytes]:
-    out = []
-    for m in _PEM_CERT.finditer(pem):
-        try:
-            out.append(base64.b64decode(b"".join(m.group(1).split()), validate=True))
-        except binascii.Error:
-            continue
-    return out
-
-
-def _check_dcap(
-    v: Verdict,
-    raw_quote: bytes,
-    col: _Collateral | None,
-    root_der: bytes | None,
-    now: datetime.datetime,
-    report_differs: Callable[[str], list[str]],
-) -> tuple[str | None, list[str], str | None]:
-    """dcap-qvl: PCK chain + CRLs to the pinned root, QE report signature and identity, quote signature, TCB level.
-
-    ``report_differs`` compares the report dcap-qvl says it verified with the caller's own parse. Shared with the
-    SGX verifier. Returns (TCB status, advisory ids, error message).
-    """
-    expected = f"quote, QE report and PCK chain verify to the pinned Intel root at {_iso(now)}"
-    if col is None or root_der is None:
-        why = "no usable collateral" if col is None else "no pinned trust anchor"
-        v.add("DCAP verification", False, expected=expected, found="not run", detail=f"{why} (fail closed)")
-        return None, [], why
-    result, err = _call_library(dcap_qvl.verify_with_root_ca, raw_quote, col.library, root_der, int(now.timestamp()))
-    if result is None:
-        v.add("DCAP verification", False, expected=expected, found="error", detail=f"dcap-qvl: {err}")
-        return None, [], err
-    status = str(result.status)
-    advisories = sorted(str(a) for a in result.advisory_ids)
-    # dcap-qvl reports the report it verified; it must be the one policy reads.
-    differs = report_differs(str(result.to_json()))
-    v.add(
-        "DCAP verification",
-        not differs,
-        expected=expected,
-        found=f"verified, TCB status {status}",
-        detail=f"verified report differs from the parsed quote in {', '.join(differs)}" if differs else "",
-    )
-    return status, advisories, None
-
-
 def _verified_report_differs(q: TdxQuote, report_json: str) -> list[str]:
-    report = _json_object(report_json).get("report")
+    report = json_object(report_json).get("report")
     kind = "TD15" if q.mr_service_td is not None else "TD10"
     body = report.get(kind) if isinstance(report, dict) and len(report) == 1 else None
     if not isinstance(body, dict):
