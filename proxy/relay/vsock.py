@@ -154,6 +154,10 @@ class VsockBridge:
         self._tasks.add(task)
         try:
             await self._bridge(client_r, client_w)
+        except asyncio.CancelledError:
+            # close() cancelled us and cleaned up in _bridge; end normally, because asyncio.start_server's done
+            # callback calls task.exception(), which raises (and logs a traceback) for a cancelled task on 3.11.
+            pass
         finally:
             self._tasks.discard(task)
 
@@ -184,12 +188,15 @@ class VsockBridge:
         finally:
             for t in pipes:
                 t.cancel()
-            await asyncio.gather(*pipes, return_exceptions=True)  # readers and writers off the socket before close
-            up.close()
-            if clean:
-                client_w.close()
-            else:
-                client_w.transport.abort()
+            try:
+                await asyncio.gather(*pipes, return_exceptions=True)  # readers and writers off the socket first
+            finally:
+                # Also when the bridge is closed (this task cancelled) during the gather: nothing may stay open.
+                up.close()
+                if clean:
+                    client_w.close()
+                else:
+                    client_w.transport.abort()
             with contextlib.suppress(OSError):
                 await client_w.wait_closed()
 
