@@ -102,6 +102,10 @@ def make_provider(args: argparse.Namespace) -> EvidenceProvider:
     kind = args.attestation
     present = [d for d in TEE_DEVICES if os.path.exists(d)]
     if kind == "simulated":
+        from .attestation.azure.vtpm import hcl_report_present
+
+        if not present and hcl_report_present(args.tpm_tcti):
+            present = ["an Azure HCL report in the vTPM"]
         if present:
             raise SystemExit(
                 f"veil gateway: TEE hardware found ({', '.join(present)}); refusing to publish simulated evidence on "

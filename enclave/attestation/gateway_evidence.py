@@ -70,8 +70,11 @@ class GatewayEvidence:
         self.gpu = gpu
         self.pccs_url = pccs_url
         self.platform = cpu.platform
-        #: seconds the CPU evidence stays verifiable (None: as long as the keys); the gateway re-collects at half
-        self.max_evidence_age: float | None = getattr(cpu, "max_evidence_age", None)
+
+    def evidence_expiry(self, bundle: Bundle) -> float | None:
+        """When the CPU evidence stops verifying (None: it does not expire by itself)."""
+        expiry = getattr(self.cpu, "evidence_expiry", None)
+        return None if expiry is None else expiry(bundle)
 
     def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"") -> Bundle:
         if self.gpu is not None and not gpu_evidence:

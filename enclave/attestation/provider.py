@@ -13,8 +13,8 @@ class EvidenceProvider(Protocol):
     #: "simulated", "sev-snp", "tdx", ...
     platform: str
 
-    # Optional: ``max_evidence_age: float`` (seconds the evidence stays verifiable, e.g. 3 hours for AWS Nitro
-    # documents); the gateway collects again at half of it.
+    # Optional: ``evidence_expiry(bundle) -> float | None``: the unix time the bundle stops verifying (a Nitro
+    # document's leaf certificate, an MAA token's exp); the gateway collects again halfway there.
 
     def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"") -> Bundle:
         """Evidence whose REPORT_DATA is :func:`report_data` of ``key_config``, ``gpu_evidence`` and ``nonce``."""

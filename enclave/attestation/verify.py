@@ -135,21 +135,30 @@ def _verify_azure(bundle: Bundle, policy: Policy, now: dt.datetime, expected_rd:
         bundle.report, tpm_quote, tpm_sig, pcrs, chain, c.get("collateral"), policy.for_platform("azure"), now=now,
         expected_nonce=nonce, td_quote=td_quote, snp_policy=policy.snp, tdx_policy=policy.tdx,
     )
-    if "maa_token" in c:
-        _verify_attached_maa(verdict, c, policy, now, nonce)
+    _verify_attached_maa(verdict, c, policy, now, nonce)
     return verdict
 
 
 def _verify_attached_maa(verdict: Verdict, c: dict[str, str], policy: Policy, now: dt.datetime,
                          nonce: bytes | None) -> None:
     """An MAA token a gateway attached beside its vTPM evidence. The client verified the evidence itself; the token
-    adds Microsoft's appraisal for relying parties that trust an MAA instance. It is checked (and can fail the
-    verdict) only when the policy names MAA issuers; otherwise the document says it was not used."""
+    adds Microsoft's appraisal for relying parties that trust an MAA instance. When the policy names MAA issuers the
+    token is required (the bundle's attachments are not signed: a relay could drop it) and its signing key must be
+    pinned by ``key_thumbprints`` (the JWKS travels in the same unsigned bundle, so without a pin anyone could sign
+    a token). Without MAA issuers the document says the token was not used."""
     from .azure import verify_maa_token
 
     maa = policy.for_platform("maa")
     if not maa.issuers:
-        verdict.claims["maa_token"] = "attached, not verified: the policy names no [maa] issuers"
+        if "maa_token" in c:
+            verdict.claims["maa_token"] = "attached, not verified: the policy names no [maa] issuers"
+        return
+    if not verdict.add("MAA token present", "maa_token" in c, "a token (the policy names [maa] issuers)",
+                       "attached" if "maa_token" in c else "none"):
+        return
+    if not verdict.add("MAA signing keys pinned", bool(maa.key_thumbprints), "[maa] key_thumbprints",
+                       f"{len(maa.key_thumbprints)} pinned",
+                       "" if maa.key_thumbprints else "the signing keys come with the bundle: pin them"):
         return
     try:
         jwks = orjson.loads(c.get("maa_jwks", "{}"))

@@ -89,8 +89,13 @@ async def _rotation_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
 
     async def rotate_now() -> None:
-        new = await state.rotate_async()
-        log.info("rotated keys: key id %d is now published", new.config.key_id)
+        try:
+            new = await state.rotate_async()
+        except Exception:  # a bug, or all 256 key ids in use: say so, and let the next interval try again
+            log.exception("key rotation failed")
+            return
+        if new is not None:
+            log.info("rotated keys: key id %d is now published", new.config.key_id)
 
     pending: set[asyncio.Task[None]] = set()
 

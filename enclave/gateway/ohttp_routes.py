@@ -110,9 +110,9 @@ def _max_age(state: GatewayState) -> int:
     change = state.keyring.next_change()
     if change is not None:
         age = min(age, max(0, int(change - time.time())))
-    lifetime: float | None = getattr(state.provider, "max_evidence_age", None)
-    if lifetime and state.bundle is not None:  # no cache may keep evidence past the moment it is re-collected
-        age = min(age, max(0, int(state.bundle.issued_at + lifetime / 2 - time.time())))
+    due = state.refresh_due()
+    if due is not None:  # no cache may keep evidence (or the keys it binds) past the moment it is re-collected
+        age = min(age, max(0, int(due - time.time())))
     return age
 
 

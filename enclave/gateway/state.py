@@ -7,7 +7,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from ohttp import Gateway, GatewayKey, KeyRing
+from ohttp import Gateway, GatewayKey, KeyRing, encode_list
+
 
 from ..api import Api
 from ..attestation import Bundle, EvidenceProvider
@@ -75,29 +76,57 @@ class GatewayState:
     def _publish(self, body: bytes, bundle: Bundle) -> None:
         self.keys_body, self.bundle, self.bundle_json = body, bundle, bundle.to_json()
 
-    def _evidence_stale(self) -> bool:
-        """Evidence that expires (a Nitro document's leaf certificate lives 3 hours) is collected again at half its
-        life, so a client never receives a bundle whose certificates lapse before it verifies them."""
-        lifetime: float | None = getattr(self.provider, "max_evidence_age", None)
-        if not lifetime or self.bundle is None:
-            return False
-        return time.time() - self.bundle.issued_at > lifetime / 2
+    def refresh_due(self) -> float | None:
+        """When the published evidence must be collected again (unix time), or None if only a key change will.
 
-    def rotate(self) -> GatewayKey:
-        """Generate a new key in memory and retire the others after the grace period; the new key is served once
-        :meth:`refresh` or :meth:`refresh_async` has evidence for it."""
+        Evidence that expires (a Nitro document's leaf certificate, an MAA token) is collected again halfway
+        through the life it had left when collected, so no client receives a bundle that lapses before it is
+        verified; ``Cache-Control`` on the bundle and the keys never reaches past this moment either."""
+        expiry = getattr(self.provider, "evidence_expiry", None)
+        if expiry is None or self.bundle is None:
+            return None
+        expires: float | None = expiry(self.bundle)
+        if expires is None:
+            return None
+        return self.bundle.issued_at + max(0.0, expires - self.bundle.issued_at) / 2
+
+    def _evidence_stale(self) -> bool:
+        due = self.refresh_due()
+        return due is not None and time.time() >= due
+
+    def _new_key(self) -> GatewayKey:
         current = self.keyring.published()
         template = current[0].config if current else None
         key_id = self.keyring.next_key_id()
         if template is not None:
-            new = GatewayKey.generate(key_id, template.kem, template.suites, not_before=time.time())
-        else:
-            new = GatewayKey.generate(key_id, not_before=time.time())
+            return GatewayKey.generate(key_id, template.kem, template.suites, not_before=time.time())
+        return GatewayKey.generate(key_id, not_before=time.time())
+
+    def rotate(self) -> GatewayKey:
+        """Generate a new key in memory, publish it with its evidence (collected here, blocking), and retire the
+        others after the grace period. For a running server use :meth:`rotate_async`."""
+        new = self._new_key()
         self.keyring.rotate(new, self.config.rotation_grace)
+        self.refresh()
         return new
 
-    async def rotate_async(self) -> GatewayKey:
-        """:meth:`rotate`, then publish the new key with its evidence once collected (off the event loop)."""
-        new = self.rotate()
-        await self.refresh_async()
+    async def rotate_async(self) -> GatewayKey | None:
+        """Rotate without stalling the server: collect the evidence for the new key list first (in a worker
+        thread), and only then switch the keyring and publish the new keys with it. If collection fails nothing
+        changes (the old key is not retired early) and None is returned."""
+        new = self._new_key()
+        body = encode_list([new.config])  # what the keyring publishes after rotate(): the new key alone
+        async with self._refresh_lock:
+            try:
+                bundle = await asyncio.to_thread(self.provider.collect, body)
+            except AttestationError as exc:
+                log.error("key rotation postponed: no evidence for the new key: %s", exc)
+                return None
+            self.keyring.rotate(new, self.config.rotation_grace)
+            self.keyring.purge()
+            if self.keyring.encode_published() != body:  # cannot happen with a key valid from now; never split
+                log.error("key rotation: the keyring publishes something else than the new key; not published")
+                return None
+            self._publish(body, bundle)
+            self.metrics.keys.set(len(self.keyring))
         return new

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from enclave.attestation.azure import PLATFORM_SNP, PLATFORM_TDX, AzureCvmEvidence, load_trustee_evidence
+from enclave.attestation.azure import PLATFORM_SNP, PLATFORM_TDX, AzureCvmEvidence, jwk_thumbprint, load_trustee_evidence
 from enclave.attestation.azure import provider as azure_provider
 from enclave.attestation.azure.hcl import parse_hcl_report
 from enclave.attestation.azure.policy import AzurePolicy, MaaPolicy
@@ -275,7 +275,8 @@ def test_maa_token_is_requested_attached_and_verified_when_the_policy_names_maa(
         ("POST", maa + "/attest/SevSnpVm?api-version=2022-08-01"): json.dumps({"token": token}).encode(),
         ("GET", maa + "/certs"): jwks,
     })
-    bundle = AzureVtpmProvider(RecordedVtpm(v2), http, maa_url=maa + "/", refresh_delay=0).collect(KEYS)
+    provider = AzureVtpmProvider(RecordedVtpm(v2), http, maa_url=maa + "/", refresh_delay=0)
+    bundle = provider.collect(KEYS)
     post = [r for r in http.requests if r[0] == "POST"][0]
     body = json.loads(post[2])
     hcl = parse_hcl_report(v2.hcl_report)
@@ -289,24 +290,34 @@ def test_maa_token_is_requested_attached_and_verified_when_the_policy_names_maa(
     when = datetime.datetime.fromtimestamp(MAA_CVM_NBF + 60, datetime.UTC)
     # No [maa] issuers: the token is carried but not used, and the document says so.
     plain = verify_bundle(received, KEYS, snp_policy(), now=when, check_binding=False)
-    assert not any(c.name.startswith("MAA token") for c in plain.checks)
+    assert not any(c.name.startswith("MAA") for c in plain.checks)
     assert "not verified" in plain.claims["maa_token"]
-    # With [maa]: every token check is in the verdict and can fail it. This recorded token (another VM's) is genuine,
-    # so all pass without binding; bound to our key, it fails at its runtime binding, as the TPM quote does.
+    # With [maa] issuers and the signing key pinned: every token check is in the verdict and can fail it. This
+    # recorded token (another VM's) is genuine, so all pass without binding; bound to our key, it fails at its
+    # runtime binding, as the TPM quote does. (The recorded token, of March 2023, is older than this recorded VM's
+    # VCEK: that check fails at the token's time.)
+    pins = tuple(jwk_thumbprint(k) for k in json.loads(jwks)["keys"])
     policy = dataclasses.replace(snp_policy(), maa=MaaPolicy(issuers=(MAA_CVM_ISS,), any_measurement=True,
-                                                             allow_rsa1024=True))
+                                                             allow_rsa1024=True, key_thumbprints=pins))
     v = verify_bundle(received, KEYS, policy, now=when, check_binding=False)
-    by_name = {c.name: c.ok for c in v.checks}
-    assert by_name["MAA token: token signature"] is True and by_name["MAA token: issuer"] is True
-    assert by_name["MAA token: validity"] is True
-    # (The recorded token, of March 2023, is older than this recorded VM's VCEK: that check fails at the token's time.)
     vcek_too_new = "SNP: certificate validity"
-    maa_checks = {k for k in by_name if k.startswith("MAA token: ")}
+    maa_checks = {c.name for c in v.checks if c.name.startswith("MAA token: ")}
     assert len(maa_checks) == 12 and failed(v) == {vcek_too_new}
     bound = verify_bundle(received, KEYS, policy, now=when)
     assert failed(bound) == {vcek_too_new, "TPM nonce binding", "MAA token: runtime key binding"}
     late = verify_bundle(received, KEYS, policy, now=when + datetime.timedelta(days=1), check_binding=False)
     assert failed(late) == {vcek_too_new, "MAA token: validity"}
+    # The attachments are not signed: a dropped token, or keys that are not pinned, fail when MAA is required.
+    dropped = dataclasses.replace(received, certs={k: v for k, v in received.certs.items() if k != "maa_token"})
+    assert failed(verify_bundle(dropped, KEYS, policy, now=when, check_binding=False)) == {vcek_too_new,
+                                                                                          "MAA token present"}
+    unpinned = dataclasses.replace(policy, maa=dataclasses.replace(policy.maa, key_thumbprints=()))
+    assert failed(verify_bundle(received, KEYS, unpinned, now=when, check_binding=False)) == {
+        vcek_too_new, "MAA signing keys pinned"}
+    # The gateway collects again halfway to the token's exp (8 hours after iat).
+    exp = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))["exp"]
+    assert provider.evidence_expiry(bundle) == exp
+    assert provider.evidence_expiry(dataclasses.replace(bundle, certs={})) is None
 
 
 # --- tpm2-tools against swtpm ----------------------------------------------------------------------------------------
@@ -441,3 +452,21 @@ def test_gateway_refuses_to_start_with_azure_attestation_on_a_plain_tpm(swtpm: t
     assert out.returncode != 0
     assert "--attestation azure" in out.stderr and "Azure confidential VM" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_simulated_attestation_is_refused_where_the_tpm_holds_an_hcl_report(swtpm: tuple[str, Path]) -> None:
+    # Last in this module: it defines the HCL index in the shared swtpm, and removes it again.
+    tcti = swtpm[0]
+    env = {**os.environ, "TPM2TOOLS_TCTI": tcti}
+    index = f"0x{HCL_REPORT_NV_INDEX:08x}"
+    subprocess.run(["tpm2_nvdefine", index, "-C", "o", "-s", "64", "-a", "ownerread|ownerwrite|authread|authwrite"],
+                   env=env, check=True, capture_output=True)
+    try:
+        repo = Path(__file__).resolve().parents[2]
+        out = subprocess.run([sys.executable, "-m", "veil_cli", "gateway", "--attestation", "simulated", "--engine",
+                              "echo", "--tpm-tcti", tcti, "--listen", f"127.0.0.1:{_free_port()}"],
+                             capture_output=True, text=True, timeout=60, cwd=repo)
+        assert out.returncode != 0 and "Traceback" not in out.stderr
+        assert "an Azure HCL report in the vTPM" in out.stderr and "refusing to publish simulated" in out.stderr
+    finally:
+        subprocess.run(["tpm2_nvundefine", index, "-C", "o"], env=env, check=True, capture_output=True)

@@ -258,11 +258,17 @@ def test_real_nsm_binds_our_key() -> None:  # pragma: no cover - only inside an 
     assert doc.user_data == report_data(KEY_CONFIG, b"", NONCE) and doc.nonce == NONCE
 
 
-def test_documents_are_collected_again_before_their_leaf_certificate_lapses() -> None:
+def test_documents_are_collected_again_before_their_leaf_certificate_lapses(docs: dict[str, bytes]) -> None:
     from enclave.attestation.gateway_evidence import GatewayEvidence
 
     device: NsmDevice = FakeNsm(b"")  # the fake satisfies the device protocol (checked by mypy here)
     provider = NitroProvider(device)
-    # AWS issues the leaf for 3 hours; the gateway re-collects at half (GatewayState), through GatewayEvidence too.
-    assert provider.max_evidence_age == 3 * 3600
-    assert GatewayEvidence(provider).max_evidence_age == 3 * 3600
+    # The NSM reuses its leaf: the bundle expires with the leaf, whatever time is left of it (the gateway collects
+    # again halfway there; GatewayState). This recorded document was issued 1 h 20 min before its leaf expired.
+    doc = docs["prod-pubkey-oyster"]
+    bundle = Bundle(platform="aws-nitro", key_config=KEY_CONFIG, report=doc,
+                    issued_at=at_doc_time(doc).timestamp())
+    expires = provider.evidence_expiry(bundle)
+    assert expires == datetime.datetime(2024, 12, 13, 8, 57, 45, tzinfo=datetime.UTC).timestamp()
+    assert 79 * 60 < expires - bundle.issued_at < 81 * 60
+    assert GatewayEvidence(provider).evidence_expiry(bundle) == expires

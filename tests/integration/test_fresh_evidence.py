@@ -57,9 +57,10 @@ async def test_failed_fresh_evidence_is_a_503_problem(aiohttp_client) -> None:  
 
 
 class ExpiringProvider(CountingProvider):
-    """Evidence that stays verifiable for 2 seconds (as a Nitro document does for 3 hours)."""
+    """Evidence that stays verifiable for 2 seconds after collection (a Nitro document: its leaf's lifetime)."""
 
-    max_evidence_age = 2.0
+    def evidence_expiry(self, bundle: Bundle) -> float:
+        return bundle.issued_at + 2.0
 
 
 async def test_expiring_evidence_is_collected_again_at_half_its_life(aiohttp_client) -> None:  # type: ignore[no-untyped-def]
@@ -128,8 +129,12 @@ async def test_failed_collection_keeps_the_previous_keys_and_evidence(aiohttp_cl
     from enclave.gateway.appkeys import STATE
 
     client = await _client(aiohttp_client, FailingAfterStartProvider())
+    state = client.server.app[STATE]
     before = await (await client.get("/.well-known/ohttp-gateway")).read()
-    await client.server.app[STATE].rotate_async()
+    assert await state.rotate_async() is None  # postponed: no evidence for the new key
     keys = await (await client.get("/.well-known/ohttp-gateway")).read()
     bundle = Bundle.from_json(await (await client.get("/.well-known/veil-attestation")).read())
     assert keys == before == bundle.key_config
+    # The published key was not retired by the failed rotation: it stays accepted past any grace period.
+    (published,) = state.keyring.published()
+    assert published.published and published.not_after is None

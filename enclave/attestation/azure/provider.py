@@ -132,6 +132,17 @@ class AzureVtpmProvider:
         return Bundle(platform=self.platform, key_config=key_config, report=hcl.raw, gpu_evidence=gpu_evidence,
                       nonce=nonce, certs=certs, issued_at=time.time())
 
+    def evidence_expiry(self, bundle: Bundle) -> float | None:
+        """An attached MAA token's ``exp`` (tokens live 8 hours); vTPM evidence itself does not expire."""
+        token = bundle.certs.get("maa_token")
+        if token is None:
+            return None
+        try:  # read, not verified: this only schedules the next collection
+            exp = json.loads(b64url_decode(token.split(".")[1])).get("exp")
+        except (IndexError, TypeError, ValueError):
+            return None
+        return float(exp) if isinstance(exp, (int, float)) else None
+
     # --- the vTPM --------------------------------------------------------------------------------------------------
 
     def _refresh_hcl(self, user_data: bytes) -> HclReport:

@@ -130,3 +130,14 @@ class Tpm2Tools:
         # tpm2_quote writes the values in selection order, which is ascending index order for one bank.
         ordered = sorted(pcrs)
         return QuoteOutput(message, signature, {i: values[32 * n: 32 * n + 32] for n, i in enumerate(ordered)})
+
+
+def hcl_report_present(tcti: str | None = None) -> bool:
+    """Whether this machine's TPM holds an Azure HCL report (so it is an Azure confidential VM, whose TEE the guest
+    cannot otherwise see). False when there is no TPM or no tpm2-tools: then nothing can be said."""
+    if tcti is None and not os.path.exists("/dev/tpmrm0"):
+        return False
+    try:
+        return HCL_REPORT_NV_INDEX in Tpm2Tools(tcti, timeout=10).nv_indices()
+    except TpmError:
+        return False

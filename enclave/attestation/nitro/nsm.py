@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from typing import Any, Final, Protocol, Self
 
 import cbor2
+from cryptography import x509
 
 from ..bundle import Bundle, report_data
 from ..errors import AttestationError, EvidenceFormatError
@@ -199,9 +200,6 @@ class NitroProvider:
     """
 
     platform: str = PLATFORM
-    #: A document's leaf certificate is valid for 3 hours and clients check it at their own clock, so the gateway
-    #: collects a new document at half that (see ``GatewayState``).
-    max_evidence_age: float = 3 * 3600.0
 
     def __init__(self, device: NsmDevice | None = None, path: str = DEFAULT_PATH) -> None:
         """Use ``device``, or open ``path``.
@@ -223,6 +221,12 @@ class NitroProvider:
             except OSError as exc:
                 raise NsmError(f"cannot open the Nitro Security Module device {path}: {exc.strerror or exc}") from None
         self._device = device
+
+    def evidence_expiry(self, bundle: Bundle) -> float:
+        """When the document's leaf certificate expires. Clients check it at their own clock, and the NSM reuses
+        its leaf (a recorded document had 1 h 20 min of it left), so the gateway collects again halfway there."""
+        leaf = x509.load_der_x509_certificate(parse_document(bundle.report).certificate)
+        return leaf.not_valid_after_utc.timestamp()
 
     def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"") -> Bundle:
         """A bundle whose document's ``user_data`` is :func:`report_data` of ``key_config``, ``gpu_evidence`` and
