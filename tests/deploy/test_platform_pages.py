@@ -18,8 +18,10 @@ GATEWAY_OPTIONS = {o.name for o in OPTIONS}
 
 
 def _placeholders_to_values(toml: str) -> str:
-    # "<96 hex: ...>" -> 96 zero digits; the loader checks lengths, so a wrong size in a page fails too.
-    return re.sub(r"<(\d+) hex[^>]*>", lambda m: "0" * int(m.group(1)), toml)
+    # "<96 hex: ...>" -> 96 zero digits, "<43 base64url: ...>" -> 43 "A"s; the loader checks lengths, so a wrong
+    # size in a page fails too.
+    toml = re.sub(r"<(\d+) hex[^>]*>", lambda m: "0" * int(m.group(1)), toml)
+    return re.sub(r"<(\d+) base64url[^>]*>", lambda m: "A" * int(m.group(1)), toml)
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -44,6 +46,6 @@ def test_gateway_options_in_the_page_exist(page: str) -> None:
     # Options of other commands that the pages mention (relay, attest verify, nitro-cli, docker, sudo usermod).
     others = {"gateway", "any-measurement", "no-binding", "policy", "eif-path", "cpu-count", "memory", "enclave-cid",
               "debug-mode", "docker-uri", "output-file", "set-cc-mode", "reset-after-cc-mode-switch", "enclave-id",
-              "config"}
+              "config", "maa-token", "jwks"}
     unknown = named - GATEWAY_OPTIONS - others
     assert not unknown, f"{page} names options veil gateway does not have: {sorted(unknown)}"
