@@ -19,6 +19,7 @@ from .api.router import CACHE_SALT_MODES
 from .attestation import EvidenceProvider, SimulatedProvider
 from .attestation.errors import AttestationError
 from .attestation.gateway_evidence import GpuEvidenceSource
+from .attestation.provider import PROVIDER_KINDS
 from .engines import EchoEngine, Engine, UpstreamEngine
 from .gateway import GatewayConfig, create_app
 from .kbs_client import load_broker_keys
@@ -30,7 +31,6 @@ log = logging.getLogger("veil.gateway")
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = str(Path.home() / ".cache" / "veil" / "models" / "SmolLM2-135M-Instruct")
 
-ATTESTATION_KINDS = ("simulated", "auto", "sev-snp", "tdx", "azure", "nitro")
 
 OPTIONS = [
     Option("listen", "HOST:PORT to listen on, or vsock:PORT (AWS Nitro Enclaves: no network inside)",
@@ -60,7 +60,7 @@ OPTIONS = [
            False, flag=True),
     Option("attestation", "evidence provider: auto (the TEE this machine is), sev-snp, tdx (configfs-tsm), azure "
            "(Azure CVM: HCL report + vTPM quote), nitro (AWS Nitro Enclaves: /dev/nsm), or simulated (development; "
-           "refused on TEE hardware)", "simulated", choices=ATTESTATION_KINDS),
+           "refused on TEE hardware)", "simulated", choices=PROVIDER_KINDS),
     Option("tpm-tcti", "--attestation azure: TPM2TOOLS_TCTI for tpm2-tools (default: the kernel's /dev/tpmrm0)"),
     Option("azure-imds-url", "--attestation azure: Azure instance metadata service (VCEK chain, TD quotes)",
            "http://169.254.169.254"),

@@ -1,10 +1,14 @@
-"""The interface of evidence providers (simulated now; SEV-SNP, TDX and NVIDIA slot in here)."""
+"""The interface of evidence providers (simulated, configfs-tsm SNP/TDX, Azure vTPM, AWS Nitro) and their names."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Final, Protocol
 
 from .bundle import Bundle
+
+
+#: ``--attestation`` values of ``veil gateway`` and ``veil broker``.
+PROVIDER_KINDS: Final = ("simulated", "auto", "sev-snp", "tdx", "azure", "nitro")
 
 
 class EvidenceProvider(Protocol):

@@ -11,6 +11,8 @@ from aiohttp import web
 
 from veil_cli import Option, add_options
 
+from ..attestation.provider import PROVIDER_KINDS
+
 from .audit import AuditLog
 from .config import BrokerConfigError, load_resources
 from .protocol import KbsProtocolError, parse_resource_path
@@ -26,8 +28,11 @@ OPTIONS = [
     Option("insecure-allow-simulated", "accept SIMULATED gateway evidence (development only; its measurement must "
            "still be in the policy's [simulated] table)", False, flag=True),
     Option("attestation", "the broker's own evidence provider (like veil gateway --attestation)", "simulated",
-           choices=("simulated", "auto", "sev-snp", "tdx")),
+           choices=PROVIDER_KINDS),
     Option("pccs-url", "PCCS for TDX collateral (default: Intel PCS)"),
+    Option("tpm-tcti", "--attestation azure: TPM2TOOLS_TCTI for tpm2-tools (default: the kernel's /dev/tpmrm0)"),
+    Option("azure-imds-url", "--attestation azure: Azure instance metadata service", "http://169.254.169.254"),
+    Option("nsm-device", "--attestation nitro: the Nitro Security Module device", "/dev/nsm"),
     Option("tls-cert", "TLS certificate (PEM); without it a fresh self-signed one is made in memory"),
     Option("tls-key", "TLS private key (PEM) for --tls-cert"),
     Option("session-timeout", "seconds an RCAR session lives from /auth", 300.0, type=float),
@@ -82,8 +87,11 @@ def run(args: argparse.Namespace) -> int:
     from .app import BrokerConfig, create_app
     from .tls import load_identity
 
-    provider = make_provider(argparse.Namespace(attestation=args.attestation, gpu_evidence_command=None,
-                                                pccs_url=args.pccs_url))
+    # The broker's own evidence: the gateway's providers, without GPU evidence or an MAA token.
+    provider = make_provider(argparse.Namespace(
+        attestation=args.attestation, gpu_evidence="none", gpu_evidence_command=None, pccs_url=args.pccs_url,
+        tpm_tcti=args.tpm_tcti, azure_imds_url=args.azure_imds_url, maa_url=None, nsm_device=args.nsm_device,
+    ))
     try:
         identity, ssl_ctx = load_identity(args.tls_cert, args.tls_key, host)
     except (OSError, ValueError) as exc:
