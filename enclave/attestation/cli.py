@@ -42,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     raw.add_argument("--azure-evidence", metavar="F", help="Azure CVM evidence (az-snp-vtpm / az-tdx-vtpm JSON: "
                      "HCL report, vTPM quote, PCRs, VCEK)")
     raw.add_argument("--amd-chain", metavar="F", help="ASK/ARK PEM for --azure-evidence (the JSON carries only the VCEK)")
+    raw.add_argument("--azure-hcl", metavar="F", help="Azure HCL report (binary, as read from vTPM NV index "
+                     "0x01400001), with --tpm-quote; SNP: --cert/--chain for the VCEK chain; TDX: --td-quote, --collateral")
+    raw.add_argument("--tpm-quote", metavar="F", help="vTPM quote for --azure-hcl: JSON {message, signature, pcrs}")
+    raw.add_argument("--td-quote", metavar="F", help="TD quote of an Azure TDX CVM for --azure-hcl")
     raw.add_argument("--maa-token", metavar="F", help="Microsoft Azure Attestation token (JWT)")
     raw.add_argument("--nitro-doc", metavar="F", help="AWS Nitro Enclaves attestation document (COSE_Sign1 CBOR)")
     raw.add_argument("--sgx-quote", metavar="F", help="Intel SGX quote (with --collateral)")
@@ -76,22 +80,45 @@ def _pem(data: bytes) -> str:
 
 
 def _snp_bundle(args: argparse.Namespace) -> Bundle:
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     from .snp import SigningKey, parse_report
 
     report = _read(args.snp_report)
+    leaf = "vlek" if parse_report(report).signing_key is SigningKey.VLEK else "vcek"
+    return Bundle(platform="sev-snp", key_config=b"", report=report, certs=_amd_certs(args, leaf))
+
+
+def _amd_certs(args: argparse.Namespace, leaf: str) -> dict[str, str]:
+    """``--cert`` (the VCEK or VLEK) and ``--chain`` (ASK/ASVK, ARK) by role, as bundles carry them."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     certs: dict[str, str] = {}
     if args.cert:
-        leaf = "vlek" if parse_report(report).signing_key is SigningKey.VLEK else "vcek"
         certs[leaf] = _pem(_read(args.cert))
     if args.chain:
         for cert in x509.load_pem_x509_certificates(_read(args.chain)):
             cn = cert.subject.rfc4514_string()
             role = "ark" if "ARK-" in cn else "asvk" if "ASVK" in cn or "SEV-VLEK" in cn else "ask"
             certs[role] = cert.public_bytes(Encoding.PEM).decode()
-    return Bundle(platform="sev-snp", key_config=b"", report=report, certs=certs)
+    return certs
+
+
+def _azure_bundle(hcl_report: bytes, tpm_quote: bytes, tpm_signature: bytes, pcrs: dict[int, bytes],
+                  certs: dict[str, str], td_quote: bytes | None, collateral: str | None) -> Bundle:
+    """The bundle a gateway's Azure provider publishes, from raw evidence (see ``verify._verify_azure``)."""
+    import base64
+
+    from .azure import parse_hcl_report
+
+    certs = {**certs, "tpm_quote": base64.b64encode(tpm_quote).decode(),
+             "tpm_signature": base64.b64encode(tpm_signature).decode(),
+             "pcrs": orjson.dumps([pcrs[i].hex() for i in sorted(pcrs)]).decode()}
+    if td_quote is not None:
+        certs["td_quote"] = base64.b64encode(td_quote).decode()
+    if collateral is not None:
+        certs["collateral"] = collateral
+    platform = "az-snp-vtpm" if parse_hcl_report(hcl_report).is_snp else "az-tdx-vtpm"
+    return Bundle(platform=platform, key_config=b"", report=hcl_report, certs=certs)
 
 
 def _gpu_evidence(args: argparse.Namespace) -> bytes:
@@ -124,22 +151,23 @@ def _load(args: argparse.Namespace) -> Bundle:
         return Bundle.from_json(data)
     if not args.no_binding:
         raise SystemExit("veil attest: raw evidence carries no key configuration; pass --no-binding")
+    collateral = _read(args.collateral).decode() if args.collateral else None
     if args.azure_evidence:
-        import base64
-
         from .azure import load_trustee_evidence
 
         chain = _read(args.amd_chain).decode() if args.amd_chain else None
         ev = load_trustee_evidence(_read(args.azure_evidence), amd_chain_pem=chain)
-        certs = {**(ev.certs or {}), "tpm_quote": base64.b64encode(ev.tpm_quote).decode(),
-                 "tpm_signature": base64.b64encode(ev.tpm_signature).decode(),
-                 "pcrs": orjson.dumps([ev.pcrs[i].hex() for i in sorted(ev.pcrs)]).decode()}
-        if ev.td_quote is not None:
-            certs["td_quote"] = base64.b64encode(ev.td_quote).decode()
-        if args.collateral:
-            certs["collateral"] = _read(args.collateral).decode()
-        platform = "az-tdx-vtpm" if ev.td_quote is not None else "az-snp-vtpm"
-        return Bundle(platform=platform, key_config=b"", report=ev.hcl_report, certs=certs)
+        return _azure_bundle(ev.hcl_report, ev.tpm_quote, ev.tpm_signature, ev.pcrs, dict(ev.certs or {}),
+                             ev.td_quote, collateral)
+    if args.azure_hcl:
+        from .azure import load_tpm_quote
+
+        if not args.tpm_quote:
+            raise SystemExit("veil attest: --azure-hcl needs --tpm-quote")
+        message, signature, pcrs = load_tpm_quote(_read(args.tpm_quote))
+        td_quote = _read(args.td_quote) if args.td_quote else None
+        return _azure_bundle(_read(args.azure_hcl), message, signature, pcrs, _amd_certs(args, "vcek"), td_quote,
+                             collateral)
     if args.maa_token:
         if not args.jwks:
             raise SystemExit("veil attest: --maa-token needs --jwks")
@@ -163,7 +191,7 @@ def _load(args: argparse.Namespace) -> Bundle:
         bundle = Bundle(platform="nvidia", key_config=b"", report=b"")
     else:
         raise SystemExit("veil attest verify: give a bundle (file or URL) or raw evidence (--snp-report, --tdx-quote, "
-                         "--gpu-evidence)")
+                         "--gpu-evidence, --azure-evidence, --azure-hcl, --maa-token, --nitro-doc, --sgx-quote)")
     if args.gpu_evidence:
         bundle = Bundle(platform=bundle.platform, key_config=b"", report=bundle.report, certs=bundle.certs,
                         gpu_evidence=_gpu_evidence(args))
