@@ -35,6 +35,18 @@ SERVERS: Final = frozenset({"gateway", "relay", "proxy"})
 EVENT_LOOPS: Final = ("auto", "uvloop", "asyncio")
 
 
+def die_with_parent() -> None:
+    """For ``preexec_fn``: the child gets SIGTERM when its parent dies, even by SIGKILL (Linux PR_SET_PDEATHSIG),
+    so no orphan outlives the process that supervises it (vLLM under the gateway, the chain under ``veil up``)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def event_loop_kind() -> str:
     """The event loop the servers run on: ``"uvloop"`` or ``"asyncio"`` (from ``VEIL_EVENT_LOOP``)."""
     wanted = os.environ.get("VEIL_EVENT_LOOP", "auto").strip().lower() or "auto"

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from veil_cli import Option, add_options
+from veil_cli import Option, add_options, die_with_parent
 
 OPTIONS = [
     Option("engine", "inference engine of the gateway", "vllm", choices=("vllm", "echo")),
@@ -58,10 +59,13 @@ async def _pump(child: Child) -> None:
 
 
 async def _start(child: Child) -> None:
+    # Own process group: Ctrl-C in the terminal reaches only `veil up`, which stops the chain in order (a second
+    # signal straight from the terminal would cut a child's graceful shutdown short). PDEATHSIG: if `veil up` is
+    # killed outright, its children still go.
     child.proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "veil_cli", *child.args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, process_group=0, preexec_fn=die_with_parent,
     )
     asyncio.create_task(_pump(child))
 
@@ -97,15 +101,44 @@ async def _stop(children: list[Child]) -> None:
                 await child.proc.wait()
 
 
+class _Lines:
+    """Lines from stdin, read by a daemon thread one at a time on request. Not asyncio.to_thread: asyncio.run joins
+    its executor's threads at exit, so after Ctrl-C `veil up` would hang in input() until the next Enter."""
+
+    def __init__(self, prompt: str) -> None:
+        self._prompt = prompt
+        self._loop = asyncio.get_running_loop()
+        self._lines: asyncio.Queue[str | None] = asyncio.Queue()
+        self._want = threading.Event()
+        threading.Thread(target=self._run, name="veil-up-stdin", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            self._want.wait()
+            self._want.clear()
+            try:
+                line: str | None = input(self._prompt)
+            except (EOFError, OSError, ValueError):  # Ctrl-D, or stdin closed
+                line = None
+            self._loop.call_soon_threadsafe(self._lines.put_nowait, line)
+            if line is None:
+                return
+
+    async def readline(self) -> str | None:
+        """The next line, or None at end of input; the prompt is shown only when a line is wanted."""
+        self._want.set()
+        return await self._lines.get()
+
+
 async def _chat(base_url: str, model: str, interactive: bool) -> None:
     history: list[dict[str, Any]] = []
+    lines = _Lines("you> " if interactive else "")
     if interactive:
         print("\nType a message and press Enter. /reset clears the conversation, /quit (or Ctrl-D) leaves.\n", flush=True)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=600)) as s:
         while True:
-            try:
-                line = await asyncio.to_thread(input, "you> " if interactive else "")
-            except EOFError:
+            line = await lines.readline()
+            if line is None:
                 print()
                 return
             text = line.strip()
@@ -216,6 +249,13 @@ veil up: the whole chain is running on loopback.
 def run(args: argparse.Namespace) -> int:
     """Run the chain until the chat ends or Ctrl-C."""
     try:
-        return asyncio.run(_main(args))
+        code = asyncio.run(_main(args))
     except KeyboardInterrupt:
-        return 130
+        code = 130
+    if any(t.name == "veil-up-stdin" and t.is_alive() for t in threading.enumerate()):
+        # The stdin thread is blocked in input() and holds stdin's lock: a normal interpreter exit would abort on
+        # it. Everything is stopped by now, so leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

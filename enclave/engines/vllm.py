@@ -19,6 +19,8 @@ from pathlib import Path
 
 import aiohttp
 
+from veil_cli import die_with_parent
+
 from .base import EngineResponse, EngineUnavailable
 from .upstream import UpstreamEngine
 
@@ -38,17 +40,6 @@ CPU_ENV = {
 #: with --no-enable-log-requests).
 _PROGRESS = re.compile(r"(Loading|Loaded|weights|KV cache|Capturing|compil|Starting|init engine|Available routes|"
                        r"Application startup complete|model weights took|memory)", re.I)
-
-
-def _die_with_parent() -> None:
-    # Runs in the child before exec: if the gateway dies (even by SIGKILL) the engine gets SIGTERM, so no
-    # orphaned vLLM keeps a model (and possibly plaintext state) alive without its gateway.
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def _free_port() -> int:
@@ -127,7 +118,9 @@ class VllmEngine(UpstreamEngine):
         self._ready.clear()
         self._proc = await asyncio.create_subprocess_exec(
             *self.command(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            # If the gateway dies (even by SIGKILL) the engine gets SIGTERM: no orphaned vLLM keeps a model (and
+            # possibly plaintext state) alive without its gateway.
+            start_new_session=True, preexec_fn=die_with_parent,
         )
         self._log_task = asyncio.create_task(self._relay_log(self._proc))
         t0 = time.monotonic()
@@ -157,7 +150,8 @@ class VllmEngine(UpstreamEngine):
             line = raw.decode(errors="replace").rstrip()
             if not self._ready.is_set() and _PROGRESS.search(line):
                 log.info("[vllm] %s", line[-200:])
-            elif "Error" in line or "Traceback" in line:
+            elif ("Error" in line or "Traceback" in line) and not self._closing:
+                # (While we stop it, vLLM reports its own engine's death: expected, not worth a warning.)
                 log.warning("[vllm] %s", line[-200:])
 
     async def _supervise(self) -> None:
@@ -198,11 +192,13 @@ class VllmEngine(UpstreamEngine):
             await proc.wait()
 
     async def close(self) -> None:
-        """Stop supervising and stop the child."""
+        """Stop supervising and stop the child; the client session is closed even if this is interrupted."""
         self._closing = True
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-        await self._kill()
-        if self._log_task is not None:
-            self._log_task.cancel()
-        await super().close()
+        try:
+            if self._supervisor is not None:
+                self._supervisor.cancel()
+            await self._kill()
+        finally:
+            if self._log_task is not None:
+                self._log_task.cancel()
+            await super().close()
