@@ -291,3 +291,40 @@ def check_dcap(
         detail=f"verified report differs from the parsed quote in {', '.join(differs)}" if differs else "",
     )
     return status, advisories, None
+
+
+def check_library_parse(v: Verdict, raw: bytes, *, header: tuple[int, int, int, bytes], ours: object,
+                        fields: Mapping[str, str], what: str,
+                        is_expected_kind: Callable[[Any], bool] | None = None) -> None:
+    """Our fixed-offset parse and dcap-qvl's must agree on every field policy reads (no parser differential).
+
+    ``header`` is our (version, attestation key type, TEE type, QE vendor id); ``fields`` maps our attribute names
+    on ``ours`` to dcap-qvl's report attribute names; ``what`` names the report in the document."""
+    lib, err = call_library(dcap_qvl.parse_quote, raw)
+    if lib is None:
+        v.add("parser cross-check", False, expected="dcap-qvl parses the same fields", detail=f"dcap-qvl: {err}")
+        return
+    theirs_header = lib.header
+    version, att_key_type, tee_type, qe_vendor_id = header
+    diffs = [
+        name
+        for name, mine, theirs in (
+            ("version", version, theirs_header.version),
+            ("att_key_type", att_key_type, theirs_header.attestation_key_type),
+            ("tee_type", tee_type, theirs_header.tee_type),
+            ("qe_vendor_id", qe_vendor_id, bytes(theirs_header.qe_vendor_id)),
+        )
+        if mine != theirs
+    ]
+    if is_expected_kind is not None and not is_expected_kind(lib):
+        diffs.append("quote type")
+    for ours_name, theirs_name in fields.items():
+        theirs = getattr(lib.report, theirs_name, None)
+        if theirs is None or bytes(theirs) != getattr(ours, ours_name):
+            diffs.append(ours_name)
+    v.add(
+        "parser cross-check",
+        not diffs,
+        expected=f"dcap-qvl parses the same header and {what}",
+        found="agree" if not diffs else "differ: " + ", ".join(diffs),
+    )

@@ -36,6 +36,7 @@ from ..dcap import (
     check_collateral,
     check_collateral_validity,
     check_dcap,
+    check_library_parse,
     check_trust_anchor,
     json_object,
 )
@@ -327,34 +328,9 @@ def verify_sgx(
 
 
 def _check_library_parse(v: Verdict, q: SgxQuote) -> None:
-    """Our fixed-offset parse and dcap-qvl's must agree on every field policy reads (no parser differential)."""
-    lib, err = call_library(dcap_qvl.parse_quote, q.raw)
-    if lib is None:
-        v.add("parser cross-check", False, expected="dcap-qvl parses the same fields", detail=f"dcap-qvl: {err}")
-        return
-    header = lib.header
-    diffs = [
-        name
-        for name, ours, theirs in (
-            ("version", q.version, header.version),
-            ("att_key_type", q.att_key_type, header.attestation_key_type),
-            ("tee_type", 0, header.tee_type),
-            ("qe_vendor_id", q.qe_vendor_id, bytes(header.qe_vendor_id)),
-        )
-        if ours != theirs
-    ]
-    if not lib.is_sgx():
-        diffs.append("quote type")
-    for name in _LIBRARY_FIELDS:
-        theirs = getattr(lib.report, name, None)
-        if theirs is None or bytes(theirs) != getattr(q, name):
-            diffs.append(name)
-    v.add(
-        "parser cross-check",
-        not diffs,
-        expected="dcap-qvl parses the same header and enclave report",
-        found="agree" if not diffs else "differ: " + ", ".join(diffs),
-    )
+    check_library_parse(v, q.raw, header=(q.version, q.att_key_type, 0, q.qe_vendor_id), ours=q,
+                        fields={name: name for name in _LIBRARY_FIELDS}, what="enclave report",
+                        is_expected_kind=lambda lib: bool(lib.is_sgx()))
 
 
 def _verified_report_differs(q: SgxQuote, report_json: str) -> list[str]:

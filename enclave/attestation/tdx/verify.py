@@ -22,6 +22,7 @@ from ..dcap import (
     check_collateral,
     check_collateral_validity,
     check_dcap,
+    check_library_parse,
     check_trust_anchor,
     json_object,
 )
@@ -140,36 +141,11 @@ def verify_tdx(
 
 
 def _check_library_parse(v: Verdict, q: TdxQuote) -> None:
-    """Our fixed-offset parse and dcap-qvl's must agree on every field policy reads (no parser differential)."""
-    lib, err = call_library(dcap_qvl.parse_quote, q.raw)
-    if lib is None:
-        v.add("parser cross-check", False, expected="dcap-qvl parses the same fields", detail=f"dcap-qvl: {err}")
-        return
-    header = lib.header
-    diffs = [
-        name
-        for name, ours, theirs in (
-            ("version", q.version, header.version),
-            ("att_key_type", q.att_key_type, header.attestation_key_type),
-            ("tee_type", q.tee_type, header.tee_type),
-            ("qe_vendor_id", q.qe_vendor_id, bytes(header.qe_vendor_id)),
-        )
-        if ours != theirs
-    ]
     fields = dict(_LIBRARY_FIELDS)
     if q.mr_service_td is not None:
         fields.update(_LIBRARY_FIELDS_15)
-    report = lib.report
-    for ours_name, theirs_name in fields.items():
-        theirs = getattr(report, theirs_name, None)
-        if theirs is None or bytes(theirs) != getattr(q, ours_name):
-            diffs.append(ours_name)
-    v.add(
-        "parser cross-check",
-        not diffs,
-        expected="dcap-qvl parses the same header and TD report",
-        found="agree" if not diffs else "differ: " + ", ".join(diffs),
-    )
+    check_library_parse(v, q.raw, header=(q.version, q.att_key_type, q.tee_type, q.qe_vendor_id), ours=q,
+                        fields=fields, what="TD report")
 
 
 def _quote_fmspc(q: TdxQuote) -> bytes | None:
