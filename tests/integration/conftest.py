@@ -90,3 +90,25 @@ def veil_process() -> Iterator[object]:
     for p in procs:
         p.stop()
         p.log_path.unlink(missing_ok=True)
+
+
+async def sdk_chat_and_stream(transport: object, text: str, stream_text: str) -> None:
+    """The official async SDK through ``transport`` (Veil's in-process httpx transport): one chat completion and
+    one streamed, each echoed back whole by the echo engine."""
+    import httpx2 as httpx
+    import openai
+
+    client = openai.AsyncOpenAI(base_url="http://veil.invalid/v1", api_key="unused", max_retries=0,
+                                http_client=httpx.AsyncClient(transport=transport))  # type: ignore[arg-type]
+    try:
+        r = await client.chat.completions.create(model="echo", messages=[{"role": "user", "content": text}])
+        assert r.choices[0].message.content == text
+        parts = []
+        async for c in await client.chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": stream_text}], stream=True
+        ):
+            if c.choices:
+                parts.append(c.choices[0].delta.content or "")
+        assert "".join(parts) == stream_text
+    finally:
+        await client.close()

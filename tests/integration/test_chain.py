@@ -18,7 +18,7 @@ from aiohttp import web
 import ohttp
 from proxy.client import VeilAsyncTransport, VeilTransport
 
-from .conftest import REPO, Proc, free_port, start_veil
+from .conftest import REPO, Proc, free_port, sdk_chat_and_stream, start_veil
 
 pytestmark = pytest.mark.integration
 
@@ -136,21 +136,7 @@ def test_in_process_httpx_transport_sync(chain: Chain) -> None:
 
 
 async def test_in_process_httpx_transport_async(chain: Chain) -> None:
-    transport = VeilAsyncTransport(chain.relay_url, allow_simulated=True)
-    client = openai.AsyncOpenAI(base_url="http://veil.invalid/v1", api_key="unused", max_retries=0,
-                                http_client=httpx.AsyncClient(transport=transport))
-    try:
-        r = await client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "async too"}])
-        assert r.choices[0].message.content == "async too"
-        parts = []
-        async for c in await client.chat.completions.create(
-            model="echo", messages=[{"role": "user", "content": "x y z"}], stream=True
-        ):
-            if c.choices:
-                parts.append(c.choices[0].delta.content or "")
-        assert "".join(parts) == "x y z"
-    finally:
-        await client.close()
+    await sdk_chat_and_stream(VeilAsyncTransport(chain.relay_url, allow_simulated=True), "async too", "x y z")
 
 
 def test_transport_refuses_simulated_without_the_flag(chain: Chain) -> None:

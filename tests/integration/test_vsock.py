@@ -49,7 +49,7 @@ from proxy.relay.app import STATE, RelayConfig
 from proxy.relay.app import create_app as create_relay
 from proxy.relay.vsock import Connect, VsockBridge, connect_socket, parse_vsock_url
 
-from .conftest import REPO, Proc, free_port
+from .conftest import REPO, Proc, free_port, sdk_chat_and_stream
 
 pytestmark = pytest.mark.integration
 
@@ -409,20 +409,7 @@ async def test_relay_serves_a_vsock_gateway_through_the_bridge(tmp_path: Path,
         assert dialled == [(16, 8081)]
         assert replica.url.startswith("http://127.0.0.1:") and replica.url.endswith(WELL_KNOWN)
         transport = VeilAsyncTransport(f"http://127.0.0.1:{port}/gw", allow_simulated=True)
-        client = openai.AsyncOpenAI(base_url="http://veil.invalid/v1", api_key="unused", max_retries=0,
-                                    http_client=httpx.AsyncClient(transport=transport))
-        try:
-            r = await client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "via vsock"}])
-            assert r.choices[0].message.content == "via vsock"
-            parts = []
-            async for c in await client.chat.completions.create(
-                model="echo", messages=[{"role": "user", "content": "a b c"}], stream=True
-            ):
-                if c.choices:
-                    parts.append(c.choices[0].delta.content or "")
-            assert "".join(parts) == "a b c"
-        finally:
-            await client.close()
+        await sdk_chat_and_stream(transport, "via vsock", "a b c")
     finally:
         await relay.cleanup()
         await gateway.cleanup()
