@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -328,3 +328,20 @@ def check_library_parse(v: Verdict, raw: bytes, *, header: tuple[int, int, int, 
         expected=f"dcap-qvl parses the same header and {what}",
         found="agree" if not diffs else "differ: " + ", ".join(diffs),
     )
+
+
+#: dcap-qvl's error when the collateral's TCB info has no level for this platform (a failure, not "unknown").
+NO_TCB_LEVEL: Final = "No matching TCB level"
+
+
+def check_tcb_status(v: Verdict, allowed: Sequence[str], status: str | None, advisories: list[str],
+                     dcap_error: str | None) -> None:
+    """The TCB status dcap-qvl derived is one the policy allows; no matching TCB level fails; no result is SKIP."""
+    expected = "one of " + (", ".join(allowed) or "(none: the policy allows no status)")
+    if status is not None:
+        detail = f"advisories: {', '.join(advisories)}" if advisories else "no advisories"
+        v.add("TCB status", status in allowed, expected=expected, found=status, detail=detail)
+    elif dcap_error is not None and NO_TCB_LEVEL.lower() in dcap_error.lower():
+        v.add("TCB status", False, expected=expected, found="no matching TCB level", detail=f"dcap-qvl: {dcap_error}")
+    else:
+        v.add("TCB status", None, expected=expected, detail="not evaluated: DCAP verification did not complete")

@@ -6,7 +6,6 @@ from typing import Final, Protocol
 
 from .bundle import Bundle
 
-
 #: ``--attestation`` values of ``veil gateway`` and ``veil broker``.
 PROVIDER_KINDS: Final = ("simulated", "auto", "sev-snp", "tdx", "azure", "nitro")
 

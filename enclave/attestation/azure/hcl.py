@@ -220,7 +220,7 @@ def parse_hcl_report(raw: bytes) -> HclReport:
         if any(hw[TD_REPORT_SIZE:]):
             raise EvidenceFormatError("bytes after the 1024-byte TD report in the HCL report are not zero")
     runtime_data = data[RUNTIME_DATA_OFFSET:report_size]
-    runtime = _strict_json(runtime_data)
+    runtime = strict_json_object(runtime_data, "HCL runtime data")
     return HclReport(
         raw=data, version=version, report_size=report_size, request_type=request_type, status=status, hw_report=hw,
         request_data_size=data_size, request_data_version=req_version, report_type=report_type, hash_type=hash_type,
@@ -256,19 +256,21 @@ def b64url_decode(text: Any) -> bytes:
 _B64URL: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
-def _strict_json(data: bytes) -> dict[str, Any]:
+def strict_json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """A UTF-8 JSON object with no duplicate members (two parsers must never read different values from it)."""
+
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for k, v in pairs:
+        for k, val in pairs:
             if k in out:
-                raise EvidenceFormatError(f"HCL runtime data: duplicate key {k!r}")
-            out[k] = v
+                raise EvidenceFormatError(f"{what}: duplicate member {k!r}")
+            out[k] = val
         return out
 
     try:
-        obj = json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicates)
+        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise EvidenceFormatError(f"HCL runtime data is not JSON: {exc}") from None
+        raise EvidenceFormatError(f"{what} is not JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise EvidenceFormatError("HCL runtime data is not a JSON object")
+        raise EvidenceFormatError(f"{what} is not a JSON object")
     return obj

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ..errors import EvidenceFormatError
 from ..result import Verdict
-from .hcl import b64url_decode
+from .hcl import b64url_decode, strict_json_object
 from .policy import MaaPolicy
 
 PLATFORM: Final = "maa"
@@ -153,27 +153,9 @@ def _parse(token: str) -> _Jwt:
         header_raw, payload_raw, signature = (b64url_decode(s) for s in parts)
     except ValueError:
         raise EvidenceFormatError("the MAA token has a part that is not base64url") from None
-    header = _json_object(header_raw, "JWT header")
-    payload = _json_object(payload_raw, "JWT claims")
+    header = strict_json_object(header_raw, "JWT header")
+    payload = strict_json_object(payload_raw, "JWT claims")
     return _Jwt(header, payload, f"{parts[0]}.{parts[1]}".encode("ascii"), signature)
-
-
-def _json_object(raw: bytes, what: str) -> dict[str, Any]:
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, val in pairs:
-            if k in out:
-                raise EvidenceFormatError(f"{what}: duplicate member {k!r}")
-            out[k] = val
-        return out
-
-    try:
-        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise EvidenceFormatError(f"{what} is not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise EvidenceFormatError(f"{what} is not a JSON object")
-    return obj
 
 
 # --- key, signature, issuer, time -------------------------------------------------------------------------------------

@@ -89,7 +89,8 @@ class Tpm2Tools:
 
     def _run(self, *argv: str, stdin: bytes | None = None) -> bytes:
         try:
-            out = subprocess.run(argv, input=stdin, capture_output=True, env=self.env, timeout=self.timeout)
+            out = subprocess.run(argv, input=stdin, capture_output=True, env=self.env, timeout=self.timeout,
+                                 check=False)  # the return code is turned into a TpmError below
         except (OSError, subprocess.SubprocessError) as exc:
             raise TpmError(f"{argv[0]} failed to run: {exc}") from None
         if out.returncode != 0:

@@ -37,6 +37,7 @@ from ..dcap import (
     check_collateral_validity,
     check_dcap,
     check_library_parse,
+    check_tcb_status,
     check_trust_anchor,
     json_object,
 )
@@ -60,7 +61,6 @@ INTEL_QE_VENDOR_ID: Final = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
 SGX_FLAGS_DEBUG: Final = 1 << 1
 #: Never acceptable, whatever the policy says.
 REVOKED: Final = "Revoked"
-_NO_TCB_LEVEL: Final = "No matching TCB level"
 _BINDING_SKIPPED: Final = "binding skipped (--no-binding)"
 
 #: SgxQuote attribute -> the verified report's JSON key (dcap-qvl ``SgxEnclave``).
@@ -295,7 +295,7 @@ def verify_sgx(
     )
 
     # validate: platform and enclave policy, on the parsed (and cross-checked) fields
-    _check_tcb_status(v, policy, status, advisories, dcap_error)
+    check_tcb_status(v, [s for s in policy.allowed_status if s != REVOKED], status, advisories, dcap_error)
     _check_debug(v, q, policy)
     _check_measurement(v, q, policy)
     _check_report_data(v, q, expected_report_data)
@@ -356,20 +356,6 @@ def _verified_report_differs(q: SgxQuote, report_json: str) -> list[str]:
 
 
 # --- validate: policy on verified fields ----------------------------------------------------------------------------
-
-
-def _check_tcb_status(
-    v: Verdict, policy: SgxPolicy, status: str | None, advisories: list[str], dcap_error: str | None
-) -> None:
-    allowed = [s for s in policy.allowed_status if s != REVOKED]
-    expected = "one of " + (", ".join(allowed) or "(none: the policy allows no status)")
-    if status is not None:
-        detail = f"advisories: {', '.join(advisories)}" if advisories else "no advisories"
-        v.add("TCB status", status in allowed, expected=expected, found=status, detail=detail)
-    elif dcap_error is not None and _NO_TCB_LEVEL.lower() in dcap_error.lower():
-        v.add("TCB status", False, expected=expected, found="no matching TCB level", detail=f"dcap-qvl: {dcap_error}")
-    else:
-        v.add("TCB status", None, expected=expected, detail="not evaluated: DCAP verification did not complete")
 
 
 def _check_debug(v: Verdict, q: SgxQuote, policy: SgxPolicy) -> None:

@@ -23,6 +23,7 @@ from ..dcap import (
     check_collateral_validity,
     check_dcap,
     check_library_parse,
+    check_tcb_status,
     check_trust_anchor,
     json_object,
 )
@@ -54,7 +55,6 @@ _LIBRARY_FIELDS: Final = {
     "report_data": "report_data",
 }
 _LIBRARY_FIELDS_15: Final = {"tee_tcb_svn2": "tee_tcb_svn2", "mr_service_td": "mr_service_td"}
-_NO_TCB_LEVEL: Final = "No matching TCB level"
 _BINDING_SKIPPED: Final = "binding skipped (--no-binding)"
 _NO_FMSPC: Final = "the quote carries no readable PCK certificate (FMSPC unknown)"
 
@@ -111,7 +111,7 @@ def verify_tdx(
     )
 
     # validate: the platform and workload policy (go-sev-guest's `validate`), on the parsed fields
-    _check_tcb_status(v, policy, status, advisories, dcap_error)
+    check_tcb_status(v, policy.allowed_status, status, advisories, dcap_error)
     _check_debug(v, q, policy)
     _check_service_td(v, q)
     _check_measurement(v, q, policy)
@@ -180,19 +180,6 @@ def _verified_report_differs(q: TdxQuote, report_json: str) -> list[str]:
 
 
 # --- validate: policy on verified fields ----------------------------------------------------------------------------
-
-
-def _check_tcb_status(
-    v: Verdict, policy: TdxPolicy, status: str | None, advisories: list[str], dcap_error: str | None
-) -> None:
-    expected = "one of " + (", ".join(policy.allowed_status) or "(none: the policy allows no status)")
-    if status is not None:
-        detail = f"advisories: {', '.join(advisories)}" if advisories else "no advisories"
-        v.add("TCB status", status in policy.allowed_status, expected=expected, found=status, detail=detail)
-    elif dcap_error is not None and _NO_TCB_LEVEL.lower() in dcap_error.lower():
-        v.add("TCB status", False, expected=expected, found="no matching TCB level", detail=f"dcap-qvl: {dcap_error}")
-    else:
-        v.add("TCB status", None, expected=expected, detail="not evaluated: DCAP verification did not complete")
 
 
 def _check_debug(v: Verdict, q: TdxQuote, policy: TdxPolicy) -> None:
