@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     raw.add_argument("--maa-token", metavar="F", help="Microsoft Azure Attestation token (JWT)")
     raw.add_argument("--nitro-doc", metavar="F", help="AWS Nitro Enclaves attestation document (COSE_Sign1 CBOR)")
     raw.add_argument("--sgx-quote", metavar="F", help="Intel SGX quote (with --collateral)")
-    raw.add_argument("--jwks", metavar="F", help="MAA signing keys (JWKS JSON) for --maa-token")
+    raw.add_argument("--jwks", metavar="F", help="the MAA signing keys you trust (JWKS JSON, the instance's /certs): "
+                     "the same as the policy's [maa] jwks_file")
     raw.add_argument("--no-binding", action="store_true", help="skip the key binding (raw evidence has no keys)")
     raw.add_argument("--any-measurement", action="store_true", help="accept any measurement (auditing only)")
 
@@ -169,10 +170,8 @@ def _load(args: argparse.Namespace) -> Bundle:
         return _azure_bundle(_read(args.azure_hcl), message, signature, pcrs, _amd_certs(args, "vcek"), td_quote,
                              collateral)
     if args.maa_token:
-        if not args.jwks:
-            raise SystemExit("veil attest: --maa-token needs --jwks")
-        return Bundle(platform="maa", key_config=b"", report=_read(args.maa_token).strip(),
-                      certs={"jwks": _read(args.jwks).decode()})
+        # No JWKS in the bundle: --jwks names keys the user trusts, so it goes into the policy (see run).
+        return Bundle(platform="maa", key_config=b"", report=_read(args.maa_token).strip())
     if args.nitro_doc:
         return Bundle(platform="aws-nitro", key_config=b"", report=_read(args.nitro_doc))
     if args.sgx_quote:
@@ -207,7 +206,18 @@ def run(args: argparse.Namespace) -> int:
     # AMD's KDS issues VCEKs with serial number 0; cryptography warns on each load. The verifier checks what matters.
     warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
     try:
-        policy = Policy.load(args.policy) if args.policy else Policy()
+        try:
+            if args.policy:
+                policy = Policy.load(args.policy, maa_jwks_file=args.jwks)
+            else:
+                policy = Policy.from_dict({"maa": {"jwks_file": args.jwks}} if args.jwks else {})
+        except EvidenceFormatError as exc:
+            print(f"veil attest: policy: {exc}", file=sys.stderr)
+            return 2
+        if args.maa_token and not args.source and not policy.for_platform("maa").jwks:
+            print("veil attest: --maa-token needs --jwks F (the MAA signing keys you trust) or a policy with "
+                  "[maa] jwks_file", file=sys.stderr)
+            return 2
         if args.any_measurement:
             from dataclasses import replace
 

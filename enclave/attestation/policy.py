@@ -18,6 +18,11 @@ Example::
     allowed_status = ["UpToDate"]
     allow_debug = false
 
+    [maa]                                    # Microsoft Azure Attestation tokens (see azure/policy.py)
+    issuers = ["https://sharedeus.eus.attest.azure.net"]
+    jwks_file = "maa-certs.json"             # or key_thumbprints: one of them is required (keys are never
+                                             # taken from the evidence); relative to this file
+
     [nvidia]
     allowed_driver_versions = ["550.54.15"]
     allowed_vbios_versions = ["96.00.74.00.1A"]
@@ -112,16 +117,26 @@ class Policy:
                                                 "nitro": _nitro_policy, "sgx": _sgx_policy}[name]()
 
     @classmethod
-    def load(cls, path: str | Path) -> Policy:
-        """Read a TOML policy file; unknown keys are errors (a typo must not loosen the policy)."""
+    def load(cls, path: str | Path, *, maa_jwks_file: str | Path | None = None) -> Policy:
+        """Read a TOML policy file; unknown keys are errors (a typo must not loosen the policy).
+
+        Files the policy names (``[maa] jwks_file``) are read relative to the policy's folder. ``maa_jwks_file``
+        (``veil attest verify --jwks``) stands for ``[maa] jwks_file``, given on the command line instead."""
         try:
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise EvidenceFormatError(f"cannot read policy {path}: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(data, base=Path(path).resolve().parent, maa_jwks_file=maa_jwks_file)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Policy:
+    def from_dict(cls, data: dict[str, Any], *, base: Path | None = None,
+                  maa_jwks_file: str | Path | None = None) -> Policy:
+        """A policy from its TOML data; ``base`` is the folder relative file names are read from (default: the
+        current directory); ``maa_jwks_file`` as for :meth:`load`."""
+        if maa_jwks_file is not None:
+            if not isinstance(data.get("maa", {}), dict):
+                raise EvidenceFormatError("[maa] must be a table")
+            data = {**data, "maa": {**data.get("maa", {}), "jwks_file": str(Path(maa_jwks_file).resolve())}}
         known = {"platforms", "require_gpu", "sev-snp", "tdx", "nvidia", "azure", "maa", "nitro", "sgx"}
         if extra := set(data) - known:
             raise EvidenceFormatError(f"unknown policy keys: {sorted(extra)}")
@@ -163,7 +178,7 @@ class Policy:
             from .azure.policy import AzurePolicy, MaaPolicy
 
             tables["azure"] = AzurePolicy.from_dict(data.get("azure", {}))
-            tables["maa"] = MaaPolicy.from_dict(data.get("maa", {}))
+            tables["maa"] = MaaPolicy.from_dict(data.get("maa", {}), base=base)
         if "nitro" in data:
             from .nitro import NitroPolicy
 
@@ -172,4 +187,13 @@ class Policy:
             from .sgx import SgxPolicy
 
             tables["sgx"] = SgxPolicy.from_dict(data["sgx"])
-        return replace(policy, **tables)
+        policy = replace(policy, **tables)
+        if "maa" in policy.platforms or "maa" in data:
+            maa = policy.for_platform("maa")
+            # An MAA token is only as good as the key that signed it, and a bundle's JWKS is as unsigned as the token:
+            # a policy that would accept tokens must name the keys itself, or a relay could sign its own.
+            if ("maa" in policy.platforms or maa.issuers) and not maa.has_keys:
+                raise EvidenceFormatError(
+                    "the policy accepts MAA tokens but names no MAA signing key: set [maa] key_thumbprints or "
+                    "[maa] jwks_file (keys that come with the evidence are never trusted)")
+        return policy

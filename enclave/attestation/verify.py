@@ -96,9 +96,9 @@ def _verify_cpu(bundle: Bundle, policy: Policy, now: dt.datetime, expected_rd: b
     if bundle.platform == "maa":
         from .azure import verify_maa_token
 
-        jwks = orjson.loads(bundle.certs.get("jwks", "{}"))
-        return verify_maa_token(bundle.report.decode("ascii", "replace"), jwks, policy.for_platform("maa"), now=now,
-                                expected_runtime_key=expected_rd)
+        # The bundle's JWKS is untrusted (a relay can write it): it only supplies keys the policy pins.
+        return verify_maa_token(bundle.report.decode("ascii", "replace"), _evidence_jwks(bundle.certs.get("jwks")),
+                                policy.for_platform("maa"), now=now, expected_runtime_key=expected_rd)
     if bundle.platform == "sev-snp":
         from .snp import verify_snp
 
@@ -144,8 +144,8 @@ def _verify_attached_maa(verdict: Verdict, c: dict[str, str], policy: Policy, no
     """An MAA token a gateway attached beside its vTPM evidence. The client verified the evidence itself; the token
     adds Microsoft's appraisal for relying parties that trust an MAA instance. When the policy names MAA issuers the
     token is required (the bundle's attachments are not signed: a relay could drop it) and its signing key must be
-    pinned by ``key_thumbprints`` (the JWKS travels in the same unsigned bundle, so without a pin anyone could sign
-    a token). Without MAA issuers the document says the token was not used."""
+    one the policy names (``key_thumbprints`` or ``jwks_file``): the JWKS travels in the same unsigned bundle, so it
+    only supplies pinned keys. Without MAA issuers the document says the token was not used."""
     from .azure import verify_maa_token
 
     maa = policy.for_platform("maa")
@@ -156,15 +156,28 @@ def _verify_attached_maa(verdict: Verdict, c: dict[str, str], policy: Policy, no
     if not verdict.add("MAA token present", "maa_token" in c, "a token (the policy names [maa] issuers)",
                        "attached" if "maa_token" in c else "none"):
         return
-    if not verdict.add("MAA signing keys pinned", bool(maa.key_thumbprints), "[maa] key_thumbprints",
-                       f"{len(maa.key_thumbprints)} pinned",
-                       "" if maa.key_thumbprints else "the signing keys come with the bundle: pin them"):
+    if not verdict.add("MAA signing keys pinned", maa.has_keys, "[maa] key_thumbprints or jwks_file",
+                       f"{len(maa.key_thumbprints)} pinned, {len(maa.jwks)} in the policy's JWKS",
+                       "" if maa.has_keys else "the signing keys come with the bundle: name them in the policy"):
         return
     try:
-        jwks = orjson.loads(c.get("maa_jwks", "{}"))
-    except orjson.JSONDecodeError:
-        jwks = {}
+        jwks = _evidence_jwks(c.get("maa_jwks"))
+    except EvidenceFormatError:
+        jwks = None  # a malformed attachment supplies no key; the policy's own keys still apply
     sub = verify_maa_token(c["maa_token"], jwks, maa, now=now, expected_runtime_key=nonce)
     for check in sub.checks:
         verdict.add(f"MAA token: {check.name}", check.ok, check.expected, check.found, check.detail)
     verdict.claims["maa"] = sub.claims
+
+
+def _evidence_jwks(text: str | None) -> dict[str, object] | None:
+    """A JWKS that came in a bundle (untrusted: only keys the policy pins are taken from it), or None."""
+    if text is None:
+        return None
+    try:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise EvidenceFormatError(f"the bundle's JWKS is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise EvidenceFormatError("the bundle's JWKS is not a JSON object")
+    return doc

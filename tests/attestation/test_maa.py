@@ -49,11 +49,14 @@ class Token:
     binding: bytes
 
     def verify(self, *, token: str | None = None, jwks: dict[str, Any] | None = None, when: int | None = None,
-               binding: bytes | None | str = "sample", **policy: Any) -> Verdict:
+               binding: bytes | None | str = "sample", evidence_jwks: dict[str, Any] | None = None,
+               **policy: Any) -> Verdict:
+        """``jwks``: the keys the policy trusts (its jwks_file); ``evidence_jwks``: keys that came with the token."""
         expected = self.binding if binding == "sample" else binding
         assert expected is None or isinstance(expected, bytes)
-        return verify_maa_token(token or self.token, self.jwks if jwks is None else jwks,
-                                dataclasses.replace(self.policy, **policy), now=at(self.when if when is None else when),
+        trusted = tuple((self.jwks if jwks is None else jwks)["keys"])
+        pol = dataclasses.replace(self.policy, **{"jwks": trusted, **policy})
+        return verify_maa_token(token or self.token, evidence_jwks, pol, now=at(self.when if when is None else when),
                                 expected_runtime_key=expected)
 
 
@@ -195,8 +198,8 @@ def test_algorithm_confusion_fails(sgx: Token) -> None:
 def test_unknown_kid_fails(sgx: Token) -> None:
     jwks = {"keys": [k for k in sgx.jwks["keys"] if k["kid"] != SGX_KID]}
     v = sgx.verify(jwks=jwks)
-    assert failed(v) == {"signing key", "token signature"}
-    assert "not in the JWKS" in check(v, "signing key")[1]
+    assert failed(v) == {"signing key", "signing key pinned", "token signature"}
+    assert "not among the trusted keys" in check(v, "signing key")[1]
 
 
 def test_another_maa_key_under_the_kid_fails(sgx: Token, cvm: Token) -> None:
@@ -206,7 +209,7 @@ def test_another_maa_key_under_the_kid_fails(sgx: Token, cvm: Token) -> None:
     # the instance's third key (self-signed, like the real one) is RSA-1024: refused before any signature check
     other = next(k for k in sgx.jwks["keys"] if k["kid"].startswith("lH/VQ9"))
     v = sgx.verify(jwks=with_key(sgx.jwks, SGX_KID, other))
-    assert failed(v) == {"signing key", "token signature"}
+    assert failed(v) == {"signing key", "signing key pinned", "token signature"}
     assert check(v, "signing key")[1].endswith("RSA-1024 from x5c[0]")
     assert failed(sgx.verify(jwks=with_key(sgx.jwks, SGX_KID, other), allow_rsa1024=True)) == {"token signature"}
     other = next(k for k in cvm.jwks["keys"] if k["kid"].startswith("Ml5Yv3"))  # another sharedweu RSA-2048 key
@@ -220,7 +223,7 @@ def test_ambiguous_kid_fails(cvm: Token) -> None:
     jwks["keys"].append({**other, "kid": CVM_KID})
     v = cvm.verify(jwks=jwks)
     assert "ambiguous" in check(v, "signing key")[2]
-    assert failed(v) == {"signing key", "token signature"}
+    assert failed(v) == {"signing key", "signing key pinned", "token signature"}
     # the same key listed twice is not ambiguous
     jwks = copy.deepcopy(cvm.jwks)
     jwks["keys"].append(next(k for k in cvm.jwks["keys"] if k["kid"] == CVM_KID))
@@ -240,7 +243,7 @@ def test_rsa1024_keys_need_allow_rsa1024(cvm: Token) -> None:
     assert len(weak) == 6  # SOURCE.md: 6 of the 16 keys are RSA-1024
     jwks = with_key(cvm.jwks, CVM_KID, weak[0])
     v = cvm.verify(jwks=jwks)
-    assert failed(v) == {"signing key", "token signature"}
+    assert failed(v) == {"signing key", "signing key pinned", "token signature"}
     assert "RSA-1024 is refused (allow_rsa1024 = false)" in check(v, "signing key")[2]
     v = cvm.verify(jwks=jwks, allow_rsa1024=True)
     ok, found, detail = check(v, "signing key")
@@ -253,7 +256,20 @@ def test_key_thumbprint_pin(cvm: Token, sgx: Token) -> None:
     assert cvm.verify(key_thumbprints=(tp,)).ok
     v = cvm.verify(key_thumbprints=(sgx.verify().claims["key_thumbprint"],))
     assert failed(v) == {"signing key pinned"}
-    assert check(cvm.verify(), "signing key pinned")[2] == "no thumbprint pinned: the JWKS is trusted as supplied"
+    ok, found, _ = check(cvm.verify(), "signing key pinned")  # no pins: the key is one of the policy's own JWKS
+    assert ok is True and found == tp
+    # Pins alone: the key material may come with the token (a bundle's JWKS), and only pinned keys are taken from it.
+    assert cvm.verify(jwks={"keys": []}, evidence_jwks=cvm.jwks, key_thumbprints=(tp,)).ok
+    v = cvm.verify(jwks={"keys": []}, evidence_jwks=cvm.jwks, key_thumbprints=(sgx.verify().claims["key_thumbprint"],))
+    assert failed(v) == {"signing key", "signing key pinned", "token signature"}
+    assert "0 pinned ones that came with the evidence" in check(v, "signing key")[1]
+
+
+def test_keys_that_come_with_the_token_are_never_trusted(cvm: Token) -> None:
+    """The genuine instance JWKS beside a genuine token proves nothing by itself: the policy must name the keys."""
+    v = cvm.verify(jwks={"keys": []}, evidence_jwks=cvm.jwks)
+    assert failed(v) == {"signing key", "signing key pinned", "token signature"}
+    assert "keys that come with the evidence are never trusted" in check(v, "signing key pinned")[2]
 
 
 def test_rfc7638_thumbprint_vector() -> None:
@@ -317,7 +333,7 @@ def test_malformed_tokens_raise(sgx: Token) -> None:
         with pytest.raises(EvidenceFormatError):
             sgx.verify(token=bad)
     with pytest.raises(EvidenceFormatError, match="keys"):
-        sgx.verify(jwks={"key": []})
+        sgx.verify(evidence_jwks={"key": []})
     with pytest.raises(ValueError, match="timezone"):
         verify_maa_token(sgx.token, sgx.jwks, sgx.policy, now=datetime.datetime(2023, 9, 26),
                          expected_runtime_key=None)

@@ -1,14 +1,17 @@
-"""Verify a Microsoft Azure Attestation (MAA) token: an RS256 JWT, against a caller-supplied JWKS and a MaaPolicy.
+"""Verify a Microsoft Azure Attestation (MAA) token: an RS256 JWT, against the signing keys a MaaPolicy names.
 
 MAA verifies the hardware evidence (SGX quote, SNP report, Azure CVM HCL report + vTPM quote, TDX quote) and
 signs what it found as claims; a relying party trusts the MAA instance (``iss``) and its signing keys. This module
 checks, each as one line of the verdict:
 
 * the token is a compact JWS with ``alg`` RS256 (never ``none``/HMAC, no ``crit``), and the key picked by ``kid``
-  from the JWKS (``x5c[0]`` and/or ``n``/``e``; they must agree) verifies its signature. Nothing is fetched: the
-  ``jku`` header is only compared with ``iss``. RSA keys under 2048 bits are refused unless
-  ``policy.allow_rsa1024`` (some shared MAA instances sign with RSA-1024; the document says it was accepted);
-* optionally the key's RFC 7638 SHA-256 thumbprint is one of ``policy.key_thumbprints``;
+  (``x5c[0]`` and/or ``n``/``e``; they must agree) verifies its signature. Nothing is fetched: the ``jku`` header is
+  only compared with ``iss``. RSA keys under 2048 bits are refused unless ``policy.allow_rsa1024`` (some shared MAA
+  instances sign with RSA-1024; the document says it was accepted);
+* the key is one the policy trusts: its RFC 7638 SHA-256 thumbprint is one of ``policy.key_thumbprints``, or (no
+  pins) it is in the policy's own JWKS (``[maa] jwks_file``). Keys that arrive with the evidence are as unsigned
+  as the token: anyone can sign a token with a key of their own and ship its JWKS beside it. They are only looked
+  through for a key whose thumbprint is pinned;
 * ``iss`` is one of ``policy.issuers``; ``nbf <= now < exp`` at the caller's explicit ``now``;
 * the platform claims: ``x-ms-attestation-type`` ``sgx`` / ``sevsnpvm`` / ``tdxvm`` / ``azurevm`` (hardware in
   ``x-ms-isolation-tee``), debug off, the measurement (MRENCLAVE / SNP launch measurement / MRTD) in the allow
@@ -78,28 +81,30 @@ class _Tee:
 
 def verify_maa_token(
     token: str,
-    jwks: Mapping[str, Any],
+    evidence_jwks: Mapping[str, Any] | None,
     policy: MaaPolicy,
     *,
     now: datetime.datetime,
     expected_runtime_key: bytes | None,
 ) -> Verdict:
-    """Verify an MAA JWT with the MAA instance's key set and judge its claims; one check per step.
+    """Verify an MAA JWT with the signing keys ``policy`` trusts and judge its claims; one check per step.
 
-    ``jwks`` is the instance's ``/certs`` document (``{"keys": [...]}``), obtained by the caller (pinned or fetched
-    over TLS from an issuer in ``policy.issuers``). ``expected_runtime_key`` is the binding value that must appear
-    in the token's attested runtime data; None records a passing check saying "binding skipped (--no-binding)".
+    The keys come from the policy: ``policy.jwks`` (the user's ``jwks_file``) and ``policy.key_thumbprints``.
+    ``evidence_jwks`` is a JWKS (``{"keys": [...]}``) that came with the token (a bundle's ``jwks`` / ``maa_jwks``),
+    or None: it is untrusted and only supplies the material of keys whose thumbprint is pinned. A policy naming no
+    key fails the "signing key pinned" check whatever the evidence carries. ``expected_runtime_key`` is the binding
+    value that must appear in the token's attested runtime data; None records a passing check saying "binding
+    skipped (--no-binding)".
 
     Raises:
-        EvidenceFormatError: the token is not a compact JWS with JSON header and payload, or the JWKS is not one.
+        EvidenceFormatError: the token is not a compact JWS with JSON header and payload, or ``evidence_jwks`` is not
+            a JWKS.
         ValueError: ``now`` is naive (a caller bug).
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("verify_maa_token: now must be timezone-aware")
     jwt = _parse(token)
-    keys = jwks.get("keys") if isinstance(jwks, Mapping) else None
-    if not isinstance(keys, list):
-        raise EvidenceFormatError("JWKS must be a JSON object with a 'keys' list")
+    keys = [*policy.jwks, *_pinned_evidence_keys(evidence_jwks, policy)]
     v = Verdict(platform=PLATFORM)
     h, p = jwt.header, jwt.payload
     v.add("token format", True, expected="JWS compact serialization, JSON header and claims",
@@ -161,6 +166,23 @@ def _parse(token: str) -> _Jwt:
 # --- key, signature, issuer, time -------------------------------------------------------------------------------------
 
 
+def _pinned_evidence_keys(evidence_jwks: Mapping[str, Any] | None, policy: MaaPolicy) -> list[Mapping[str, Any]]:
+    """The keys of a JWKS that came with the evidence whose thumbprint the policy pins; none without pins."""
+    if evidence_jwks is None:
+        return []
+    keys = evidence_jwks.get("keys") if isinstance(evidence_jwks, Mapping) else None
+    if not isinstance(keys, list):
+        raise EvidenceFormatError("JWKS must be a JSON object with a 'keys' list")
+    out = []
+    for jwk in keys:
+        if not isinstance(jwk, Mapping) or not policy.key_thumbprints:
+            continue
+        key, _ = _jwk_key(jwk)
+        if key is not None and any(hmac.compare_digest(jwk_thumbprint(key), t) for t in policy.key_thumbprints):
+            out.append(jwk)
+    return out
+
+
 def _check_key(
     v: Verdict, header: Mapping[str, Any], keys: list[Any], policy: MaaPolicy
 ) -> tuple[rsa.RSAPublicKey | None, Mapping[str, Any] | None]:
@@ -173,7 +195,8 @@ def _check_key(
         return None, None
     found = [k for k in keys if isinstance(k, Mapping) and k.get("kid") == kid]
     if not found:
-        v.add(name, False, expected=expected, found=f"kid {kid!r} not in the JWKS ({len(keys)} keys)")
+        v.add(name, False, expected=expected, found=f"kid {kid!r} not among the trusted keys ({len(policy.jwks)} from "
+              f"the policy's JWKS, {len(keys) - len(policy.jwks)} pinned ones that came with the evidence)")
         return None, None
     materials: list[rsa.RSAPublicKey] = []
     problems: list[str] = []
@@ -243,10 +266,18 @@ def _jwk_key(jwk: Mapping[str, Any]) -> tuple[rsa.RSAPublicKey | None, str]:
 
 def _check_thumbprint(v: Verdict, key: rsa.RSAPublicKey | None, policy: MaaPolicy) -> None:
     name = "signing key pinned"
-    if not policy.key_thumbprints:
-        v.add(name, True, expected="any key of the supplied JWKS (no key_thumbprints configured)",
+    if not policy.has_keys:
+        v.add(name, False, expected="a key the policy names: [maa] key_thumbprints or jwks_file",
               found=jwk_thumbprint(key) if key is not None else "no key",
-              detail="no thumbprint pinned: the JWKS is trusted as supplied")
+              detail="the policy names no MAA signing key; keys that come with the evidence are never trusted")
+        return
+    if not policy.key_thumbprints:
+        # _check_key found it among policy.jwks: evidence keys enter only when pinned, and nothing is pinned.
+        expected = f"a key of the policy's JWKS ({policy.jwks_source or 'jwks'})"
+        if key is None:
+            v.add(name, None, expected=expected, detail="not checked: no usable signing key")
+        else:
+            v.add(name, True, expected=expected, found=jwk_thumbprint(key))
         return
     expected = f"one of {len(policy.key_thumbprints)} pinned RFC 7638 thumbprints"
     if key is None:
