@@ -24,7 +24,8 @@ from .engines import EchoEngine, Engine, UpstreamEngine
 from .gateway import GatewayConfig, create_app
 from .kbs_client import load_broker_keys
 from .keyfile import KEMS, KeyFileError, load_key_file
-from .model.loader import load_for_gateway
+from .model.loader import DecryptedModel, load_for_gateway
+from .operator_input import refuse_operator_input
 
 log = logging.getLogger("veil.gateway")
 
@@ -180,9 +181,27 @@ def make_engine(args: argparse.Namespace) -> Engine:
     )
 
 
+def _with_attested_identity(config: GatewayConfig, args: argparse.Namespace,
+                            model: DecryptedModel | None) -> GatewayConfig:
+    """``config`` plus where the keys came from and which model is served: fields the evidence binds."""
+    from dataclasses import replace
+
+    from .engines.echo import MODEL as ECHO_MODEL
+
+    return replace(
+        config,
+        key_origin="broker" if args.key_broker else "file" if args.key_file else "generated",
+        model={"echo": ECHO_MODEL, "upstream": None}.get(args.engine, args.served_model_name),
+        model_manifest_sha256=model.stats.manifest.sha256 if model is not None else None,
+        model_key_origin=None if model is None else "file" if args.model_key_file else "broker",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the gateway until interrupted."""
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    refuse_operator_input("gateway", args, OPTIONS, {"key-file": "Let the gateway generate its key (the default) "
+                                                                 "or fetch the shared key set with --key-broker"})
     from .gateway.vsock import is_vsock, parse_listen, vsock_event_loop, vsock_socket
 
     sock = None
@@ -226,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
         rotation_interval=args.rotation_interval,
         rotation_grace=args.rotation_grace,
     )
+    config = _with_attested_identity(config, args, model)
     api = Api(engine, api_keys=api_keys, cache_salt=args.cache_salt)
     try:
         app = create_app(engine=engine, keyring=KeyRing(keys), provider=provider, config=config, api=api)

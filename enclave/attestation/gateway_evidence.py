@@ -10,10 +10,11 @@ from __future__ import annotations
 import base64
 import logging
 import subprocess
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Protocol
 
-from .bundle import Bundle, gpu_nonce
+from .bundle import Bundle, ConfigValue, gpu_nonce
 from .errors import CollateralUnavailableError, EvidenceFormatError
 from .provider import EvidenceProvider
 
@@ -76,10 +77,11 @@ class GatewayEvidence:
         expiry = getattr(self.cpu, "evidence_expiry", None)
         return None if expiry is None else expiry(bundle)
 
-    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"") -> Bundle:
+    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"",
+                config: Mapping[str, ConfigValue] | None = None) -> Bundle:
         if self.gpu is not None and not gpu_evidence:
             gpu_evidence = self.gpu.collect(gpu_nonce(key_config))
-        bundle = self.cpu.collect(key_config, nonce, gpu_evidence)
+        bundle = self.cpu.collect(key_config, nonce, gpu_evidence, config)
         if "collateral" not in bundle.certs:
             if bundle.platform == "tdx":
                 bundle = replace(bundle, certs={**bundle.certs, "collateral": self._tdx_collateral(bundle.report)})

@@ -27,6 +27,9 @@ Example::
     allowed_driver_versions = ["550.54.15"]
     allowed_vbios_versions = ["96.00.74.00.1A"]
     accept_unverifiable_cc_mode = false      # Hopper evidence cannot show CC mode; true accepts that, visibly
+
+    [config]                                 # values of the gateway's bound configuration (bundle "config")
+    require = { key_origin = "generated", require_date = true, api_keys_required = false }
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .bundle import CONFIG_FIELDS, ConfigValue
 from .errors import EvidenceFormatError
 
 
@@ -66,6 +70,33 @@ class NvidiaPolicy:
     #: Hopper evidence has no CC on/off field; without RIM comparison the check cannot pass. An operator who accepts
     #: that risk says so here, and the verification document says it was accepted, not verified.
     accept_unverifiable_cc_mode: bool = False
+
+
+@dataclass(frozen=True)
+class ConfigPolicy:
+    """``[config]``: values the gateway's bound configuration must have (equality; a missing value fails)."""
+
+    require: dict[str, ConfigValue] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ConfigPolicy:
+        if not isinstance(data, dict):
+            raise EvidenceFormatError("[config] must be a table")
+        if extra := set(data) - {"require"}:
+            raise EvidenceFormatError(f"unknown keys in [config]: {sorted(extra)}")
+        require = data.get("require", {})
+        if not isinstance(require, dict):
+            raise EvidenceFormatError("[config] require must be a table of name = value")
+        for name, value in require.items():
+            if name not in CONFIG_FIELDS:
+                raise EvidenceFormatError(f"unknown configuration name in [config] require: {name!r} (known: "
+                                          f"{', '.join(sorted(CONFIG_FIELDS))})")
+            types = CONFIG_FIELDS[name]
+            # bool is an int in Python: a boolean value must be asked for with a boolean, and a number with a number
+            if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
+                raise EvidenceFormatError(f"[config] require {name} = {value!r}: expected "
+                                          + " or ".join(t.__name__ for t in types if t is not type(None)))
+        return cls(require=dict(require))
 
 
 def _azure_policy() -> Any:
@@ -99,6 +130,8 @@ class Policy:
     snp: SnpPolicy = field(default_factory=SnpPolicy)
     tdx: TdxPolicy = field(default_factory=TdxPolicy)
     nvidia: NvidiaPolicy = field(default_factory=NvidiaPolicy)
+    #: ``[config]``: required values of the gateway's bound configuration
+    config: ConfigPolicy = field(default_factory=ConfigPolicy)
     #: ``[azure]``: vTPM PCR allow lists for Azure confidential VMs (az-snp-vtpm, az-tdx-vtpm)
     azure: Any = None
     #: ``[maa]``: Microsoft Azure Attestation token issuers, measurements, key pins
@@ -137,7 +170,7 @@ class Policy:
             if not isinstance(data.get("maa", {}), dict):
                 raise EvidenceFormatError("[maa] must be a table")
             data = {**data, "maa": {**data.get("maa", {}), "jwks_file": str(Path(maa_jwks_file).resolve())}}
-        known = {"platforms", "require_gpu", "sev-snp", "tdx", "nvidia", "azure", "maa", "nitro", "sgx"}
+        known = {"platforms", "require_gpu", "sev-snp", "tdx", "nvidia", "config", "azure", "maa", "nitro", "sgx"}
         if extra := set(data) - known:
             raise EvidenceFormatError(f"unknown policy keys: {sorted(extra)}")
         snp = dict(data.get("sev-snp", {}))
@@ -165,6 +198,7 @@ class Policy:
                     allowed_vbios_versions=tuple(nv.pop("allowed_vbios_versions", [])),
                     accept_unverifiable_cc_mode=bool(nv.pop("accept_unverifiable_cc_mode", False)),
                 ),
+                config=ConfigPolicy.from_dict(data.get("config", {})),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise EvidenceFormatError(f"invalid policy: {exc}") from None

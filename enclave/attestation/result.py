@@ -38,6 +38,8 @@ class Verdict:
     report_data: bytes | None = None
     claims: dict[str, Any] = field(default_factory=dict)
     simulated: bool = False
+    #: the gateway's configuration as its bundle binds it (None: not a gateway bundle, e.g. raw evidence)
+    config: dict[str, Any] | None = None
 
     def add(self, name: str, ok: bool | None, expected: str = "", found: str = "", detail: str = "") -> bool:
         """Record a check; returns ``ok`` (False for None) so callers can chain."""
@@ -62,6 +64,9 @@ class Verdict:
         lines = [f"platform: {self.platform}" + ("  (SIMULATED: no TEE)" if self.simulated else "")]
         if self.measurement is not None:
             lines.append(f"measurement: {self.measurement.hex()}")
+        if self.config is not None:
+            lines.append("configuration (bound with the keys):" + ("" if self.config else " none"))
+            lines += [f"  {k} = {_value(v)}" for k, v in sorted(self.config.items())]
         lines += [c.line() for c in self.checks]
         lines.append("RESULT: " + ("PASS" if self.ok else f"FAIL ({len(self.failures)} failed or not checked)"))
         return "\n".join(lines)
@@ -73,6 +78,14 @@ class Verdict:
             "simulated": self.simulated,
             "measurement": self.measurement.hex() if self.measurement else None,
             "claims": self.claims,
+            "config": self.config,
             "checks": [{"name": c.name, "ok": c.ok, "expected": c.expected, "found": c.found, "detail": c.detail}
                        for c in self.checks],
         }
+
+
+def _value(value: Any) -> str:
+    """A configuration value as the document shows it: JSON (strings quoted, null, true/false)."""
+    import json
+
+    return json.dumps(value, ensure_ascii=False)

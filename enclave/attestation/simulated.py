@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -20,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from .bundle import Bundle, report_data
+from .bundle import Bundle, ConfigValue, report_data
 
 PLATFORM: Final = "simulated"
 MAGIC: Final = b"VEIL-SIMULATED-V1"
@@ -43,13 +44,14 @@ class SimulatedProvider:
         self._key = Ed25519PrivateKey.generate()
         self._pub = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
-    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"") -> Bundle:
+    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"",
+                config: Mapping[str, ConfigValue] | None = None) -> Bundle:
         """A bundle whose report binds ``key_config`` (and GPU evidence, and a nonce) exactly as a real one would."""
         now = time.time()
-        rd = report_data(key_config, gpu_evidence, nonce)
+        rd = report_data(key_config, gpu_evidence, nonce, config)
         body = MAGIC + rd + MEASUREMENT + int(now * 1000).to_bytes(8, "big") + self._pub
         return Bundle(platform=PLATFORM, key_config=key_config, report=body + self._key.sign(body), nonce=nonce,
-                      gpu_evidence=gpu_evidence, issued_at=now)
+                      gpu_evidence=gpu_evidence, issued_at=now, config=dict(config or {}))
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def verify_simulated(bundle: Bundle, *, allow_simulated: bool) -> SimulatedVerdi
     except InvalidSignature:
         raise SimulatedEvidenceError("simulated report signature is invalid") from None
     rd = body[len(MAGIC) : len(MAGIC) + 64]
-    expected = report_data(bundle.key_config, bundle.gpu_evidence, bundle.nonce)
+    expected = report_data(bundle.key_config, bundle.gpu_evidence, bundle.nonce, bundle.config)
     if not hmac.compare_digest(rd, expected):
         raise SimulatedEvidenceError("report data does not bind this key configuration")
     measurement = body[len(MAGIC) + 64 : len(MAGIC) + 112]

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final, Protocol
 
-from .bundle import Bundle, report_data
+from .bundle import Bundle, ConfigValue, report_data
 from .errors import AttestationError, EvidenceFormatError
 from .snp.abi import parse_report
 
@@ -195,7 +195,8 @@ class ConfigfsTsmProvider:
         self.provider = provider
         self.platform: str = PROVIDERS[provider]
 
-    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"") -> Bundle:
+    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"",
+                config: Mapping[str, ConfigValue] | None = None) -> Bundle:
         """Evidence whose REPORT_DATA is :func:`report_data` of ``key_config`` and ``nonce``.
 
         Retries with a fresh entry when the generation counter shows another writer touched ours.
@@ -205,7 +206,7 @@ class ConfigfsTsmProvider:
             EvidenceFormatError: the SNP report or certificate table is malformed.
             OSError: the kernel refused a request (e.g. privlevel below privlevel_floor).
         """
-        inblob = report_data(key_config, gpu_evidence, nonce)
+        inblob = report_data(key_config, gpu_evidence, nonce, config)
         seen: list[str] = []
         for _ in range(self._max_attempts):
             entry = self._new_entry()
@@ -222,7 +223,7 @@ class ConfigfsTsmProvider:
             outblob, auxblob = result
             certs = self._check_output(outblob, auxblob, inblob)
             return Bundle(platform=self.platform, key_config=key_config, report=outblob, nonce=nonce, certs=certs,
-                          gpu_evidence=gpu_evidence, issued_at=time.time())
+                          gpu_evidence=gpu_evidence, issued_at=time.time(), config=dict(config or {}))
         raise TsmError(f"configfs-tsm generation changed during every one of {self._max_attempts} attempts: "
                        + "; ".join(seen))
 

@@ -5,7 +5,9 @@ Order (fail closed; every step is a check in the verdict):
 2. the platform is one the policy accepts (simulated only with ``allow_simulated``);
 3. the CPU evidence verifies (SEV-SNP or TDX verifier: chain, signature, TCB, policy, measurement) and its
    REPORT_DATA equals the binding recomputed here from the bytes received (key list, GPU evidence, nonce);
-4. GPU evidence, when present or required, verifies with the nonce derived from the key configuration.
+4. GPU evidence, when present or required, verifies with the nonce derived from the key configuration;
+5. the gateway's configuration (bound by REPORT_DATA with the keys) has every value the policy's ``[config]``
+   requires; the document lists every value either way.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ def verify_bundle(
     if keys_body is not None:
         verdict.add("bundle binds the fetched key configuration", hmac.compare_digest(bundle.key_config, keys_body),
                     "identical bytes", f"{len(bundle.key_config)} vs {len(keys_body)} bytes")
-    expected_rd = report_data(bundle.key_config, bundle.gpu_evidence, bundle.nonce) if check_binding else None
+    expected_rd = (report_data(bundle.key_config, bundle.gpu_evidence, bundle.nonce, bundle.config)
+                   if check_binding else None)
+    verdict.config = dict(bundle.config)
 
     if bundle.platform == "simulated":
         verdict.simulated = True
@@ -76,7 +80,29 @@ def verify_bundle(
             gpu = verify_nvidia(gpus, policy.nvidia, now=when, expected_nonce=nonce)
             verdict.extend(gpu)
             verdict.claims["gpus"] = gpu.claims
+    _check_config(verdict, bundle, policy, check_binding)
     return verdict
+
+
+def _check_config(verdict: Verdict, bundle: Bundle, policy: Policy, check_binding: bool) -> None:
+    """One check per value ``[config] require`` names. The values are bound by the same REPORT_DATA as the keys
+    (checked above); without the binding check they are unproven, so the checks are not passes."""
+    for name, wanted in sorted(policy.config.require.items()):
+        found = bundle.config.get(name, _ABSENT)
+        shown = "(absent)" if found is _ABSENT else _show(found)
+        if not check_binding:
+            verdict.add(f"gateway configuration {name}", None, _show(wanted), shown, "not bound: --no-binding")
+            continue
+        # type-exact: a gateway saying 1 does not satisfy true, and "0" does not satisfy 0
+        ok = found is not _ABSENT and type(found) is type(wanted) and found == wanted
+        verdict.add(f"gateway configuration {name}", ok, _show(wanted), shown)
+
+
+_ABSENT = object()
+
+
+def _show(value: object) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _verify_cpu(bundle: Bundle, policy: Policy, now: dt.datetime, expected_rd: bytes | None) -> Verdict:

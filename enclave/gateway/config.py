@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
+
+from ..attestation.bundle import ConfigValue
+
+#: Where the OHTTP private keys came from: made inside the TEE, released by an attested key broker, or read from an
+#: operator's file (which the operator therefore knows; refused with real attestation).
+KEY_ORIGINS: Final = ("generated", "broker", "file")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,3 +31,32 @@ class GatewayConfig:
     rotation_grace: float = 300.0
     #: minimum seconds between fresh (``?nonce=``) evidence collections
     fresh_evidence_interval: float = 1.0
+    #: where the OHTTP keys came from (:data:`KEY_ORIGINS`); bound into the evidence
+    key_origin: str = "generated"
+    #: the model id clients use (None: whatever a loopback upstream serves); bound into the evidence
+    model: str | None = None
+    #: SHA-256 (hex) of the encrypted model's ``veil-model.json`` the gateway decrypted, and where its key came
+    #: from ("file" or "broker"); None without an encrypted model
+    model_manifest_sha256: str | None = None
+    model_key_origin: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.key_origin not in KEY_ORIGINS:
+            raise ValueError(f"key_origin must be one of {', '.join(KEY_ORIGINS)}")
+
+    def attested(self, *, engine: str, api_keys_required: bool, cache_salt: str) -> dict[str, ConfigValue]:
+        """The security-relevant configuration the evidence binds (bundle ``config``; see
+        :data:`enclave.attestation.bundle.CONFIG_FIELDS`). Built from these fields, so whatever a deployment
+        configures (padding, replay window, ...) is what clients see and their policies check."""
+        return {
+            "engine": engine,
+            "model": self.model,
+            "model_manifest_sha256": self.model_manifest_sha256,
+            "model_key_origin": self.model_key_origin,
+            "key_origin": self.key_origin,
+            "pad_to": self.pad_to,
+            "replay_window_ms": round(self.replay_window * 1000),
+            "require_date": self.require_date,
+            "api_keys_required": api_keys_required,
+            "cache_salt": cache_salt,
+        }

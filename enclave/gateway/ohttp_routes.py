@@ -137,7 +137,7 @@ async def get_attestation(request: web.Request) -> web.Response:
         state.last_fresh_evidence = now
         try:
             # A hardware round trip (configfs-tsm, vTPM, NSM) that can take a second: off the event loop.
-            bundle = await asyncio.to_thread(state.provider.collect, state.keys_body, nonce)
+            bundle = await asyncio.to_thread(state.collect, state.keys_body, nonce)
         except AttestationError as exc:
             log.error("fresh evidence collection failed: %s", exc)
             return problem(503, "evidence unavailable", detail="the gateway could not collect fresh evidence")

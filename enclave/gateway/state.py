@@ -12,6 +12,7 @@ from ohttp import Gateway, GatewayKey, KeyRing, encode_list
 
 from ..api import Api
 from ..attestation import Bundle, EvidenceProvider
+from ..attestation.bundle import ConfigValue
 from ..attestation.errors import AttestationError
 from .config import GatewayConfig
 from .metrics import GatewayMetrics
@@ -35,9 +36,14 @@ class GatewayState:
     bundle: Bundle | None = None
     bundle_json: bytes = b""
     last_fresh_evidence: float = 0.0
+    #: the configuration every bundle binds (:meth:`GatewayConfig.attested`)
+    attested_config: dict[str, ConfigValue] = field(init=False)
 
     def __post_init__(self) -> None:
         self._refresh_lock = asyncio.Lock()
+        self.attested_config = self.config.attested(engine=self.api.engine.kind,
+                                                    api_keys_required=self.api.api_keys is not None,
+                                                    cache_salt=self.api.cache_salt)
         self.replay = ReplayCache(self.config.replay_window)
         self.gateway = Gateway(self.keyring)
         self.refresh()
@@ -47,7 +53,7 @@ class GatewayState:
         self.keyring.purge()
         body = self.keyring.encode_published()
         if self._needs_evidence(body):
-            self._publish(body, self.provider.collect(body))
+            self._publish(body, self.collect(body))
         self.metrics.keys.set(len(self.keyring))
 
     async def refresh_async(self) -> None:
@@ -64,11 +70,16 @@ class GatewayState:
             if not self._needs_evidence(body):
                 return
             try:
-                bundle = await asyncio.to_thread(self.provider.collect, body)
+                bundle = await asyncio.to_thread(self.collect, body)
             except AttestationError as exc:
                 log.error("evidence collection failed; still publishing the previous keys and evidence: %s", exc)
                 return
             self._publish(body, bundle)
+
+    def collect(self, body: bytes, nonce: bytes = b"") -> Bundle:
+        """Evidence for the key list ``body`` (and a client nonce) that also binds :attr:`attested_config`
+        (blocking: call it in a worker thread from a running server)."""
+        return self.provider.collect(body, nonce, config=self.attested_config)
 
     def _needs_evidence(self, body: bytes) -> bool:
         return body != self.keys_body or self.bundle is None or self._evidence_stale()
@@ -118,7 +129,7 @@ class GatewayState:
         body = encode_list([new.config])  # what the keyring publishes after rotate(): the new key alone
         async with self._refresh_lock:
             try:
-                bundle = await asyncio.to_thread(self.provider.collect, body)
+                bundle = await asyncio.to_thread(self.collect, body)
             except AttestationError as exc:
                 log.error("key rotation postponed: no evidence for the new key: %s", exc)
                 return None

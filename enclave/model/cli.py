@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
             dt = time.perf_counter() - t0
             print(f"encrypted {len(m.files)} files ({m.total_bytes / 1e6:.1f} MB) from {args.src} into {args.out} "
                   f"in {dt:.2f} s; key id {m.key_id}, manifest id {m.manifest_id.hex()}")
+            print(f"manifest sha256 {m.sha256} (a gateway serving it binds this as model_manifest_sha256)")
         else:
             stats = decrypt_model(args.src, args.out, key_file_source(args.key_file), threads=args.threads or None)
             m = stats.manifest
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"verified and decrypted {len(m.files)} files ({m.total_bytes / 1e6:.1f} MB) into "
                   f"{Path(args.out)} in {stats.seconds:.2f} s ({stats.gb_per_s:.2f} GB/s, {stats.threads} threads); "
                   f"key id {m.key_id}")
+            print(f"manifest sha256 {m.sha256}")
     except ModelError as exc:
         raise SystemExit(f"veil model {args.model_command}: {exc}") from None
     return 0

@@ -41,7 +41,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
@@ -106,6 +106,9 @@ class Manifest:
     manifest_id: bytes
     chunk_size: int
     files: tuple[FileEntry, ...]
+    #: SHA-256 (hex) of the exact ``veil-model.json`` bytes this manifest was read from (or written as): the
+    #: model's identity a gateway binds into its evidence (``model_manifest_sha256``)
+    sha256: str = ""
 
     @property
     def total_bytes(self) -> int:
@@ -350,9 +353,10 @@ def _encrypt(src: Path, out: Path, names: list[str], key: ModelKey, chunk_size: 
     sealed = keys.manifest.encrypt(nonce, orjson.dumps(body), _header_aad(header))
     header["manifest"] = base64.b64encode(sealed).decode()
     tmp = out / (MANIFEST_NAME + ".tmp")
-    tmp.write_bytes(orjson.dumps(header, option=orjson.OPT_INDENT_2) + b"\n")
+    raw = orjson.dumps(header, option=orjson.OPT_INDENT_2) + b"\n"
+    tmp.write_bytes(raw)
     tmp.replace(out / MANIFEST_NAME)
-    return _manifest_from_body(key.key_id, manifest_id, body)
+    return replace(_manifest_from_body(key.key_id, manifest_id, body), sha256=hashlib.sha256(raw).hexdigest())
 
 
 def _encrypt_task(aead: AESGCM, buffers: _Buffers, in_fd: int, out_fd: int, manifest_id: bytes, name: str,
@@ -431,7 +435,8 @@ def read_manifest(enc_dir: str | os.PathLike[str], key_source: KeySource) -> tup
     except InvalidTag:
         raise ModelIntegrityError(f"{path}: the manifest failed authentication; it was modified after "
                                   "encryption") from None
-    return _manifest_from_body(key_id, manifest_id, body), keys
+    manifest = _manifest_from_body(key_id, manifest_id, body)
+    return replace(manifest, sha256=hashlib.sha256(raw).hexdigest()), keys
 
 
 def _manifest_from_body(key_id: str, manifest_id: bytes, body: Any) -> Manifest:

@@ -1,9 +1,12 @@
 // The page's check of a gateway's evidence bundle before anything is sent (fail closed).
 //
 // Mirrors proxy/verify.py and enclave/attestation/{bundle,simulated}.py with WebCrypto only:
-//   REPORT_DATA = SHA-512("veil/report/v1\0" || SHA-256(K) || SHA-256(gpu_evidence) || nonce_or_32_zero_bytes)
-// where K is the exact application/ohttp-keys body fetched through the relay. The result lists every check with
-// what it established, so the trust panel can say exactly what was and was not verified.
+//   REPORT_DATA = SHA-512("veil/report/v2\0" || SHA-256(K) || SHA-256(gpu_evidence) || SHA-256(C)
+//                         || nonce_or_32_zero_bytes)
+// where K is the exact application/ohttp-keys body fetched through the relay and C the canonical JSON of the
+// bundle's "config" (the gateway's security-relevant settings: keys sorted, no whitespace, UTF-8; values only
+// strings, safe integers, booleans, null; bundle.py's canonical_config). The result lists every check with what it
+// established, so the trust panel can say exactly what was and was not verified.
 //
 // Simulated report layout: magic "VEIL-SIMULATED-V1" (17) || report_data (64) || measurement (48)
 //   || issued_at (8, big-endian ms) || ed25519 public key (32) || signature (64) over everything before it.
@@ -13,7 +16,9 @@
 // policy), and a key binding inside an unverified report proves nothing.
 
 const MAGIC = "VEIL-SIMULATED-V1";
-const REPORT_LABEL = "veil/report/v1\0";
+const REPORT_LABEL = "veil/report/v2\0";
+const BUNDLE_VERSION = 2;
+const CONFIG_NAME = /^[a-z][a-z0-9_]{0,63}$/;
 const SIM_BODY_LEN = MAGIC.length + 64 + 48 + 8 + 32;
 const SIM_REPORT_LEN = SIM_BODY_LEN + 64;
 
@@ -55,26 +60,58 @@ async function sha(name, ...parts) {
   return new Uint8Array(await crypto.subtle.digest(name, all));
 }
 
-/** The 64 bytes a TEE report must carry to bind keysBody (and GPU evidence, and a client nonce). */
-export async function reportData(keysBody, gpuEvidence = new Uint8Array(0), nonce = new Uint8Array(0)) {
-  if (nonce.length !== 0 && nonce.length !== 32) throw new Error("client nonce must be 32 bytes");
-  return sha("SHA-512", new TextEncoder().encode(REPORT_LABEL), await sha("SHA-256", keysBody),
-    await sha("SHA-256", gpuEvidence), nonce.length ? nonce : new Uint8Array(32));
+/**
+ * The bytes REPORT_DATA binds for a gateway configuration: JSON with sorted ASCII names and no whitespace, which
+ * for strings, safe integers, booleans and null is exactly what Python's json.dumps(sort_keys, compact) writes.
+ * Throws on anything else (floats, nested values, odd names), as bundle.py does.
+ */
+export function canonicalConfig(config = {}) {
+  if (!config || typeof config !== "object" || Array.isArray(config)) throw new Error("config must be an object");
+  const names = Object.keys(config).sort();
+  for (const name of names) {
+    const v = config[name];
+    if (!CONFIG_NAME.test(name)) throw new Error(`configuration name ${JSON.stringify(name)} is not lower-case ASCII`);
+    const ok = v === null || typeof v === "boolean" || Number.isSafeInteger(v) ||
+      (typeof v === "string" && !/\p{Cs}/u.test(v));
+    if (!ok) throw new Error(`configuration value ${name}=${JSON.stringify(v)} is not a string, integer, boolean or null`);
+  }
+  return new TextEncoder().encode("{" + names.map((n) => `${JSON.stringify(n)}:${JSON.stringify(config[n])}`).join(",") + "}");
 }
 
-/** Parse bundle JSON bytes strictly (version 1); throws on anything malformed. */
+/** The 64 bytes a TEE report must carry to bind keysBody (and GPU evidence, the gateway's configuration, a nonce). */
+export async function reportData(keysBody, gpuEvidence = new Uint8Array(0), nonce = new Uint8Array(0), config = {}) {
+  if (nonce.length !== 0 && nonce.length !== 32) throw new Error("client nonce must be 32 bytes");
+  return sha("SHA-512", new TextEncoder().encode(REPORT_LABEL), await sha("SHA-256", keysBody),
+    await sha("SHA-256", gpuEvidence), await sha("SHA-256", canonicalConfig(config)),
+    nonce.length ? nonce : new Uint8Array(32));
+}
+
+/** Parse bundle JSON bytes strictly (version 2); throws on anything malformed. Version 1 bound no configuration. */
 export function parseBundle(bytes) {
   const obj = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
-  if (!obj || typeof obj !== "object" || obj.version !== 1) throw new Error(`unsupported bundle version ${obj && obj.version}`);
+  if (obj && obj.version === 1) throw new Error("bundle version 1 binds no gateway configuration (upgrade the gateway)");
+  if (!obj || typeof obj !== "object" || obj.version !== BUNDLE_VERSION) throw new Error(`unsupported bundle version ${obj && obj.version}`);
   if (typeof obj.platform !== "string") throw new Error("bundle has no platform");
+  canonicalConfig(obj.config);
   return {
     platform: obj.platform,
+    config: obj.config,
     keyConfig: fromBase64(obj.key_config),
     report: fromBase64(obj.report),
     gpuEvidence: fromBase64(obj.gpu_evidence || ""),
     nonce: fromHex(obj.nonce || ""),
     issuedAt: Number(obj.issued_at || 0),
   };
+}
+
+/** What the bound configuration says, one "name=value" each; a key the operator supplied is a warning. */
+function configCheck(config) {
+  const shown = Object.keys(config).sort().map((n) => `${n}=${JSON.stringify(config[n])}`).join(", ") || "none";
+  if (config.key_origin === "file") {
+    return check("Gateway configuration", "warn",
+      `bound by REPORT_DATA: ${shown}. The OHTTP key came from the operator's file, so the operator knows it`);
+  }
+  return check("Gateway configuration", "pass", `bound by REPORT_DATA: ${shown}`);
 }
 
 async function ed25519Verify(publicKey, signature, message) {
@@ -95,7 +132,8 @@ async function ed25519Verify(publicKey, signature, message) {
  */
 export async function verifyBundle(bundleBytes, keysBody, { allowSimulated = false } = {}) {
   const checks = [];
-  const result = { accepted: false, refusal: null, platform: "unknown", simulated: false, measurement: null, issuedAt: null, checks };
+  const result = { accepted: false, refusal: null, platform: "unknown", simulated: false, measurement: null, issuedAt: null,
+    config: null, checks };
   const refuse = (why) => {
     result.refusal = why;
     return result;
@@ -107,8 +145,9 @@ export async function verifyBundle(bundleBytes, keysBody, { allowSimulated = fal
     checks.push(check("Evidence bundle", "fail", `malformed: ${err.message}`));
     return refuse("the gateway's evidence bundle is malformed");
   }
-  checks.push(check("Evidence bundle", "pass", `format v1, platform "${bundle.platform}"`));
+  checks.push(check("Evidence bundle", "pass", `format v${BUNDLE_VERSION}, platform "${bundle.platform}"`));
   result.platform = bundle.platform;
+  result.config = bundle.config;
   result.issuedAt = bundle.issuedAt || null;
 
   // The evidence must be about exactly the keys we fetched (and every client gets the relay's cached copy).
@@ -117,7 +156,7 @@ export async function verifyBundle(bundleBytes, keysBody, { allowSimulated = fal
     return refuse("the evidence binds a different key configuration");
   }
   checks.push(check("Key binding", "pass", `bundle.key_config equals the ${keysBody.length}-byte keys body, byte for byte`));
-  const expected = await reportData(keysBody, bundle.gpuEvidence, bundle.nonce);
+  const expected = await reportData(keysBody, bundle.gpuEvidence, bundle.nonce, bundle.config);
 
   if (bundle.platform === "simulated") {
     result.simulated = true;
@@ -130,10 +169,13 @@ export async function verifyBundle(bundleBytes, keysBody, { allowSimulated = fal
     const body = r.subarray(0, SIM_BODY_LEN);
     const rd = body.subarray(magic.length, magic.length + 64);
     if (!equalBytes(rd, expected)) {
-      checks.push(check("REPORT_DATA", "fail", "does not equal SHA-512 over these keys: the report is about other keys"));
-      return refuse("REPORT_DATA does not bind these keys");
+      checks.push(check("REPORT_DATA", "fail",
+        "does not equal SHA-512 over these keys and this configuration: the report is about other keys or settings"));
+      return refuse("REPORT_DATA does not bind these keys and this configuration");
     }
-    checks.push(check("REPORT_DATA", "pass", "recomputed with SHA-256/SHA-512 over the keys body; equals the report's"));
+    checks.push(check("REPORT_DATA", "pass",
+      "recomputed with SHA-256/SHA-512 over the keys body and the configuration; equals the report's"));
+    checks.push(configCheck(bundle.config));
     const sig = await ed25519Verify(body.subarray(SIM_BODY_LEN - 32), r.subarray(SIM_BODY_LEN), body);
     if (!sig.supported) {
       checks.push(check("Report signature", "not-verified",

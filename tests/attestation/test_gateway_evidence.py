@@ -109,3 +109,124 @@ def test_azure_cvm_bundle_through_verify_bundle(evidence_dir: Path) -> None:
     assert [c.name for c in verdict.failures] == ["TPM nonce binding"], verdict.document()
     audit = verify_bundle(bundle, keys, policy, now=now, check_binding=False)
     assert audit.ok, audit.document()
+
+
+# -- the gateway's configuration, bound with the keys ----------------------------------------------------------------
+
+CONFIG = {"engine": "echo", "model": "echo", "model_manifest_sha256": None, "model_key_origin": None,
+          "key_origin": "generated", "pad_to": 256, "replay_window_ms": 60000, "require_date": True,
+          "api_keys_required": False, "cache_salt": "tenant"}
+
+
+def test_the_configuration_is_bound_and_one_altered_after_the_fact_fails_the_binding() -> None:
+    from dataclasses import replace
+
+    from enclave.attestation import Bundle
+
+    keys = ohttp.encode_list([ohttp.GatewayKey.generate(1).config])
+    bundle = SimulatedProvider().collect(keys, config=CONFIG)
+    assert report_data(keys, b"", b"", CONFIG) in bundle.report and report_data(keys) not in bundle.report
+    parsed = Bundle.from_json(bundle.to_json())
+    assert parsed.config == CONFIG
+    assert verify_bundle(parsed, keys, Policy(), allow_simulated=True).ok
+    for name, value in (("key_origin", "file"), ("pad_to", 0), ("require_date", False), ("model", "other")):
+        altered = replace(parsed, config={**CONFIG, name: value})
+        verdict = verify_bundle(Bundle.from_json(altered.to_json()), keys, Policy(), allow_simulated=True)
+        assert not verdict.ok, name
+        assert "report data does not bind" in verdict.document(), name
+    dropped = replace(parsed, config={k: v for k, v in CONFIG.items() if k != "pad_to"})
+    assert not verify_bundle(dropped, keys, Policy(), allow_simulated=True).ok
+
+
+def test_report_data_covers_the_canonical_configuration() -> None:
+    """Every platform's verifier compares its report with this one REPORT_DATA: a report over the keys with one
+    configuration does not match the same keys with another; only JSON that hashes alike everywhere is bound."""
+    from enclave.attestation.bundle import canonical_config
+
+    keys = b"\x00\x01k"
+    assert report_data(keys, config=CONFIG) != report_data(keys, config={**CONFIG, "pad_to": 0})
+    assert report_data(keys, config={}) == report_data(keys)
+    assert canonical_config({"b": 1, "a": None}) == b'{"a":null,"b":1}'
+    import pytest
+
+    for bad in ({"pad": 1.5}, {"n": {"x": 1}}, {"Upper": 1}, {"big": 2**53}, {"l": [1]}):
+        with pytest.raises(ValueError, match="configuration"):
+            canonical_config(bad)  # type: ignore[arg-type]
+
+
+def test_a_version_1_bundle_is_refused_saying_it_binds_no_configuration() -> None:
+    import base64
+
+    import orjson
+    import pytest
+
+    from enclave.attestation import Bundle, BundleError
+
+    v1 = orjson.dumps({"version": 1, "platform": "simulated", "key_config": base64.b64encode(b"k").decode(),
+                       "report": "", "gpu_evidence": "", "nonce": "", "certs": {}, "issued_at": 0})
+    with pytest.raises(BundleError, match="version 1 binds no gateway configuration"):
+        Bundle.from_json(v1)
+    good = SimulatedProvider().collect(b"k", config=CONFIG).to_json()
+    for bad in (good.replace(b'"pad_to":256', b'"pad_to":256.0'), good.replace(b'"config":{', b'"config":{"x":[],')):
+        with pytest.raises(BundleError, match="malformed"):
+            Bundle.from_json(bad)
+
+
+def test_policy_config_requirements_are_checked_and_the_document_lists_every_value() -> None:
+    import pytest
+
+    from enclave.attestation.errors import EvidenceFormatError
+
+    keys = b"\x00\x01k"
+    bundle = SimulatedProvider().collect(keys, config={**CONFIG, "key_origin": "file"})
+    policy = Policy.from_dict({"config": {"require": {"key_origin": "generated", "require_date": True}}})
+    verdict = verify_bundle(bundle, keys, policy, allow_simulated=True)
+    checks = {c.name: c for c in verdict.checks}
+    assert checks["gateway configuration key_origin"].ok is False
+    assert checks["gateway configuration key_origin"].found == '"file"'
+    assert checks["gateway configuration require_date"].ok is True
+    assert not verdict.ok
+    doc = verdict.document()
+    for name, value in CONFIG.items():
+        assert f"  {name} = " in doc, name
+    assert '  key_origin = "file"' in doc and "  pad_to = 256" in doc and "  model_manifest_sha256 = null" in doc
+    assert verdict.to_json()["config"]["key_origin"] == "file"
+    # Satisfied requirements pass; unbound values (--no-binding) never do.
+    ok = verify_bundle(SimulatedProvider().collect(keys, config=CONFIG), keys, policy, allow_simulated=True)
+    assert ok.ok
+    unbound = verify_bundle(SimulatedProvider().collect(keys, config=CONFIG), keys, policy, allow_simulated=True,
+                            check_binding=False)
+    assert {c.name: c.ok for c in unbound.checks}["gateway configuration key_origin"] is None
+    # Typos and wrong types are errors, never a looser policy; a number never satisfies a boolean.
+    for bad, why in (({"config": {"require": {"key_orgin": "generated"}}}, "unknown configuration name"),
+                     ({"config": {"requires": {}}}, "unknown keys in \\[config\\]"),
+                     ({"config": {"require": {"require_date": 1}}}, "expected bool"),
+                     ({"config": {"require": {"pad_to": True}}}, "expected int"),
+                     ({"config": {"require": {"key_origin": 1}}}, "expected str")):
+        with pytest.raises(EvidenceFormatError, match=why):
+            Policy.from_dict(bad)
+    one = SimulatedProvider().collect(keys, config={**CONFIG, "require_date": 1})
+    assert not verify_bundle(one, keys, policy, allow_simulated=True).ok
+
+
+def test_the_gateway_binds_the_configuration_it_runs_with() -> None:
+    """Values flow from GatewayConfig (and the API's settings): whatever is configured is what the bundle binds."""
+    from enclave.api import Api
+    from enclave.engines import EchoEngine
+    from enclave.gateway import GatewayConfig, create_app
+    from enclave.gateway.appkeys import STATE
+
+    engine = EchoEngine()
+    cfg = GatewayConfig(pad_to=512, replay_window=2.5, require_date=True, key_origin="broker", model="m",
+                        model_manifest_sha256="ab" * 32, model_key_origin="broker")
+    app = create_app(engine=engine, keyring=ohttp.KeyRing([ohttp.GatewayKey.generate(0)]),
+                     provider=SimulatedProvider(), config=cfg, api=Api(engine, cache_salt="request"))
+    state = app[STATE]
+    assert state.bundle is not None and state.bundle.config == {
+        "engine": "echo", "model": "m", "model_manifest_sha256": "ab" * 32, "model_key_origin": "broker",
+        "key_origin": "broker", "pad_to": 512, "replay_window_ms": 2500, "require_date": True,
+        "api_keys_required": False, "cache_salt": "request"}
+    assert verify_bundle(state.bundle, state.keys_body, Policy(), allow_simulated=True).ok
+    fresh = state.collect(state.keys_body, b"\x01" * 32)
+    assert fresh.config == state.bundle.config and verify_bundle(fresh, state.keys_body, Policy(),
+                                                                 allow_simulated=True).ok

@@ -22,11 +22,12 @@ class CountingProvider(SimulatedProvider):
         self.fail_fresh = fail_fresh
         self.threads: list[int] = []
 
-    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"") -> Bundle:
+    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"",
+                config: Any = None) -> Bundle:
         self.threads.append(threading.get_ident())
         if nonce and self.fail_fresh:
             raise AttestationError("the vTPM said no (secret detail)")
-        return super().collect(key_config, nonce, gpu_evidence)
+        return super().collect(key_config, nonce, gpu_evidence, config)
 
 
 async def _client(aiohttp_client: Any, provider: CountingProvider) -> Any:
@@ -83,11 +84,12 @@ class SlowProvider(CountingProvider):
 
     delay = 0.6
 
-    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"") -> Bundle:
+    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"",
+                config: Any = None) -> Bundle:
         import time
 
         time.sleep(self.delay)
-        return super().collect(key_config, nonce, gpu_evidence)
+        return super().collect(key_config, nonce, gpu_evidence, config)
 
 
 async def test_rotation_with_slow_evidence_neither_stalls_the_loop_nor_splits_keys_from_evidence(
@@ -118,11 +120,12 @@ async def test_rotation_with_slow_evidence_neither_stalls_the_loop_nor_splits_ke
 class FailingAfterStartProvider(CountingProvider):
     calls = 0
 
-    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"") -> Bundle:
+    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"",
+                config: Any = None) -> Bundle:
         self.calls += 1
         if self.calls > 1:
             raise AttestationError("device gone")
-        return super().collect(key_config, nonce, gpu_evidence)
+        return super().collect(key_config, nonce, gpu_evidence, config)
 
 
 async def test_failed_collection_keeps_the_previous_keys_and_evidence(aiohttp_client) -> None:  # type: ignore[no-untyped-def]

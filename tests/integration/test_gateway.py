@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import time
 from email.utils import formatdate
@@ -63,8 +64,22 @@ async def post_raw(gw: Proc, body: bytes, ctype: str) -> tuple[int, dict[str, st
             return r.status, dict(r.headers), await r.read()
 
 
+def sse_data(event: bytes) -> bytes:
+    """An SSE event without its comment lines (the gateway's padding): ``data: ...\n\n``."""
+    return re.sub(rb"(?m)^:.*\n", b"", event)
+
+
+def dated(req: bhttp.Request) -> bhttp.Request:
+    """``req`` with a current ``Date`` unless it has one (gateways require it)."""
+    if req.header(b"date") is not None:
+        return req
+    return bhttp.Request(method=req.method, scheme=req.scheme, authority=req.authority, path=req.path,
+                         headers=(*req.headers, (b"date", formatdate(usegmt=True).encode())), content=req.content)
+
+
 async def roundtrip(gw: Proc, req: bhttp.Request, **enc_kw: Any) -> tuple[int, dict[str, str], bhttp.Response]:
-    """Encapsulate ``req`` by hand, post it, open the answer."""
+    """Encapsulate ``req`` (dated) by hand, post it, open the answer."""
+    req = dated(req)
     config = await fetch_config(gw)
     enc_req, ctx = ohttp.ClientRequest(config).encapsulate(bhttp.encode_request(req), **enc_kw)
     status, headers, body = await post_raw(gw, enc_req, ohttp.MEDIA_TYPE_REQUEST)
@@ -103,8 +118,9 @@ async def test_attestation_bundle_binds_the_served_keys(gateway: Proc) -> None:
             assert r.status == 400
     assert bundle.platform == "simulated"
     assert bundle.key_config == keys
-    assert report_data(keys) in bundle.report
-    assert fresh.nonce == nonce and report_data(keys, b"", nonce) in fresh.report
+    assert bundle.config["key_origin"] == "generated" and bundle.config["engine"] == "echo"
+    assert report_data(keys, b"", b"", bundle.config) in bundle.report
+    assert fresh.nonce == nonce and report_data(keys, b"", nonce, bundle.config) in fresh.report
     # The default verifier refuses simulated evidence.
     with pytest.raises(Exception, match="SIMULATED"):
         make_verifier(allow_simulated=False)(bundle.to_json(), keys)
@@ -153,7 +169,7 @@ async def test_stream_arrives_token_by_token_in_order(gateway: Proc) -> None:
             arrivals.append((time.monotonic(), piece))
     finally:
         await c.close()
-    events = [p for _, p in arrivals]
+    events = [sse_data(p) for _, p in arrivals]
     assert all(e.startswith(b"data: ") and e.endswith(b"\n\n") for e in events)
     assert events[-1] == b"data: [DONE]\n\n"
     payloads = [orjson.loads(e[6:]) for e in events[:-1]]
@@ -284,10 +300,10 @@ async def metrics_text(gw: Proc) -> str:
 async def test_client_disconnect_mid_stream_cancels_generation(gateway: Proc) -> None:
     config = await fetch_config(gateway)
     creq = ohttp.ChunkedClientRequest(config)
-    inner = bhttp.encode_request(
+    inner = bhttp.encode_request(dated(
         bhttp.Request(method="POST", path="/v1/chat/completions", headers=JSON,
                       content=chat(" ".join(["tok"] * 400), stream=True))
-    )
+    ))
     async with aiohttp.ClientSession() as s:
         r = await s.post(gateway.base + WELL_KNOWN, data=creq.encode_chunk(inner, final=True),
                          headers={"Content-Type": ohttp.MEDIA_TYPE_CHUNKED_REQUEST})
@@ -405,3 +421,98 @@ def test_real_attestation_is_refused_without_tee_hardware(kind: str) -> None:
                         f"127.0.0.1:{free_port()}", "--attestation", kind], capture_output=True, text=True, timeout=30)
     assert r.returncode != 0
     assert "configfs-tsm" in r.stderr and "--attestation simulated" in r.stderr
+
+
+# -- operator input under real attestation; the bound configuration -------------------------------------------------
+
+
+@pytest.mark.parametrize(("how", "flag"), [
+    ("--key-file", "--key-file"),
+    ("--insecure-allow-simulated-broker", "--insecure-allow-simulated-broker"),
+    ("--insecure-allow-disk-model", "--insecure-allow-disk-model"),
+    ("env VEIL_GATEWAY_KEY_FILE", "--key-file"),
+    ("env VEIL_GATEWAY_INSECURE_ALLOW_DISK_MODEL", "--insecure-allow-disk-model"),
+    ("toml key-file", "--key-file"),
+])
+def test_operator_key_material_and_insecure_switches_are_refused_with_real_attestation(
+    how: str, flag: str, tmp_path: Path,
+) -> None:
+    """Options come from the host or the orchestrator, which the TEE does not trust: with a real provider the
+    gateway exits before anything else, naming the option (command line, environment or --config alike)."""
+    import subprocess
+    import sys
+
+    kf = tmp_path / "key.json"
+    kf.write_text(json.dumps({"key_id": 7, "seed": bytes(range(32)).hex()}))
+    args = gateway_args(free_port(), "--attestation", "sev-snp")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VEIL_GATEWAY_")}
+    if how.startswith("--"):
+        args += [how, str(kf)] if how == "--key-file" else [how]
+    elif how.startswith("env "):
+        env[how.removeprefix("env ")] = str(kf) if how.endswith("KEY_FILE") else "1"
+    else:
+        (tmp_path / "gw.toml").write_text(f'[gateway]\nkey-file = "{kf}"\n')
+        args += ["--config", str(tmp_path / "gw.toml")]
+    r = subprocess.run([sys.executable, "-m", "veil_cli", *args], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode != 0
+    assert f"veil gateway: {flag} is refused with --attestation sev-snp" in r.stderr
+    assert "--attestation simulated" in r.stderr and "Traceback" not in r.stderr
+    assert "configfs-tsm" not in r.stderr  # refused before the provider is even looked for
+
+
+async def test_a_policy_requiring_generated_keys_refuses_a_key_file_gateway(
+    veil_process: Callable[..., Proc], tmp_path: Path,
+) -> None:
+    """Under simulated attestation --key-file stays allowed, but the bundle says so, bound with the keys: a client
+    whose policy requires key_origin = "generated" refuses that gateway and accepts one that generated its key."""
+    from enclave.attestation.policy import Policy
+    from proxy.verify import AttestationRefused
+
+    kf = tmp_path / "key.json"
+    kf.write_text(json.dumps({"key_id": 7, "seed": bytes(range(32)).hex()}))
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text('[config]\nrequire = { key_origin = "generated", pad_to = 64 }\n')
+    policy = Policy.load(policy_file)
+    p1, p2 = free_port(), free_port()
+    from_file = veil_process(gateway_args(p1, "--key-file", str(kf), "--pad-to", "64"), p1)
+    generated = veil_process(gateway_args(p2, "--pad-to", "64"), p2)
+
+    async def fetched(gw: Proc) -> tuple[bytes, bytes]:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(gw.base + WELL_KNOWN) as r:
+                keys = await r.read()
+            async with s.get(gw.base + "/.well-known/veil-attestation") as r:
+                return await r.read(), keys
+
+    verify = make_verifier(allow_simulated=True, policy=policy)
+    with pytest.raises(AttestationRefused, match="gateway configuration key_origin") as refused:
+        verify(*await fetched(from_file))
+    assert refused.value.verdict is not None
+    doc = refused.value.verdict.document()
+    assert '  key_origin = "file"' in doc and "  pad_to = 64" in doc and '  engine = "echo"' in doc
+    verdict, simulated = verify(*await fetched(generated))
+    assert simulated and '  key_origin = "generated"' in verdict.document()  # type: ignore[attr-defined]
+
+
+async def test_an_encrypted_models_manifest_hash_is_bound(veil_process: Callable[..., Proc], tmp_path: Path) -> None:
+    import hashlib
+
+    from enclave.attestation import Bundle
+    from enclave.model.container import encrypt_model
+    from enclave.model.keys import ModelKey, write_key_file
+
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    key = ModelKey.generate("k1")
+    write_key_file(tmp_path / "model-key.json", key)
+    manifest = encrypt_model(src, tmp_path / "model.enc", key)
+    digest = hashlib.sha256((tmp_path / "model.enc" / "veil-model.json").read_bytes()).hexdigest()
+    assert manifest.sha256 == digest
+    port = free_port()
+    gw = veil_process(gateway_args(port, "--encrypted-model", str(tmp_path / "model.enc"), "--model-key-file",
+                                   str(tmp_path / "model-key.json"), "--model-tmpfs", str(tmp_path),
+                                   "--insecure-allow-disk-model"), port)
+    async with aiohttp.ClientSession() as s, s.get(gw.base + "/.well-known/veil-attestation") as r:
+        bundle = Bundle.from_json(await r.read())
+    assert bundle.config["model_manifest_sha256"] == digest and bundle.config["model_key_origin"] == "file"

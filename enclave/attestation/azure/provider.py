@@ -25,9 +25,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
-from ..bundle import Bundle, azure_tpm_nonce, report_data
+from ..bundle import Bundle, ConfigValue, azure_tpm_nonce, report_data
 from ..errors import AttestationError, EvidenceFormatError
 from .hcl import HclReport, b64url_decode, parse_hcl_report
 from .verify import PLATFORM_SNP, PLATFORM_TDX
@@ -112,8 +113,9 @@ class AzureVtpmProvider:
             raise AzureEvidenceError(f"vTPM NV index 0x{HCL_REPORT_NV_INDEX:08x} holds no HCL report: {exc}") from None
         self.platform = PLATFORM_SNP if first.is_snp else PLATFORM_TDX
 
-    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"") -> Bundle:
-        tpm_nonce = azure_tpm_nonce(report_data(key_config, gpu_evidence, nonce))
+    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"",
+                config: Mapping[str, ConfigValue] | None = None) -> Bundle:
+        tpm_nonce = azure_tpm_nonce(report_data(key_config, gpu_evidence, nonce, config))
         user_data = tpm_nonce + bytes(USER_DATA_SIZE - len(tpm_nonce))
         with self._lock:
             hcl = self._refresh_hcl(user_data)
@@ -130,7 +132,7 @@ class AzureVtpmProvider:
         if self.maa_url:
             certs.update(self._maa_token(hcl, certs))
         return Bundle(platform=self.platform, key_config=key_config, report=hcl.raw, gpu_evidence=gpu_evidence,
-                      nonce=nonce, certs=certs, issued_at=time.time())
+                      nonce=nonce, certs=certs, issued_at=time.time(), config=dict(config or {}))
 
     def evidence_expiry(self, bundle: Bundle) -> float | None:
         """An attached MAA token's ``exp`` (tokens live 8 hours); vTPM evidence itself does not expire."""

@@ -37,7 +37,7 @@ from typing import Any, Final, Protocol, Self
 import cbor2
 from cryptography import x509
 
-from ..bundle import Bundle, report_data
+from ..bundle import Bundle, ConfigValue, report_data
 from ..errors import AttestationError, EvidenceFormatError
 from .abi import parse_document
 from .verify import PLATFORM
@@ -228,7 +228,8 @@ class NitroProvider:
         leaf = x509.load_der_x509_certificate(parse_document(bundle.report).certificate)
         return leaf.not_valid_after_utc.timestamp()
 
-    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"") -> Bundle:
+    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"",
+                config: Mapping[str, ConfigValue] | None = None) -> Bundle:
         """A bundle whose document's ``user_data`` is :func:`report_data` of ``key_config``, ``gpu_evidence`` and
         ``nonce``.
 
@@ -236,7 +237,7 @@ class NitroProvider:
             NsmError: the driver or the NSM refused the request, answered malformed CBOR, or returned a document
                 that does not parse or does not carry the ``user_data`` and ``nonce`` asked for.
         """
-        user_data = report_data(key_config, gpu_evidence, nonce)
+        user_data = report_data(key_config, gpu_evidence, nonce, config)
         asked_nonce = nonce or None
         request = attestation_request(user_data, asked_nonce, None)
         try:
@@ -260,7 +261,7 @@ class NitroProvider:
             raise NsmError(f"the NSM's attestation document carries nonce {found}, not the "
                            f"{'client nonce' if asked_nonce else 'null'} that was asked for")
         return Bundle(platform=self.platform, key_config=key_config, report=document, gpu_evidence=gpu_evidence,
-                      nonce=nonce, issued_at=time.time())
+                      nonce=nonce, issued_at=time.time(), config=dict(config or {}))
 
 
 def _os_hint(exc: OSError) -> str:

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { reportData, verifyBundle } from "../attestation.js";
+import { canonicalConfig, reportData, verifyBundle } from "../attestation.js";
 import { concat } from "../bhttp.js";
 import { MEASUREMENT, b64, h, hex, loadVector, simulatedBundle, utf8 } from "./helpers.js";
 
@@ -11,19 +11,61 @@ const KEYS = h(loadVector("rfc9458_appendix_a.json").ohttp_keys_media);
 
 const statuses = (r) => Object.fromEntries(r.checks.map((c) => [c.name, c.status]));
 
-test("REPORT_DATA = SHA-512(label || SHA-256(K) || SHA-256(gpu) || 32 zero bytes), as bundle.py computes it", async () => {
+test("REPORT_DATA = SHA-512(label || SHA-256(K) || SHA-256(gpu) || SHA-256(config) || 32 zero bytes), as bundle.py computes it", async () => {
   const rd = await reportData(KEYS);
   const manual = new Uint8Array(await crypto.subtle.digest("SHA-512", concat(
-    utf8("veil/report/v1\0"),
+    utf8("veil/report/v2\0"),
     new Uint8Array(await crypto.subtle.digest("SHA-256", KEYS)),
     new Uint8Array(await crypto.subtle.digest("SHA-256", new Uint8Array(0))),
+    new Uint8Array(await crypto.subtle.digest("SHA-256", utf8("{}"))),
     new Uint8Array(32),
   )));
   assert.equal(hex(rd), hex(manual));
   assert.equal(rd.length, 64);
   // Known answer, computed with Python's enclave.attestation.bundle.report_data over the same keys body.
-  assert.equal(hex(rd), "14f87234d51c2096b8c6f1c384f68e7fbdc6d740cd5b075d36a8272b3290162e" +
-    "7c3bfedc149aa22a69f1bf67c3be198a54072c4fc920fba6fefe9b7b9508f64c");
+  assert.equal(hex(rd), "c252eb5ede661eab8d15cde6b6dc36aa8c74d5e1b3c239e84798a07c43f72362" +
+    "f52b1015333faa66997fbec21451b34fc5c4f68b3e434d3a8689f43290b5d97b");
+});
+
+test("the configuration is canonicalized and bound exactly as bundle.py's canonical_config and report_data do", async () => {
+  const config = { key_origin: "generated", pad_to: 256, require_date: true, model: null, cache_salt: "tenant",
+    z_name: "\u00e9\"\\\n\u2028\u{1F600}" };
+  // Python: json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+  assert.equal(new TextDecoder().decode(canonicalConfig(config)),
+    '{"cache_salt":"tenant","key_origin":"generated","model":null,"pad_to":256,"require_date":true,' +
+    '"z_name":"\u00e9\\"\\\\\\n\u2028\u{1F600}"}');
+  const nonce = Uint8Array.from({ length: 32 }, (_, i) => i);
+  assert.equal(hex(await reportData(KEYS, utf8("gpu"), nonce, config)),
+    "c173d4a963c6b587080bfa4eb32d57a28e3c74cbdda59c9336780019f59f3125" +
+    "1c1a6f6dc0d115ba0873625ab6beca42b131190e58b0b2a0cadd362bc2b351c9");
+  for (const bad of [{ pad_to: 1.5 }, { nested: {} }, { list: [] }, { Upper: 1 }, { big: 2 ** 53 }]) {
+    assert.throws(() => canonicalConfig(bad), /configuration/, JSON.stringify(bad));
+  }
+});
+
+test("a configuration changed after the fact fails REPORT_DATA; the bound one is listed", async () => {
+  const config = { key_origin: "generated", pad_to: 256 };
+  const ok = await verifyBundle(await simulatedBundle({ keys: KEYS, config }), KEYS, { allowSimulated: true });
+  assert.equal(ok.accepted, true, ok.refusal);
+  assert.deepEqual(ok.config, config);
+  const shown = ok.checks.find((c) => c.name === "Gateway configuration");
+  assert.equal(shown.status, "pass");
+  assert.match(shown.detail, /key_origin="generated", pad_to=256/);
+  const altered = await simulatedBundle({ keys: KEYS, config, bundleConfig: { ...config, pad_to: 0 } });
+  const bad = await verifyBundle(altered, KEYS, { allowSimulated: true });
+  assert.equal(bad.accepted, false);
+  assert.match(bad.refusal, /REPORT_DATA/);
+  const file = await verifyBundle(await simulatedBundle({ keys: KEYS, config: { key_origin: "file" } }), KEYS,
+    { allowSimulated: true });
+  assert.equal(file.checks.find((c) => c.name === "Gateway configuration").status, "warn");
+});
+
+test("a version 1 bundle (no bound configuration) is refused, saying why", async () => {
+  const v1 = utf8(JSON.stringify({ version: 1, platform: "simulated", key_config: b64(KEYS), report: "", gpu_evidence: "",
+    nonce: "", certs: {}, issued_at: 1 }));
+  const r = await verifyBundle(v1, KEYS, { allowSimulated: true });
+  assert.equal(r.accepted, false);
+  assert.match(r.checks[0].detail, /version 1 binds no gateway configuration/);
 });
 
 test("a good simulated bundle is accepted only when simulated evidence is allowed", async () => {
@@ -35,7 +77,8 @@ test("a good simulated bundle is accepted only when simulated evidence is allowe
   assert.equal(ok.measurement, hex(MEASUREMENT));
   assert.equal(ok.issuedAt, 1767225600);
   assert.deepEqual(statuses(ok), {
-    "Evidence bundle": "pass", "Key binding": "pass", REPORT_DATA: "pass", "Report signature": "warn",
+    "Evidence bundle": "pass", "Key binding": "pass", REPORT_DATA: "pass", "Gateway configuration": "pass",
+    "Report signature": "warn",
     TEE: "fail", Freshness: "not-verified",
   });
   const no = await verifyBundle(bundle, KEYS, { allowSimulated: false });
@@ -66,7 +109,8 @@ test("every tampering is refused", async () => {
     ["measurement changed after signing", await simulatedBundle({ keys: KEYS, tamper: "measurement_after_signing" }), KEYS, /signature/],
     ["report cut short", await simulatedBundle({ keys: KEYS, tamper: "short" }), KEYS, /malformed/],
     ["not JSON", utf8("{"), KEYS, /malformed/],
-    ["wrong version", utf8(JSON.stringify({ version: 2, platform: "simulated" })), KEYS, /malformed/],
+    ["wrong version", utf8(JSON.stringify({ version: 3, platform: "simulated" })), KEYS, /malformed/],
+    ["no config", utf8(JSON.stringify({ version: 2, platform: "simulated" })), KEYS, /malformed/],
   ];
   for (const [name, bundle, keys, why] of cases) {
     const r = await verifyBundle(bundle, keys, { allowSimulated: true });
@@ -80,7 +124,7 @@ test("real platforms are refused, saying what was and was not verified", async (
   for (const platform of ["sev-snp", "tdx"]) {
     const report = new Uint8Array(1184);
     report.set(await reportData(KEYS), 0x50);
-    const bundle = utf8(JSON.stringify({ version: 1, platform, key_config: b64(KEYS), report: b64(report),
+    const bundle = utf8(JSON.stringify({ version: 2, platform, key_config: b64(KEYS), config: {}, report: b64(report),
       gpu_evidence: b64(utf8("gpu")), nonce: "", certs: {}, issued_at: 1 }));
     const r = await verifyBundle(bundle, KEYS, { allowSimulated: true });
     assert.equal(r.accepted, false);

@@ -50,18 +50,19 @@ export const MEASUREMENT = new Uint8Array(48).fill(0xab);
 export const b64 = (bytes) => Buffer.from(bytes).toString("base64");
 
 /** A simulated evidence bundle laid out as enclave/attestation/simulated.py lays it out (tamper: for tests). */
-export async function simulatedBundle({ keys, bundleKeys = keys, tamper, gpu = new Uint8Array(0), bundleGpu = gpu } = {}) {
+export async function simulatedBundle({ keys, bundleKeys = keys, tamper, gpu = new Uint8Array(0), bundleGpu = gpu,
+  config = { key_origin: "generated", pad_to: 0, require_date: false, model: null }, bundleConfig = config } = {}) {
   const pair = await crypto.subtle.generateKey({ name: "Ed25519" }, true, ["sign", "verify"]);
   const pub = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
   const issued = new Uint8Array(8);
   new DataView(issued.buffer).setBigUint64(0, 1767225600000n);
-  let body = concat(utf8("VEIL-SIMULATED-V1"), await reportData(keys, gpu), MEASUREMENT, issued, pub);
+  let body = concat(utf8("VEIL-SIMULATED-V1"), await reportData(keys, gpu, new Uint8Array(0), config), MEASUREMENT, issued, pub);
   if (tamper === "report_data") body[20] ^= 1;
   let sig = new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, pair.privateKey, body));
   if (tamper === "signature") sig[3] ^= 1;
   if (tamper === "measurement_after_signing") body = concat(body.subarray(0, 90), Uint8Array.of(body[90] ^ 1), body.subarray(91));
   const report = tamper === "short" ? concat(body, sig).subarray(0, 200) : concat(body, sig);
-  const obj = { version: 1, platform: "simulated", key_config: b64(bundleKeys), report: b64(report),
+  const obj = { version: 2, platform: "simulated", key_config: b64(bundleKeys), config: bundleConfig, report: b64(report),
     gpu_evidence: b64(bundleGpu), nonce: "", certs: {}, issued_at: 1767225600.0 };
   return utf8(JSON.stringify(obj));
 }
