@@ -3,8 +3,8 @@
 It sees who sends, never what: it forwards ciphertext only to allow-listed gateways, builds every forwarded
 request from scratch (no client address, cookie, user agent or any other client header goes on), streams both
 directions without buffering, caches key configurations and evidence so every client sees the same keys, and
-limits sizes, rates and time. It keeps no per-client logs; client addresses live in memory only for the rate
-window.
+limits sizes, rates and time (see ``limits.py``: body deadlines, per-address caps, write timeouts). It keeps no
+per-client logs; client addresses live in memory only, as keyed digests, for the rate window and while connected.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from typing import AsyncIterator, Final, Mapping, Sequence
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .limits import BodyClock, ClientLimits, WriteWatchdog, parse_networks
 from .pool import Replica, ReplicaPool, split_urls
 from .vsock import VsockBridge, is_vsock_url, parse_vsock_url, vsock_connector
 
@@ -50,6 +52,18 @@ class RelayConfig:
     connect_timeout: float = 5.0
     read_timeout: float = 300.0
     client_timeout: float = 30.0
+    #: a request body must arrive within body_timeout s, plus one s per min_rate bytes, max_body_time s at most
+    body_timeout: float = 20.0
+    min_rate: float = 4096.0
+    max_body_time: float = 60.0
+    #: a client whose response bytes wait unsent this long (it stopped reading) is dropped (0: never)
+    write_timeout: float = 30.0
+    max_connections_per_address: int = 128
+    max_in_flight_per_address: int = 32
+    #: TLS terminators / load balancers whose X-Forwarded-For names the client (addresses or CIDRs)
+    trusted_proxies: tuple[str, ...] = ()
+    #: at most one drop of a gateway's cached keys and evidence (after a 422 for a cached key id) per this many s
+    key_refresh_interval: float = 10.0
     cors_origins: tuple[str, ...] = ()
     min_cache_seconds: float = 5.0
     max_cache_seconds: float = 3600.0
@@ -66,6 +80,7 @@ class RelayConfig:
                     parse_vsock_url(url)  # ValueError says what is wrong
                 elif not url.startswith(("http://", "https://")):
                     raise ValueError(f"gateway URL {url!r} must be http(s):// or vsock://CID:PORT/path")
+        parse_networks(self.trusted_proxies)  # ValueError says which one is wrong
 
 
 @dataclass
@@ -73,17 +88,31 @@ class _Cached:
     body: bytes
     content_type: str
     expires: float
+    key_ids: frozenset[int] = frozenset()  # for keys: the key ids of the configurations in ``body``
+
+
+def key_ids(body: bytes) -> frozenset[int]:
+    """The key ids of an ``application/ohttp-keys`` list (RFC 9458 §3.2: 2-byte length, then the key id first)."""
+    ids: set[int] = set()
+    i = 0
+    while i + 2 < len(body):
+        n = int.from_bytes(body[i:i + 2], "big")
+        if n == 0 or i + 2 + n > len(body):
+            break
+        ids.add(body[i + 2])
+        i += 2 + n
+    return frozenset(ids)
 
 
 class RateLimiter:
-    """Fixed-window counter per address, in memory only, forgotten when the window ends."""
+    """Fixed-window counter per address (a keyed digest of it), in memory only, forgotten when the window ends."""
 
     def __init__(self, per_minute: int) -> None:
         self.per_minute = per_minute
         self._window = 0
-        self._counts: dict[str, int] = {}
+        self._counts: dict[bytes | str, int] = {}
 
-    def allow(self, addr: str, now: float | None = None) -> bool:
+    def allow(self, addr: bytes | str, now: float | None = None) -> bool:
         window = int((time.monotonic() if now is None else now) // 60)
         if window != self._window:
             self._window = window
@@ -102,6 +131,10 @@ class RelayState:
     cache: dict[tuple[str, str], _Cached] = field(default_factory=dict)
     cache_locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     limiter: RateLimiter = field(init=False)
+    limits: ClientLimits = field(init=False)
+    watchdog: WriteWatchdog = field(init=False)
+    #: when each gateway's cached keys were last dropped after a 422
+    evicted_at: dict[str, float] = field(default_factory=dict)
     slots: asyncio.Semaphore = field(init=False)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     pools: dict[str, ReplicaPool] = field(init=False)
@@ -110,6 +143,11 @@ class RelayState:
     def __post_init__(self) -> None:
         self.pools = {name: ReplicaPool(name, split_urls(urls)) for name, urls in self.config.gateways.items()}
         self.limiter = RateLimiter(self.config.rate_per_minute)
+        cfg = self.config
+        self.limits = ClientLimits(max_connections=cfg.max_connections_per_address,
+                                   max_in_flight=cfg.max_in_flight_per_address,
+                                   trusted_proxies=parse_networks(cfg.trusted_proxies))
+        self.watchdog = WriteWatchdog(cfg.write_timeout)
         self.slots = asyncio.Semaphore(self.config.max_concurrent)
         r = self.registry
         self.requests = Counter("veil_relay_requests_total", "Forwarded requests by outcome", ["outcome"], registry=r)
@@ -188,18 +226,27 @@ async def _admit(request: web.Request) -> web.StreamResponse:
     if request.content_length is not None and request.content_length > cfg.max_request_bytes:
         state.requests.labels("too_large").inc()
         return _problem(413, "request too large", f"limit is {cfg.max_request_bytes} bytes")
-    if not state.limiter.allow(request.remote or ""):
+    clock = BodyClock(cfg.body_timeout, cfg.min_rate, cfg.max_body_time)  # from the end of the request head
+    client = state.limits.client_key(request)
+    if not state.limiter.allow(client):
         state.requests.labels("rate_limited").inc()
         return _problem(429, "too many requests", "slow down", {"Retry-After": "60"})
     if state.slots.locked():
         state.requests.labels("busy").inc()
         return _problem(503, "relay busy", "too many concurrent requests", {"Retry-After": "1"})
-    async with state.slots:
-        state.in_flight.inc()
-        try:
-            return await _forward(request, state, pool, ctype)
-        finally:
-            state.in_flight.dec()
+    if not state.limits.enter(client):
+        state.requests.labels("address_busy").inc()
+        return _problem(429, "too many requests at once", "too many requests from this address are in flight",
+                        {"Retry-After": "1"})
+    try:
+        async with state.slots:
+            state.in_flight.inc()
+            try:
+                return await _forward(request, state, pool, ctype, clock)
+            finally:
+                state.in_flight.dec()
+    finally:
+        state.limits.leave(client)
 
 
 class _TooLarge(Exception):
@@ -214,25 +261,34 @@ class _Response(web.StreamResponse):
     _send_headers_immediately = False
 
 
-async def _body(request: web.Request, limit: int, timeout: float, counter: Counter) -> AsyncIterator[bytes]:
+async def _body(request: web.Request, limit: int, timeout: float, counter: Counter,
+                clock: BodyClock, first: bytearray) -> AsyncIterator[bytes]:
+    """A streamed ``message/ohttp-chunked-req`` body; its first byte (the key id) is kept in ``first``, and a body
+    that misses its deadline sets ``clock.timed_out``."""
     total = 0
     it = request.content.iter_any().__aiter__()
     while True:
         try:
-            async with asyncio.timeout(timeout):  # not wait_for: that wraps every piece in a new task
+            async with asyncio.timeout(clock.remaining(timeout)):  # not wait_for: that wraps every piece in a task
                 piece = await it.__anext__()
         except StopAsyncIteration:
             return
+        except TimeoutError:
+            clock.timed_out = True
+            raise
+        if not first and piece:
+            first.append(piece[0])
         total += len(piece)
+        clock.received = total
         if total > limit:
             raise _TooLarge()
         counter.inc(len(piece))
         yield piece
 
 
-async def _whole_body(request: web.Request, limit: int, timeout: float, counter: Counter) -> bytes:
-    """A ``message/ohttp-req`` body: the same limits and per-piece timeout as :func:`_body`, but what has arrived
-    already is taken without waiting (the common case: the whole small body came with the headers)."""
+async def _whole_body(request: web.Request, limit: int, timeout: float, counter: Counter, clock: BodyClock) -> bytes:
+    """A ``message/ohttp-req`` body: the same limits and deadlines as :func:`_body`, but what has arrived already
+    is taken without waiting (the common case: the whole small body came with the headers)."""
     content = request.content
     parts: list[bytes] = []
     total = 0
@@ -241,11 +297,12 @@ async def _whole_body(request: web.Request, limit: int, timeout: float, counter:
         if not piece:
             if content.at_eof():
                 break
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(clock.remaining(timeout)):
                 piece = await content.readany()
             if not piece:
                 break
         total += len(piece)
+        clock.received = total
         if total > limit:
             raise _TooLarge()
         counter.inc(len(piece))
@@ -253,7 +310,8 @@ async def _whole_body(request: web.Request, limit: int, timeout: float, counter:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-async def _forward(request: web.Request, state: RelayState, pool: ReplicaPool, ctype: str) -> web.StreamResponse:
+async def _forward(request: web.Request, state: RelayState, pool: ReplicaPool, ctype: str,
+                   clock: BodyClock) -> web.StreamResponse:
     cfg = state.config
     assert state.session is not None
     up_bytes = state.bytes_up
@@ -262,19 +320,21 @@ async def _forward(request: web.Request, state: RelayState, pool: ReplicaPool, c
     if ctype == MEDIA_CHUNKED_REQ:
         headers["Incremental"] = "?1"
     data: object
+    first = bytearray()  # the request's key id (RFC 9458 §4.1: the first byte of the encapsulated request)
     if ctype == MEDIA_CHUNKED_REQ and not request.content.is_eof():
-        data = _body(request, cfg.max_request_bytes, cfg.client_timeout, up_bytes)
+        data = _body(request, cfg.max_request_bytes, cfg.client_timeout, up_bytes, clock, first)
     else:
         # A whole message, or an incremental one that has arrived completely already (the usual chat request):
         # forwarded in one piece with a Content-Length, rather than as chunks and a terminator in separate sends.
         try:
-            data = await _whole_body(request, cfg.max_request_bytes, cfg.client_timeout, up_bytes)
+            data = await _whole_body(request, cfg.max_request_bytes, cfg.client_timeout, up_bytes, clock)
         except _TooLarge:
             state.requests.labels("too_large").inc()
             return _problem(413, "request too large", f"limit is {cfg.max_request_bytes} bytes")
         except asyncio.TimeoutError:
             state.requests.labels("client_timeout").inc()
             return _problem(408, "request timeout", "the request body arrived too slowly")
+        first += data[:1]
     t0 = time.perf_counter()
     try:
         # Another replica is tried only when nothing was sent (connection refused or timed out); never after.
@@ -282,19 +342,18 @@ async def _forward(request: web.Request, state: RelayState, pool: ReplicaPool, c
     except _TooLarge:
         state.requests.labels("too_large").inc()
         return _problem(413, "request too large", f"limit is {cfg.max_request_bytes} bytes")
-    except asyncio.TimeoutError:
-        state.requests.labels("gateway_timeout").inc()
-        return _problem(504, "gateway timeout", "the gateway did not answer in time")
-    except (aiohttp.ClientError, OSError):
+    except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+        if clock.timed_out:  # the client's streamed body missed its deadline (aiohttp wraps the error)
+            state.requests.labels("client_timeout").inc()
+            return _problem(408, "request timeout", "the request body arrived too slowly")
+        if isinstance(exc, asyncio.TimeoutError):
+            state.requests.labels("gateway_timeout").inc()
+            return _problem(504, "gateway timeout", "the gateway did not answer in time")
         state.requests.labels("gateway_error").inc()
         return _problem(502, "bad gateway", "the gateway is unreachable")
     state.latency.observe(time.perf_counter() - t0)
-    if upstream.status == 422:
-        # The gateway no longer accepts the key this client used (rotation): drop the cached key list and evidence
-        # now, so the client's refresh gets the new keys instead of the stale cached ones.
-        name = request.match_info.get("name", "")
-        state.cache.pop((name, "keys"), None)
-        state.cache.pop((name, "attestation"), None)
+    if upstream.status == 422 and first:
+        _key_rejected(state, pool, first[0])
     try:
         out_headers = {k: upstream.headers[k] for k in _PASS_RESPONSE if k in upstream.headers}
         out_headers["Cache-Control"] = "no-store"
@@ -333,6 +392,23 @@ async def _forward(request: web.Request, state: RelayState, pool: ReplicaPool, c
         replica.release()
 
 
+def _key_rejected(state: RelayState, pool: ReplicaPool, key_id: int) -> None:
+    """The gateway answered 422 (key unknown) to a request for ``key_id``. When the cached key list holds that key
+    id, the gateway has rotated it away: drop the cached keys and evidence so the client's refresh gets the new
+    ones. Anyone can draw a 422 (junk under any key id), so a key id the cache does not hold drops nothing, and
+    drops happen at most once per ``key_refresh_interval`` per gateway."""
+    entry = state.cache.get((pool.name, "keys"))
+    if entry is None or key_id not in entry.key_ids:
+        return
+    now = time.monotonic()
+    if now - state.evicted_at.get(pool.name, -1e18) < state.config.key_refresh_interval:
+        return
+    state.evicted_at[pool.name] = now
+    state.cache.pop((pool.name, "keys"), None)
+    state.cache.pop((pool.name, "attestation"), None)
+    state.requests.labels("keys_dropped").inc()
+
+
 async def keys(request: web.Request) -> web.Response:
     """``GET /NAME``: the gateway's key configuration, cached for its lifetime (key consistency)."""
     return await _cached_get(request, "keys")
@@ -357,7 +433,7 @@ async def _cached_lookup(request: web.Request, what: str) -> web.Response:
         return _problem(404 if request.method == "GET" else 403, "unknown gateway")
     if what == "attestation" and "nonce" in request.query:
         return _problem(400, "fresh evidence is not relayed", "ask for cached evidence; nonces would link clients")
-    key = (name or "", what)
+    key = (pool.name, what)  # "/" and "/NAME" of a relay with one gateway share one cache entry
     lock = state.cache_locks.setdefault(key, asyncio.Lock())
     async with lock:
         entry = state.cache.get(key)
@@ -385,8 +461,7 @@ async def _fetch_pool(state: RelayState, pool: ReplicaPool, what: str) -> _Cache
         if isinstance(fresh, _Cached):
             if what == "keys" and len(pool) > 1:
                 if pool.keys_from is not replica:  # evidence must come with the keys it binds
-                    for name in (pool.name, "") if len(state.pools) == 1 else (pool.name,):
-                        state.cache.pop((name, "attestation"), None)
+                    state.cache.pop((pool.name, "attestation"), None)
                 pool.keys_from = replica
                 pool.background(_compare_keys(state, pool, replica, fresh.body))
             return fresh
@@ -422,7 +497,7 @@ async def _fetch(state: RelayState, url: str, what: str) -> _Cached | web.Respon
     m = re.search(r"max-age=(\d+)", cc)
     cfg = state.config
     ttl = min(cfg.max_cache_seconds, max(cfg.min_cache_seconds, float(m.group(1)) if m else cfg.min_cache_seconds))
-    return _Cached(body, ctype, time.monotonic() + ttl)
+    return _Cached(body, ctype, time.monotonic() + ttl, key_ids(body) if what == "keys" else frozenset())
 
 
 def _cors(request: web.Request, state: RelayState, resp: web.StreamResponse) -> None:
@@ -512,9 +587,25 @@ async def _health_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+@web.middleware
+async def _watch_writes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every connection that sends a request is watched until it closes: one that leaves response bytes unread for
+    ``write_timeout`` seconds is dropped (during a stream, or after the handler has finished writing)."""
+    request.app[STATE].watchdog.track(request.transport)
+    return await handler(request)
+
+
+async def _watchdog_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[STATE].watchdog.run())
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 def create_app(config: RelayConfig) -> web.Application:
     """Build the relay application."""
-    app = web.Application(client_max_size=config.max_request_bytes + 1)
+    app = web.Application(client_max_size=config.max_request_bytes + 1,
+                          middlewares=[_watch_writes] if config.write_timeout > 0 else [])
     app[STATE] = RelayState(config=config)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -528,6 +619,7 @@ def create_app(config: RelayConfig) -> web.Application:
     app.cleanup_ctx.append(_vsock_ctx)
     app.cleanup_ctx.append(_session_ctx)
     app.cleanup_ctx.append(_health_ctx)
+    app.cleanup_ctx.append(_watchdog_ctx)
     return app
 
 

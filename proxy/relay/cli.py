@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 
-from aiohttp import web
-
 from veil_cli import Option, add_options
 
-from .app import RelayConfig, create_app
+from .app import STATE, RelayConfig, create_app
+from .limits import serve
 from .pool import split_urls
+
+log = logging.getLogger("veil.relay")
 
 OPTIONS = [
     Option("listen", "HOST:PORT to listen on", "127.0.0.1:8080"),
@@ -26,10 +27,30 @@ OPTIONS = [
     Option("connect-timeout", "seconds to connect to a gateway (502 beyond)", 5.0, type=float),
     Option("read-timeout", "seconds a gateway may stay silent (504 / stream cut beyond)", 300.0, type=float),
     Option("client-timeout", "seconds a client may stay silent while sending its body (408 beyond)", 30.0, type=float),
+    Option("body-timeout", "seconds a client has to send its whole request body, plus one per --min-rate bytes "
+           "received, --max-body-time at most (408 beyond)", 20.0, type=float),
+    Option("min-rate", "bytes per second that earn a request body one more second past --body-timeout", 4096.0,
+           type=float),
+    Option("max-body-time", "seconds any request body may take, however fast it arrives (408 beyond)", 60.0,
+           type=float),
+    Option("write-timeout", "seconds response bytes may wait unread before the client is dropped (0: never)", 30.0,
+           type=float),
+    Option("idle-timeout", "seconds a connection may stay idle, or take to send its request line and headers", 15.0,
+           type=float),
+    Option("max-connections-per-address", "open connections per client address (IPv6: per /64); more are closed "
+           "as they open", 128, type=int),
+    Option("max-in-flight-per-address", "requests forwarded at once per client address (429 beyond)", 32, type=int),
+    Option("trusted-proxy", "address or CIDR of a TLS terminator / load balancer in front of the relay whose "
+           "X-Forwarded-For gives the client address (repeatable; never logged). Without it every client behind a "
+           "terminator shares the terminator's address: one rate limit and one set of per-address caps",
+           repeat=True, metavar="CIDR"),
+    Option("key-refresh-interval", "seconds between drops of a gateway's cached keys and evidence after a 422 for a "
+           "cached key id (a key rotation); anyone can draw a 422, so no more often than this", 10.0, type=float),
     Option("cors-origin", "browser origin allowed to use the relay, or * (repeatable)", repeat=True, metavar="ORIGIN"),
     Option("shutdown-timeout", "on SIGTERM/SIGINT, seconds in-flight requests and streams may take to finish",
            30.0, type=float),
-    Option("log-level", "logging level", "info", choices=("debug", "info", "warning", "error")),
+    Option("log-level", "logging level (no level but debug logs client addresses or bytes; debug may)", "info",
+           choices=("debug", "info", "warning", "error")),
 ]
 
 
@@ -51,9 +72,38 @@ def parse_gateways(items: list[str]) -> dict[str, tuple[str, ...]]:
     return out
 
 
+class ClientDataFilter(logging.Filter):
+    """Below ``--log-level debug``, no log line may carry a client address, header or body byte. Veil's own loggers
+    never log them; every other logger (aiohttp.server's "Error handling request from <address>" with the offending
+    header line in its traceback, aiohttp.access, aiohttp.web, asyncio's transport errors, warnings) keeps its
+    name, level and the kind of error, and loses its message arguments and traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "veil" or record.name.startswith("veil."):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        kind = type(exc).__name__ if exc is not None else "no exception"
+        record.msg = "%s (%s; details withheld: they may hold client addresses or bytes)"
+        record.args = (record.name, kind)
+        record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+
+def setup_logging(level: str) -> None:
+    """The relay's logging: ``level``, and the :class:`ClientDataFilter` on every handler unless it is debug."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)  # warnings (e.g. ResourceWarning with a transport) go through the filter too
+    if level.lower() == "debug":
+        log.warning("!!! --log-level debug: the relay's DEBUG logs (aiohttp's included) may contain client "
+                    "ADDRESSES and request HEADER bytes. Do not run a production relay at this level. !!!")
+        return
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ClientDataFilter())
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the relay until interrupted."""
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     if not args.gateway:
         raise SystemExit("veil relay: give at least one --gateway NAME=URL (the allow list)")
     host, _, port = args.listen.rpartition(":")
@@ -69,6 +119,14 @@ def run(args: argparse.Namespace) -> int:
             connect_timeout=args.connect_timeout,
             read_timeout=args.read_timeout,
             client_timeout=args.client_timeout,
+            body_timeout=args.body_timeout,
+            min_rate=args.min_rate,
+            max_body_time=args.max_body_time,
+            write_timeout=args.write_timeout,
+            max_connections_per_address=args.max_connections_per_address,
+            max_in_flight_per_address=args.max_in_flight_per_address,
+            trusted_proxies=tuple(args.trusted_proxy or ()),
+            key_refresh_interval=args.key_refresh_interval,
             cors_origins=tuple(args.cors_origin or ()),
             health_interval=args.health_interval,
         )
@@ -76,8 +134,11 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"veil relay: {exc}") from None
     names = ", ".join(f"/{n}" + (f" ({len(u)} replicas)" if len(u) > 1 else "")
                       for n, u in parse_gateways(args.gateway).items())
+    if config.trusted_proxies:
+        log.info("client addresses are taken from X-Forwarded-For of %d trusted proxy network(s)",
+                 len(config.trusted_proxies))
     print(f"veil relay listening on http://{host}:{port} (gateways: {names})", flush=True)
-    # access_log=None: the relay keeps no per-client logs.
-    web.run_app(create_app(config), host=host, port=int(port), access_log=None, print=None,
-                shutdown_timeout=args.shutdown_timeout)
+    app = create_app(config)
+    serve(app, host, int(port), shutdown_timeout=args.shutdown_timeout, idle_timeout=args.idle_timeout,
+          limits=app[STATE].limits)
     return 0

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import time
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -144,7 +145,8 @@ async def test_disconnect_mid_request_and_mid_stream(chain: tuple[Proc, Proc, Pr
     for _ in range(10):
         creq = ohttp.ChunkedClientRequest(config)
         inner = bhttp.encode_request(bhttp.Request(
-            method="POST", path="/v1/chat/completions", headers=[("content-type", "application/json")],
+            method="POST", path="/v1/chat/completions",
+            headers=[("content-type", "application/json"), ("date", formatdate(usegmt=True))],
             content=orjson.dumps({"model": "echo", "stream": True,
                                   "messages": [{"role": "user", "content": "x " * 300}]})))
         wire = creq.encode_chunk(inner, final=True)
@@ -259,7 +261,8 @@ def test_load_with_key_rotation_loses_nothing_and_logs_nothing(veil_process: Cal
     gw = veil_process(["gateway", "--engine", "echo", "--listen", f"127.0.0.1:{gp}", "--echo-token-delay", "0.01",
                        "--rotation-grace", "2"], gp)
     relay = veil_process(["relay", "--listen", f"127.0.0.1:{rp}", "--gateway", f"gw=http://127.0.0.1:{gp}{WELL_KNOWN}",
-                          "--rate-per-minute", "1000000"], rp)
+                          "--rate-per-minute", "1000000", "--max-connections-per-address", "1000",
+                          "--max-in-flight-per-address", "1000"], rp)
     duration, concurrency = 8.0, 200
     stats: dict[str, Any] = {"ok": 0, "failed": 0, "refreshes": 0}
 

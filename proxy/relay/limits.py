@@ -1,0 +1,249 @@
+"""What one client may take of ``veil relay``: time, connections, requests in flight, and the buffer of a response
+it does not read.
+
+* Body deadline (:class:`BodyClock`): a request body must arrive within ``body_timeout`` seconds; every ``min_rate``
+  bytes received add one second, up to ``max_body_time`` in all. A client dripping a byte every few seconds is cut
+  off (408) after ``body_timeout``; a large body on a slow but real link gets the time its size needs.
+* Per address (:class:`ClientLimits`): open connections (checked as each is accepted) and requests in flight. An
+  address is kept only as a keyed digest (a random key per process; an IPv6 address by its /64) in memory, never
+  logged. Behind a TLS terminator every client has the terminator's address: ``trusted_proxies`` names the
+  terminators whose ``X-Forwarded-For`` is believed (the rightmost address in it that is not itself trusted).
+* Writes (:class:`WriteWatchdog`): a connection whose response bytes have waited unsent for ``write_timeout``
+  seconds (the client stopped reading) is dropped, whether a handler is still writing to it or has finished.
+* Idle connections and slow request heads are aiohttp's keep-alive timeout (``serve(idle_timeout=...)``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import os
+import time
+from collections.abc import Iterable
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from aiohttp import web
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(items: Iterable[str]) -> tuple[Network, ...]:
+    """``["10.0.0.0/8", "::1"]`` -> networks; ``ValueError`` says which item is wrong."""
+    out: list[Network] = []
+    for item in items:
+        try:
+            out.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"--trusted-proxy takes an address or CIDR (e.g. 10.0.0.0/8), got {item!r}") from None
+    return tuple(out)
+
+
+def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if not text:
+        return None
+    try:
+        addr = ipaddress.ip_address(text.strip().split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+@dataclass
+class BodyClock:
+    """The deadline of one request body: ``base`` seconds, one more per ``min_rate`` bytes, ``cap`` at most."""
+
+    base: float
+    min_rate: float
+    cap: float
+    start: float = 0.0
+    received: int = 0
+    timed_out: bool = False
+
+    def __post_init__(self) -> None:
+        self.start = time.monotonic()
+
+    def remaining(self, per_read: float) -> float:
+        """Seconds the next read may wait: the per-read timeout or what is left of the deadline, if less."""
+        extra = self.received / self.min_rate if self.min_rate > 0 else 0.0
+        deadline = self.start + min(self.base + extra, self.cap)
+        return max(0.0, min(per_read, deadline - time.monotonic()))
+
+
+class ClientLimits:
+    """Per-address connection and in-flight counts, under keyed digests of the addresses."""
+
+    def __init__(self, *, max_connections: int, max_in_flight: int, trusted_proxies: tuple[Network, ...] = ()) -> None:
+        self.max_connections = max_connections
+        self.max_in_flight = max_in_flight
+        self.trusted = trusted_proxies
+        self._secret = os.urandom(32)
+        self._connections: dict[bytes, int] = {}
+        self._open: dict[object, bytes] = {}  # connection (aiohttp's handler) -> its address key
+        self._in_flight: dict[bytes, int] = {}
+
+    def key(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bytes:
+        """A digest that stands for ``addr`` (for IPv6, its /64: one host usually has the whole prefix)."""
+        if addr is None:
+            raw = b""
+        elif isinstance(addr, ipaddress.IPv6Address):
+            raw = addr.packed[:8]
+        else:
+            raw = addr.packed
+        return hashlib.blake2b(raw, key=self._secret, digest_size=16).digest()
+
+    def _trusted(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bool:
+        return addr is not None and any(addr.version == n.version and addr in n for n in self.trusted)
+
+    def client_address(self, request: web.BaseRequest) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        """The peer's address; from ``X-Forwarded-For`` only when the peer is a trusted proxy."""
+        peer = _ip(request.remote)
+        if not self.trusted or not self._trusted(peer):
+            return peer
+        hops = [h for v in request.headers.getall("X-Forwarded-For", []) for h in v.split(",")]
+        for hop in reversed(hops):
+            addr = _ip(hop)
+            if addr is None:
+                break  # unparsable: the chain cannot be followed further; count the request against the proxy
+            if not self._trusted(addr):
+                return addr
+        return peer
+
+    def client_key(self, request: web.BaseRequest) -> bytes:
+        return self.key(self.client_address(request))
+
+    # -- requests in flight
+
+    def enter(self, key: bytes) -> bool:
+        n = self._in_flight.get(key, 0)
+        if n >= self.max_in_flight:
+            return False
+        self._in_flight[key] = n + 1
+        return True
+
+    def leave(self, key: bytes) -> None:
+        n = self._in_flight.get(key, 1) - 1
+        if n <= 0:
+            self._in_flight.pop(key, None)
+        else:
+            self._in_flight[key] = n
+
+    # -- connections (hooked into the server by :func:`install`)
+
+    def opened(self, conn: object, transport: asyncio.BaseTransport) -> bool:
+        """Count a new connection; ``False`` when its address already has ``max_connections`` open."""
+        peer = transport.get_extra_info("peername")
+        addr = _ip(peer[0] if isinstance(peer, (tuple, list)) and peer else None)
+        if self._trusted(addr):
+            return True  # a TLS terminator carries many clients; they are limited per request instead
+        key = self.key(addr)
+        n = self._connections.get(key, 0)
+        if n >= self.max_connections:
+            return False
+        self._connections[key] = n + 1
+        self._open[conn] = key
+        return True
+
+    def closed(self, conn: object) -> None:
+        key = self._open.pop(conn, None)
+        if key is None:
+            return
+        n = self._connections.get(key, 1) - 1
+        if n <= 0:
+            self._connections.pop(key, None)
+        else:
+            self._connections[key] = n
+
+    def install(self, server: web.Server) -> None:
+        """Count every connection ``server`` accepts; close at once those over their address's cap."""
+        made: Callable[..., None] = server.connection_made
+        lost: Callable[..., None] = server.connection_lost
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            made(handler, transport)
+            if not self.opened(handler, transport):
+                transport.abort()
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            self.closed(handler)
+            lost(handler, exc)
+
+        # aiohttp's Server calls these two for every connection of every site; there is no other per-connection
+        # hook in front of the HTTP parser.
+        setattr(server, "connection_made", connection_made)  # noqa: B010
+        setattr(server, "connection_lost", connection_lost)  # noqa: B010
+
+
+class WriteWatchdog:
+    """Drops connections whose unsent response bytes have waited ``timeout`` seconds (checked every second)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._since: dict[Any, float | None] = {}  # transport -> since when its buffer has not been empty
+        self.dropped = 0
+
+    def track(self, transport: asyncio.BaseTransport | None) -> None:
+        if transport is not None and self.timeout > 0 and transport not in self._since:
+            self._since[transport] = None
+
+    def check(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for t, since in list(self._since.items()):
+            try:
+                pending = t.get_write_buffer_size()
+            except (AttributeError, RuntimeError):
+                pending = 0
+            if pending == 0:
+                if t.is_closing():
+                    del self._since[t]
+                else:
+                    self._since[t] = None
+            elif since is None:
+                self._since[t] = now
+            elif now - since >= self.timeout:
+                self.dropped += 1
+                del self._since[t]
+                t.abort()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.check()
+
+
+def serve(app: web.Application, host: str, port: int, *, shutdown_timeout: float, idle_timeout: float,
+          limits: ClientLimits | None) -> None:
+    """``web.run_app`` (signals, graceful shutdown) with ``limits`` counting every accepted connection."""
+    loop = asyncio.new_event_loop()
+
+    async def main() -> None:
+        # access_log=None: the relay keeps no per-client logs. keepalive_timeout: an idle connection, or one whose
+        # request head has not arrived whole, is closed after idle_timeout seconds.
+        runner = web.AppRunner(app, handle_signals=True, access_log=None, shutdown_timeout=shutdown_timeout,
+                               keepalive_timeout=idle_timeout)
+        await runner.setup()
+        try:
+            if limits is not None and runner.server is not None:
+                limits.install(runner.server)
+            await web.TCPSite(runner, host, port).start()
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    asyncio.set_event_loop(loop)
+    task = loop.create_task(main())
+    try:
+        loop.run_until_complete(task)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError, web.GracefulExit):
+            loop.run_until_complete(task)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        asyncio.set_event_loop(None)
+        loop.close()
