@@ -247,14 +247,17 @@ class KeyRing:
 
     def __init__(self, keys: Iterable[GatewayKey] = (), *, clock: Clock | None = None) -> None:
         self._keys: dict[int, GatewayKey] = {}
+        #: ids handed out by :meth:`reserve_key_id` whose key is not in the ring yet (its evidence is being collected)
+        self._reserved: set[int] = set()
         self._clock = clock or time.time
         for k in keys:
             self.add(k)
 
     def add(self, key: GatewayKey) -> None:
-        """Add a key; its id must not be in use."""
+        """Add a key; its id must not be in use (a reservation of that id is used up)."""
         if key.config.key_id in self._keys:
             raise LocalProtocolError(f"key id {key.config.key_id} is already in the ring")
+        self._reserved.discard(key.config.key_id)
         self._keys[key.config.key_id] = key
 
     def rotate(self, new_key: GatewayKey, grace_seconds: float) -> None:
@@ -270,12 +273,26 @@ class KeyRing:
         self.add(new_key)
 
     def next_key_id(self) -> int:
-        """The lowest key id not in use (after purging retired keys)."""
+        """The lowest key id not in use and not reserved (after purging retired keys). Two rotations that both ask
+        before either adds its key get the same id: they must use :meth:`reserve_key_id` instead."""
         self.purge()
         for kid in range(256):
-            if kid not in self._keys:
+            if kid not in self._keys and kid not in self._reserved:
                 return kid
         raise LocalProtocolError("all 256 key ids are in use")
+
+    def reserve_key_id(self) -> int:
+        """Pick and reserve the next key id in one step, for a key that joins the ring later (:meth:`rotate` or
+        :meth:`add` uses the reservation up; :meth:`release_key_id` gives it back if the key never comes). A rotation
+        collects evidence between choosing its id and rotating, and another rotation can start meanwhile: without
+        the reservation both would choose the same id, and the second key would silently replace the first."""
+        kid = self.next_key_id()
+        self._reserved.add(kid)
+        return kid
+
+    def release_key_id(self, key_id: int) -> None:
+        """Give back a reservation whose key will not be added (its rotation was abandoned)."""
+        self._reserved.discard(key_id)
 
     def purge(self) -> None:
         """Forget keys whose lifetime has ended."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -52,10 +53,19 @@ class KeyState:
     verification: object = None
     simulated: bool = False
     fetched_at: float = field(default_factory=time.time)
+    #: When these keys and their evidence must be fetched and verified again (unix time; None: only on a 422): the
+    #: earliest of the keys' and the bundle's ``Cache-Control: max-age`` and the evidence's own expiry.
+    expires_at: float | None = None
+
+    def expired(self, now: float | None = None) -> bool:
+        """Whether the verification no longer holds: nothing may be sent to these keys before a new one."""
+        return self.expires_at is not None and (time.time() if now is None else now) >= self.expires_at
 
 
 #: Verifies an evidence bundle for a keys body; returns (verification result, simulated?) or raises.
 Verifier = Callable[[bytes, bytes], "tuple[object, bool]"]
+#: When a verified bundle stops verifying by itself (unix time), read from its bytes; None: it does not expire.
+EvidenceExpiry = Callable[[bytes], "float | None"]
 
 
 @dataclass
@@ -79,6 +89,11 @@ class OhttpClient:
 
     ``keys_url`` and ``attestation_url`` default to ``url`` and ``url + "/attestation"`` (the relay's layout);
     pass the gateway's own paths when talking to a gateway directly.
+
+    Keys are verified again, before the next request, once their ``Cache-Control: max-age`` (keys or bundle,
+    whichever is shorter) or the evidence's own expiry (``evidence_expiry``, default
+    :func:`proxy.verify.evidence_expiry`: an MAA token's ``exp``, a Nitro document's leaf certificate) has passed:
+    a verification holds only as long as what it checked.
     """
 
     def __init__(
@@ -90,6 +105,7 @@ class OhttpClient:
         attestation_url: str | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout: float = 600.0,
+        evidence_expiry: EvidenceExpiry | None = None,
         send_date: bool = True,
     ) -> None:
         self.url = url
@@ -100,6 +116,7 @@ class OhttpClient:
         self._own_session = session is None
         self._timeout = timeout
         self._lock = asyncio.Lock()
+        self._evidence_expiry = evidence_expiry or _default_evidence_expiry
         self.keys: KeyState | None = None
         self.send_date = send_date
 
@@ -119,21 +136,29 @@ class OhttpClient:
             await self._session.close()
             self._session = None
 
-    async def refresh_keys(self, *, stale: bytes | None = None) -> KeyState:
-        """Fetch the key configuration and its evidence, verify, and keep them. Refuses unverifiable keys."""
+    async def refresh_keys(self, *, stale: bytes | None = None, if_expired: bool = False) -> KeyState:
+        """Fetch the key configuration and its evidence, verify, and keep them. Refuses unverifiable keys.
+
+        ``stale``: the keys body a 422 rejected (nothing is fetched if another task replaced it already);
+        ``if_expired``: nothing is fetched if another task verified keys that have not expired meanwhile."""
         async with self._lock:
             if self.keys is not None and stale is not None and self.keys.keys_body != stale:
                 return self.keys  # another task refreshed already
+            if if_expired and self.keys is not None and not self.keys.expired():
+                return self.keys
             s = await self._http()
+            started = time.time()
             try:
                 async with s.get(self.keys_url, headers={"Accept": ohttp.MEDIA_TYPE_KEYS}) as r:
                     if r.status != 200:
                         raise VeilClientError(f"key fetch from {self.keys_url} failed: HTTP {r.status}")
                     body = await r.read()
+                    keys_age = max_age(r.headers.get("Cache-Control"))
                 async with s.get(self.attestation_url, headers={"Accept": "application/json"}) as r:
                     if r.status != 200:
                         raise VeilClientError(f"attestation fetch from {self.attestation_url} failed: HTTP {r.status}")
                     bundle = await r.read()
+                    bundle_age = max_age(r.headers.get("Cache-Control"))
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 raise VeilClientError(f"cannot reach {self.keys_url}: {type(exc).__name__}: {exc}") from None
             try:
@@ -145,8 +170,15 @@ class OhttpClient:
             try:
                 verification, simulated = self._verifier(bundle, body)
             except Exception as exc:  # fail closed: nothing is sent to keys that did not verify
+                self.keys = None  # nor to the keys verified before: their evidence is no longer what is served
                 raise VeilClientError(f"attestation refused: {exc}", 502, "veil_attestation_refused") from None
-            self.keys = KeyState(keys_body=body, config=configs[0], verification=verification, simulated=simulated)
+            # Ages count from when the fetch started (conservative); the evidence's expiry is read from the bytes
+            # that just verified, so it is the verified one.
+            limits = [started + a for a in (keys_age, bundle_age) if a is not None]
+            if (evidence_end := self._evidence_expiry(bundle)) is not None:
+                limits.append(evidence_end)
+            self.keys = KeyState(keys_body=body, config=configs[0], verification=verification, simulated=simulated,
+                                 fetched_at=started, expires_at=min(limits) if limits else None)
             return self.keys
 
     async def request(
@@ -159,7 +191,9 @@ class OhttpClient:
         chunked: bool = False,
     ) -> InnerResponse:
         """Send one request through OHTTP; ``chunked`` uses chunked OHTTP and streams the response."""
-        keys = self.keys or await self.refresh_keys()
+        keys = self.keys
+        if keys is None or keys.expired():  # verified again before anything is sent, never in the background
+            keys = await self.refresh_keys(if_expired=True)
         for attempt in (1, 2):
             try:
                 return await self._send(keys, method, path, headers or [], body, chunked)
@@ -209,6 +243,27 @@ class OhttpClient:
             r.release()
             await _check_outer(r, data, ohttp.MEDIA_TYPE_CHUNKED_RESPONSE)
         return await _open_stream(r, creq.response())
+
+
+_MAX_AGE: Final = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)\"?", re.IGNORECASE)
+
+
+def max_age(cache_control: str | None) -> float | None:
+    """Seconds a response may be used, from its ``Cache-Control``: ``max-age=N``; 0 for ``no-store`` /
+    ``no-cache``; None when it says neither (then only the evidence's expiry and a 422 bound the keys)."""
+    if not cache_control:
+        return None
+    directives = {d.strip().split("=")[0].lower() for d in cache_control.split(",")}
+    if "no-store" in directives or "no-cache" in directives:
+        return 0.0
+    m = _MAX_AGE.search(cache_control)
+    return float(m.group(1)) if m else None
+
+
+def _default_evidence_expiry(bundle_json: bytes) -> float | None:
+    from .verify import evidence_expiry  # imports the verifiers; only once keys are fetched
+
+    return evidence_expiry(bundle_json)
 
 
 _PLAIN_HEADERS: Final = {"Content-Type": ohttp.MEDIA_TYPE_REQUEST}

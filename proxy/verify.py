@@ -7,6 +7,7 @@ The verification itself lives in ``enclave.attestation`` (one implementation, sh
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable
 
 from enclave.attestation import Bundle, BundleError
@@ -26,15 +27,34 @@ class AttestationRefused(Exception):
         self.verdict = verdict
 
 
+#: A policy as callers give it: loaded already, or the path of its TOML file (``veil proxy --policy FILE``).
+PolicyLike = Policy | str | os.PathLike[str]
+
+
+def load_policy(policy: PolicyLike | None) -> Policy:
+    """``policy`` as a :class:`Policy`: a path is loaded (relative files it names are read from its folder); None is
+    the default policy, which accepts no measurement.
+
+    Raises:
+        AttestationError: the file cannot be read or is not a valid policy (a typo must not loosen it).
+    """
+    if policy is None:
+        return Policy()
+    if isinstance(policy, Policy):
+        return policy
+    return Policy.load(os.fspath(policy))
+
+
 def make_verifier(
-    *, allow_simulated: bool, policy: Policy | None = None
+    *, allow_simulated: bool, policy: PolicyLike | None = None
 ) -> Callable[[bytes, bytes], tuple[object, bool]]:
     """A verifier for :class:`proxy.transport.OhttpClient`: ``(bundle_json, keys_body) -> (verdict, simulated)``.
 
-    Without a policy, the default one applies: no measurement is allowed, so every real platform is refused until
-    the user names the measurements they trust (fail closed).
+    ``policy`` is a :class:`Policy` or the path of a policy file (loaded now: a bad file fails here, not at the first
+    request). Without a policy, the default one applies: no measurement is allowed, so every real platform is refused
+    until the user names the measurements they trust (fail closed).
     """
-    pol = policy or Policy()
+    pol = load_policy(policy)
 
     def verify(bundle_json: bytes, keys_body: bytes) -> tuple[object, bool]:
         try:
@@ -53,3 +73,45 @@ def make_verifier(
         return verdict, verdict.simulated
 
     return verify
+
+
+def evidence_expiry(bundle_json: bytes) -> float | None:
+    """When a bundle's evidence stops verifying by itself (unix time), or None if it does not: an MAA token's
+    ``exp`` (a ``platform = "maa"`` bundle or a token attached to Azure evidence), a Nitro document's leaf
+    certificate's ``not_after`` (the NSM reuses the leaf). Read, not verified: call it on bytes that just verified,
+    to know when to verify again. Unparsable bundles give None (they did not verify anyway)."""
+    try:
+        bundle = Bundle.from_json(bundle_json)
+    except BundleError:
+        return None
+    token = bundle.report.decode("ascii", "replace") if bundle.platform == "maa" else bundle.certs.get("maa_token")
+    ends: list[float] = []
+    if token:
+        exp = _jwt_exp(token)
+        if exp is not None:
+            ends.append(exp)
+    if bundle.platform == "aws-nitro":
+        try:
+            from cryptography import x509
+
+            from enclave.attestation.nitro import parse_document
+
+            leaf = x509.load_der_x509_certificate(parse_document(bundle.report).certificate)
+            ends.append(leaf.not_valid_after_utc.timestamp())
+        except (AttestationError, ValueError):
+            pass
+    return min(ends) if ends else None
+
+
+def _jwt_exp(token: str) -> float | None:
+    import base64
+    import binascii
+    import json
+
+    try:
+        payload = token.strip().split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, binascii.Error):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None

@@ -106,9 +106,11 @@ class GatewayState:
         return due is not None and time.time() >= due
 
     def _new_key(self) -> GatewayKey:
+        """A fresh key under an id reserved in the keyring until it joins it (a rotation that gives up releases it):
+        two rotations running at once never pick the same id."""
         current = self.keyring.published()
         template = current[0].config if current else None
-        key_id = self.keyring.next_key_id()
+        key_id = self.keyring.reserve_key_id()
         if template is not None:
             return GatewayKey.generate(key_id, template.kem, template.suites, not_before=time.time())
         return GatewayKey.generate(key_id, not_before=time.time())
@@ -127,17 +129,21 @@ class GatewayState:
         changes (the old key is not retired early) and None is returned."""
         new = self._new_key()
         body = encode_list([new.config])  # what the keyring publishes after rotate(): the new key alone
-        async with self._refresh_lock:
-            try:
-                bundle = await asyncio.to_thread(self.collect, body)
-            except AttestationError as exc:
-                log.error("key rotation postponed: no evidence for the new key: %s", exc)
-                return None
-            self.keyring.rotate(new, self.config.rotation_grace)
-            self.keyring.purge()
-            if self.keyring.encode_published() != body:  # cannot happen with a key valid from now; never split
-                log.error("key rotation: the keyring publishes something else than the new key; not published")
-                return None
-            self._publish(body, bundle)
-            self.metrics.keys.set(len(self.keyring))
+        try:
+            async with self._refresh_lock:
+                try:
+                    bundle = await asyncio.to_thread(self.collect, body)
+                except AttestationError as exc:
+                    log.error("key rotation postponed: no evidence for the new key: %s", exc)
+                    return None
+                self.keyring.rotate(new, self.config.rotation_grace)
+                self.keyring.purge()
+                if self.keyring.encode_published() != body:  # cannot happen with a key valid from now; never split
+                    log.error("key rotation: the keyring publishes something else than the new key; not published")
+                    return None
+                self._publish(body, bundle)
+                self.metrics.keys.set(len(self.keyring))
+        finally:
+            # used up if the key joined the ring; else (no evidence, cancelled, not published) free again
+            self.keyring.release_key_id(new.config.key_id)
         return new

@@ -5,7 +5,13 @@
     from proxy.client import VeilTransport
 
     client = OpenAI(base_url="http://veil.invalid/v1", api_key="unused",
-                    http_client=httpx2.Client(transport=VeilTransport("http://relay.example/NAME")))
+                    http_client=httpx2.Client(transport=VeilTransport("http://relay.example/NAME",
+                                                                      policy="policy.toml")))
+
+``policy`` is what ``veil proxy --policy`` takes (a :class:`~enclave.attestation.policy.Policy` or the path of its
+TOML file) and goes through the same :func:`~proxy.verify.make_verifier`; without one the default policy refuses
+every real gateway. ``allow_simulated=True`` accepts simulated attestation (development only). ``verifier``
+replaces both with your own check (``(bundle_json, keys_body) -> (verification, simulated)``, raising to refuse).
 
 The host in ``base_url`` is never contacted: every request is encapsulated and sent to the relay. The SDK's API key
 stays on this machine unless ``send_api_key=True`` (then it travels inside the encapsulation only).
@@ -22,8 +28,8 @@ try:  # openai >= 3 is built on httpx2; older SDKs on httpx. Same transport API.
 except ImportError:  # pragma: no cover - exercised only with an older SDK
     import httpx  # type: ignore[no-redef,import-not-found,unused-ignore]
 
-from ..transport import InnerResponse, OhttpClient, VeilClientError, wants_stream
-from ..verify import make_verifier
+from ..transport import InnerResponse, OhttpClient, VeilClientError, Verifier, wants_stream
+from ..verify import PolicyLike, make_verifier
 
 T = TypeVar("T")
 _HOP = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
@@ -42,14 +48,16 @@ class VeilAsyncTransport(httpx.AsyncBaseTransport):
         self,
         relay_url: str,
         *,
+        policy: PolicyLike | None = None,
         allow_simulated: bool = False,
+        verifier: Verifier | None = None,
         keys_url: str | None = None,
         attestation_url: str | None = None,
         send_api_key: bool = False,
     ) -> None:
         self.client = OhttpClient(
             relay_url,
-            verifier=make_verifier(allow_simulated=allow_simulated),
+            verifier=_verifier(policy, allow_simulated, verifier),
             keys_url=keys_url,
             attestation_url=attestation_url,
         )
@@ -79,6 +87,15 @@ class VeilAsyncTransport(httpx.AsyncBaseTransport):
         await self.client.close()
 
 
+def _verifier(policy: PolicyLike | None, allow_simulated: bool, verifier: Verifier | None) -> Verifier:
+    """``veil proxy``'s verifier (policy object or file, the insecure flag), or the caller's own instead of it."""
+    if verifier is not None:
+        if policy is not None or allow_simulated:
+            raise TypeError("VeilTransport: pass a verifier, or a policy / allow_simulated, not both")
+        return verifier
+    return make_verifier(allow_simulated=allow_simulated, policy=policy)
+
+
 class _AsyncStream(httpx.AsyncByteStream):
     def __init__(self, pieces: AsyncIterator[bytes]) -> None:
         self._pieces = pieces
@@ -103,11 +120,24 @@ async def _await(aw: Awaitable[T]) -> T:
 class VeilTransport(httpx.BaseTransport):
     """For ``httpx.Client`` / ``openai.OpenAI``: runs the async client on a private event-loop thread."""
 
-    def __init__(self, relay_url: str, **kwargs: object) -> None:
+    def __init__(
+        self,
+        relay_url: str,
+        *,
+        policy: PolicyLike | None = None,
+        allow_simulated: bool = False,
+        verifier: Verifier | None = None,
+        keys_url: str | None = None,
+        attestation_url: str | None = None,
+        send_api_key: bool = False,
+    ) -> None:
+        # Built first: a bad policy file raises here, before a thread is started that nothing would stop.
+        self._async = VeilAsyncTransport(relay_url, policy=policy, allow_simulated=allow_simulated, verifier=verifier,
+                                         keys_url=keys_url, attestation_url=attestation_url,
+                                         send_api_key=send_api_key)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="veil-transport", daemon=True)
         self._thread.start()
-        self._async = VeilAsyncTransport(relay_url, **kwargs)  # type: ignore[arg-type]
 
     def _run(self, coro: Awaitable[T]) -> T:
         return asyncio.run_coroutine_threadsafe(_await(coro), self._loop).result()

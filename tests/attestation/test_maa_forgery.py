@@ -34,7 +34,6 @@ REPO = Path(__file__).resolve().parents[2]
 SGX_ISS = "https://sharedeus.eus.attest.azure.net"
 SGX_KID = "rFl9xM+g7TvX63y0iseZtIn20MD5SYAnGblKFasau8I="  # the real instance's kid: the forger reuses it
 MRENCLAVE = "f56735aa42563627a832e0c7ba9911382eb68afed75830b3f97266f3e67bdc99"
-NOW = int(time.time())
 
 
 def b64url(data: bytes) -> str:
@@ -48,21 +47,24 @@ def uint(n: int) -> bytes:
 class Forger:
     """The relay: its own OHTTP key configuration, its own RSA key, a token for that key and a bundle to serve."""
 
-    def __init__(self, kid: str = SGX_KID) -> None:
+    def __init__(self, kid: str = SGX_KID, exp_in: int = 3600) -> None:
+        now = int(time.time())
+        self.exp = now + exp_in
         self.keys_body = ohttp.encode_list([ohttp.GatewayKey.generate(7).config])
         self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         nums = self.rsa.public_key().public_numbers()
         self.jwks: dict[str, Any] = {"keys": [{"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
                                                "n": b64url(uint(nums.n)), "e": b64url(uint(nums.e))}]}
         header = {"alg": "RS256", "typ": "JWT", "kid": kid, "jku": SGX_ISS + "/certs"}
-        claims = {"iss": SGX_ISS, "iat": NOW - 60, "nbf": NOW - 60, "exp": NOW + 3600,
+        claims = {"iss": SGX_ISS, "iat": now - 60, "nbf": now - 60, "exp": self.exp,
                   "x-ms-attestation-type": "sgx", "x-ms-sgx-is-debuggable": False, "x-ms-sgx-mrenclave": MRENCLAVE,
                   "x-ms-sgx-ehd": b64url(report_data(self.keys_body))}
         signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}".encode()
         signature = self.rsa.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
         self.token = f"{signing_input.decode()}.{b64url(signature)}"
         self.bundle = Bundle(platform="maa", key_config=self.keys_body, report=self.token.encode(),
-                             certs={"jwks": json.dumps(self.jwks)}, issued_at=NOW)
+                             certs={"jwks": json.dumps(self.jwks)}, issued_at=now)
+        self.thumbprint = jwk_thumbprint(self.rsa.public_key())
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,7 @@ def test_forged_token_is_refused_by_verify_bundle(forger: Forger, real_jwks_path
     pinned = Policy.from_dict(maa_table(key_thumbprints=real_thumbprints(real_jwks_path)))
     assert failed(forger.bundle, forger.keys_body, pinned) == {"signing key", "signing key pinned", "token signature"}
     # The forgery is otherwise perfect: a user who trusts the forger's key (and only then) accepts it.
-    own = Policy.from_dict(maa_table(key_thumbprints=[jwk_thumbprint(forger.rsa.public_key())]))
+    own = Policy.from_dict(maa_table(key_thumbprints=[forger.thumbprint]))
     assert failed(forger.bundle, forger.keys_body, own) == set()
 
 

@@ -404,3 +404,19 @@ def test_header_kem_mismatch_is_a_key_id_error() -> None:
     enc, _ = ClientRequest(p.config).encapsulate(b"x")
     with pytest.raises(KeyIdError):
         Gateway([x]).decapsulate(enc)
+
+
+def test_reserved_key_ids_are_distinct_until_used_or_released() -> None:
+    """Two rotations that each choose an id before either key joins the ring (evidence is collected in between)
+    must not choose the same one: the second key would silently replace the first under its id."""
+    ring = KeyRing([GatewayKey.generate(0)])
+    a, b = ring.reserve_key_id(), ring.reserve_key_id()
+    assert (a, b) == (1, 2) and ring.next_key_id() == 3
+    first, second = GatewayKey.generate(b), GatewayKey.generate(a)
+    ring.rotate(first, grace_seconds=10.0)
+    ring.rotate(second, grace_seconds=10.0)
+    assert ring.get(b).config == first.config and ring.get(a).config == second.config and len(ring) == 3
+    c = ring.reserve_key_id()
+    assert c == 3
+    ring.release_key_id(c)  # that rotation gave up: the id is free again
+    assert ring.reserve_key_id() == 3
