@@ -7,12 +7,22 @@ a replayed Attestation (same cookie, or an old nonce on a new session) is refuse
 
 Evidence is judged against every resource's policy at ``attest``; a session may then read exactly the resources
 whose policy its evidence passed. A resource is released as a JWE to the TEE key from the attested runtime data.
+
+Anyone can call ``auth``, so sessions not yet attested ("pending") are bounded: they live ``pending_timeout``
+seconds, an address (a keyed digest of it, never logged) holds at most ``max_pending_per_address`` of them, the
+table at most ``max_pending``, and a new one evicts the oldest pending session (of its address, else of all) instead
+of being refused: no flood of ``auth`` calls can lock a gateway out. Fresh evidence (``?nonce=``) costs a hardware
+round trip: a token bucket per address, and a bound on collections waiting, answer 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import ipaddress
 import logging
+import math
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -60,8 +70,24 @@ class BrokerConfig:
     session_timeout: float = 300.0
     #: accept simulated evidence (``--insecure-allow-simulated``); its measurement must still be in the policy
     allow_simulated: bool = False
-    #: open sessions kept at most (beyond that ``auth`` is refused until some expire)
+    #: attested sessions kept at most (beyond that ``auth`` is refused until some expire)
     max_sessions: int = 10000
+    #: seconds a session may take from ``auth`` to a successful ``attest``
+    pending_timeout: float = 60.0
+    #: sessions not yet attested, in all and per client address; the oldest is evicted for a new one
+    max_pending: int = 1024
+    max_pending_per_address: int = 8
+    #: fresh evidence (``?nonce=``) per client address: ``evidence_rate`` per second, bursts of ``evidence_burst``
+    evidence_rate: float = 1.0
+    evidence_burst: float = 10.0
+    #: seconds a request body may take to arrive (408 beyond)
+    body_timeout: float = 10.0
+
+
+#: fresh evidence collections queued at once, from all addresses (429 beyond)
+MAX_EVIDENCE_WAITING: Final = 16
+#: addresses whose token buckets are remembered (least recently used forgotten first)
+MAX_BUCKETS: Final = 4096
 
 
 @dataclass
@@ -73,6 +99,8 @@ class Session:
     challenge: Challenge
     expires_at: float
     state: str = "authed"
+    created: float = field(default_factory=time.time)
+    addr: bytes = b""  # keyed digest of the client address (pending sessions only are counted per address)
     tee_pubkey: dict[str, str] | None = None
     platform: str | None = None
     measurement: bytes | None = None
@@ -100,10 +128,81 @@ class BrokerState:
     token_key: ECKey = field(default_factory=lambda: ECKey.generate_key("P-256", private=True))
     bundle_json: bytes = b""
     evidence_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    evidence_waiting: int = 0
+    #: sessions not yet attested, oldest first; and the same per address
+    pending: dict[str, None] = field(default_factory=dict)
+    pending_by_addr: dict[bytes, dict[str, None]] = field(default_factory=dict)
+    #: per address: (tokens, when last updated), least recently used first
+    buckets: dict[bytes, tuple[float, float]] = field(default_factory=dict)
+    addr_secret: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
+    purged_at: float = 0.0
+
+    def addr_key(self, request: web.BaseRequest) -> bytes:
+        """A keyed digest standing for the client's address (an IPv6 address by its /64); never logged."""
+        try:
+            ip = ipaddress.ip_address((request.remote or "").split("%", 1)[0])
+            raw = ip.packed[:8] if isinstance(ip, ipaddress.IPv6Address) else ip.packed
+        except ValueError:
+            raw = b""
+        return hashlib.blake2b(raw, key=self.addr_secret, digest_size=16).digest()
+
+    def drop(self, sid: str) -> None:
+        session = self.sessions.pop(sid, None)
+        self.pending.pop(sid, None)
+        if session is not None and (mine := self.pending_by_addr.get(session.addr)) is not None:
+            mine.pop(sid, None)
+            if not mine:
+                del self.pending_by_addr[session.addr]
+
+    def add_pending(self, session: Session) -> None:
+        """Keep a new unattested session, evicting the oldest pending one of its address, or of all, if full."""
+        mine = self.pending_by_addr.setdefault(session.addr, {})
+        if len(mine) >= self.config.max_pending_per_address:
+            self.drop(next(iter(mine)))
+            mine = self.pending_by_addr.setdefault(session.addr, {})
+        if len(self.pending) >= self.config.max_pending:
+            self.drop(next(iter(self.pending)))
+            mine = self.pending_by_addr.setdefault(session.addr, {})
+        self.sessions[session.id] = session
+        self.pending[session.id] = None
+        mine[session.id] = None
+
+    def attested(self, session: Session) -> None:
+        """``session`` passed ``attest``: no longer pending; it lives ``session_timeout`` from its ``auth``."""
+        self.pending.pop(session.id, None)
+        if (mine := self.pending_by_addr.get(session.addr)) is not None:
+            mine.pop(session.id, None)
+            if not mine:
+                del self.pending_by_addr[session.addr]
+        session.expires_at = session.created + self.config.session_timeout
 
     def purge(self) -> None:
-        for sid in [sid for sid, s in self.sessions.items() if s.expired()]:
-            del self.sessions[sid]
+        now = time.time()
+        while self.pending:  # oldest first, and all pending sessions live equally long
+            sid = next(iter(self.pending))
+            if self.sessions[sid].expires_at > now:
+                break
+            self.drop(sid)
+        if now - self.purged_at >= 1.0:  # attested sessions: a full scan, at most once a second
+            self.purged_at = now
+            for sid in [sid for sid, s in self.sessions.items() if s.expires_at <= now]:
+                self.drop(sid)
+
+    def take_token(self, key: bytes) -> float:
+        """Spend one token of ``key``'s bucket; 0.0 when there was one, else the seconds until there is."""
+        cfg = self.config
+        now = time.monotonic()
+        tokens, then = self.buckets.pop(key, (cfg.evidence_burst, now))
+        tokens = min(cfg.evidence_burst, tokens + (now - then) * cfg.evidence_rate)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / cfg.evidence_rate if cfg.evidence_rate > 0 else 3600.0
+        self.buckets[key] = (tokens, now)
+        if len(self.buckets) > MAX_BUCKETS:
+            del self.buckets[next(iter(self.buckets))]
+        return wait
 
 
 STATE: Final = web.AppKey("STATE", BrokerState)
@@ -121,7 +220,11 @@ def _protocol_error(exc: KbsProtocolError) -> web.Response:
 async def _read(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise KbsProtocolError(f"request body larger than {MAX_BODY} bytes", type_name="SerdeError")
-    return await request.read()
+    try:
+        async with asyncio.timeout(request.app[STATE].config.body_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise KbsProtocolError("the request body arrived too slowly", type_name="SerdeError", status=408) from None
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -136,11 +239,13 @@ async def post_auth(request: web.Request) -> web.Response:
     except KbsProtocolError as exc:
         return _protocol_error(exc)
     state.purge()
-    if len(state.sessions) >= state.config.max_sessions:
+    cfg = state.config
+    if len(state.sessions) - len(state.pending) >= cfg.max_sessions:
         return kbs_error("AttestationError", "too many open sessions; retry later", 503)
-    session = Session(id=uuid.uuid4().hex, tee=req.tee, challenge=Challenge.new(),
-                      expires_at=time.time() + state.config.session_timeout)
-    state.sessions[session.id] = session
+    now = time.time()
+    session = Session(id=uuid.uuid4().hex, tee=req.tee, challenge=Challenge.new(), created=now,
+                      expires_at=now + min(cfg.pending_timeout, cfg.session_timeout), addr=state.addr_key(request))
+    state.add_pending(session)
     resp = web.Response(body=session.challenge.encode(), content_type="application/json")
     resp.headers["Set-Cookie"] = session.cookie()
     return resp
@@ -151,7 +256,7 @@ def _session(request: web.Request) -> Session | None:
     sid = request.cookies.get(SESSION_COOKIE)
     session = state.sessions.get(sid) if sid else None
     if session is not None and session.expired():
-        del state.sessions[session.id]
+        state.drop(session.id)
         return None
     return session
 
@@ -181,6 +286,7 @@ async def post_attest(request: web.Request) -> web.Response:
                            measurement=measurement, reason="; ".join(failed))
         return kbs_error("AttestationError", f"evidence passed no resource policy (failed: {'; '.join(failed)})")
     session.state, session.tee_pubkey = "attested", att.tee_pubkey
+    state.attested(session)
     session.platform, session.measurement, session.allowed = first.platform, measurement, allowed
     state.audit.record(event="attest", outcome="attested", session_id=session.id, platform=bundle.platform,
                        measurement=measurement, reason="may read " + ", ".join(sorted(allowed)))
@@ -321,12 +427,24 @@ async def get_attestation(request: web.Request) -> web.Response:
         return web.Response(status=400, content_type="application/problem+json",
                             body=orjson.dumps({"type": "about:blank", "title": "bad nonce", "status": 400,
                                                "detail": "nonce must be 64 hex characters (32 bytes)"}))
-    async with state.evidence_lock:  # one collection at a time; callers queue rather than fail
-        try:
-            bundle = await asyncio.to_thread(state.provider.collect, state.identity, nonce)
-        except AttestationError as exc:
-            log.error("evidence collection failed: %s", exc)
-            return web.Response(status=503, text="evidence unavailable")
+    wait = state.take_token(state.addr_key(request))
+    if wait == 0.0 and state.evidence_waiting >= MAX_EVIDENCE_WAITING:
+        wait = 1.0
+    if wait > 0.0:
+        return web.Response(status=429, content_type="application/problem+json",
+                            headers={"Retry-After": str(max(1, math.ceil(wait))), "Cache-Control": "no-store"},
+                            body=orjson.dumps({"type": "about:blank", "title": "fresh evidence rate limit",
+                                               "status": 429, "detail": "too many fresh evidence requests"}))
+    state.evidence_waiting += 1
+    try:
+        async with state.evidence_lock:  # one collection at a time; a few callers queue rather than fail
+            try:
+                bundle = await asyncio.to_thread(state.provider.collect, state.identity, nonce)
+            except AttestationError as exc:
+                log.error("evidence collection failed: %s", exc)
+                return web.Response(status=503, text="evidence unavailable")
+    finally:
+        state.evidence_waiting -= 1
     return web.Response(body=bundle.to_json(), content_type="application/json", headers={"Cache-Control": "no-store"})
 
 

@@ -36,6 +36,16 @@ OPTIONS = [
     Option("tls-cert", "TLS certificate (PEM); without it a fresh self-signed one is made in memory"),
     Option("tls-key", "TLS private key (PEM) for --tls-cert"),
     Option("session-timeout", "seconds an RCAR session lives from /auth", 300.0, type=float),
+    Option("pending-timeout", "seconds a session may take from /auth to a successful /attest", 60.0, type=float),
+    Option("max-pending", "sessions not yet attested, kept at most (a new /auth evicts the oldest)", 1024, type=int),
+    Option("max-pending-per-address", "sessions not yet attested per client address (a new /auth from it evicts "
+           "its oldest)", 8, type=int),
+    Option("evidence-rate", "fresh evidence requests (?nonce=) per second per client address (429 beyond)", 1.0,
+           type=float),
+    Option("evidence-burst", "fresh evidence requests a client address may make at once", 10.0, type=float),
+    Option("body-timeout", "seconds a request body may take to arrive (408 beyond)", 10.0, type=float),
+    Option("idle-timeout", "seconds a connection may stay idle, or take to send its request line and headers", 15.0,
+           type=float),
     Option("seal", "seal this plaintext file ('-': stdin) with the KEK for --seal-resource, print it, and exit"),
     Option("seal-resource", "repository/type/tag the --seal output is for"),
     Option("log-level", "logging level", "info", choices=("debug", "info", "warning", "error")),
@@ -106,9 +116,13 @@ def run(args: argparse.Namespace) -> int:
         log.warning("the broker's own attestation is SIMULATED: gateways must opt in to trust it")
     app = create_app(resources=resources, kek=kek, provider=provider, identity=identity, audit=audit,
                      config=BrokerConfig(session_timeout=args.session_timeout,
-                                         allow_simulated=args.insecure_allow_simulated))
+                                         allow_simulated=args.insecure_allow_simulated,
+                                         pending_timeout=args.pending_timeout, max_pending=args.max_pending,
+                                         max_pending_per_address=args.max_pending_per_address,
+                                         evidence_rate=args.evidence_rate, evidence_burst=args.evidence_burst,
+                                         body_timeout=args.body_timeout))
     print(f"veil broker listening on https://{host}:{port}/kbs/v0 ({len(resources)} resources)", flush=True)
     # access_log=None: an access log would record gateway addresses.
     web.run_app(app, host=host, port=int(port), ssl_context=ssl_ctx, access_log=None, print=None,
-                handle_signals=True)
+                handle_signals=True, keepalive_timeout=args.idle_timeout)
     return 0
