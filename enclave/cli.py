@@ -74,6 +74,8 @@ OPTIONS = [
            "its last argument (instead of --gpu-evidence nvml)"),
     Option("pccs-url", "PCCS for TDX collateral (default: Intel PCS)"),
     Option("max-request-bytes", "largest encapsulated request", 4 * 1024 * 1024, type=int),
+    Option("body-timeout", "seconds a request body may take to arrive in full (408 beyond; keep it above the "
+           "relays' --max-body-time)", 90.0, type=float),
     Option("replay-window", "seconds an inner Date may differ from now; seen requests are kept this long", 60.0, type=float),
     Option("require-date", "reject encapsulated requests without a Date", False, flag=True),
     Option("pad-to", "pad responses (and stream events) to a multiple of N bytes; 0 is off", 0, type=int),
@@ -238,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
     engine = make_engine(args)
     config = GatewayConfig(
         max_request_bytes=args.max_request_bytes,
+        body_timeout=args.body_timeout,
         replay_window=args.replay_window,
         require_date=args.require_date,
         pad_to=args.pad_to,

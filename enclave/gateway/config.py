@@ -18,6 +18,8 @@ class GatewayConfig:
 
     #: largest encapsulated request body accepted (413 above)
     max_request_bytes: int = 4 * 1024 * 1024
+    #: seconds an encapsulated request body may take to arrive in full (408 beyond); above the relays' own bound
+    body_timeout: float = 90.0
     #: accept an inner ``Date`` only within this many seconds of now; seen ``enc`` values are kept this long
     replay_window: float = 60.0
     #: require a ``Date`` inside every encapsulated request

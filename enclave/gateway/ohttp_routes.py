@@ -60,8 +60,9 @@ def _outer_error(exc: ohttp.RemoteProtocolError, *, header_ok: bool = False) -> 
     return problem(400, "malformed encapsulated request", detail=str(exc)), "decode_error"
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes | None:
-    """The request body, or ``None`` if it exceeds ``limit`` (checked while reading, not trusted from headers)."""
+async def _read_body(request: web.Request, limit: int, deadline: float) -> bytes | None:
+    """The request body, or ``None`` if it exceeds ``limit`` (checked while reading, not trusted from headers);
+    ``TimeoutError`` if it has not arrived by ``deadline`` (the loop's clock)."""
     if request.content_length is not None and request.content_length > limit:
         return None
     content = request.content
@@ -73,7 +74,8 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
         if not piece:
             if content.at_eof():
                 break
-            piece = await content.readany()
+            async with asyncio.timeout_at(deadline):
+                piece = await content.readany()
             if not piece:
                 break
         total += len(piece)
@@ -81,6 +83,20 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
             return None
         parts.append(piece)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _within(request: web.Request, deadline: float) -> AsyncIterator[bytes]:
+    """The body's pieces as they arrive; ``TimeoutError`` if it has not arrived in full by ``deadline``."""
+    while True:
+        async with asyncio.timeout_at(deadline):  # around each read only: never across a yield
+            piece = await request.content.readany()
+        if not piece:
+            return
+        yield piece
+
+
+def _body_deadline(state: GatewayState) -> float:
+    return asyncio.get_running_loop().time() + state.config.body_timeout
 
 
 def _media_type(request: web.Request) -> str:
@@ -173,7 +189,11 @@ async def _post_plain(request: web.Request) -> web.Response:
         # RFC 9458 §5.1: non-chunked OHTTP cannot carry 1xx; a client must not ask for it.
         m.requests.labels("plain", "decode_error").inc()
         return problem(417, "expectation failed", detail="100-continue is not possible with message/ohttp-req")
-    body = await _read_body(request, state.config.max_request_bytes)
+    try:
+        body = await _read_body(request, state.config.max_request_bytes, _body_deadline(state))
+    except TimeoutError:
+        m.requests.labels("plain", "client_timeout").inc()
+        return problem(408, "request timeout", detail="the request body arrived too slowly")
     if body is None:
         m.requests.labels("plain", "too_large").inc()
         return problem(413, "request too large", detail=f"limit is {state.config.max_request_bytes} bytes")
@@ -205,7 +225,7 @@ async def _post_chunked(request: web.Request) -> web.StreamResponse:
     total = 0
     limit = state.config.max_request_bytes
     try:
-        async for piece in request.content.iter_any():
+        async for piece in _within(request, _body_deadline(state)):
             total += len(piece)
             if total > limit:
                 m.requests.labels("chunked", "too_large").inc()
@@ -220,6 +240,9 @@ async def _post_chunked(request: web.Request) -> web.StreamResponse:
             inner += ev.data
             if ev.final:
                 break
+    except TimeoutError:
+        m.requests.labels("chunked", "client_timeout").inc()
+        return problem(408, "request timeout", detail="the request body arrived too slowly")
     except ohttp.RemoteProtocolError as exc:
         resp, outcome = _outer_error(exc, header_ok=dec.header_ready)
         m.requests.labels("chunked", outcome).inc()

@@ -274,3 +274,27 @@ async def test_trusted_proxy_forwarded_for_picks_the_rate_limit_bucket(veil_proc
         p.stop()
         for addr in (a, b, "1.2.3.4", "192.0.2.1"):
             assert addr not in p.log()
+
+
+# -- the gateway faces only relays, but its request bodies are bounded in time too ------------------------------------
+
+
+@pytest.mark.parametrize("media", ["message/ohttp-req", "message/ohttp-chunked-req"])
+async def test_gateway_cuts_off_a_slow_body(veil_process: Callable[..., Proc], media: str) -> None:
+    gw = gateway(veil_process, "--body-timeout", "2")
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        writer.write(f"POST {WELL_KNOWN} HTTP/1.1\r\nHost: x\r\nContent-Type: {media}\r\n"
+                     "Content-Length: 1000\r\n\r\n".encode())
+        reply = b""
+        for _ in range(60):  # a byte every half second: no read ever waits long, the whole body never arrives
+            writer.write(b"\x00")
+            await writer.drain()
+            try:
+                reply = await asyncio.wait_for(reader.read(4096), 0.5)
+                break
+            except TimeoutError:
+                continue
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:60]
+    finally:
+        writer.close()
