@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -12,18 +13,20 @@ from aiohttp import web
 from veil_cli import Option, add_options
 
 from ..attestation.provider import PROVIDER_KINDS
+from ..operator_input import refuse_operator_input
 
 from .audit import AuditLog
 from .config import BrokerConfigError, load_resources
 from .protocol import KbsProtocolError, parse_resource_path
-from .sealing import KEK_ENV, SealError, load_kek, seal
+from .sealing import KEK_ENV, KEK_EPHEMERAL, KEK_OPERATOR, SealError, broker_sealing_key, load_kek, seal
 
 log = logging.getLogger("veil.broker")
 
 OPTIONS = [
     Option("listen", "HOST:PORT to listen on (HTTPS)", "127.0.0.1:8090"),
     Option("resources", "TOML resource table: [resources.\"repo/type/tag\"] path = sealed file, policy = file"),
-    Option("kek-file", f"key-encryption key of the sealed secrets: 64 hex characters or 32 raw bytes (or ${KEK_ENV})"),
+    Option("kek-file", f"key-encryption key of the sealed secrets: 64 hex characters or 32 raw bytes (or ${KEK_ENV}); "
+           "--attestation simulated only (with a real provider the broker seals with a key only its TEE has)"),
     Option("audit-log", "append the audit log (JSON lines) to this file (default: the log)"),
     Option("insecure-allow-simulated", "accept SIMULATED gateway evidence (development only; its measurement must "
            "still be in the policy's [simulated] table)", False, flag=True),
@@ -77,21 +80,23 @@ def _seal(args: argparse.Namespace, kek: bytes) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run the broker until interrupted (or seal one secret with ``--seal``)."""
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        kek = load_kek(args.kek_file)
-    except SealError as exc:
-        raise SystemExit(f"veil broker: {exc}") from None
+    tls = "Without --tls-cert/--tls-key the broker makes its certificate in memory, and its evidence binds it"
+    kek_why = "The broker seals with a key only its TEE can derive (SEV-SNP), else one made per process"
+    refuse_operator_input("broker", args, OPTIONS, {"tls-cert": tls, "tls-key": tls, "kek-file": kek_why})
+    if args.attestation != "simulated" and os.environ.get(KEK_ENV):
+        raise SystemExit(f"veil broker: ${KEK_ENV} is refused with --attestation {args.attestation}: an operator-"
+                         f"supplied KEK lets the operator unseal the broker's secrets offline. {kek_why}. It is "
+                         "accepted only with --attestation simulated (development and tests).")
     if args.seal:
-        return _seal(args, kek)
+        try:
+            return _seal(args, load_kek(args.kek_file))
+        except SealError as exc:
+            raise SystemExit(f"veil broker: {exc}") from None
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         raise SystemExit(f"veil broker: --listen must be HOST:PORT, got {args.listen!r}")
     if not args.resources:
         raise SystemExit("veil broker: --resources FILE is required (the table of sealed secrets and policies)")
-    try:
-        resources = load_resources(args.resources, kek)
-    except BrokerConfigError as exc:
-        raise SystemExit(f"veil broker: {exc}") from None
 
     from ..cli import make_provider
     from .app import BrokerConfig, create_app
@@ -102,6 +107,20 @@ def run(args: argparse.Namespace) -> int:
         attestation=args.attestation, gpu_evidence="none", gpu_evidence_command=None, pccs_url=args.pccs_url,
         tpm_tcti=args.tpm_tcti, azure_imds_url=args.azure_imds_url, maa_url=None, nsm_device=args.nsm_device,
     ))
+    try:
+        kek, how = broker_sealing_key(provider.platform, args.kek_file)
+    except SealError as exc:
+        raise SystemExit(f"veil broker: {exc}") from None
+    if how == KEK_OPERATOR:
+        log.warning("sealing under the operator's KEK: the operator can unseal every secret offline (accepted only "
+                    "because attestation is simulated)")
+    elif how == KEK_EPHEMERAL:
+        log.warning("no sealing key survives a restart here (%s): secrets are sealed under a key made for this "
+                    "process; a generated key set is made again at each start", provider.platform)
+    try:
+        resources = load_resources(args.resources, kek, ephemeral=how == KEK_EPHEMERAL)
+    except BrokerConfigError as exc:
+        raise SystemExit(f"veil broker: {exc}") from None
     try:
         identity, ssl_ctx = load_identity(args.tls_cert, args.tls_key, host)
     except (OSError, ValueError) as exc:

@@ -47,8 +47,19 @@ class Resource:
         return unseal(kek, self.path, self.sealed_file.read_bytes())
 
 
-def load_resources(config_path: str | Path, kek: bytes) -> dict[str, Resource]:
+def _opens(res: Resource, kek: bytes) -> bool:
+    try:
+        res.read(kek)
+    except (OSError, SealError):
+        return False
+    return True
+
+
+def load_resources(config_path: str | Path, kek: bytes, *, ephemeral: bool = False) -> dict[str, Resource]:
     """Read the resource table, generate missing generated secrets, and check every secret unseals under ``kek``.
+
+    ``ephemeral``: ``kek`` is random per process (no sealing key on this platform), so a generated secret sealed by
+    an earlier process is made again, and a secret sealed elsewhere is an error that says why.
 
     Raises:
         BrokerConfigError: unreadable table, a bad path, member or policy, or a secret that does not unseal.
@@ -88,7 +99,11 @@ def load_resources(config_path: str | Path, kek: bytes) -> dict[str, Resource]:
         if not policy.has_measurements():
             log.warning("resource %s: policy %s lists no measurement; nothing will be released", path, policy.source)
         res = Resource(path=path, sealed_file=base / spec["path"], policy=policy, generate=generate)
-        if not res.sealed_file.exists() and generate == "ohttp-keyset":
+        stale = ephemeral and res.sealed_file.exists() and generate is not None and not _opens(res, kek)
+        if stale:
+            log.warning("resource %s: no sealing key survives a restart on this platform: the key set sealed by an "
+                        "earlier broker is replaced by a new one", path)
+        if (stale or not res.sealed_file.exists()) and generate == "ohttp-keyset":
             res.sealed_file.write_bytes(seal(kek, path, new_key_set()))
             log.info("resource %s: generated a new OHTTP key set, sealed to %s", path, res.sealed_file)
         try:
@@ -96,6 +111,9 @@ def load_resources(config_path: str | Path, kek: bytes) -> dict[str, Resource]:
         except OSError as exc:
             raise BrokerConfigError(f"resource {name!r}: cannot read {res.sealed_file}: {exc}") from None
         except SealError as exc:
-            raise BrokerConfigError(f"resource {name!r}: {res.sealed_file}: {exc}") from None
+            hint = (" (this broker's sealing key is made per process: only secrets it generates itself can be held; "
+                    "secrets sealed with an operator KEK are accepted only with --attestation simulated)"
+                    if ephemeral else "")
+            raise BrokerConfigError(f"resource {name!r}: {res.sealed_file}: {exc}{hint}") from None
         out[path] = res
     return out

@@ -6,8 +6,18 @@ A sealed file is JSON text::
      "kek": "<hex: first 8 bytes of SHA-256(KEK)>", "iv": "<b64url, 12 B>", "ciphertext": "<b64url: ct || tag>"}
 
 with GCM additional data ``"veil-sealed-v1\\0" || resource``, so a sealed secret moved to another resource's path
-does not open. The KEK (32 bytes) comes from ``--kek-file`` (64 hex characters, or 32 raw bytes) or from the
-environment variable ``VEIL_BROKER_KEK`` (64 hex characters); the broker refuses to start without one.
+does not open.
+
+Where the KEK comes from (:func:`broker_sealing_key`) depends on the broker's own attestation, because a key the
+operator supplies is a key the operator can unseal with, offline:
+
+* ``sev-snp``: HKDF-SHA256 of the SNP firmware's derived key (MSG_KEY_REQ, bound to the launch measurement and
+  guest policy; :mod:`.snp_key`): the same image on the same chip unseals after a restart, nobody else can.
+* ``tdx``, Azure vTPM, AWS Nitro: these platforms give the guest no sealing key. The KEK is random per process, so
+  sealed state does not survive a restart: a generated key set is made again (or must come back from a broker
+  replica through attestation), and secrets sealed outside cannot be loaded.
+* ``simulated`` (development): ``--kek-file`` (64 hex characters, or 32 raw bytes) or ``$VEIL_BROKER_KEK`` (64
+  hex) when given, else random per process. With any real provider an operator KEK is refused.
 """
 
 from __future__ import annotations
@@ -19,9 +29,12 @@ from typing import Any, Final
 
 import orjson
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .protocol import b64url, b64url_decode
+from .snp_key import DerivedKeySource, SnpKeyError, snp_sealing_key
 
 FORMAT: Final = "veil-sealed-v1"
 KEK_ENV: Final = "VEIL_BROKER_KEK"
@@ -70,6 +83,39 @@ def load_kek(path: str | None, env: dict[str, str] | None = None) -> bytes:
         raise SealError(f"{where} must hold {KEK_BYTES} bytes as {2 * KEK_BYTES} hex characters (or {KEK_BYTES} raw "
                         "bytes in a file)")
     return kek
+
+
+#: how :func:`broker_sealing_key` got its key
+KEK_OPERATOR: Final = "operator"
+KEK_SNP: Final = "sev-snp-derived"
+KEK_EPHEMERAL: Final = "ephemeral"
+
+
+def broker_sealing_key(platform: str, kek_file: str | None, env: dict[str, str] | None = None,
+                       snp_source: DerivedKeySource | None = None) -> tuple[bytes, str]:
+    """(KEK, how it was made: :data:`KEK_OPERATOR`, :data:`KEK_SNP` or :data:`KEK_EPHEMERAL`) for a broker whose
+    own evidence is ``platform``.
+
+    Raises:
+        SealError: an operator KEK with a real provider, an unusable KEK, or no SNP derived key.
+    """
+    environ = os.environ if env is None else env
+    operator = bool(kek_file) or bool(environ.get(KEK_ENV))
+    if platform == "simulated":
+        if operator:
+            return load_kek(kek_file, env), KEK_OPERATOR
+        return os.urandom(KEK_BYTES), KEK_EPHEMERAL
+    if operator:
+        raise SealError(f"an operator-supplied KEK (--kek-file, ${KEK_ENV}) is refused with {platform} attestation: "
+                        "the operator could unseal the broker's secrets offline. It is accepted only with "
+                        "--attestation simulated")
+    if platform == "sev-snp":
+        try:
+            derived = snp_sealing_key(snp_source)
+        except SnpKeyError as exc:
+            raise SealError(f"no SEV-SNP sealing key: {exc}") from None
+        return HKDF(hashes.SHA256(), KEK_BYTES, salt=None, info=b"veil-broker sealing key v1").derive(derived), KEK_SNP
+    return os.urandom(KEK_BYTES), KEK_EPHEMERAL
 
 
 def seal(kek: bytes, resource: str, plaintext: bytes) -> bytes:

@@ -38,8 +38,9 @@ class RecordingProvider(SimulatedProvider):
         super().__init__()
         self.bundles: list[Bundle] = []
 
-    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"") -> Bundle:
-        b = super().collect(key_config, nonce, gpu_evidence)
+    def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"",
+                config: Any = None) -> Bundle:
+        b = super().collect(key_config, nonce, gpu_evidence, config)
         self.bundles.append(b)
         return b
 
@@ -293,9 +294,36 @@ async def test_secrets_at_rest_are_sealed(broker: BrokerProc, files: BrokerFiles
     assert orjson.loads((gen.dir / "keyset.sealed").read_bytes())["resource"] == KEYSET
 
 
-def test_broker_refuses_to_start_without_a_kek(files: BrokerFiles) -> None:
+def test_broker_without_a_kek_seals_per_process_and_says_what_it_cannot_open(files: BrokerFiles) -> None:
+    """Simulated attestation without --kek-file: a key made for this process, so the operator-sealed key set does
+    not open, and the broker says why instead of starting."""
     args = files.args()
     i = args.index("--kek-file")
     del args[i:i + 2]
-    with pytest.raises(RuntimeError, match="no key-encryption key"):
+    with pytest.raises(RuntimeError, match="another KEK.*only secrets it generates itself"):
         start_broker(args, free_port(), env={"VEIL_BROKER_KEK": "", "VEIL_BROKER_KEK_FILE": ""})
+
+
+@pytest.mark.parametrize(("extra", "env", "named"), [
+    (["--kek-file", "KEK"], {}, "--kek-file"),
+    ([], {"VEIL_BROKER_KEK": "00" * 32}, "$VEIL_BROKER_KEK"),
+    (["--tls-cert", "c.pem", "--tls-key", "k.pem"], {}, "--tls-cert"),
+    (["--tls-key", "k.pem"], {}, "--tls-key"),
+    (["--insecure-allow-simulated"], {}, "--insecure-allow-simulated"),
+    ([], {"VEIL_BROKER_INSECURE_ALLOW_SIMULATED": "1"}, "--insecure-allow-simulated"),
+])
+def test_operator_key_material_and_insecure_switches_are_refused_with_real_attestation(
+    files: BrokerFiles, extra: list[str], env: dict[str, str], named: str,
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    args = ["broker", "--attestation", "sev-snp", "--resources", str(files.write_resources()),
+            *[str(files.kek_file) if a == "KEK" else a for a in extra]]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VEIL_BROKER_")}
+    r = subprocess.run([sys.executable, "-m", "veil_cli", *args], capture_output=True, text=True, timeout=60,
+                       env={**clean, **env})
+    assert r.returncode != 0
+    assert f"veil broker: {named} is refused with --attestation sev-snp" in r.stderr, r.stderr
+    assert "--attestation simulated" in r.stderr and "Traceback" not in r.stderr

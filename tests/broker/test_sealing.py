@@ -101,3 +101,107 @@ def test_resource_table(tmp_path: Path) -> None:
         table.write_text(text)
         with pytest.raises(BrokerConfigError, match=why):
             load_resources(table, KEK)
+
+
+# -- sealing keys that never leave the TEE --------------------------------------------------------------------------
+
+
+def test_snp_derived_key_ioctl_matches_the_kernel_header() -> None:
+    # include/uapi/linux/sev-guest.h: SNP_GET_DERIVED_KEY _IOWR('S', 0x1, struct snp_guest_request_ioctl);
+    # _IOWR = (3 << 30) | (size << 16) | (type << 8) | nr.
+    import ctypes
+
+    from enclave.broker import snp_key
+
+    assert snp_key.SNP_GET_DERIVED_KEY == 0xC0205301
+    req, resp, ioc = snp_key._DerivedKeyReq, snp_key._DerivedKeyResp, snp_key._GuestRequestIoctl
+    assert (ctypes.sizeof(req), ctypes.sizeof(resp), ctypes.sizeof(ioc)) == (32, 64, 32)
+    assert [getattr(req, f).offset for f in ("root_key_select", "rsvd", "guest_field_select", "vmpl", "guest_svn",
+                                              "tcb_version")] == [0, 4, 8, 16, 20, 24]
+    assert [getattr(ioc, f).offset for f in ("msg_version", "req_data", "resp_data", "exitinfo2")] == [0, 8, 16, 24]
+    assert snp_key.SEALING_FIELDS == 0b1001  # MEASUREMENT (bit 3) and GUEST_POLICY (bit 0); not TCB_VERSION
+
+
+class EmulatedSevGuest:
+    """The ioctl as drivers/virt/coco/sev-guest does it: read the request at req_data, copy the firmware's 64-byte
+    MSG_KEY_RSP to resp_data. The "firmware" derives from a chip secret and the selected guest fields."""
+
+    def __init__(self, measurement: bytes, status: int = 0) -> None:
+        self.measurement, self.status = measurement, status
+        self.requests: list[tuple[int, int, int, int, int]] = []
+
+    def ioctl(self, fd: int, request: int, arg: object, mutate: bool) -> int:
+        import ctypes
+        import hashlib
+
+        from enclave.broker import snp_key
+
+        assert request == snp_key.SNP_GET_DERIVED_KEY and mutate and isinstance(arg, snp_key._GuestRequestIoctl)
+        req = snp_key._DerivedKeyReq.from_address(arg.req_data)
+        self.requests.append((arg.msg_version, req.root_key_select, req.guest_field_select, req.vmpl, req.tcb_version))
+        key = hashlib.sha256(b"chip secret" + req.guest_field_select.to_bytes(8, "little") + self.measurement).digest()
+        data = self.status.to_bytes(4, "little") + bytes(28) + key
+        ctypes.memmove(arg.resp_data, data, 64)
+        return 0
+
+
+def test_sev_snp_broker_seals_with_the_firmware_derived_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+
+    from enclave.broker.sealing import KEK_SNP, broker_sealing_key
+    from enclave.broker.snp_key import SevGuestDerivedKey
+
+    dev = tmp_path / "sev-guest"
+    dev.write_bytes(b"")
+    image = EmulatedSevGuest(b"M" * 48)
+    monkeypatch.setattr(fcntl, "ioctl", image.ioctl)
+    kek, how = broker_sealing_key("sev-snp", None, {}, SevGuestDerivedKey(str(dev)))
+    again, _ = broker_sealing_key("sev-snp", None, {}, SevGuestDerivedKey(str(dev)))
+    assert how == KEK_SNP and len(kek) == 32 and kek == again  # a restart of the same image unseals
+    assert image.requests == [(1, 0, 0b1001, 0, 0)] * 2
+    sealed = seal(kek, "default/ohttp/keyset", b"seed")
+    other_image = EmulatedSevGuest(b"N" * 48)
+    monkeypatch.setattr(fcntl, "ioctl", other_image.ioctl)
+    other, _ = broker_sealing_key("sev-snp", None, {}, SevGuestDerivedKey(str(dev)))
+    with pytest.raises(SealError, match="another KEK"):
+        unseal(other, "default/ohttp/keyset", sealed)
+    monkeypatch.setattr(fcntl, "ioctl", EmulatedSevGuest(b"M" * 48, status=0x16).ioctl)
+    with pytest.raises(SealError, match="refused the key request"):
+        broker_sealing_key("sev-snp", None, {}, SevGuestDerivedKey(str(dev)))
+    with pytest.raises(SealError, match="cannot open"):
+        broker_sealing_key("sev-snp", None, {}, SevGuestDerivedKey(str(tmp_path / "missing")))
+
+
+def test_an_operator_kek_only_with_simulated_attestation(tmp_path: Path) -> None:
+    from enclave.broker.sealing import KEK_EPHEMERAL, KEK_OPERATOR, broker_sealing_key
+
+    kf = tmp_path / "kek.hex"
+    kf.write_text(KEK.hex())
+    assert broker_sealing_key("simulated", str(kf), {}) == (KEK, KEK_OPERATOR)
+    assert broker_sealing_key("simulated", None, {KEK_ENV: KEK.hex()}) == (KEK, KEK_OPERATOR)
+    a, how = broker_sealing_key("simulated", None, {})
+    assert how == KEK_EPHEMERAL and a != broker_sealing_key("simulated", None, {})[0]
+    for platform in ("sev-snp", "tdx", "az-snp-vtpm", "aws-nitro"):
+        for path, env in ((str(kf), {}), (None, {KEK_ENV: KEK.hex()})):
+            with pytest.raises(SealError, match=f"refused with {platform} attestation"):
+                broker_sealing_key(platform, path, env)
+    tdx, how = broker_sealing_key("tdx", None, {})  # no sealing key on TDX: per process
+    assert how == KEK_EPHEMERAL and len(tdx) == 32
+
+
+def test_an_ephemeral_kek_makes_the_generated_key_set_again_and_names_what_it_cannot_hold(tmp_path: Path) -> None:
+    (tmp_path / "p.toml").write_text("")
+    table = tmp_path / "r.toml"
+    table.write_text('[resources."default/ohttp/keyset"]\npath = "ks.sealed"\npolicy = "p.toml"\n'
+                     'generate = "ohttp-keyset"\n')
+    first = os.urandom(32)
+    load_resources(table, first, ephemeral=True)
+    second = os.urandom(32)  # the next start: a new per-process key
+    res = load_resources(table, second, ephemeral=True)
+    parse_key_set(res["default/ohttp/keyset"].read(second))
+    with pytest.raises(SealError):
+        res["default/ohttp/keyset"].read(first)
+    (tmp_path / "mk.sealed").write_bytes(seal(KEK, "default/model-key/m1", b"model key"))
+    table.write_text('[resources."default/model-key/m1"]\npath = "mk.sealed"\npolicy = "p.toml"\n')
+    with pytest.raises(BrokerConfigError, match="only secrets it generates itself"):
+        load_resources(table, second, ephemeral=True)
