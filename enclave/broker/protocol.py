@@ -26,7 +26,10 @@ A Trustee TEE puts ``kbs_report_data`` (zero-padded to 64 bytes) into REPORT_DAT
 bundle as ``primary_evidence``) binds it where a gateway bundle binds its key list: the bundle's ``key_config``
 is exactly ``kbs_report_data`` and its client nonce is empty, so::
 
-    REPORT_DATA = SHA-512("veil/report/v1\\0" || SHA-256(kbs_report_data) || SHA-256(gpu_evidence) || 0^32)
+    REPORT_DATA = SHA-512("veil/report/v2\\0" || SHA-256(kbs_report_data) || SHA-256(gpu_evidence)
+                          || SHA-256("{}") || 0^32)
+
+(the bundle's ``config`` is empty here: the broker's policy checks measurements, not the gateway's settings)
 
 and the GPU evidence inside the bundle is collected with ``gpu_nonce(kbs_report_data)``, fresh per challenge.
 """
