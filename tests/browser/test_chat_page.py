@@ -63,7 +63,7 @@ def test_page_verifies_before_sending_and_shows_the_trust_panel(chain: Chain, pa
         "#trust-checks li", "els => els.map(e => [e.querySelector('b').textContent, e.dataset.status])"))
     # "warn" for the signature means Chromium's WebCrypto Ed25519 verified it (it is not a proof of origin).
     assert statuses == {"Evidence bundle": "pass", "Key binding": "pass", "REPORT_DATA": "pass",
-                        "Report signature": "warn", "TEE": "fail", "Freshness": "not-verified"}, statuses
+                        "Gateway configuration": "pass", "Report signature": "warn", "TEE": "fail", "Freshness": "not-verified"}, statuses
     expect(pg.locator("#model")).to_have_value("echo")
     # Verification came first: the keys and the evidence were fetched before the first POST (the model list).
     relay_calls = [(r.method, r.url) for r in log.requests if r.url.startswith(chain.relay.base)]
