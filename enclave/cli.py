@@ -21,6 +21,8 @@ from .attestation.errors import AttestationError
 from .attestation.gateway_evidence import GpuEvidenceSource
 from .attestation.provider import PROVIDER_KINDS
 from .engines import EchoEngine, Engine, UpstreamEngine
+from .engines.selfcheck import SELF_CHECK_MODES, is_default_model
+from .engines.vllm import DTYPES
 from .gateway import GatewayConfig, create_app
 from .kbs_client import load_broker_keys
 from .keyfile import KEMS, KeyFileError, load_key_file
@@ -43,6 +45,12 @@ OPTIONS = [
     Option("engine-python", "Python of the engine's virtualenv (--engine vllm)", str(REPO / ".venv-engine" / "bin" / "python")),
     Option("engine-port", "loopback port for the vLLM child (0: pick a free one)", 0, type=int),
     Option("engine-args", "extra arguments for the vLLM server, one string", ""),
+    Option("dtype", "--engine vllm: the engine's dtype; auto = float32 on a CPU build of vLLM (its bfloat16 kernels "
+           "answer wrongly on some CPUs), the model's own on a GPU (--engine-args --dtype wins)", "auto",
+           choices=DTYPES),
+    Option("engine-self-check", "ask the engine a fixed greedy question with a known answer before reporting "
+           "healthy (auto: for the embedded default model only); a wrong answer stops the gateway", "auto",
+           choices=SELF_CHECK_MODES),
     Option("encrypted-model", "encrypted model directory (veil model encrypt): verified and decrypted into "
            "--model-tmpfs before the engine starts; the engine serves the decrypted copy (overrides --model)"),
     Option("model-key-file", "model key file {key_id, key} for --encrypted-model"),
@@ -169,17 +177,20 @@ def make_engine(args: argparse.Namespace) -> Engine:
         if not args.upstream_url:
             raise SystemExit("veil gateway: --engine upstream needs --upstream-url http://127.0.0.1:PORT")
         try:
-            return UpstreamEngine(args.upstream_url)
+            return UpstreamEngine(args.upstream_url, self_check=args.engine_self_check == "on")
         except ValueError as exc:
             raise SystemExit(f"veil gateway: {exc}") from None
     from .engines.vllm import VllmEngine
 
+    check = args.engine_self_check == "on" or (args.engine_self_check == "auto" and is_default_model(args.model))
     return VllmEngine(
         python=args.engine_python,
         model=args.model,
         served_model_name=args.served_model_name,
         port=args.engine_port,
         extra_args=args.engine_args.split() if args.engine_args else [],
+        dtype=args.dtype,
+        self_check=check,
     )
 
 
@@ -262,11 +273,21 @@ def run(args: argparse.Namespace) -> int:
         # asyncio's own loop: uvloop sets TCP_NODELAY on accepted connections, which vsock refuses.
         web.run_app(app, sock=sock, loop=vsock_event_loop(), access_log=None, print=None, handle_signals=True,
                     shutdown_timeout=args.shutdown_timeout)
-        return 0
+        return _exit_status(app)
     print(f"veil gateway listening on http://{host}:{port}/.well-known/ohttp-gateway (engine {engine.kind})",
           flush=True)
     web.run_app(app, host=host, port=int(port), access_log=None, print=None, handle_signals=True,
                 shutdown_timeout=args.shutdown_timeout)
+    return _exit_status(app)
+
+
+def _exit_status(app: web.Application) -> int:
+    """0 after a normal stop; the reason and 1 when the engine failed to start or failed its self-check."""
+    from .gateway.appkeys import STATE
+
+    if (error := app[STATE].engine_error) is not None:
+        print(f"veil gateway: {error}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

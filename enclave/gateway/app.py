@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from typing import AsyncIterator
 
@@ -16,6 +17,7 @@ from ohttp import KeyRing
 from ..api import Api
 from ..attestation import EvidenceProvider
 from ..engines import Engine
+from ..engines.selfcheck import EngineSelfCheckFailed
 from .appkeys import STATE
 from .config import GatewayConfig
 from .ohttp_routes import get_attestation, get_keys, post_gateway
@@ -29,7 +31,8 @@ async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     up = state.api.engine.healthy()
     state.metrics.engine_up.set(1 if up else 0)
-    body = {"status": "ok" if up else "starting", "engine": state.api.engine.kind, "attestation": state.provider.platform}
+    status = "ok" if up else "engine failed" if state.engine_error else "starting"
+    body = {"status": status, "engine": state.api.engine.kind, "attestation": state.provider.platform}
     return web.Response(status=200 if up else 503, body=orjson.dumps(body), content_type="application/json")
 
 
@@ -73,7 +76,13 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
             await engine.start()
         except Exception as exc:
-            log.error("engine %s failed to start: %s", engine.kind, exc)
+            # A gateway whose engine cannot start, or answers a known question wrongly, must not sit there
+            # unhealthy forever (veil up and orchestrators would wait for nothing): stop it gracefully, as SIGTERM
+            # would, and let run() exit non-zero with the reason.
+            what = "failed its start-up self-check" if isinstance(exc, EngineSelfCheckFailed) else "failed to start"
+            log.error("engine %s %s; stopping the gateway: %s", engine.kind, what, exc)
+            app[STATE].engine_error = f"the engine {what}: {exc}"
+            os.kill(os.getpid(), signal.SIGTERM)
 
     task = asyncio.create_task(start())
     yield

@@ -36,6 +36,9 @@ class GatewayState:
     bundle: Bundle | None = None
     bundle_json: bytes = b""
     last_fresh_evidence: float = 0.0
+    #: set when the engine failed to start or failed its self-check: the gateway stops and exits 1 with this reason
+    engine_error: str | None = None
+
     #: the configuration every bundle binds (:meth:`GatewayConfig.attested`)
     attested_config: dict[str, ConfigValue] = field(init=False)
 

@@ -6,6 +6,10 @@ the command to run, rather than silently skipping the one test that proves the w
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -24,6 +28,8 @@ ENGINE_PYTHON = REPO / ".venv-engine" / "bin" / "python"
 MODEL_DIR = Path.home() / ".cache" / "veil" / "models" / "SmolLM2-135M-Instruct"
 MODEL = "SmolLM2-135M-Instruct"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+#: A second, different factual question (not one of the engine's self-check questions), asked the same way.
+SECOND = [{"role": "user", "content": "What is the capital of Germany?"}]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +53,26 @@ def vllm_chain() -> Iterator[tuple[Proc, Proc, Proc]]:
 
 
 class TestVllmEngine:
+    def test_readme_example_answers_paris(self, vllm_chain: tuple[Proc, Proc, Proc]) -> None:
+        """Exactly the README's example (bare question, temperature 0, no max_tokens), through the whole chain."""
+        client = openai.OpenAI(base_url=vllm_chain[2].base + "/v1", api_key="unused", max_retries=0)
+        r = client.chat.completions.create(model="SmolLM2-135M-Instruct",
+                                           messages=[{"role": "user", "content": "What is the capital of France?"}],
+                                           temperature=0)
+        assert "Paris" in (r.choices[0].message.content or ""), r.choices[0].message.content
+        assert r.choices[0].finish_reason == "stop"
+
+    def test_a_second_factual_question(self, vllm_chain: tuple[Proc, Proc, Proc]) -> None:
+        client = openai.OpenAI(base_url=vllm_chain[2].base + "/v1", api_key="unused", max_retries=0)
+        r = client.chat.completions.create(model=MODEL, messages=SECOND, temperature=0)  # type: ignore[arg-type]
+        assert "Berlin" in (r.choices[0].message.content or ""), r.choices[0].message.content
+
+    def test_cpu_engine_runs_float32_after_its_self_check(self, vllm_chain: tuple[Proc, Proc, Proc]) -> None:
+        log = vllm_chain[0].log()
+        assert "dtype float32" in log
+        assert "engine self-check passed" in log
+        assert log.index("engine self-check passed") < log.index("vLLM ready")
+
     async def test_gateway_answers_paris(self, vllm_chain: tuple[Proc, Proc, Proc]) -> None:
         gw = vllm_chain[0]
         base = gw.base + "/.well-known/"
@@ -64,7 +90,7 @@ class TestVllmEngine:
 
     def test_sdk_through_the_whole_chain_answers_paris(self, vllm_chain: tuple[Proc, Proc, Proc]) -> None:
         client = openai.OpenAI(base_url=vllm_chain[2].base + "/v1", api_key="unused", max_retries=0)
-        r = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=30)  # type: ignore[arg-type]
+        r = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0)  # type: ignore[arg-type]
         assert "Paris" in (r.choices[0].message.content or "")
         assert r.choices[0].finish_reason == "stop"
 
@@ -125,3 +151,34 @@ class TestVllmFaults:
         else:
             pytest.fail("the engine did not come back")
         assert "restarting" in gw.log()
+
+
+def test_corrupted_numerics_stop_the_gateway_with_the_reason() -> None:
+    """The real engine with its numerics broken on purpose (layer norms' epsilon overridden, so every answer is
+    noise, as with the bf16 kernels that failed on Intel AMX machines): the gateway's self-check refuses it, stops
+    with the question, the answer, the CPU and the fix, and is never healthy."""
+    if not ENGINE_PYTHON.exists() or not MODEL_DIR.is_dir():
+        pytest.fail("the vLLM engine is not set up: run ./scripts/setup-engine (./scripts/test does it for you)")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "veil_cli", "gateway", "--engine", "vllm", "--listen",
+                             f"127.0.0.1:{port}", "--engine-python", str(ENGINE_PYTHON), "--model", str(MODEL_DIR),
+                             "--engine-args", '--hf-overrides {"rms_norm_eps":1000.0}'],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    healthy = False
+    deadline = time.monotonic() + 300
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    healthy = healthy or r.status == 200
+            except OSError:
+                pass
+            time.sleep(0.5)
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out[-3000:]
+    assert not healthy
+    assert "veil gateway: the engine failed its start-up self-check" in out
+    assert "expected 'Paris'" in out and "CPU: " in out and "dtype float32" in out
