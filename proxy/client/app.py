@@ -18,6 +18,8 @@ from aiohttp import web
 from enclave.attestation.result import Verdict
 
 from ..transport import OhttpClient, VeilClientError, wants_stream
+from .guard import host_guard
+from .passthrough import PAGE_RELAY_PATH, RelayPassthrough
 
 log = logging.getLogger("veil.proxy")
 
@@ -147,10 +149,13 @@ async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(
-    client: OhttpClient, *, api_key_mode: str = "auto", static_dir: str | None = None, allow_simulated: bool = False
+    client: OhttpClient, *, api_key_mode: str = "auto", static_dir: str | None = None, allow_simulated: bool = False,
+    hosts: frozenset[str] | None = None,
 ) -> web.Application:
-    """Build the client proxy application; ``static_dir`` serves the browser chat page (``proxy/web``) at ``/``."""
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    """Build the client proxy application; ``static_dir`` serves the browser chat page (``proxy/web``) at ``/``;
+    ``hosts`` (``guard.allowed_hosts``) restricts the ``Host``/``Origin`` it answers (DNS rebinding)."""
+    app = web.Application(client_max_size=64 * 1024 * 1024,
+                          middlewares=[host_guard(hosts)] if hosts is not None else [])
     app[STATE] = ProxyState(client=client, api_key_mode=api_key_mode)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/veil/attestation", attestation)
@@ -159,13 +164,19 @@ def create_app(
         app.router.add_get("/", _index(static_dir))
         app.router.add_get("/veil-config.json", _web_config(client.url, allow_simulated))
         app.router.add_static("/static/", static_dir)
+        relay = RelayPassthrough(client.url)
+        app.router.add_get(PAGE_RELAY_PATH, relay.forward)
+        app.router.add_post(PAGE_RELAY_PATH, relay.forward)
+        app.router.add_get(PAGE_RELAY_PATH + "/attestation", relay.forward)
+        app.cleanup_ctx.append(relay.ctx)
     app.cleanup_ctx.append(_client_ctx)
     return app
 
 
 def _web_config(relay: str, allow_simulated: bool):  # type: ignore[no-untyped-def]
-    """``GET /veil-config.json``: where the page finds the relay; it encrypts in the browser and uses no proxy."""
-    body = orjson.dumps({"relay": relay, "allow_simulated": allow_simulated})
+    """``GET /veil-config.json``: where the page sends its OHTTP requests (this proxy's same-origin relay path, so
+    the relay needs no CORS rule for the page) and which relay they reach. The page encrypts in the browser."""
+    body = orjson.dumps({"relay": PAGE_RELAY_PATH, "relay_upstream": relay, "allow_simulated": allow_simulated})
 
     async def web_config(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type="application/json", headers={"Cache-Control": "no-store"})

@@ -14,6 +14,7 @@ from veil_cli import Option, add_options
 from ..transport import OhttpClient
 from ..verify import make_verifier
 from .app import API_KEY_MODES, create_app
+from .guard import allowed_hosts
 
 OPTIONS = [
     Option("listen", "HOST:PORT for the local OpenAI-compatible endpoint (keep it on loopback)", "127.0.0.1:8000"),
@@ -23,6 +24,9 @@ OPTIONS = [
            False, flag=True),
     Option("api-key", "when the SDK's API key travels (inside the encapsulation): auto = only once the gateway "
            "asks for one", "auto", choices=API_KEY_MODES),
+    Option("allowed-host", "another host name the proxy answers to (with its port); by default only its listen "
+           "address and, on loopback, 127.0.0.1/localhost/[::1]: other Host or Origin headers are refused (DNS "
+           "rebinding)", repeat=True, metavar="NAME"),
     Option("log-level", "logging level", "info", choices=("debug", "info", "warning", "error")),
 ]
 
@@ -67,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     )
     web_dir = str(WEB_DIR) if (WEB_DIR / "index.html").is_file() else None
     app = create_app(client, api_key_mode=args.api_key, static_dir=web_dir,
-                     allow_simulated=args.insecure_allow_simulated)
+                     allow_simulated=args.insecure_allow_simulated,
+                     hosts=allowed_hosts(host, int(port), args.allowed_host or ()))
     print(f"veil proxy: OpenAI base_url = http://{host}:{port}/v1 (relay {args.relay})", flush=True)
     if web_dir:
         print(f"veil proxy: chat page at http://{host}:{port}/ (encrypts in the browser)", flush=True)

@@ -13,7 +13,7 @@ const ui = {
   checks: $("trust-checks"), error: $("trust-error"), reverify: $("reverify"), closeTrust: $("close-trust"),
 };
 
-const state = { client: null, history: [], controller: null, ready: false };
+const state = { client: null, history: [], controller: null, ready: false, relayLabel: null };
 
 function setText(el, text) {
   el.textContent = text;
@@ -43,7 +43,7 @@ function renderTrust(client, pendingText) {
   ui.verdict.className = `pill ${verdict[0]}`;
   setText(ui.verdict, verdict[1]);
   ui.trustDot.className = `dot ${verdict[0]}`;
-  setText(ui.relay, client ? client.relay : "–");
+  setText(ui.relay, client ? state.relayLabel || client.relay : "–");
   if (!t) return;
   setText(ui.platform, v ? (v.simulated ? "simulated (no TEE)" : v.platform) : "–");
   setText(ui.measurement, v && v.measurement ? v.measurement : "–");
@@ -305,6 +305,9 @@ async function boot() {
     showFatal(`Cannot load veil-config.json from the server that served this page: ${err.message}`);
     return;
   }
+  // Served by veil proxy, the page sends its ciphertext to the proxy's same-origin /relay path, which forwards it to
+  // the relay unchanged (so the relay needs no CORS rule); the panel names the relay it reaches.
+  state.relayLabel = config.relay_upstream ? `${config.relay_upstream} (through veil proxy)` : null;
   state.client = new VeilClient({ relay: config.relay, allowSimulated: Boolean(config.allow_simulated) });
   if (!(await verify())) return;
   try {

@@ -167,6 +167,11 @@ class Chain:
     def page_url(self) -> str:
         return self.proxy.base + "/"
 
+    @property
+    def page_relay(self) -> str:
+        """Where the page served by ``veil proxy`` sends its OHTTP requests (forwarded to the relay)."""
+        return self.proxy.base + "/relay"
+
     def metric(self, pattern: str) -> float:
         """Sum of the gateway's Prometheus samples whose line matches ``pattern``."""
         with urllib.request.urlopen(self.gateway.base + "/metrics", timeout=5) as r:

@@ -58,7 +58,7 @@ def test_page_verifies_before_sending_and_shows_the_trust_panel(chain: Chain, pa
     expect(pg.locator("#trust-key-id")).to_contain_text(f"id {_gateway_key_id(chain)} ")
     expect(pg.locator("#trust-suite")).to_have_text("DHKEM(X25519, HKDF-SHA256) / HKDF-SHA256 / AES-128-GCM")
     expect(pg.locator("#trust-key-expiry")).to_contain_text("(Cache-Control)")
-    expect(pg.locator("#trust-relay")).to_have_text(chain.relay_url)
+    expect(pg.locator("#trust-relay")).to_have_text(f"{chain.relay_url} (through veil proxy)")
     statuses = dict(pg.eval_on_selector_all(
         "#trust-checks li", "els => els.map(e => [e.querySelector('b').textContent, e.dataset.status])"))
     # "warn" for the signature means Chromium's WebCrypto Ed25519 verified it (it is not a proof of origin).
@@ -66,12 +66,14 @@ def test_page_verifies_before_sending_and_shows_the_trust_panel(chain: Chain, pa
                         "Gateway configuration": "pass", "Report signature": "warn", "TEE": "fail", "Freshness": "not-verified"}, statuses
     expect(pg.locator("#model")).to_have_value("echo")
     # Verification came first: the keys and the evidence were fetched before the first POST (the model list).
-    relay_calls = [(r.method, r.url) for r in log.requests if r.url.startswith(chain.relay.base)]
-    assert relay_calls[:3] == [("GET", chain.relay_url), ("GET", chain.relay_url + "/attestation"),
-                               ("POST", chain.relay_url)], relay_calls
-    # No external resources: every request went to the page's own server or to the relay.
+    # The page's OHTTP requests go to veil proxy's same-origin /relay path, which forwards them to the relay.
+    relay_calls = [(r.method, r.url) for r in log.requests if r.url.startswith(chain.page_relay)]
+    assert relay_calls[:3] == [("GET", chain.page_relay), ("GET", chain.page_relay + "/attestation"),
+                               ("POST", chain.page_relay)], relay_calls
+    # No external resources, and no request from the browser to the relay itself: everything went to the page's
+    # own server.
     for r in log.requests:
-        assert r.url.startswith((chain.proxy.base + "/", chain.relay.base + "/", "data:")), r.url
+        assert r.url.startswith((chain.proxy.base + "/", "data:")), r.url
     assert not log.errors, log.errors
 
 
@@ -184,7 +186,7 @@ def test_relay_sees_only_ciphertext(chain: Chain, page: tuple[Page, PageLog]) ->
             assert n not in e.request, f"{n!r} in what the relay forwarded ({e.method} {e.path})"
             assert n not in bytes(e.response), f"{n!r} in what the relay received ({e.method} {e.path})"
     # And what the browser gave the relay: ciphertext, no cookie, no referrer.
-    to_relay = [r for r in log.requests if r.url.startswith(chain.relay.base) and r.method == "POST"]
+    to_relay = [r for r in log.requests if r.url.startswith(chain.page_relay) and r.method == "POST"]
     assert len(to_relay) == 2
     for r in to_relay:
         body = r.post_data_buffer

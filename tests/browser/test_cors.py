@@ -1,5 +1,6 @@
-"""A page served from an unrelated origin uses the relay because the relay allows it (CORS), and only then; a
-page that refuses the evidence sends nothing."""
+"""A page served from an unrelated origin uses the relay because the relay allows it (CORS), and only then; the
+page that veil proxy serves needs no CORS (it goes through the proxy); a page that refuses the evidence sends
+nothing."""
 
 from __future__ import annotations
 
@@ -48,6 +49,29 @@ def test_without_cors_the_page_cannot_use_the_relay(chain: Chain, page: tuple[Pa
         site.stop()
         relay.stop()
         relay.log_path.unlink(missing_ok=True)
+
+
+def test_page_served_by_veil_proxy_needs_no_relay_cors(chain: Chain, page: tuple[Page, PageLog]) -> None:
+    """The relay allows no origin at all: the page that veil proxy serves still chats, through the proxy's
+    same-origin /relay path (the browser never talks to the relay itself)."""
+    pg, log = page
+    rp, pp = free_port(), free_port()
+    relay = start_veil(["relay", "--listen", f"127.0.0.1:{rp}", "--gateway", f"gw={chain.capture.base}{WELL_KNOWN}"],
+                       rp)
+    proxy = start_veil(["proxy", "--listen", f"127.0.0.1:{pp}", "--relay", relay.base + "/gw",
+                        "--insecure-allow-simulated"], pp)
+    try:
+        pg.goto(proxy.base + "/")
+        wait_ready(pg)
+        send(pg, "no cors needed")
+        pg.wait_for_selector(".msg.assistant.done", timeout=20000)
+        assert assistant_texts(pg)[-1] == "no cors needed"
+        assert {r.url.split("/")[2] for r in log.requests if not r.url.startswith("data:")} == {f"127.0.0.1:{pp}"}
+        assert not log.errors, log.errors
+    finally:
+        for p in (proxy, relay):
+            p.stop()
+            p.log_path.unlink(missing_ok=True)
 
 
 def test_refused_evidence_means_nothing_is_sent(chain: Chain, page: tuple[Page, PageLog]) -> None:
