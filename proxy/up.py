@@ -28,7 +28,10 @@ OPTIONS = [
     Option("relay-port", "loopback port of the relay", 8080, type=int),
     Option("proxy-port", "loopback port of the client proxy (the OpenAI base_url)", 8000, type=int),
     Option("model", "model directory for --engine vllm (default: the one scripts/setup-engine makes)"),
-    Option("no-chat", "start everything and wait for Ctrl-C instead of chatting", False, flag=True),
+    Option("no-chat", "start everything and serve until Ctrl-C/SIGTERM instead of chatting (implied when stdin is "
+           "not a terminal: nohup, < /dev/null, a container, a systemd unit)", False, flag=True),
+    Option("chat", "chat on stdin even when it is not a terminal (lines piped in; the chain stops at end of input)",
+           False, flag=True),
     Option("startup-timeout", "seconds to wait for everything to be healthy", 900.0, type=float),
 ]
 
@@ -184,8 +187,9 @@ async def _main(args: argparse.Namespace) -> int:
         gw_args += ["--model", args.model]
     children = [
         Child("gateway", gw_args, f"http://127.0.0.1:{gw}/healthz"),
+        # No --cors-origin: the chat page reaches the relay through the proxy's same-origin /relay path.
         Child("relay", ["relay", "--listen", f"127.0.0.1:{relay}",
-                        "--gateway", f"local=http://127.0.0.1:{gw}/.well-known/ohttp-gateway", "--cors-origin", "*"],
+                        "--gateway", f"local=http://127.0.0.1:{gw}/.well-known/ohttp-gateway"],
               f"http://127.0.0.1:{relay}/healthz"),
         Child("proxy", ["proxy", "--listen", f"127.0.0.1:{px}", "--relay", f"http://127.0.0.1:{relay}/local",
                         "--insecure-allow-simulated"], f"http://127.0.0.1:{px}/healthz"),
@@ -215,7 +219,7 @@ async def _main(args: argparse.Namespace) -> int:
         base_url = f"http://127.0.0.1:{px}/v1"
         print(f"""
 veil up: the whole chain is running on loopback.
-  chat in a browser: http://127.0.0.1:{px}/   (encrypts in the page, talks to the relay directly)
+  chat in a browser: http://127.0.0.1:{px}/   (encrypts in the page; the proxy forwards only ciphertext)
   OpenAI base_url : {base_url}        (model: {model})
   relay           : http://127.0.0.1:{relay}/local
   gateway         : http://127.0.0.1:{gw}/.well-known/ohttp-gateway
@@ -227,11 +231,12 @@ veil up: the whole chain is running on loopback.
 """, flush=True)
         for child in children:
             child.quiet.set()
-        if args.no_chat:
-            print("veil up: serving; press Ctrl-C to stop.", flush=True)
+        if not chat_wanted(args):
+            why = "" if args.no_chat else " (stdin is not a terminal; --chat chats on piped lines)"
+            print(f"veil up: serving{why}; stop with Ctrl-C or SIGTERM.", flush=True)
             await stop.wait()
         else:
-            chat = asyncio.create_task(_chat(base_url, model, sys.stdin.isatty()))
+            chat = asyncio.create_task(_chat(base_url, model, _stdin_is_tty()))
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({chat, stopper}, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
@@ -244,6 +249,21 @@ veil up: the whole chain is running on loopback.
         print("\nveil up: stopping…", flush=True)
         await _stop(children)
         print("veil up: stopped.", flush=True)
+
+
+def _stdin_is_tty() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except ValueError:  # stdin closed
+        return False
+
+
+def chat_wanted(args: argparse.Namespace) -> bool:
+    """Chat on stdin when it is a terminal (or ``--chat``); otherwise serve until a signal. Without a terminal
+    (``nohup veil up &``, ``< /dev/null``, a container, a systemd unit) end of input must not stop the chain."""
+    if args.no_chat:
+        return False
+    return bool(args.chat) or _stdin_is_tty()
 
 
 def run(args: argparse.Namespace) -> int:
