@@ -9,6 +9,7 @@ import re
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from email.utils import formatdate
 
 import aiohttp
 import orjson
@@ -163,7 +164,8 @@ async def test_client_that_never_reads_its_response_is_dropped(veil_process: Cal
         config = ohttp.decode_list(await resp.read())[0]
     words = "ab " * 150_000  # echoed one SSE event per word: tens of MB
     inner = bhttp.encode_request(bhttp.Request(
-        method="POST", path="/v1/chat/completions", headers=[("content-type", "application/json")],
+        method="POST", path="/v1/chat/completions",
+        headers=[("content-type", "application/json"), ("date", formatdate(usegmt=True))],
         content=orjson.dumps({"model": "echo", "stream": True, "messages": [{"role": "user", "content": words}]})))
     wire = ohttp.ChunkedClientRequest(config).encode_chunk(inner, final=True)
     sock = socket.socket()
