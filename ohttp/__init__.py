@@ -27,6 +27,7 @@ from .bhttp import (
     encode_request_head,
     encode_response,
     encode_response_head,
+    padded_size,
 )
 from .chunked import (
     MAX_CHUNK_SIZE,
@@ -103,6 +104,7 @@ __all__ = [
     "encode_response_head",
     "encode_chunk",
     "encode_end",
+    "padded_size",
     # encapsulation
     "ClientRequest",
     "ClientResponse",

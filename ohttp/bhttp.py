@@ -41,6 +41,7 @@ __all__ = [
     "encode_request_head",
     "encode_chunk",
     "encode_end",
+    "padded_size",
     "MEDIA_TYPE_BHTTP",
 ]
 
@@ -74,6 +75,9 @@ class Limits:
     max_fields: int = 256
     max_content_size: int = 64 * 1024 * 1024
     max_informational: int = 8
+    #: indeterminate-length content chunks per message: each costs a decoding step however small it is, so a
+    #: body of millions of one-byte chunks is refused after this many instead of keeping the caller busy
+    max_content_chunks: int = 1 << 20
 
 
 _DEFAULT_LIMITS: Final = Limits()
@@ -261,6 +265,18 @@ def encode_end(trailers: Iterable[tuple[bytes | str, bytes | str]] = (), padding
     return b"\x00" + _enc_section(_fields(trailers), Mode.INDETERMINATE_LENGTH) + bytes(padding)
 
 
+def padded_size(length: int, quantum: int) -> int:
+    """The size a message of ``length`` bytes is padded to (RFC 9292 §3.8 zero padding): the next multiple of
+    ``quantum``, or for long messages of Padmé's step ``2**(E - floor(log2 E) - 1)`` with ``E = floor(log2 length)``
+    when that is larger (at most about 12% more bytes, and a size reveals O(log log length) bits). ``quantum`` of 0
+    is no padding. ``proxy/web/bhttp.js`` has the same function: browser and Python clients pad alike."""
+    if quantum <= 0 or length <= 0:
+        return max(length, 0)
+    e = length.bit_length() - 1
+    step = max(quantum, 1 << max(0, e - e.bit_length()))
+    return -(-length // step) * step
+
+
 def _tail_parts(content: bytes, trailers: Sequence[Field], mode: Mode, truncate: bool) -> list[bytes]:
     """Content and trailer section as parts to join once (no copy of a large content until the final join).
 
@@ -410,6 +426,7 @@ class BHTTPDecoder:
         self._section_bytes = 0
         self._content_left = -1  # known-length: bytes left; indeterminate: bytes left in current chunk
         self._content_total = 0
+        self._content_chunks = 0
         self._started_section = False
         self._pending: list[Event] = []
 
@@ -705,6 +722,9 @@ class BHTTPDecoder:
                 self._state = _State.TRAILERS
                 self._content_left = -1
                 return None
+            self._content_chunks += 1
+            if self._content_chunks > lim.max_content_chunks:
+                raise LimitError(f"more than {lim.max_content_chunks} content chunks")
             self._content_total += n
             if self._content_total > lim.max_content_size:
                 raise LimitError(f"content exceeds {lim.max_content_size} bytes")

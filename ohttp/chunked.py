@@ -30,7 +30,7 @@ from .encapsulation import (
     parse_request_header,
     response_keys,
 )
-from .errors import ChunkError, DecodeError, DecryptError, LocalProtocolError, OHTTPError
+from .errors import ChunkError, DecodeError, DecryptError, LimitError, LocalProtocolError, OHTTPError
 from .keys import KeyConfig, KeyRing, SymmetricSuite
 
 __all__ = [
@@ -292,13 +292,16 @@ class ChunkedGatewayRequest:
         KeyIdError, UnsupportedError: the header names an unknown key or suite (answer unencapsulated).
         DecryptError: the HPKE set-up or a chunk failed authentication.
         ChunkError: framing errors or a stream that ended without its final chunk.
+        LimitError: more than ``max_chunks`` chunks (each costs an AEAD open however small it is).
     """
 
-    def __init__(self, keys: KeyRing, *, max_chunk_size: int = MAX_CHUNK_SIZE) -> None:
+    def __init__(self, keys: KeyRing, *, max_chunk_size: int = MAX_CHUNK_SIZE, max_chunks: int = 1 << 20) -> None:
         self._keys = keys
         self._reader = _ChunkReader(0, max_chunk_size)
         self._parsed: ParsedHeader | None = None
         self._ctx: HpkeContext | None = None
+        self._max_chunks = max_chunks
+        self._chunks = 0
 
     @property
     def header_ready(self) -> bool:
@@ -346,6 +349,9 @@ class ChunkedGatewayRequest:
             if item is None:
                 return NEED_DATA
             sealed, final = item
+            self._chunks += 1
+            if self._chunks > self._max_chunks:
+                raise LimitError(f"more than {self._max_chunks} request chunks")
             try:
                 pt = self._ctx.open(sealed, AAD_FINAL if final else b"")
             except Exception:

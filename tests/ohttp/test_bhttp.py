@@ -35,6 +35,7 @@ from ohttp import (
     encode_request_head,
     encode_response,
     encode_response_head,
+    padded_size,
 )
 from ohttp._varint import encode_varint
 from tests.ohttp.strategies import messages, requests, responses, splits
@@ -759,3 +760,49 @@ def test_long_stream_does_not_grow_the_buffer() -> None:
             total += len(ev.data)
         assert len(dec._buf) < 16384
     assert total == 3000 * 500
+
+
+# -- padding buckets and the work one message may cost (issue 15 items 3 and 5) ------------------------------------
+
+#: The same table is in proxy/web/test/bhttp.test.js: the page and the Python client must pad alike.
+PADDED_1024 = [(0, 0), (1, 1024), (5, 1024), (255, 1024), (256, 1024), (257, 1024), (1000, 1024), (1024, 1024),
+               (1025, 2048), (4097, 5120), (32767, 32768), (32768, 32768), (40000, 40960), (100000, 100352),
+               (1048577, 1081344)]
+
+
+@pytest.mark.parametrize(("length", "size"), PADDED_1024)
+def test_padded_size_buckets(length: int, size: int) -> None:
+    assert padded_size(length, 1024) == size
+
+
+@given(st.integers(min_value=1, max_value=1 << 26), st.sampled_from([1, 64, 256, 1024]))
+def test_padded_size_is_a_small_bucket(length: int, quantum: int) -> None:
+    size = padded_size(length, quantum)
+    assert size >= length and size % quantum == 0
+    assert size - length < max(quantum, length * 0.13)  # Padmé: at most about 12% more past the quantum
+    assert padded_size(size, quantum) == size  # a bucket is its own bucket
+
+
+def test_padded_requests_decode_and_non_zero_padding_is_rejected() -> None:
+    req = Request(method=b"POST", path=b"/v1/chat/completions", headers=[(b"date", b"x")], content=b"{}")
+    bare = encode_request(req)
+    padded = encode_request(req, padding=padded_size(len(bare), 1024) - len(bare))
+    assert len(padded) == 1024 and decode_request(padded) == req
+    indeterminate = encode_request(req, Mode.INDETERMINATE_LENGTH, padding=100)
+    assert decode_request(indeterminate) == req
+    for bad in (padded[:-1] + b"\x01", indeterminate[:-50] + b"\x07" + bytes(49)):
+        with pytest.raises(DecodeError, match="padding"):
+            decode_request(bad)
+
+
+def test_content_chunk_limit_refuses_millions_of_one_byte_chunks_quickly() -> None:
+    import time
+
+    head = encode_request_head(Request(method=b"POST", path=b"/v1/chat/completions"))
+    hostile = head + b"\x01x" * 2_000_000 + b"\x00\x00"
+    t0 = time.perf_counter()
+    with pytest.raises(LimitError, match="more than 4096 content chunks"):
+        decode_request(hostile, Limits(max_content_chunks=4096))
+    assert time.perf_counter() - t0 < 0.5
+    ok = head + b"\x01x" * 4096 + b"\x00\x00"
+    assert decode_request(ok, Limits(max_content_chunks=4096)).content == b"x" * 4096

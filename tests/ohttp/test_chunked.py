@@ -696,3 +696,18 @@ def test_nonce_counter_is_never_reused_across_a_split() -> None:
     wire = enc.encode_chunk(data) + enc.encode_chunk(b"tail", final=True)
     chunks = drain(ex.client.response(), [wire])
     assert [c.data[:1] for c in chunks] == [b"\x00", b"\x01", b"\x02", b"t"]
+
+
+def test_request_chunk_count_limit_stops_a_stream_of_tiny_chunks() -> None:
+    """Issue 15 item 5: every chunk costs an AEAD open however small; past ``max_chunks`` the decoder refuses
+    (LimitError, 413) instead of opening 200,000 one-byte chunks on the gateway's event loop."""
+    client = ChunkedClientRequest(KEY.config)
+    wire = b"".join([client.encode_chunk(b"x") for _ in range(50)] + [client.encode_chunk(b"", final=True)])
+    ok = ChunkedGatewayRequest(RING, max_chunks=51)
+    assert len(drain(ok, [wire])) == 51
+    gw = ChunkedGatewayRequest(RING, max_chunks=10)
+    with pytest.raises(ohttp.LimitError, match="more than 10 request chunks") as err:
+        drain(gw, [wire])
+    assert err.value.status_hint == 413
+    with pytest.raises(ChunkError):  # and it stays failed
+        gw.next_event()
