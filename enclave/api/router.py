@@ -28,8 +28,9 @@ _POST_ROUTES: Final[dict[str, type[BaseModel]]] = {
     "/v1/embeddings": EmbeddingRequest,
     "/v1/responses": ResponsesRequest,
 }
-#: Routes where vLLM honours ``cache_salt`` (prefix-cache isolation).
-_SALTED: Final = frozenset({"/v1/chat/completions", "/v1/completions"})
+#: Every route this layer forwards reaches vLLM's prefix cache (generation and pooling alike honour
+#: ``cache_salt``), so every one is salted by the gateway; a route added to ``_POST_ROUTES`` is salted too.
+_SALTED: Final = frozenset(_POST_ROUTES)
 TENANT_HEADER: Final = b"x-veil-tenant"
 CACHE_SALT_MODES: Final = ("tenant", "request", "off")
 
@@ -70,7 +71,8 @@ class Api:
 
     ``cache_salt``: ``"tenant"`` (default) salts vLLM's prefix cache per tenant (the API key's name, else the
     ``x-veil-tenant`` header) and per request when there is no tenant; ``"request"`` always per request;
-    ``"off"`` leaves the client's own ``cache_salt`` (if any) alone.
+    ``"off"`` salts nothing (every request shares the cache). A client's own ``cache_salt`` never reaches the
+    engine: with it, one tenant could send another's salt and time the prefix cache for that tenant's prompts.
     """
 
     def __init__(
@@ -160,6 +162,7 @@ class Api:
         model = raw["model"]
         if model not in await self.models():
             return openai_error(404, f"The model `{model}` does not exist.", code="model_not_found", param="model")
+        raw.pop("cache_salt", None)
         if path in _SALTED and self.cache_salt != "off":
             if tenant is None and (t := req.header(TENANT_HEADER)):
                 tenant = "hdr:" + t.decode("latin-1")
