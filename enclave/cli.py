@@ -85,8 +85,14 @@ OPTIONS = [
     Option("body-timeout", "seconds a request body may take to arrive in full (408 beyond; keep it above the "
            "relays' --max-body-time)", 90.0, type=float),
     Option("replay-window", "seconds an inner Date may differ from now; seen requests are kept this long", 60.0, type=float),
-    Option("require-date", "reject encapsulated requests without a Date", False, flag=True),
-    Option("pad-to", "pad responses (and stream events) to a multiple of N bytes; 0 is off", 0, type=int),
+    Option("require-date", "reject encapsulated requests without a Date (the default; kept for old configs)",
+           False, flag=True),
+    Option("allow-missing-date", "accept encapsulated requests without a Date: such a request can be replayed once "
+           "the replay cache has forgotten it (tests only)", False, flag=True),
+    Option("pad-to", "pad each stream event to a multiple of N bytes, whole responses to a bucket of at least N "
+           "(hides token and answer lengths from the relay); 0 is off", 256, type=int),
+    Option("coalesce-ms", "join stream events that arrive within N ms of the first into one sealed chunk (the first "
+           "token waits at most N ms); 0: one chunk per event", 0.0, type=float),
     Option("keys-max-age", "seconds clients may cache the key configuration", 3600, type=int),
     Option("rotation-interval", "rotate keys every N seconds (0: never; SIGUSR1 rotates now)", 0.0, type=float),
     Option("rotation-grace", "seconds a rotated-out key is still accepted", 300.0, type=float),
@@ -249,12 +255,15 @@ def run(args: argparse.Namespace) -> int:
     if (model := load_for_gateway(args, key_source)) is not None:  # decrypt + verify before serving, or exit
         args.model = str(model.path)
     engine = make_engine(args)
+    if args.require_date and args.allow_missing_date:
+        raise SystemExit("veil gateway: give --require-date or --allow-missing-date, not both")
     config = GatewayConfig(
         max_request_bytes=args.max_request_bytes,
         body_timeout=args.body_timeout,
         replay_window=args.replay_window,
-        require_date=args.require_date,
+        require_date=not args.allow_missing_date,
         pad_to=args.pad_to,
+        coalesce_ms=args.coalesce_ms,
         keys_max_age=args.keys_max_age,
         rotation_interval=args.rotation_interval,
         rotation_grace=args.rotation_grace,

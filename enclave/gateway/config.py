@@ -22,10 +22,15 @@ class GatewayConfig:
     body_timeout: float = 90.0
     #: accept an inner ``Date`` only within this many seconds of now; seen ``enc`` values are kept this long
     replay_window: float = 60.0
-    #: require a ``Date`` inside every encapsulated request
-    require_date: bool = False
-    #: pad inner responses to a multiple of this many bytes (0: off)
-    pad_to: int = 0
+    #: require a ``Date`` inside every encapsulated request (without one, a request could be replayed once its
+    #: ``enc`` has left the replay cache); off only for tests (``--allow-missing-date``)
+    require_date: bool = True
+    #: pad every stream event (SSE comment lines) to a multiple of this many bytes, and whole responses to
+    #: ``ohttp.padded_size(n, pad_to)`` (0: off); the default holds a chat token event of vLLM or the echo engine
+    pad_to: int = 256
+    #: join the SSE events that arrive within this many milliseconds of the first one into one sealed chunk
+    #: (0: one chunk per event); the first token waits at most this long
+    coalesce_ms: float = 0.0
     #: seconds clients and relays may cache the key configuration
     keys_max_age: int = 3600
     #: rotate keys this often (seconds; 0: never); the old key stays accepted for ``rotation_grace`` seconds

@@ -34,7 +34,13 @@ log = logging.getLogger("veil.gateway")
 PROBLEM_KEY: Final = "https://iana.org/assignments/http-problem-types#ohttp-key"
 PROBLEM_DATE: Final = "https://iana.org/assignments/http-problem-types#date"
 _NO_STORE: Final = "private, no-store"
-_REQUEST_LIMITS: Final = bhttp.Limits(max_field_section_size=64 * 1024, max_fields=128)
+#: What one request may cost the gateway to decode, however it is framed: a body of millions of one-byte
+#: indeterminate-length chunks (or chunked-OHTTP chunks, one AEAD open each) would hold the event loop for seconds.
+#: Honest clients send one chunk; a client streaming a 4 MiB body in 1 KiB pieces still fits.
+_MAX_REQUEST_CHUNKS: Final = 4096
+_REQUEST_LIMITS: Final = bhttp.Limits(
+    max_field_section_size=64 * 1024, max_fields=128, max_content_chunks=_MAX_REQUEST_CHUNKS
+)
 
 
 def problem(status: int, title: str, *, type_: str = "about:blank", detail: str | None = None) -> web.Response:
@@ -206,10 +212,8 @@ async def _post_plain(request: web.Request) -> web.Response:
     outcome, api_resp = await _serve_inner(state, inner, ctx.enc)
     status, headers, content = await _collect(api_resp)
     m.inner_status_of(status).inc()
-    pad = state.config.pad_to
     encoded = bhttp.encode_response(bhttp.Response(status=status, headers=headers, content=content))
-    if pad:
-        encoded += bytes(-len(encoded) % pad)
+    encoded += bytes(bhttp.padded_size(len(encoded), state.config.pad_to) - len(encoded))  # RFC 9292 §3.8
     sealed = ctx.encapsulate(encoded)
     m.outcome("plain", outcome).inc()
     m.latency_of("plain").observe(time.perf_counter() - start)
@@ -220,7 +224,7 @@ async def _post_chunked(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     start = time.perf_counter()
     m = state.metrics
-    dec = ohttp.ChunkedGatewayRequest(state.keyring)
+    dec = ohttp.ChunkedGatewayRequest(state.keyring, max_chunks=_MAX_REQUEST_CHUNKS)
     inner = bytearray()
     total = 0
     limit = state.config.max_request_bytes
@@ -266,8 +270,13 @@ async def _post_chunked(request: web.Request) -> web.StreamResponse:
         await out.write(enc.encode_chunk(bhttp.encode_response_head(api_resp.status, head_headers)))
         m.first_chunk.observe(time.perf_counter() - start)
         write, seal, frame, sent = out.write, enc.encode_chunk, bhttp.encode_chunk, m.chunks.inc
-        if api_resp.events is not None and not pad:
-            # The common case, without _pieces in between: one generator hop less per token.
+        last = b""
+        if api_resp.events is None:
+            # A whole body (an error, or a route that does not stream) travels in the final chunk, padded as a
+            # whole so that the one sealed chunk the relay sees has the bucket's size, not the body's.
+            last = bhttp.encode_chunk(api_resp.body) if api_resp.body else b""
+        elif not pad and state.config.coalesce_ms <= 0:
+            # Padding and coalescing off: without _events in between, one generator hop less per token.
             try:
                 async for piece in api_resp.events:
                     await write(seal(frame(piece)))
@@ -276,11 +285,15 @@ async def _post_chunked(request: web.Request) -> web.StreamResponse:
                 await write(seal(frame(_engine_failed_event(exc))))
                 sent()
         else:
-            async for piece in _pieces(api_resp, pad):
+            async for piece in _events(api_resp.events, pad, state.config.coalesce_ms / 1000):
                 await write(seal(frame(piece)))
                 sent()
+        end = bhttp.encode_end()
+        if last:
+            end = last + end
+            end += bytes(bhttp.padded_size(len(end), pad) - len(end))  # RFC 9292 §3.8 padding
         # The final chunk and the end of the HTTP chunked body in one send.
-        await out.write_eof(enc.encode_chunk(bhttp.encode_end(), final=True))
+        await out.write_eof(enc.encode_chunk(end, final=True))
     except (ConnectionResetError, asyncio.CancelledError, OSError) as exc:
         # The client (or relay) went away: stop generating. Nothing else to do; the stream is gone.
         await api_resp.aclose()
@@ -300,17 +313,61 @@ class _StreamResponse(web.StreamResponse):
     _send_headers_immediately = False
 
 
-async def _pieces(resp: EngineResponse, pad: int) -> AsyncIterator[bytes]:
-    """Content pieces: the whole body, or one per SSE event as the engine produces it."""
-    if resp.events is None:
-        if resp.body:
-            yield resp.body
+async def _events(events: AsyncIterator[bytes], pad: int, window: float) -> AsyncIterator[bytes]:
+    """The content pieces of a stream, each padded to a multiple of ``pad``: one per SSE event as the engine
+    produces it or, with a ``window`` (seconds), the events that arrive within ``window`` of the first one of a
+    batch joined into one piece, so the first token waits at most ``window``."""
+    if window <= 0:
+        try:
+            async for event in events:
+                yield _pad_event(event, pad)
+        except EngineUnavailable as exc:
+            yield _pad_event(_engine_failed_event(exc), pad)
         return
+    # A task drains the engine into a queue: waiting on the queue with a timeout is safe, whereas cancelling the
+    # engine's own generator mid-wait would end it.
+    queue: asyncio.Queue[bytes | EngineUnavailable | None] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for event in events:
+                queue.put_nowait(event)
+        except EngineUnavailable as exc:
+            queue.put_nowait(exc)
+            return
+        queue.put_nowait(None)
+
+    task = asyncio.create_task(pump())
+    loop = asyncio.get_running_loop()
     try:
-        async for event in resp.events:
-            yield _pad_event(event, pad) if pad else event
-    except EngineUnavailable as exc:
-        yield _engine_failed_event(exc)
+        done = False
+        while not done:
+            batch: list[bytes] = []
+            item = await queue.get()
+            deadline = loop.time() + window
+            while True:
+                if item is None:
+                    done = True
+                elif isinstance(item, EngineUnavailable):
+                    batch.append(_engine_failed_event(item))
+                    done = True
+                else:
+                    batch.append(item)
+                if done or (left := deadline - loop.time()) <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(queue.get(), left)
+                except asyncio.TimeoutError:
+                    break
+            if batch:
+                yield _pad_event(b"".join(batch), pad)
+    finally:
+        if not task.done():
+            task.cancel()  # the client went away: the engine's generator ends, and with it the generation
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
 
 
 def _engine_failed_event(exc: EngineUnavailable) -> bytes:
@@ -321,9 +378,11 @@ def _engine_failed_event(exc: EngineUnavailable) -> bytes:
 
 
 def _pad_event(event: bytes, pad: int) -> bytes:
-    # An SSE comment line (":" ...) is ignored by every SSE parser; it hides the token length on the wire.
-    extra = -(len(event) + 2) % pad
-    return event[:-1] + b":" + b"p" * extra + b"\n\n"
+    # An SSE comment line (":" ...) is ignored by every SSE parser; it hides the token length on the wire. It goes
+    # first, so a stream still ends with "data: [DONE]\n\n" for clients that look for exactly that.
+    if pad <= 0:
+        return event
+    return b":" + b"p" * (-(len(event) + 2) % pad) + b"\n" + event
 
 
 async def _collect(resp: EngineResponse) -> tuple[int, tuple[tuple[bytes, bytes], ...], bytes]:
@@ -332,8 +391,11 @@ async def _collect(resp: EngineResponse) -> tuple[int, tuple[tuple[bytes, bytes]
     if resp.events is None:
         return resp.status, headers, resp.body
     buf = bytearray()
-    async for piece in _pieces(resp, 0):
-        buf += piece
+    try:
+        async for piece in resp.events:
+            buf += piece
+    except EngineUnavailable as exc:
+        buf += _engine_failed_event(exc)
     return resp.status, headers, bytes(buf)
 
 
@@ -343,6 +405,9 @@ async def _serve_inner(state: GatewayState, inner: bytes, enc: bytes) -> tuple[s
         return "replay", openai_error(400, "This request was already received (replay).", code="replayed_request")
     try:
         req = bhttp.decode_request(inner, _REQUEST_LIMITS)
+    except ohttp.LimitError as exc:
+        return "inner_decode_error", openai_error(413, f"Binary HTTP request over a limit: {exc}.",
+                                                  code="request_too_complex")
     except ohttp.RemoteProtocolError as exc:
         return "inner_decode_error", openai_error(400, f"Malformed binary HTTP request: {exc}.", code="bad_bhttp")
     date = req.header(b"date")
