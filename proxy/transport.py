@@ -1,8 +1,9 @@
 """The client side of Veil's OHTTP: fetch and verify keys, encapsulate requests, open (chunked) responses.
 
 One aiohttp ``ClientSession``; all protocol work is done by ``ohttp``. Used by ``veil proxy``, the in-process
-httpx transport and the tests. Every request gets a fresh HPKE context and a ``Date`` inside the encapsulation;
-nothing that links two requests is added.
+httpx transport and the tests. Every request gets a fresh HPKE context and a ``Date`` inside the encapsulation,
+carries only the headers the API needs (:data:`INNER_HEADERS`) and is padded to a size bucket (RFC 9292 zero
+padding), so the relay cannot tell prompts apart by length; nothing that links two requests is added.
 """
 
 from __future__ import annotations
@@ -23,16 +24,25 @@ from ohttp import bhttp
 
 log = logging.getLogger("veil.client")
 
-#: Headers never copied from the caller into the encapsulated request (they would link requests or are hop-by-hop).
-DROP_HEADERS: Final = frozenset(
-    {
-        "host", "connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection",
-        "content-length", "cookie", "user-agent", "x-request-id", "x-stainless-retry-count", "openai-organization",
-        "openai-project", "accept-encoding", "x-stainless-async", "x-stainless-lang", "x-stainless-package-version",
-        "x-stainless-os", "x-stainless-arch", "x-stainless-runtime", "x-stainless-runtime-version",
-        "x-stainless-read-timeout", "x-stainless-timeout", "forwarded", "x-forwarded-for", "via",
-    }
-)
+#: The only caller headers copied into the encapsulated request: what the OpenAI API inside needs. Anything else
+#: (X-Real-IP, Referer, Origin, Accept-Language, Sec-CH-UA-*, User-Agent, Idempotency-Key, cookies, and the SDK's
+#: X-Stainless-* headers, which name the client's OS, architecture and runtime versions) would identify or link
+#: the user to the gateway. ``authorization`` is here because callers pass it only when the gateway wants API keys
+#: (``veil proxy --api-key``, ``send_api_key=True``); ``x-veil-tenant`` is Veil's own prompt-cache tenant claim.
+INNER_HEADERS: Final = frozenset({"content-type", "accept", "authorization", "openai-beta", "x-veil-tenant"})
+#: Inner requests are padded to ``ohttp.padded_size(n, REQUEST_PAD)``: prompts up to about 1 KiB look alike, and
+#: longer ones differ only in steps of 1 KiB (Padmé's larger steps past 32 KiB).
+REQUEST_PAD: Final = 1024
+
+
+def inner_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """The caller's headers that may travel inside the encapsulation (:data:`INNER_HEADERS`), lowercased."""
+    out = []
+    for name, value in headers:
+        n = name.lower()
+        if n in INNER_HEADERS:
+            out.append((n.encode("latin-1"), value.encode("latin-1")))
+    return out
 
 
 class VeilClientError(Exception):
@@ -106,7 +116,7 @@ class OhttpClient:
         session: aiohttp.ClientSession | None = None,
         timeout: float = 600.0,
         evidence_expiry: EvidenceExpiry | None = None,
-        send_date: bool = True,
+        pad_to: int = REQUEST_PAD,
     ) -> None:
         self.url = url
         self.keys_url = keys_url or url
@@ -118,7 +128,7 @@ class OhttpClient:
         self._lock = asyncio.Lock()
         self._evidence_expiry = evidence_expiry or _default_evidence_expiry
         self.keys: KeyState | None = None
-        self.send_date = send_date
+        self.pad_to = pad_to
 
     async def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -204,20 +214,22 @@ class OhttpClient:
                 keys = await self.refresh_keys(stale=keys.keys_body)
         raise AssertionError("unreachable")
 
-    def _inner(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> bhttp.Request:
-        fields = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in ((n.lower(), v) for n, v in headers)
-                  if n not in DROP_HEADERS]
-        if self.send_date:
-            fields.append((b"date", _http_date()))
-        return bhttp.Request(
+    def _inner(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
+        """The encoded, padded inner request. It always carries a ``Date`` (RFC 9458 §6.5.1): gateways require
+        one, since without it a request could be replayed once the gateway's replay cache has forgotten it."""
+        fields = inner_headers(headers)
+        fields.append((b"date", _http_date()))
+        req = bhttp.Request(
             method=method.encode("ascii"), scheme=b"https", authority=b"", path=path.encode("latin-1"),
             headers=tuple(fields), content=body,
         )
+        encoded = bhttp.encode_request(req)
+        return encoded + bytes(bhttp.padded_size(len(encoded), self.pad_to) - len(encoded))  # RFC 9292 §3.8
 
     async def _send(
         self, keys: KeyState, method: str, path: str, headers: list[tuple[str, str]], body: bytes, chunked: bool
     ) -> InnerResponse:
-        inner = bhttp.encode_request(self._inner(method, path, headers, body))
+        inner = self._inner(method, path, headers, body)
         s = await self._http()
         if not chunked:
             enc_req, ctx = ohttp.ClientRequest(keys.config).encapsulate(inner)

@@ -124,6 +124,19 @@ function asBytes(body) {
 }
 
 /**
+ * The size a message of `length` bytes is padded to (RFC 9292 §3.8 zero padding): the next multiple of `quantum`,
+ * or of Padmé's step 2^(E - floor(log2 E) - 1), E = floor(log2 length), when that is larger. The same function as
+ * ohttp.padded_size in Python, so the page and `veil proxy` pad alike. quantum 0: no padding.
+ */
+export function paddedSize(length, quantum) {
+  if (!(quantum > 0) || !(length > 0)) return Math.max(length, 0);
+  const e = 31 - Math.clz32(length); // floor(log2 length), exact (messages stay below 2^31 bytes)
+  const bits = 32 - Math.clz32(e); // floor(log2 e) + 1, and 0 for e = 0
+  const step = Math.max(quantum, 2 ** Math.max(0, e - bits));
+  return Math.ceil(length / step) * step;
+}
+
+/**
  * Encode a request {method, scheme, authority, path, headers: [[name, value]...], content, trailers}.
  * mode is "known-length" (default) or "indeterminate-length"; padding appends that many zero bytes.
  */

@@ -1,14 +1,15 @@
 // VeilClient: the page's OHTTP client. It does in the browser what proxy/transport.py does for `veil proxy`:
 // fetch the key configuration and the evidence bundle through the relay (GET RELAY, GET RELAY/attestation),
 // verify them before anything is sent, encapsulate every request with a fresh HPKE context and a `date` inside,
-// POST it to the relay, and open the answer; `stream: true` travels as chunked OHTTP and is read incrementally
+// only the headers the API needs (INNER_HEADERS) and zero padding to a size bucket (REQUEST_PAD, as veil proxy
+// pads), POST it to the relay, and open the answer; `stream: true` travels as chunked OHTTP and is read incrementally
 // (fetch's ReadableStream -> chunk decoder -> incremental BHTTP decoder -> content pieces as they arrive).
 // A 422 with problem type ohttp-key refreshes and re-verifies the keys and retries once.
 //
 // Requests carry no cookies, no referrer and nothing the relay could use to link them; the relay sees only the
 // ciphertext and the media type.
 
-import { BHTTPDecoder, NEED_DATA, decode, encodeRequest } from "./bhttp.js";
+import { BHTTPDecoder, NEED_DATA, decode, encodeRequest, paddedSize } from "./bhttp.js";
 import { ChunkedClientRequest, MEDIA_TYPE_CHUNKED_REQUEST, MEDIA_TYPE_CHUNKED_RESPONSE } from "./chunked.js";
 import {
   MEDIA_TYPE_KEYS, MEDIA_TYPE_REQUEST, MEDIA_TYPE_RESPONSE, chooseSuite, decodeKeyList, encapsulateRequest, suiteName,
@@ -24,6 +25,11 @@ export class VeilError extends Error {
     this.status = status;
   }
 }
+
+/** The only headers a caller's request carries inside the encapsulation (proxy/transport.py INNER_HEADERS). */
+export const INNER_HEADERS = Object.freeze(["content-type", "accept", "authorization", "openai-beta", "x-veil-tenant"]);
+/** Inner requests are padded to paddedSize(n, REQUEST_PAD) bytes (proxy/transport.py REQUEST_PAD). */
+export const REQUEST_PAD = 1024;
 
 const FETCH_DEFAULTS = Object.freeze({
   mode: "cors",
@@ -142,9 +148,11 @@ export class VeilClient {
 
   async _send(trust, method, path, headers, body, stream, signal) {
     const content = typeof body === "string" ? new TextEncoder().encode(body) : body || new Uint8Array(0);
-    const fields = headers.map(([n, v]) => [n.toLowerCase(), v]);
-    fields.push(["date", new Date(this._now()).toUTCString()]);
-    const inner = encodeRequest({ method, scheme: "https", authority: "", path, headers: fields, content });
+    const fields = headers.map(([n, v]) => [n.toLowerCase(), v]).filter(([n]) => INNER_HEADERS.includes(n));
+    fields.push(["date", new Date(this._now()).toUTCString()]); // always: gateways require it (replay protection)
+    const msg = { method, scheme: "https", authority: "", path, headers: fields, content };
+    const bare = encodeRequest(msg).length;
+    const inner = encodeRequest(msg, { padding: paddedSize(bare, REQUEST_PAD) - bare });
     if (!stream) {
       const { request, response } = await encapsulateRequest(trust.config, inner, { suite: trust.suite });
       const res = await this._fetch(this.relay, {

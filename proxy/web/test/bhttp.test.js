@@ -5,6 +5,7 @@ import { test } from "node:test";
 
 import {
   BHTTPDecoder, BHTTPError, NEED_DATA, decode, decodeVarint, encodeRequest, encodeResponse, encodeVarint, fromLatin1,
+  paddedSize,
 } from "../bhttp.js";
 import { h, hex, loadVector } from "./helpers.js";
 
@@ -159,4 +160,15 @@ test("decoder limits, bad fields and a wrong message kind are errors and the dec
   assert.throws(() => dec.next(), /already failed/);
   assert.throws(() => encodeRequest({ method: "GET", path: "/", headers: [["X-Upper", "v"]] }), /field name/);
   assert.throws(() => encodeRequest({ method: "GET", path: "/", headers: [["x", "a\r\nb"]] }), /invalid value/);
+});
+
+test("paddedSize buckets exactly as ohttp.padded_size (tests/ohttp/test_bhttp.py holds the same table)", () => {
+  const table = [[0, 0], [1, 1024], [5, 1024], [255, 1024], [256, 1024], [257, 1024], [1000, 1024], [1024, 1024],
+    [1025, 2048], [4097, 5120], [32767, 32768], [32768, 32768], [40000, 40960], [100000, 100352],
+    [1048577, 1081344]];
+  for (const [n, want] of table) assert.equal(paddedSize(n, 1024), want, `${n}`);
+  assert.deepEqual([1, 200, 256, 300].map((n) => paddedSize(n, 256)), [256, 256, 256, 512]);
+  assert.equal(paddedSize(5, 0), 5);
+  const padded = encodeRequest({ method: "GET", path: "/" }, { padding: 10 });
+  assert.equal(decode(padded).path, "/"); // zero padding is accepted
 });

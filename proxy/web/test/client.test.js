@@ -237,3 +237,26 @@ test("an unreachable relay and a refused POST are explained", async () => {
     (init.method === "POST" ? Promise.resolve(new Response("busy", { status: 503 })) : inner(url, init)) });
   await assert.rejects(client.request("GET", "/v1/models"), (err) => err.status === 503 && /before decryption/.test(err.message));
 });
+
+test("requests carry only the allowed headers and are zero-padded to the bucket veil proxy uses", async () => {
+  const gw = await new FakeGateway().init();
+  const client = new VeilClient({ relay: RELAY, allowSimulated: true, fetch: gw.fetch });
+  const sizes = [];
+  const realFetch = gw.fetch;
+  gw.fetch = async (url, init = {}) => {
+    if (init.method === "POST") sizes.push(new Uint8Array(init.body).length);
+    return realFetch(url, init);
+  };
+  client._fetchImpl = gw.fetch;
+  const hostile = [["Content-Type", "application/json"], ["Accept", "application/json"], ["X-Real-IP", "10.1.2.3"],
+    ["Referer", "https://me.example/"], ["Accept-Language", "fr"], ["Sec-CH-UA-Platform", "Linux"],
+    ["X-Stainless-OS", "Linux"], ["Idempotency-Key", "k1"], ["User-Agent", "me/1.0"]];
+  for (const prompt of ["x", "a much longer prompt ".repeat(20)]) {
+    await client.request("POST", "/v1/chat/completions", { headers: hostile, body: JSON.stringify({ prompt }) });
+  }
+  for (const inner of gw.seen) {
+    assert.deepEqual(inner.headers.map(([n]) => n), ["content-type", "accept", "date"]);
+  }
+  assert.equal(sizes.length, 2);
+  assert.equal(sizes[0], sizes[1], "two prompts of different lengths look alike on the wire");
+});
