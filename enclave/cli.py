@@ -200,8 +200,20 @@ def make_engine(args: argparse.Namespace) -> Engine:
     )
 
 
+def _engine_launch(engine: Engine | None, model: DecryptedModel | None) -> str | None:
+    """What the evidence says about how the engine runs (see ``CONFIG_FIELDS["engine_launch"]``). A decrypted
+    model's directory is a fresh random one: it is named by its manifest hash instead (model_manifest_sha256)."""
+    from .engines.vllm import VllmEngine
+
+    if isinstance(engine, VllmEngine):
+        return engine.launch_identity(None if model is None else f"<encrypted model {model.stats.manifest.sha256}>")
+    if isinstance(engine, UpstreamEngine):
+        return engine.base_url
+    return None
+
+
 def _with_attested_identity(config: GatewayConfig, args: argparse.Namespace,
-                            model: DecryptedModel | None) -> GatewayConfig:
+                            model: DecryptedModel | None, engine: Engine | None = None) -> GatewayConfig:
     """``config`` plus where the keys came from and which model is served: fields the evidence binds."""
     from dataclasses import replace
 
@@ -213,6 +225,7 @@ def _with_attested_identity(config: GatewayConfig, args: argparse.Namespace,
         model={"echo": ECHO_MODEL, "upstream": None}.get(args.engine, args.served_model_name),
         model_manifest_sha256=model.stats.manifest.sha256 if model is not None else None,
         model_key_origin=None if model is None else "file" if args.model_key_file else "broker",
+        engine_launch=_engine_launch(engine, model),
     )
 
 
@@ -268,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
         rotation_interval=args.rotation_interval,
         rotation_grace=args.rotation_grace,
     )
-    config = _with_attested_identity(config, args, model)
+    config = _with_attested_identity(config, args, model, engine)
     api = Api(engine, api_keys=api_keys, cache_salt=args.cache_salt)
     try:
         app = create_app(engine=engine, keyring=KeyRing(keys), provider=provider, config=config, api=api)

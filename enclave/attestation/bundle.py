@@ -56,6 +56,10 @@ CONFIG_FIELDS: Final[dict[str, tuple[type, ...]]] = {
     "require_date": (bool,),               # requests without an inner Date are refused
     "api_keys_required": (bool,),          # whether API keys are required (never the keys)
     "cache_salt": (str,),                  # tenant | request | off
+    "coalesce_ms": (int,),                 # stream events joined per sealed chunk within this window (0: off)
+    # How the engine runs, as the host set it: vLLM's Python, model directory, dtype and extra arguments, or the
+    # upstream URL (null for echo). The host chooses these; binding them lets a policy pin what the image runs.
+    "engine_launch": (str, type(None)),
 }
 _MAX_JSON_INT: Final = 2**53 - 1
 #: ASCII names only: sorting them is the same in every language (JCS sorts by UTF-16 units, Python by code points)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import re
+import shlex
 import signal
 import socket
 import time
@@ -116,6 +117,17 @@ class VllmEngine(UpstreamEngine):
         if dtype == "auto":
             return "float32" if is_cpu_build(self.python) else None
         return dtype
+
+    def launch_identity(self, model_label: str | None = None) -> str:
+        """The child's command line without what changes per start (the port; the model directory when
+        ``model_label`` names the model instead): bound into the evidence, so a client sees which Python, model,
+        dtype and extra arguments the host chose."""
+        cmd = self.command()
+        i = cmd.index("--port")
+        cmd = cmd[:i] + cmd[i + 2:]
+        if model_label is not None:
+            cmd[cmd.index("--model") + 1] = model_label
+        return shlex.join(cmd)
 
     def dtype_description(self) -> str:
         """The dtype vLLM runs with, in words (for logs and errors)."""

@@ -46,6 +46,9 @@ class GatewayConfig:
     #: from ("file" or "broker"); None without an encrypted model
     model_manifest_sha256: str | None = None
     model_key_origin: str | None = None
+    #: how the engine is launched (vLLM's Python, model directory, dtype, extra arguments; or the upstream URL;
+    #: None for echo): chosen by whoever starts the gateway, so bound into the evidence
+    engine_launch: str | None = None
 
     def __post_init__(self) -> None:
         if self.key_origin not in KEY_ORIGINS:
@@ -66,4 +69,6 @@ class GatewayConfig:
             "require_date": self.require_date,
             "api_keys_required": api_keys_required,
             "cache_salt": cache_salt,
+            "coalesce_ms": round(self.coalesce_ms),
+            "engine_launch": self.engine_launch,
         }

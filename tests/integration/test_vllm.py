@@ -72,6 +72,10 @@ class TestVllmEngine:
         assert "dtype float32" in log
         assert "engine self-check passed" in log
         assert log.index("engine self-check passed") < log.index("vLLM ready")
+        # How the engine runs is bound into the evidence: a client policy can require the dtype and the model.
+        with urllib.request.urlopen(vllm_chain[0].base + "/.well-known/veil-attestation", timeout=10) as r:
+            launch = orjson.loads(r.read())["config"]["engine_launch"]
+        assert "--dtype float32" in launch and f"--model {MODEL_DIR}" in launch and "--port" not in launch
 
     async def test_gateway_answers_paris(self, vllm_chain: tuple[Proc, Proc, Proc]) -> None:
         gw = vllm_chain[0]
