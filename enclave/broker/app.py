@@ -13,12 +13,19 @@ seconds, an address (a keyed digest of it, never logged) holds at most ``max_pen
 table at most ``max_pending``, and a new one evicts the oldest pending session (of its address, else of all) instead
 of being refused: no flood of ``auth`` calls can lock a gateway out. Fresh evidence (``?nonce=``) costs a hardware
 round trip: a token bucket per address, and a bound on collections waiting, answer 429 with ``Retry-After``.
+
+Imports (``POST /kbs/v0/resource/<repository>/<type>/<tag>``, Trustee's set-resource path; ``veil broker import``):
+the body is the secret, ``Authorization: Bearer <import token>`` must hash to the resource's
+``import-token-sha256``, and the resource must say ``import = "model-key"``; generated resources (the OHTTP key set)
+are never imported. The secret is sealed under the broker's sealing key into its state directory and audit-logged
+(resource and time, never the secret). Refused imports are rate limited per address like fresh evidence.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import ipaddress
 import logging
 import math
@@ -39,7 +46,7 @@ from ..attestation import Bundle, BundleError, EvidenceProvider
 from ..attestation.errors import AttestationError
 from ..attestation.result import Verdict
 from .audit import AuditLog
-from .config import Resource
+from .config import ImportRefused, Resource, check_import
 from .policy import check_evidence
 from .protocol import (
     PLATFORM_TEE,
@@ -59,6 +66,8 @@ from .sealing import SealError
 log = logging.getLogger("veil.broker")
 
 MAX_BODY: Final = 4 * 1024 * 1024
+#: the largest secret an import may carry (a model key file is about 100 bytes)
+MAX_IMPORT: Final = 64 * 1024
 EAR_PROFILE: Final = "tag:github.com,2024:confidential-containers/Trustee"
 
 
@@ -124,6 +133,8 @@ class BrokerState:
     #: DER of the TLS certificate; the broker's evidence binds exactly these bytes
     identity: bytes
     audit: AuditLog
+    #: how the sealing key was made (``enclave.broker.sealing.KEK_*``), told to importers
+    sealing: str = ""
     sessions: dict[str, Session] = field(default_factory=dict)
     token_key: ECKey = field(default_factory=lambda: ECKey.generate_key("P-256", private=True))
     bundle_json: bytes = b""
@@ -390,6 +401,9 @@ async def get_resource(request: web.Request) -> web.Response:
         return kbs_error("PolicyDeny", "Access denied by policy")
     try:
         secret = resource.read(state.kek)
+    except FileNotFoundError:
+        state.audit.record(outcome="not-found", reason="not imported yet", **common)
+        return kbs_error("InvalidRequestPath", f"resource {path} has not been imported yet (veil broker import)", 404)
     except (OSError, SealError) as exc:
         log.error("resource %s cannot be unsealed: %s", path, exc)
         state.audit.record(outcome="denied", reason="sealed secret unavailable", **common)
@@ -399,9 +413,68 @@ async def get_resource(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json", headers={"Cache-Control": "no-store"})
 
 
+async def post_resource(request: web.Request) -> web.Response:
+    """``POST /kbs/v0/resource/<repository>/<type>/<tag>``: import a secret (``import = "model-key"`` resources
+    only), authenticated by the resource's import token, sealed under the broker's sealing key."""
+    state = request.app[STATE]
+    m = request.match_info
+    try:
+        path = parse_resource_path(m["repository"], m["type"], m["tag"])
+    except KbsProtocolError as exc:
+        return _protocol_error(exc)
+
+    def refuse(type_name: str, detail: str, status: int, reason: str) -> web.Response:
+        # Refusals are rate limited per address (a bucket of their own, sized like fresh evidence's), so that
+        # nobody can flood the audit log; an import with the right token is never held back.
+        wait = state.take_token(b"import:" + state.addr_key(request))
+        if wait > 0.0:
+            return web.Response(status=429, content_type="application/problem+json",
+                                headers={"Retry-After": str(max(1, math.ceil(wait))), "Cache-Control": "no-store"},
+                                body=orjson.dumps({"type": "about:blank", "title": "import refusals rate limit",
+                                                   "status": 429, "detail": "too many refused imports"}))
+        state.audit.record(event="import", outcome="refused", session_id=None, resource=path, reason=reason)
+        return kbs_error(type_name, detail, status)
+
+    resource = state.resources.get(path)
+    if resource is None:
+        return refuse("InvalidRequestPath", f"Request path resource/{path} is invalid", 404, "no such resource")
+    if resource.generate is not None:
+        return refuse("PolicyDeny", f"resource {path} is generated inside the broker and never imported", 403,
+                      "generated resource")
+    if resource.importer is None or resource.import_token_sha256 is None:
+        return refuse("PolicyDeny", f"resource {path} takes no imports (resources.toml: import = \"model-key\" and "
+                      "import-token-sha256)", 403, "not importable")
+    auth = request.headers.get("Authorization", "")
+    presented = auth[7:].strip().encode("utf-8", "replace") if auth.lower().startswith("bearer ") else b""
+    if not presented or not hmac.compare_digest(hashlib.sha256(presented).digest(), resource.import_token_sha256):
+        return refuse("TokenVerifierError", "Token Verifier error: not this resource's import token", 401,
+                      "import token missing or wrong")
+    if request.content_length is not None and request.content_length > MAX_IMPORT:
+        return refuse("SerdeError", f"an imported secret is at most {MAX_IMPORT} bytes", 413, "too large")
+    try:
+        body = await _read(request)
+    except KbsProtocolError as exc:
+        return refuse(exc.type_name, exc.detail, exc.status, "body not received")
+    if len(body) > MAX_IMPORT:
+        return refuse("SerdeError", f"an imported secret is at most {MAX_IMPORT} bytes", 413, "too large")
+    try:
+        plaintext = check_import(resource, body)
+    except ImportRefused as exc:
+        return refuse("SerdeError", str(exc), 400, str(exc)[:200])
+    try:
+        replaced = await asyncio.to_thread(resource.store, state.kek, plaintext)
+    except OSError as exc:
+        log.error("resource %s: cannot store the import: %s", path, exc)
+        return refuse("PluginInternalError", "Plugin internal error", 500, "state directory not writable")
+    state.audit.record(event="import", outcome="imported", session_id=None, resource=path,
+                       reason="replaced the earlier secret" if replaced else "new")
+    log.info("resource %s: imported (sealed to %s)", path, resource.sealed_file)
+    return web.Response(body=orjson.dumps({"resource": path, "replaced": replaced, "sealing": state.sealing}),
+                        content_type="application/json", headers={"Cache-Control": "no-store"})
+
+
 async def other_kbs_path(request: web.Request) -> web.Response:
-    """Everything else under ``/kbs/v0``: Trustee's 404s (admin endpoints are not offered: secrets are sealed on
-    disk by the operator, not uploaded)."""
+    """Everything else under ``/kbs/v0``: Trustee's 404s (of the admin endpoints only imports are offered)."""
     first = request.match_info["tail"].split("/", 1)[0]
     if first in ("auth", "attest", "resource"):
         return kbs_error("InvalidRequestPath", f"Request path {request.match_info['tail']} is invalid", 404)
@@ -455,16 +528,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def create_app(*, resources: dict[str, Resource], kek: bytes, provider: EvidenceProvider, identity: bytes,
-               audit: AuditLog, config: BrokerConfig | None = None) -> web.Application:
-    """Build the broker application. ``identity`` is what the broker's evidence binds (its TLS certificate, DER)."""
+               audit: AuditLog, config: BrokerConfig | None = None, sealing: str = "") -> web.Application:
+    """Build the broker application. ``identity`` is what the broker's evidence binds (its TLS certificate, DER);
+    ``sealing`` says how ``kek`` was made."""
     state = BrokerState(config=config or BrokerConfig(), resources=resources, kek=kek, provider=provider,
-                        identity=identity, audit=audit)
+                        identity=identity, audit=audit, sealing=sealing)
     state.bundle_json = provider.collect(identity).to_json()
     app = web.Application(client_max_size=MAX_BODY)
     app[STATE] = state
     app.router.add_post("/kbs/v0/auth", post_auth)
     app.router.add_post("/kbs/v0/attest", post_attest)
     app.router.add_get("/kbs/v0/resource/{repository}/{type}/{tag}", get_resource)
+    app.router.add_post("/kbs/v0/resource/{repository}/{type}/{tag}", post_resource)
     app.router.add_route("*", "/kbs/v0/{tail:.*}", other_kbs_path)
     app.router.add_get("/.well-known/veil-attestation", get_attestation)
     app.router.add_get("/healthz", healthz)

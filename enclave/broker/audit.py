@@ -1,10 +1,11 @@
 """The broker's audit log: one JSON line per attestation and per resource decision.
 
-Fields: ``time`` (RFC 3339, UTC), ``event`` (``attest`` | ``resource``), ``resource`` (``repo/type/tag`` or null),
-``platform``, ``measurement`` (hex or null), ``session`` (first 16 bytes of SHA-256 of the session id, hex: lines of
-one session link up, the cookie cannot be recovered), ``outcome`` (``attested`` | ``refused`` | ``released`` |
-``denied`` | ``not-found``), ``reason`` (names of failed checks or a short cause). Never evidence bytes, keys,
-secrets, tokens or client addresses.
+Fields: ``time`` (RFC 3339, UTC), ``event`` (``attest`` | ``resource`` | ``import``), ``resource``
+(``repo/type/tag`` or null), ``platform``, ``measurement`` (hex or null), ``session`` (first 16 bytes of SHA-256 of
+the session id, hex: lines of one session link up, the cookie cannot be recovered; null for imports, which have no
+session), ``outcome`` (``attested`` | ``refused`` | ``released`` | ``denied`` | ``not-found`` | ``imported``),
+``reason`` (names of failed checks or a short cause). Never evidence bytes, keys, secrets, tokens or client
+addresses.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class AuditLog:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._fh = os.fdopen(fd, "ab", buffering=0)
 
-    def record(self, *, event: str, outcome: str, session_id: str, resource: str | None = None,
+    def record(self, *, event: str, outcome: str, session_id: str | None, resource: str | None = None,
                platform: str | None = None, measurement: bytes | None = None, reason: str = "") -> None:
         line = orjson.dumps({
             "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -43,7 +44,7 @@ class AuditLog:
             "resource": resource,
             "platform": platform,
             "measurement": measurement.hex() if measurement is not None else None,
-            "session": session_hash(session_id),
+            "session": session_hash(session_id) if session_id is not None else None,
             "outcome": outcome,
             "reason": reason,
         })

@@ -25,6 +25,8 @@ log = logging.getLogger("veil.broker")
 OPTIONS = [
     Option("listen", "HOST:PORT to listen on (HTTPS)", "127.0.0.1:8090"),
     Option("resources", "TOML resource table: [resources.\"repo/type/tag\"] path = sealed file, policy = file"),
+    Option("state-dir", "writable directory for the sealed state (generated key sets, imported secrets); relative "
+           "'path's of --resources are here (default: beside the resources file)"),
     Option("kek-file", f"key-encryption key of the sealed secrets: 64 hex characters or 32 raw bytes (or ${KEK_ENV}); "
            "--attestation simulated only (with a real provider the broker seals with a key only its TEE has)"),
     Option("audit-log", "append the audit log (JSON lines) to this file (default: the log)"),
@@ -49,15 +51,23 @@ OPTIONS = [
     Option("body-timeout", "seconds a request body may take to arrive (408 beyond)", 10.0, type=float),
     Option("idle-timeout", "seconds a connection may stay idle, or take to send its request line and headers", 15.0,
            type=float),
-    Option("seal", "seal this plaintext file ('-': stdin) with the KEK for --seal-resource, print it, and exit"),
+    Option("seal", "seal this plaintext file ('-': stdin) with the KEK for --seal-resource, print it, and exit "
+           "(development: a broker with real attestation refuses every KEK; give it model keys with "
+           "veil broker import)"),
     Option("seal-resource", "repository/type/tag the --seal output is for"),
     Option("log-level", "logging level", "info", choices=("debug", "info", "warning", "error")),
 ]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register ``veil broker`` options."""
+    """Register ``veil broker`` options, and ``veil broker import`` (run on the operator's machine)."""
+    from . import importer
+
     add_options(parser, "broker", OPTIONS)
+    actions = parser.add_subparsers(dest="broker_action", metavar="[import]")
+    imp = actions.add_parser("import", help="import a model key into an attested broker (run by the key's owner)",
+                             description=(importer.__doc__ or "").split("\n\n", 1)[0])
+    importer.add_arguments(imp)
 
 
 def _seal(args: argparse.Namespace, kek: bytes) -> int:
@@ -78,7 +88,11 @@ def _seal(args: argparse.Namespace, kek: bytes) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the broker until interrupted (or seal one secret with ``--seal``)."""
+    """Run the broker until interrupted (or seal one secret with ``--seal``, or ``import`` one into a broker)."""
+    if getattr(args, "broker_action", None) == "import":
+        from . import importer
+
+        return importer.run(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tls = "Without --tls-cert/--tls-key the broker makes its certificate in memory, and its evidence binds it"
     kek_why = "The broker seals with a key only its TEE can derive (SEV-SNP), else one made per process"
@@ -118,7 +132,11 @@ def run(args: argparse.Namespace) -> int:
         log.warning("no sealing key survives a restart here (%s): secrets are sealed under a key made for this "
                     "process; a generated key set is made again at each start", provider.platform)
     try:
-        resources = load_resources(args.resources, kek, ephemeral=how == KEK_EPHEMERAL)
+        if args.state_dir:
+            Path(args.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        resources = load_resources(args.resources, kek, ephemeral=how == KEK_EPHEMERAL, state_dir=args.state_dir)
+    except OSError as exc:
+        raise SystemExit(f"veil broker: --state-dir {args.state_dir}: {exc}") from None
     except BrokerConfigError as exc:
         raise SystemExit(f"veil broker: {exc}") from None
     try:
@@ -133,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("--insecure-allow-simulated: SIMULATED gateway evidence is accepted; no TEE protects the secrets")
     if provider.platform == "simulated":
         log.warning("the broker's own attestation is SIMULATED: gateways must opt in to trust it")
-    app = create_app(resources=resources, kek=kek, provider=provider, identity=identity, audit=audit,
+    app = create_app(resources=resources, kek=kek, provider=provider, identity=identity, audit=audit, sealing=how,
                      config=BrokerConfig(session_timeout=args.session_timeout,
                                          allow_simulated=args.insecure_allow_simulated,
                                          pending_timeout=args.pending_timeout, max_pending=args.max_pending,

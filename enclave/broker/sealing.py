@@ -15,7 +15,8 @@ operator supplies is a key the operator can unseal with, offline:
   guest policy; :mod:`.snp_key`): the same image on the same chip unseals after a restart, nobody else can.
 * ``tdx``, Azure vTPM, AWS Nitro: these platforms give the guest no sealing key. The KEK is random per process, so
   sealed state does not survive a restart: a generated key set is made again (or must come back from a broker
-  replica through attestation), and secrets sealed outside cannot be loaded.
+  replica through attestation), secrets sealed outside cannot be loaded, and model keys must be imported
+  again (``veil broker import``) after a restart.
 * ``simulated`` (development): ``--kek-file`` (64 hex characters, or 32 raw bytes) or ``$VEIL_BROKER_KEK`` (64
   hex) when given, else random per process. With any real provider an operator KEK is refused.
 """
