@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,14 +219,11 @@ def test_gateway_runs_in_a_confidential_vm_with_a_gpu_and_keeps_plaintext_in_mem
     vol = volume(sts, m["name"])
     assert vol.get("emptyDir", {}).get("medium") == "Memory" and "sizeLimit" in vol["emptyDir"], m["name"]
     assert "insecure-allow-disk-model" not in args
-    # The encrypted model is read-only input; the keys come from a (sealed) Secret volume, read-only.
+    # The encrypted model is read-only input; its key comes from the broker (after both sides attest), where its
+    # owner imported it: no key file, no Secret volume.
     assert mount_for(c, args["encrypted-model"][0]).get("readOnly") is True
-    for key_arg in ("model-key-file",):
-        path = args[key_arg][0]
-        km = mount_for(c, path)
-        assert km.get("readOnly") is True and "secret" in volume(sts, km["name"]), key_arg
-        items = volume(sts, km["name"])["secret"].get("items")
-        assert items is None or path[len(km["mountPath"]) + 1:] in [i["path"] for i in items], key_arg
+    assert "model-key-file" not in args
+    assert not [v for v in pod_spec(sts)["volumes"] if "secret" in v or "projected" in v]
     # Every writable path is in memory too (the root filesystem is read-only).
     for mount in c["volumeMounts"]:
         v = volume(sts, mount["name"])
@@ -240,25 +238,65 @@ def test_gateway_runs_in_a_confidential_vm_with_a_gpu_and_keeps_plaintext_in_mem
     assert url.scheme == "https"
     assert url.hostname == f"{broker['metadata']['name']}.{broker['metadata']['namespace']}.svc.cluster.local"
     assert url.port == int(broker_args["listen"][0].rpartition(":")[2])
-    table = tomllib.loads(find("ConfigMap", "veil-broker-config")["data"]["resources.toml"])
-    assert args["key-broker-resource"][0] in table["resources"], "the broker must hold the key set the gateway asks for"
+    table = tomllib.loads(find("ConfigMap", "veil-broker-config")["data"]["resources.toml"])["resources"]
+    keyset = table.get(args["key-broker-resource"][0])
+    assert keyset is not None, "the broker must hold the key set the gateway asks for"
+    assert keyset.get("generate") == "ohttp-keyset" and "import" not in keyset, "the key set is made in the broker"
+    # The model key the gateway asks for (<--model-key-repo>/model-key/<key id>) is one the broker takes imports of.
+    model_keys = {p.split("/", 2)[2]: r for p, r in table.items()
+                  if p.startswith(args["model-key-repo"][0] + "/model-key/")}
+    assert model_keys and all(r.get("import") == "model-key" for r in model_keys.values())
+    assert "llama-3.1-8b-instruct" in model_keys, "the key id deploy/README.md encrypts the model with"
     policy = mount_for(c, args["key-broker-policy"][0])
     assert policy.get("readOnly") is True and "configMap" in volume(sts, policy["name"])
 
 
-def test_broker_runs_in_a_confidential_vm() -> None:
+def test_broker_runs_in_a_confidential_vm_and_keeps_its_state_in_memory() -> None:
     dep = find("Deployment", "veil-broker")
     assert pod_spec(dep)["runtimeClassName"] in CONFIDENTIAL_RUNTIMES
     c, args = veil_container(dep, "broker")
-    assert "insecure-allow-simulated" not in args and args["attestation"] != ["simulated"]
+    assert args["attestation"] != ["simulated"]
+    # What a broker with real attestation refuses to start with: operator key material and insecure switches.
+    assert not {"kek-file", "tls-cert", "tls-key", "seal"} & args.keys()
+    assert not [a for a in args if a.startswith("insecure-")]
+    assert not [e for e in c.get("env", []) if e["name"].startswith("VEIL_BROKER_")], "no options from env"
+    # Configuration is read-only and holds no secret; the sealed state is written to a memory-backed emptyDir.
     cfg = mount_for(c, args["resources"][0])
-    assert cfg.get("readOnly") is True
-    assert mount_for(c, args["kek-file"][0]).get("readOnly") is True
+    assert cfg.get("readOnly") is True and set(volume(dep, cfg["name"])) == {"name", "configMap"}
+    state = mount_for(c, args["state-dir"][0])
+    assert state["mountPath"] == args["state-dir"][0] and not state.get("readOnly")
+    vol = volume(dep, state["name"])
+    assert vol.get("emptyDir", {}).get("medium") == "Memory" and "sizeLimit" in vol["emptyDir"]
+    for mount in c["volumeMounts"]:
+        v = volume(dep, mount["name"])
+        assert "secret" not in v and "projected" not in v, "no secret reaches the broker from the cluster"
+        if not mount.get("readOnly"):
+            assert v.get("emptyDir", {}).get("medium") == "Memory", f"{mount['mountPath']} is writable but not tmpfs"
     cm = find("ConfigMap", "veil-broker-config")
     assert Path(args["resources"][0]).name in cm["data"]
-    for path, res in tomllib.loads(cm["data"]["resources.toml"])["resources"].items():
+    table = tomllib.loads(cm["data"]["resources.toml"])["resources"]
+    for path, res in table.items():
         assert res["policy"] in cm["data"], f"{path}: its policy file is not in the ConfigMap"
-        assert "generate" not in res, "the config volume is read-only: seal the key set beforehand"
+        assert not Path(res["path"]).is_absolute() and ".." not in Path(res["path"]).parts, \
+            f"{path}: its sealed file belongs in --state-dir"
+        # Every secret is made inside the broker or imported into it through attestation: nothing else can be
+        # sealed under a key only the broker's TEE has.
+        assert ("generate" in res) != ("import" in res), f"{path}: generate or import, exactly one"
+        if "ohttp" in path.split("/") or res.get("generate") == "ohttp-keyset":
+            assert res.get("generate") == "ohttp-keyset" and "import" not in res, f"{path}: key sets are generated"
+        if "import" in res:
+            assert res["import"] == "model-key" and re.fullmatch(r"[0-9a-f]{64}", res["import-token-sha256"])
+    # The broker's own loader accepts the table (paths, policies, generate/import rules) with these options.
+    from enclave.broker.config import load_resources
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in cm["data"].items():
+            Path(tmp, name).write_text(text)
+        state_dir = Path(tmp, "state")
+        state_dir.mkdir()
+        loaded = load_resources(Path(tmp, "resources.toml"), bytes(32), state_dir=state_dir)
+        assert set(loaded) == set(table)
+        assert all(r.sealed_file.parent == state_dir for r in loaded.values())
 
 
 def test_relay_lists_every_gateway_replica() -> None:
