@@ -36,3 +36,17 @@ def test_every_test_the_threat_model_names_exists() -> None:
     assert len(refs) >= 40
     missing = [f"{p}::{n}" for p, n in refs if not (REPO / p).is_file() or n not in _names(REPO / p)]
     assert not missing, missing
+
+
+def test_the_commands_reference_is_in_step_with_the_options() -> None:
+    """docs/COMMANDS.md's option tables are generated from the commands' own parsers; a new or changed option
+    without a regenerated document fails here (run scripts/tools/commands_doc.py)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "tools" / "commands_doc.py"), "--check"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = (REPO / "docs" / "COMMANDS.md").read_text()
+    for command in ("gateway", "relay", "proxy", "up", "broker", "attest verify", "model encrypt"):
+        assert f"<!-- options: {command} -->" in text

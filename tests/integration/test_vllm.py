@@ -55,6 +55,9 @@ def vllm_chain() -> Iterator[tuple[Proc, Proc, Proc]]:
 class TestVllmEngine:
     def test_readme_example_answers_paris(self, vllm_chain: tuple[Proc, Proc, Proc]) -> None:
         """Exactly the README's example (bare question, temperature 0, no max_tokens), through the whole chain."""
+        readme = (REPO / "README.md").read_text()
+        assert 'messages=[{"role": "user", "content": "What is the capital of France?"}],' in readme
+        assert "temperature=0)" in readme and "# The capital of France is Paris." in readme
         client = openai.OpenAI(base_url=vllm_chain[2].base + "/v1", api_key="unused", max_retries=0)
         r = client.chat.completions.create(model="SmolLM2-135M-Instruct",
                                            messages=[{"role": "user", "content": "What is the capital of France?"}],
