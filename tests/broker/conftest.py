@@ -6,9 +6,6 @@ import os
 import ssl
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +14,7 @@ import pytest
 
 from enclave.attestation.simulated import MEASUREMENT
 from enclave.keyset import new_key_set
+from tests.harness import http_ok, start_veil
 from tests.integration.conftest import REPO, Proc, free_port, veil_process  # noqa: F401  (veil_process: fixture)
 
 KEYSET = "default/ohttp/keyset"
@@ -27,36 +25,15 @@ _NO_VERIFY.check_hostname = False
 _NO_VERIFY.verify_mode = ssl.CERT_NONE
 
 
-@dataclass
-class BrokerProc(Proc):
-    """A broker process; ``base`` is its https:// URL."""
-
-    @property
-    def base(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+#: A broker process: a ``Proc`` whose ``base`` is its https:// URL.
+BrokerProc = Proc
 
 
 def start_broker(args: list[str], port: int, *, timeout: float = 30.0, env: dict[str, str] | None = None) -> BrokerProc:
     """``veil broker ARGS --listen 127.0.0.1:PORT``, waiting until ``/healthz`` answers over HTTPS."""
-    log_fd, log_name = tempfile.mkstemp(prefix="veil-broker-", suffix=".log")
-    popen = subprocess.Popen([sys.executable, "-m", "veil_cli", "broker", *args, "--listen", f"127.0.0.1:{port}"],
-                             cwd=REPO, stdout=log_fd, stderr=subprocess.STDOUT,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-    os.close(log_fd)
-    proc = BrokerProc(popen, port, Path(log_name))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if popen.poll() is not None:
-            raise RuntimeError(f"veil broker exited with {popen.returncode}:\n{proc.log()}")
-        try:
-            with urllib.request.urlopen(proc.base + "/healthz", timeout=1, context=_NO_VERIFY) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        time.sleep(0.1)
-    proc.stop()
-    raise RuntimeError(f"veil broker not healthy after {timeout}s:\n{proc.log()}")
+    return start_veil(["broker", *args, "--listen", f"127.0.0.1:{port}"], port, timeout=timeout, env=env,
+                      name="veil broker", scheme="https",
+                      ready=lambda p: http_ok(p.base + "/healthz", context=_NO_VERIFY))
 
 
 @dataclass

@@ -2,78 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+# The process harness lives in tests/harness.py (the benchmarks in scripts/bench use it too); its names stay
+# importable from here, as the test modules have always imported them.
+from tests.harness import REPO, Proc, free_port, start_veil
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class Proc:
-    """A running ``veil`` process and where it listens."""
-
-    popen: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-
-
-def start_veil(args: list[str], port: int, *, health: str = "/healthz", timeout: float = 30.0,
-               env: dict[str, str] | None = None) -> Proc:
-    """Start ``python -m veil_cli ARGS`` and wait until ``health`` answers 200."""
-    log_fd, log_name = tempfile.mkstemp(prefix="veil-", suffix=".log")
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    popen = subprocess.Popen(
-        [sys.executable, "-m", "veil_cli", *args], cwd=REPO, stdout=log_fd, stderr=subprocess.STDOUT, env=full_env
-    )
-    os.close(log_fd)
-    proc = Proc(popen, port, Path(log_name))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if popen.poll() is not None:
-            raise RuntimeError(f"veil {' '.join(args)} exited with {popen.returncode}:\n{proc.log()}")
-        try:
-            with urllib.request.urlopen(proc.base + health, timeout=1) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        time.sleep(0.1)
-    proc.stop()
-    raise RuntimeError(f"veil {' '.join(args)} not healthy after {timeout}s:\n{proc.log()}")
+__all__ = ["REPO", "Proc", "free_port", "start_veil", "veil_process", "sdk_chat_and_stream"]
 
 
 @pytest.fixture
