@@ -1,4 +1,4 @@
-"""Replays the fuzzing corpus (tests/fuzz_corpus, grown by scripts/fuzz.py) and the seeds through every target:
+"""Replays the fuzzing corpus (tests/fuzz_corpus, grown by scripts/tools/fuzz.py) and the seeds through every target:
 each input must give a result or the parser's own error type. A crash found by a campaign lands here for good."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("veil_fuzz", REPO / "scripts" / "fuzz.py")
+_spec = importlib.util.spec_from_file_location("veil_fuzz", REPO / "scripts" / "tools" / "fuzz.py")
 assert _spec is not None and _spec.loader is not None
 fuzz = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fuzz)

@@ -255,7 +255,7 @@ async def _stream_once(c: OhttpClient, n_words: int) -> bool:
 
 
 def test_load_with_key_rotation_loses_nothing_and_logs_nothing(veil_process: Callable[..., Proc]) -> None:
-    """200 concurrent streams through relay + gateway for a bounded time while keys rotate (scripts/load.py runs
+    """200 concurrent streams through relay + gateway for a bounded time while keys rotate (scripts/bench/load.py runs
     the 60 s version)."""
     gp, rp = free_port(), free_port()
     gw = veil_process(["gateway", "--engine", "echo", "--listen", f"127.0.0.1:{gp}", "--echo-token-delay", "0.01",

@@ -4,7 +4,7 @@ package into a Hugging Face model directory (safetensors + tokenizer + chat
 template) that vLLM can load.
 
 Usage:
-    python scripts/convert_smollm2.py [OUTPUT_DIR] [--gguf PATH] [--dtype bfloat16] [--force]
+    python scripts/tools/convert_smollm2.py [OUTPUT_DIR] [--gguf PATH] [--dtype bfloat16] [--force]
 
 OUTPUT_DIR defaults to ~/.cache/veil/models/SmolLM2-135M-Instruct.
 

@@ -39,7 +39,7 @@ something failed (an error response counts as a failure).
 
 Usage::
 
-    scripts/bench_chain.py [--engine echo|vllm] [--quick] [--rounds N] [--memory-run N] [--json PATH]
+    scripts/bench/bench_chain.py [--engine echo|vllm] [--quick] [--rounds N] [--memory-run N] [--json PATH]
                            [--plot PATH] [--loop default|asyncio|uvloop]
 """
 
@@ -1160,7 +1160,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f", echo token delay {args.token_delay * 1000:g} ms" if args.engine == "echo" else "")
           + ("; engine pinned to the last CPU, Veil and clients to the others" if args.pin_engine else "")
           + (f"; Veil code from {VEIL_ROOT}" if VEIL_ROOT != ROOT else "")
-          + "; command: " + " ".join(["scripts/bench_chain.py", *(argv if argv is not None else sys.argv[1:])]),
+          + "; command: " + " ".join(["scripts/bench/bench_chain.py", *(argv if argv is not None else sys.argv[1:])]),
           flush=True)
     t0 = time.perf_counter()
     setup = start_all(args, env)

@@ -28,7 +28,7 @@ table, the machine, the date, the command) unless ``--no-doc``.
 
 Usage::
 
-    scripts/bench_model_load.py [--runs N] [--repeat N] [--threads N] [--skip-load] [--doc PATH | --no-doc]
+    scripts/bench/bench_model_load.py [--runs N] [--repeat N] [--threads N] [--skip-load] [--doc PATH | --no-doc]
 """
 
 from __future__ import annotations
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = info["usable_cores"]
     n = args.threads or cores
     thread_counts = sorted({1, n})
-    command = "scripts/bench_model_load.py" + "".join(f" {shlex.quote(a)}" for a in (argv if argv is not None
+    command = "scripts/bench/bench_model_load.py" + "".join(f" {shlex.quote(a)}" for a in (argv if argv is not None
                                                                                       else sys.argv[1:]))
     today = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = [

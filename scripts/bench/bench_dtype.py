@@ -16,7 +16,7 @@ run. ``--doc PATH`` appends the table to a Markdown file (docs/PERFORMANCE.md).
 
 Usage::
 
-    scripts/bench_dtype.py [--runs 5] [--tokens 128] [--dtypes float32,bfloat16] [--doc docs/PERFORMANCE.md]
+    scripts/bench/bench_dtype.py [--runs 5] [--tokens 128] [--dtypes float32,bfloat16] [--doc docs/PERFORMANCE.md]
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def main() -> int:
     print(table)
     if args.doc:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-        cmd = "scripts/bench_dtype.py " + " ".join(sys.argv[1:])
+        cmd = "scripts/bench/bench_dtype.py " + " ".join(sys.argv[1:])
         with args.doc.open("a") as f:
             f.write(f"\n### Embedded engine dtype ({stamp}, {platform.node() or 'this machine'})\n\n"
                     f"`{cmd}` ({args.runs} runs of {args.tokens} tokens each, one at a time):\n\n{table}\n")

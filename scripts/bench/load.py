@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Load test of the whole chain on loopback with the echo engine (bounded in time and count; loopback only).
 
-    .venv/bin/python scripts/load.py                         200 streams for 60 s through proxy -> relay -> gateway
-    .venv/bin/python scripts/load.py --seconds 20 --rotate   rotate the gateway's keys a quarter of the way in
-    .venv/bin/python scripts/load.py --via relay             the OHTTP client in-process, straight to the relay
+    .venv/bin/python scripts/bench/load.py                         200 streams for 60 s through proxy -> relay -> gateway
+    .venv/bin/python scripts/bench/load.py --seconds 20 --rotate   rotate the gateway's keys a quarter of the way in
+    .venv/bin/python scripts/bench/load.py --via relay             the OHTTP client in-process, straight to the relay
 
 Each worker sends streamed chat requests back to back; a request counts as good only if its stream ends with
 ``data: [DONE]`` and carries every word it asked for. Prints throughput, latency percentiles (time to first event,
@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 CANARY = "load-canary-8842"
 

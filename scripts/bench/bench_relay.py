@@ -27,7 +27,7 @@ Target (the issue): relay requests/s >= 0.5x nginx's at 64 connections.
 
 Usage::
 
-    scripts/bench_relay.py [--quick] [--duration S] [--rounds N] [--loops asyncio,uvloop] [--json PATH]
+    scripts/bench/bench_relay.py [--quick] [--duration S] [--rounds N] [--loops asyncio,uvloop] [--json PATH]
 """
 
 from __future__ import annotations
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.connections} and 1 connections, {duration:g} s each, {rounds} interleaved round(s); upstream: "
           f"{args.upstream}; nginx worker_processes 1 = the relay's 1 process"
           + (f"; relay code from {veil_root}" if veil_root != ROOT else "") + "; command: "
-          + " ".join(["scripts/bench_relay.py", *(argv if argv is not None else sys.argv[1:])]), flush=True)
+          + " ".join(["scripts/bench/bench_relay.py", *(argv if argv is not None else sys.argv[1:])]), flush=True)
 
     procs: list[Proc] = []
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmpdir:

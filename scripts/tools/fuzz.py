@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Coverage-guided fuzzing (atheris) of every parser that takes bytes from the network.
 
-    .venv/bin/python scripts/fuzz.py TARGET [--seconds 60]      one target, a longer campaign
-    .venv/bin/python scripts/fuzz.py all --seconds 20            every target in turn
-    .venv/bin/python scripts/fuzz.py --list
+    .venv/bin/python scripts/tools/fuzz.py TARGET [--seconds 60]      one target, a longer campaign
+    .venv/bin/python scripts/tools/fuzz.py all --seconds 20            every target in turn
+    .venv/bin/python scripts/tools/fuzz.py --list
 
 The invariant (h11's): any input gives a result or one of the parser's own error types; anything else is a crash,
 saved under tests/fuzz_corpus/crashes/ to become a regression test. Inputs that reach new coverage are kept in
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 CORPUS = REPO / "tests" / "fuzz_corpus"
 

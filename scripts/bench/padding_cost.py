@@ -1,6 +1,6 @@
 """What padding stream events costs: bytes on the relay's wire per token, and how many sealed-chunk sizes remain.
 
-    .venv/bin/python scripts/padding_cost.py [--model-dir DIR] [--model-name NAME]
+    .venv/bin/python scripts/bench/padding_cost.py [--model-dir DIR] [--model-name NAME]
 
 A realistic answer (English prose with code and numbers, ~600 tokens) is split into tokens by the SmolLM2
 tokenizer (``tokenizers`` from .venv-engine, run as a child; whitespace-and-punctuation pieces without it), each token
@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import ohttp  # noqa: E402

@@ -30,7 +30,7 @@ A benchmark, not a test: the exit status is 0 unless something raised.
 
 Usage::
 
-    scripts/bench_ohttp.py [--quick] [--repeat N] [--json PATH]
+    scripts/bench/bench_ohttp.py [--quick] [--repeat N] [--json PATH]
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Shared start of the benchmark scripts: put the repository on ``sys.path`` and, when a script is started by an
-interpreter without the project's packages (``./scripts/bench_x.py`` with the system Python), run it again under
+interpreter without the project's packages (``./scripts/bench/bench_x.py`` with the system Python), run it again under
 the project's ``.venv``."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def prepare(script: str, *modules: str) -> Path:
