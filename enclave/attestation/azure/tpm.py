@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import struct
 from dataclasses import dataclass
 from typing import Final
 
@@ -37,6 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from .._bytes import ByteReader
 from ..errors import EvidenceFormatError
 
 TPM_GENERATED_VALUE: Final = 0xFF544347
@@ -111,51 +111,6 @@ class TpmSignature:
     structured: bool
 
 
-class _Reader:
-    """Big-endian, bounds-checked cursor; a short read is an :class:`EvidenceFormatError` naming the field."""
-
-    __slots__ = ("data", "pos", "what")
-
-    def __init__(self, data: bytes, what: str) -> None:
-        self.data = data
-        self.pos = 0
-        self.what = what
-
-    def take(self, n: int, field: str) -> bytes:
-        end = self.pos + n
-        if end > len(self.data):
-            raise EvidenceFormatError(
-                f"{self.what} truncated: {field} needs {n} bytes at offset {self.pos}, {len(self.data) - self.pos} left"
-            )
-        out = self.data[self.pos : end]
-        self.pos = end
-        return out
-
-    def u8(self, field: str) -> int:
-        return self.take(1, field)[0]
-
-    def u16(self, field: str) -> int:
-        value: int = struct.unpack(">H", self.take(2, field))[0]
-        return value
-
-    def u32(self, field: str) -> int:
-        value: int = struct.unpack(">I", self.take(4, field))[0]
-        return value
-
-    def u64(self, field: str) -> int:
-        value: int = struct.unpack(">Q", self.take(8, field))[0]
-        return value
-
-    def tpm2b(self, field: str, limit: int) -> bytes:
-        size = self.u16(f"{field}.size")
-        if size > limit:
-            raise EvidenceFormatError(f"{self.what}: {field} is {size} bytes, more than the {limit} the spec allows")
-        return self.take(size, field)
-
-    def done(self) -> None:
-        if self.pos != len(self.data):
-            raise EvidenceFormatError(f"{self.what}: {len(self.data) - self.pos} trailing bytes after the structure")
-
 
 def parse_quote(message: bytes) -> TpmQuote:
     """Parse a TPMS_ATTEST of type TPM_ST_ATTEST_QUOTE (or a TPM2B_ATTEST wrapping one), strictly.
@@ -167,15 +122,15 @@ def parse_quote(message: bytes) -> TpmQuote:
     if (len(data) >= 6 and int.from_bytes(data[:2], "big") == len(data) - 2
             and int.from_bytes(data[2:6], "big") == TPM_GENERATED_VALUE):
         data = data[2:]  # TPM2B_ATTEST: the signature covers only the TPMS_ATTEST inside
-    r = _Reader(data, "TPMS_ATTEST")
+    r = ByteReader(data, "TPMS_ATTEST", order="big")
     magic = r.u32("magic")
     if magic != TPM_GENERATED_VALUE:
         raise EvidenceFormatError(f"TPMS_ATTEST magic is 0x{magic:08x}, not TPM_GENERATED_VALUE 0xff544347")
     st = r.u16("type")
     if st != TPM_ST_ATTEST_QUOTE:
         raise EvidenceFormatError(f"TPMS_ATTEST type is 0x{st:04x}, not TPM_ST_ATTEST_QUOTE 0x8018")
-    signer = r.tpm2b("qualifiedSigner", _MAX_NAME)
-    extra = r.tpm2b("extraData", _MAX_DIGEST)
+    signer = r.sized("qualifiedSigner", _MAX_NAME)
+    extra = r.sized("extraData", _MAX_DIGEST)
     clock = r.u64("clockInfo.clock")
     reset_count = r.u32("clockInfo.resetCount")
     restart_count = r.u32("clockInfo.restartCount")
@@ -195,7 +150,7 @@ def parse_quote(message: bytes) -> TpmQuote:
         bitmap = r.take(size, f"pcrSelections[{n}].pcrSelect")
         pcrs = tuple(8 * i + bit for i, byte in enumerate(bitmap) for bit in range(8) if byte >> bit & 1)
         selections.append(PcrSelection(alg, pcrs))
-    digest = r.tpm2b("pcrDigest", _MAX_DIGEST)
+    digest = r.sized("pcrDigest", _MAX_DIGEST)
     r.done()
     return TpmQuote(
         signed=data, magic=magic, type=st, qualified_signer=signer, extra_data=extra, clock=clock,
@@ -214,7 +169,7 @@ def parse_signature(signature: bytes, key: rsa.RSAPublicKey) -> TpmSignature:
     modulus_bytes = (key.key_size + 7) // 8
     if len(data) == modulus_bytes:
         return TpmSignature(TPM_ALG_RSASSA, TPM_ALG_SHA256, data, structured=False)
-    r = _Reader(data, "TPMT_SIGNATURE")
+    r = ByteReader(data, "TPMT_SIGNATURE", order="big")
     sig_alg = r.u16("sigAlg")
     if sig_alg not in (TPM_ALG_RSASSA, TPM_ALG_RSAPSS):
         raise EvidenceFormatError(
@@ -222,7 +177,7 @@ def parse_signature(signature: bytes, key: rsa.RSAPublicKey) -> TpmSignature:
             f"TPMT_SIGNATURE (sigAlg 0x{sig_alg:04x})"
         )
     hash_alg = r.u16("signature.hash")
-    sig = r.tpm2b("signature.sig", 512)
+    sig = r.sized("signature.sig", 512)
     r.done()
     return TpmSignature(sig_alg, hash_alg, sig, structured=True)
 

@@ -42,6 +42,7 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
+from .._bytes import ByteReader
 from ..errors import EvidenceFormatError
 
 SPDM_VERSION_1_1: Final = 0x11
@@ -176,28 +177,6 @@ class GpuReport:
         return FEATURE_FLAG_MODES.get(self.feature_flag, f"unknown({self.feature_flag})")
 
 
-class _Reader:
-    """A bounds-checked cursor; every short read is an :class:`EvidenceFormatError` naming the field."""
-
-    __slots__ = ("data", "end", "pos")
-
-    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
-        self.data = data
-        self.pos = pos
-        self.end = len(data) if end is None else end
-
-    def take(self, n: int, what: str) -> bytes:
-        if n > self.end - self.pos:
-            raise EvidenceFormatError(
-                f"GPU report truncated in {what}: need {n} bytes at offset {self.pos}, {self.end - self.pos} left"
-            )
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def uint(self, n: int, what: str) -> int:
-        return int.from_bytes(self.take(n, what), "little")
-
 
 def parse_gpu_report(data: bytes) -> GpuReport:
     """Parse one NVIDIA Hopper attestation report (SPDM GET_MEASUREMENTS request || response) strictly.
@@ -210,7 +189,7 @@ def parse_gpu_report(data: bytes) -> GpuReport:
         raise EvidenceFormatError(f"GPU report must be bytes, not {type(data).__name__}")
     if len(data) > MAX_REPORT_SIZE:
         raise EvidenceFormatError(f"GPU report is {len(data)} bytes (limit {MAX_REPORT_SIZE})")
-    r = _Reader(data)
+    r = ByteReader(data, "GPU report")
 
     version = r.uint(1, "request SPDMVersion")
     # SPDM 1.2+ signs a hash of a transcript prefixed with a signing context, so a 1.2 report would not verify the
@@ -248,7 +227,7 @@ def parse_gpu_report(data: bytes) -> GpuReport:
             f"GPU report truncated: measurement record of {record_len} bytes at offset {r.pos}, "
             f"{len(data) - r.pos} left"
         )
-    blocks = _parse_blocks(_Reader(data, r.pos, record_end), n_blocks)
+    blocks = _parse_blocks(ByteReader(data, "GPU report", pos=r.pos, end=record_end), n_blocks)
     r.pos = record_end
 
     responder_nonce = r.take(NONCE_SIZE, "response nonce")
@@ -286,7 +265,7 @@ def parse_gpu_report(data: bytes) -> GpuReport:
     )
 
 
-def _parse_blocks(r: _Reader, n_blocks: int) -> tuple[MeasurementBlock, ...]:
+def _parse_blocks(r: ByteReader, n_blocks: int) -> tuple[MeasurementBlock, ...]:
     blocks: list[MeasurementBlock] = []
     seen: set[int] = set()
     for _ in range(n_blocks):
@@ -295,7 +274,7 @@ def _parse_blocks(r: _Reader, n_blocks: int) -> tuple[MeasurementBlock, ...]:
         if spec != DMTF_MEASUREMENT_SPEC:
             raise EvidenceFormatError(f"measurement block {index}: specification 0x{spec:02x} is not DMTF (0x01)")
         size = r.uint(2, "MeasurementSize")
-        body = _Reader(r.take(size, f"measurement block {index}"))
+        body = ByteReader(r.take(size, f"measurement block {index}"), "GPU report")
         value_type = body.uint(1, f"block {index} DMTF value type")
         value_size = body.uint(2, f"block {index} DMTF value size")
         value = body.take(value_size, f"block {index} DMTF value")
@@ -314,7 +293,7 @@ def _parse_blocks(r: _Reader, n_blocks: int) -> tuple[MeasurementBlock, ...]:
 
 
 def _parse_opaque(opaque: bytes) -> tuple[OpaqueField, ...]:
-    r = _Reader(opaque)
+    r = ByteReader(opaque, "GPU report")
     fields: list[OpaqueField] = []
     seen: set[int] = set()
     while r.pos < r.end:

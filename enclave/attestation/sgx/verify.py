@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime
 import hmac
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -41,6 +40,7 @@ from ..dcap import (
     check_trust_anchor,
     json_object,
 )
+from .._bytes import ByteReader
 from ..errors import EvidenceFormatError
 from ..result import Verdict
 from .policy import SgxPolicy
@@ -119,31 +119,6 @@ class SgxQuote:
         return bool(self.flags & SGX_FLAGS_DEBUG)
 
 
-class _Reader:
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def take(self, n: int, what: str) -> bytes:
-        end = self.pos + n
-        if n < 0 or end > len(self.data):
-            raise EvidenceFormatError(
-                f"SGX quote truncated: {what} needs {n} bytes at offset {self.pos}, {len(self.data) - self.pos} left"
-            )
-        out = self.data[self.pos : end]
-        self.pos = end
-        return out
-
-    def u16(self, what: str) -> int:
-        value: int = struct.unpack("<H", self.take(2, what))[0]
-        return value
-
-    def u32(self, what: str) -> int:
-        value: int = struct.unpack("<I", self.take(4, what))[0]
-        return value
-
 
 def parse_quote(raw: bytes) -> SgxQuote:
     """Parse an SGX DCAP quote v3 strictly.
@@ -157,7 +132,7 @@ def parse_quote(raw: bytes) -> SgxQuote:
     raw = bytes(raw)
     if len(raw) > MAX_QUOTE_SIZE:
         raise EvidenceFormatError(f"SGX quote too large: {len(raw)} bytes (limit {MAX_QUOTE_SIZE})")
-    r = _Reader(raw)
+    r = ByteReader(raw, "SGX quote")
     version = r.u16("header.version")
     att_key_type = r.u16("header.att_key_type")
     reserved = r.u32("header.reserved")  # the TEE type in v4+ quotes (0x81 = TDX)
@@ -195,7 +170,7 @@ def parse_quote(raw: bytes) -> SgxQuote:
     if any(raw[structure_size:]):
         raise EvidenceFormatError(f"SGX quote has {len(raw) - structure_size} trailing bytes that are not zero padding")
 
-    s = _Reader(sig_data)
+    s = ByteReader(sig_data, "SGX quote")
     signature = s.take(64, "ISV report signature")
     attestation_key = s.take(64, "attestation key")
     qe_report = s.take(REPORT_BODY_SIZE, "QE report")

@@ -21,10 +21,10 @@ cross-checks it against dcap-qvl's parser, which reads the same bytes the signat
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Final
 
+from .._bytes import ByteReader
 from ..errors import EvidenceFormatError
 
 __all__ = ["INTEL_QE_VENDOR_ID", "TEE_TYPE_TDX", "TdxQuote", "parse_quote"]
@@ -127,33 +127,6 @@ class TdxQuote:
         return self.cert_data if self.cert_data_type == CERT_DATA_PCK_CHAIN else None
 
 
-class _Reader:
-    """Bounds-checked cursor; every short read is an :class:`EvidenceFormatError` naming the field."""
-
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: bytes, pos: int = 0) -> None:
-        self.data = data
-        self.pos = pos
-
-    def take(self, n: int, what: str) -> bytes:
-        end = self.pos + n
-        if n < 0 or end > len(self.data):
-            raise EvidenceFormatError(
-                f"TDX quote truncated: {what} needs {n} bytes at offset {self.pos}, {len(self.data) - self.pos} left"
-            )
-        out = self.data[self.pos : end]
-        self.pos = end
-        return out
-
-    def u16(self, what: str) -> int:
-        value: int = struct.unpack("<H", self.take(2, what))[0]
-        return value
-
-    def u32(self, what: str) -> int:
-        value: int = struct.unpack("<I", self.take(4, what))[0]
-        return value
-
 
 def parse_quote(raw: bytes) -> TdxQuote:
     """Parse a TDX quote strictly.
@@ -167,7 +140,7 @@ def parse_quote(raw: bytes) -> TdxQuote:
     raw = bytes(raw)
     if len(raw) > MAX_QUOTE_SIZE:
         raise EvidenceFormatError(f"TDX quote too large: {len(raw)} bytes (limit {MAX_QUOTE_SIZE})")
-    r = _Reader(raw)
+    r = ByteReader(raw, "TDX quote")
     version = r.u16("header.version")
     att_key_type = r.u16("header.att_key_type")
     tee_type = r.u32("header.tee_type")
@@ -226,7 +199,7 @@ def parse_quote(raw: bytes) -> TdxQuote:
     if any(raw[structure_size:]):
         raise EvidenceFormatError(f"TDX quote has {len(raw) - structure_size} trailing bytes that are not zero padding")
 
-    s = _Reader(sig_data)
+    s = ByteReader(sig_data, "TDX quote")
     signature = s.take(ECDSA_SIG_SIZE, "quote signature")
     attestation_key = s.take(ECDSA_KEY_SIZE, "attestation key")
     outer_type = s.u16("certification data type")
@@ -239,7 +212,7 @@ def parse_quote(raw: bytes) -> TdxQuote:
     if s.pos != len(sig_data):
         raise EvidenceFormatError(f"{len(sig_data) - s.pos} unexpected bytes after the certification data")
 
-    c = _Reader(outer)
+    c = ByteReader(outer, "TDX quote")
     qe_report = c.take(QE_REPORT_SIZE, "QE report")
     qe_report_signature = c.take(ECDSA_SIG_SIZE, "QE report signature")
     qe_auth_len = c.u16("QE auth data size")
