@@ -66,6 +66,7 @@ from .keys import (
     KeyConfig,
     KeyRing,
     SymmetricSuite,
+    choose_config,
     decode_list,
     encode_list,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "KeyConfig",
     "GatewayKey",
     "KeyRing",
+    "choose_config",
     "encode_list",
     "decode_list",
     # binary HTTP

@@ -1,5 +1,6 @@
 """HPKE (RFC 9180) for OHTTP: algorithm ids and sizes, sender/recipient set-up, and the plain HKDF/AEAD that
-RFC 9458 §4.4 uses for responses. This is the only module that imports pyhpke.
+RFC 9458 §4.4 uses for responses. This is the only module that imports pyhpke; X-Wing (KEM 0x647A, which pyhpke
+lacks) dispatches to :mod:`ohttp._xwing` here, so nothing above this module sees the difference.
 
 Theory of operation: pyhpke does the KEM and the key schedule. Two things are cached per key rather than per
 message, because they dominate a gateway's cost: the deserialized private key and its public key (pyhpke's
@@ -24,6 +25,7 @@ from pyhpke import CipherSuite, KEMKeyInterface, KEMKeyPair
 from pyhpke import KDFId as _PKDFId
 from pyhpke import KEMId as _PKEMId
 
+from . import _xwing
 from .errors import DecryptError, LocalProtocolError, UnsupportedError
 
 __all__ = ["KemId", "KdfId", "AeadId"]
@@ -42,11 +44,23 @@ class KemId(IntEnum):
     X25519_SHA256 = 0x0020
     #: DHKEM(X448, HKDF-SHA512)
     X448_SHA512 = 0x0021
+    #: X-Wing: ML-KEM-768 + X25519 (draft-connolly-cfrg-xwing-kem; "MLKEM768-X25519" in draft-ietf-hpke-pq)
+    XWING = 0x647A
 
     @property
     def n_pk(self) -> int:
-        """Length of a public key and of ``enc`` (Npk = Nenc)."""
+        """Length of a public key (Npk)."""
         return _KEM_NPK[self]
+
+    @property
+    def n_enc(self) -> int:
+        """Length of ``enc`` (Nenc; equal to Npk except for X-Wing: 1120 against 1216)."""
+        return _xwing.N_ENC if self is KemId.XWING else _KEM_NPK[self]
+
+    @property
+    def post_quantum(self) -> bool:
+        """Whether the KEM resists a quantum adversary (the hybrid X-Wing does; the DHKEMs do not)."""
+        return self is KemId.XWING
 
     @property
     def n_sk(self) -> int:
@@ -91,6 +105,7 @@ _KEM_NPK: Final = {
     KemId.P521_SHA512: 133,
     KemId.X25519_SHA256: 32,
     KemId.X448_SHA512: 56,
+    KemId.XWING: _xwing.N_PK,
 }
 _KEM_NSK: Final = {
     KemId.P256_SHA256: 32,
@@ -98,6 +113,7 @@ _KEM_NSK: Final = {
     KemId.P521_SHA512: 66,
     KemId.X25519_SHA256: 32,
     KemId.X448_SHA512: 56,
+    KemId.XWING: _xwing.N_SK,
 }
 _HASHES: Final = {KdfId.HKDF_SHA256: "sha256", KdfId.HKDF_SHA384: "sha384", KdfId.HKDF_SHA512: "sha512"}
 _HASH_LEN: Final = {KdfId.HKDF_SHA256: 32, KdfId.HKDF_SHA384: 48, KdfId.HKDF_SHA512: 64}
@@ -176,18 +192,30 @@ class _RecipientKey(KEMKeyInterface):
 
 
 class PrivateKey:
-    """An HPKE private key with its public key, deserialized once and reused for every decapsulation."""
+    """An HPKE private key with its public key, deserialized once and reused for every decapsulation.
+
+    For X-Wing the private key is the 32-byte seed (xwing §5.5.1): that is what :meth:`private_bytes` gives and
+    :meth:`from_private_bytes` takes.
+    """
 
     __slots__ = ("kem", "_sk", "public_bytes")
 
-    def __init__(self, kem: KemId, sk: KEMKeyInterface, public_bytes: bytes) -> None:
+    def __init__(self, kem: KemId, sk: KEMKeyInterface | _xwing.XWingPrivateKey, public_bytes: bytes) -> None:
         self.kem = kem
-        self._sk = _RecipientKey(sk)
+        self._sk: _RecipientKey | _xwing.XWingPrivateKey = (
+            sk if isinstance(sk, _xwing.XWingPrivateKey) else _RecipientKey(sk)
+        )
         self.public_bytes = public_bytes
+
+    @classmethod
+    def _from_xwing(cls, sk: _xwing.XWingPrivateKey) -> PrivateKey:
+        return cls(KemId.XWING, sk, sk.public_bytes)
 
     @classmethod
     def generate(cls, kem: KemId) -> PrivateKey:
         """A fresh random key pair."""
+        if kem is KemId.XWING:
+            return cls._from_xwing(_xwing.XWingPrivateKey.generate())
         pair = _kem_only(kem).kem.derive_key_pair(_random(kem.n_sk * 2))
         return cls._from_pair(kem, pair)
 
@@ -197,6 +225,9 @@ class PrivateKey:
         # RFC 9180 §7.1.3: ikm SHOULD carry at least Nsk bytes of entropy; below 16 bytes is certainly a mistake.
         if len(ikm) < 16:
             raise LocalProtocolError(f"seed too short: {len(ikm)} bytes, need at least 16 (better {kem.n_sk})")
+        if kem is KemId.XWING:
+            # hpke-pq §4 DeriveKeyPair; other X-Wing libraries may derive differently, so persist the seed instead.
+            return cls._from_xwing(_xwing.XWingPrivateKey.derive(ikm))
         return cls._from_pair(kem, _kem_only(kem).kem.derive_key_pair(ikm))
 
     @classmethod
@@ -204,6 +235,8 @@ class PrivateKey:
         """Load a serialized private key (for tests and key-management integrations)."""
         if len(data) != kem.n_sk:
             raise LocalProtocolError(f"private key must be {kem.n_sk} bytes, got {len(data)}")
+        if kem is KemId.XWING:
+            return cls._from_xwing(_xwing.XWingPrivateKey(data))
         k = _kem_only(kem).kem
         try:
             sk = k.deserialize_private_key(data)
@@ -218,12 +251,16 @@ class PrivateKey:
 
     def private_bytes(self) -> bytes:
         """The serialized private key (Nsk bytes); callers decide whether it may leave memory."""
+        if isinstance(self._sk, _xwing.XWingPrivateKey):
+            return self._sk.private_bytes()
         out = self._sk.to_private_bytes()
         # pyhpke 0.6 writes an EC scalar on key_size *bytes* (256 for P-256), zeros first; RFC 9180 wants Nsk.
         return out[-self.kem.n_sk :]
 
     def setup_recipient(self, kdf: KdfId, aead: AeadId, enc: bytes, info: bytes) -> HpkeContext:
         """SetupBaseR(enc, skR, info); a bad ``enc`` is a :class:`DecryptError`."""
+        if isinstance(self._sk, _xwing.XWingPrivateKey):
+            return _xwing.setup_base_r(self._sk, enc, int(kdf), int(aead), info)
         suite = cipher_suite(self.kem, kdf, aead)
         try:
             ctx: HpkeContext = suite.create_recipient_context(enc, self._sk, info)
@@ -241,6 +278,11 @@ def _public_bytes(kem: KemId, raw: Any) -> bytes:
 
 
 @lru_cache(maxsize=256)
+def _xwing_public_key(public_bytes: bytes) -> _xwing.XWingPublicKey:
+    return _xwing.XWingPublicKey(public_bytes)
+
+
+@lru_cache(maxsize=256)
 def _public_key_object(kem: KemId, public_bytes: bytes) -> KEMKeyInterface:
     return _kem_only(kem).kem.deserialize_public_key(public_bytes)
 
@@ -248,7 +290,10 @@ def _public_key_object(kem: KemId, public_bytes: bytes) -> KEMKeyInterface:
 def setup_sender(
     kem: KemId, kdf: KdfId, aead: AeadId, public_key: bytes, info: bytes, ephemeral: bytes | None = None
 ) -> tuple[bytes, HpkeContext]:
-    """SetupBaseS(pkR, info) -> (enc, context); ``ephemeral`` fixes skE for test vectors only."""
+    """SetupBaseS(pkR, info) -> (enc, context); ``ephemeral`` fixes skE (X-Wing: the 64-byte eseed) for test
+    vectors only."""
+    if kem is KemId.XWING:
+        return _xwing.setup_base_s(_xwing_public_key(public_key), int(kdf), int(aead), info, ephemeral)
     suite = cipher_suite(kem, kdf, aead)
     try:
         pkr = _public_key_object(kem, public_key)

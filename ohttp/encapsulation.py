@@ -23,7 +23,7 @@ from ._hpke import (
     setup_sender,
 )
 from .errors import DecodeError, DecryptError, KeyIdError, LocalProtocolError, UnsupportedError
-from .keys import GatewayKey, KeyConfig, KeyRing, SymmetricSuite, decode_list
+from .keys import GatewayKey, KeyConfig, KeyRing, SymmetricSuite, choose_config, decode_list
 
 __all__ = [
     "ClientRequest",
@@ -107,7 +107,7 @@ def parse_request_header(data: bytes | bytearray, keys: KeyRing) -> ParsedHeader
     header = bytes(data[:REQUEST_HEADER_LEN])
     key = keys.get(header[0])
     kdf, aead = _suite_of(header[1:7], key.config)
-    end = REQUEST_HEADER_LEN + key.config.kem.n_pk
+    end = REQUEST_HEADER_LEN + key.config.kem.n_enc
     if len(data) < end:
         return None
     return ParsedHeader(key, kdf, aead, header, bytes(data[REQUEST_HEADER_LEN:end]), end)
@@ -172,11 +172,11 @@ class ClientRequest:
 
     @classmethod
     def from_config_list(cls, data: bytes) -> ClientRequest:
-        """Use the first usable config of an ``application/ohttp-keys`` body."""
+        """Use the preferred usable config of an ``application/ohttp-keys`` body (:func:`choose_config`)."""
         configs = decode_list(data)
         if not configs:
             raise UnsupportedError("no usable key configuration in the list")
-        return cls(configs[0])
+        return cls(choose_config(configs))
 
     def header(self) -> bytes:
         """The 7-byte request header for this config and suite."""

@@ -14,7 +14,7 @@ from typing import Callable, Final, Iterable, Sequence
 from ._hpke import AeadId, KdfId, KemId, PrivateKey, aead_id, kdf_id, kem_id
 from .errors import DecodeError, KeyIdError, LocalProtocolError, UnsupportedError
 
-__all__ = ["SymmetricSuite", "KeyConfig", "GatewayKey", "KeyRing", "MEDIA_TYPE_KEYS", "DEFAULT_SUITES"]
+__all__ = ["SymmetricSuite", "KeyConfig", "GatewayKey", "KeyRing", "MEDIA_TYPE_KEYS", "DEFAULT_SUITES", "choose_config"]
 
 MEDIA_TYPE_KEYS: Final = "application/ohttp-keys"
 
@@ -136,6 +136,23 @@ def encode_list(configs: Iterable[KeyConfig]) -> bytes:
         enc = c.encode()
         out += len(enc).to_bytes(2, "big") + enc
     return bytes(out)
+
+
+def choose_config(configs: Iterable[KeyConfig], *, require_post_quantum: bool = False) -> KeyConfig:
+    """The configuration a client encapsulates to: the first post-quantum one (X-Wing) if any, else the first.
+
+    Raises:
+        UnsupportedError: no configuration, or none post-quantum while ``require_post_quantum`` is set.
+    """
+    configs = list(configs)
+    for c in configs:
+        if c.kem.post_quantum:
+            return c
+    if require_post_quantum:
+        raise UnsupportedError("the gateway offers no post-quantum key configuration (require_post_quantum)")
+    if not configs:
+        raise UnsupportedError("no usable key configuration")
+    return configs[0]
 
 
 def decode_list(data: bytes) -> list[KeyConfig]:
@@ -260,17 +277,21 @@ class KeyRing:
         self._reserved.discard(key.config.key_id)
         self._keys[key.config.key_id] = key
 
-    def rotate(self, new_key: GatewayKey, grace_seconds: float) -> None:
-        """Publish ``new_key``; the others stop being published and retire after ``grace_seconds``."""
+    def rotate(self, new_key: GatewayKey | Sequence[GatewayKey], grace_seconds: float) -> None:
+        """Publish ``new_key`` (or several, one per KEM); the others stop being published and retire after
+        ``grace_seconds``."""
+        new_keys = [new_key] if isinstance(new_key, GatewayKey) else list(new_key)
         now = self._clock()
         self.purge()
-        self._keys.pop(new_key.config.key_id, None)
+        for k in new_keys:
+            self._keys.pop(k.config.key_id, None)
         for kid, k in list(self._keys.items()):
             until = now + grace_seconds
             if k.not_after is not None:
                 until = min(until, k.not_after)
             self._keys[kid] = replace(k, published=False, not_after=until)
-        self.add(new_key)
+        for k in new_keys:
+            self.add(k)
 
     def next_key_id(self) -> int:
         """The lowest key id not in use and not reserved (after purging retired keys). Two rotations that both ask
@@ -312,10 +333,11 @@ class KeyRing:
         return key
 
     def published(self) -> list[GatewayKey]:
-        """Keys to advertise now, newest (highest not_before, then id) first."""
+        """Keys to advertise now, newest (highest not_before) first; of keys made together, post-quantum (X-Wing)
+        before classical, then the highest id."""
         now = self._clock()
         keys = [k for k in self._keys.values() if k.published and k.accepts_at(now)]
-        keys.sort(key=lambda k: (k.not_before or 0.0, k.config.key_id), reverse=True)
+        keys.sort(key=lambda k: (k.not_before or 0.0, k.config.kem.post_quantum, k.config.key_id), reverse=True)
         return keys
 
     def encode_published(self) -> bytes:
