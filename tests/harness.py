@@ -4,7 +4,7 @@ Pick a free port, start a process with its output in a log file, wait until it a
 ``ready`` check passes), and stop it again: a signal, a bounded wait, then a kill; a process started in a session of
 its own (``group=True``, e.g. vLLM with its engine-core child) is signalled as a whole group.
 
-Standard library only, so that scripts can import it with nothing but the repository on ``sys.path``
+Standard library and ``veil_cli`` only, so that scripts can import it with nothing but the repository on ``sys.path``
 (``scripts/bench/_bench_env.py`` puts it there). ``tests/integration/conftest.py`` re-exports ``free_port``,
 ``Proc`` and ``start_veil`` under their old names.
 """
@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from veil_cli import die_with_parent as _pdeathsig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,23 +111,13 @@ def stop_all(procs: Iterable[Proc], *, remove_logs: bool = False) -> None:
             p.log_path.unlink(missing_ok=True)
 
 
-def _die_with_parent() -> None:
-    # The child gets SIGTERM when the process that started it dies (PR_SET_PDEATHSIG), so none outlives a benchmark.
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
 def _preexec(die_with_parent: bool, cpus: set[int] | None) -> Callable[[], None] | None:
     if not die_with_parent and not cpus:
         return None
 
     def run() -> None:
         if die_with_parent:
-            _die_with_parent()
+            _pdeathsig()
         if cpus:
             os.sched_setaffinity(0, cpus)
 

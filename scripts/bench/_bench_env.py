@@ -1,6 +1,8 @@
-"""Shared start of the benchmark scripts: put the repository on ``sys.path`` and, when a script is started by an
+"""Shared start of the benchmark scripts: put the repository on ``sys.path`` (so they import ``ohttp``, ``enclave``,
+``proxy`` and the process harness ``tests.harness`` from this checkout) and, when a script is started by an
 interpreter without the project's packages (``./scripts/bench/bench_x.py`` with the system Python), run it again under
-the project's ``.venv``."""
+the project's ``.venv``. A script imports it first, from its own folder (``from _bench_env import prepare``), before
+anything that needs the packages; ``_common`` holds what the benchmarks share besides the harness."""
 
 from __future__ import annotations
 

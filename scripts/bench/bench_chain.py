@@ -47,34 +47,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import os
-import platform
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Final, Protocol
+from typing import Any, Final, Protocol
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_env import prepare  # noqa: E402
+from _bench_env import prepare
 
 ROOT = prepare(__file__, 'aiohttp', 'openai')
 
 import aiohttp
 import orjson
+from _common import (Target, command_line, cpu_seconds, machine_info as base_machine_info, pct, pss_mb, rss_mb,
+                     tree_cpu_seconds)
+
+from tests.harness import Proc, free_port, start_process, start_veil, stop_all
 
 PERF = time.perf_counter
-CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 JSON_HEADERS: Final = {"Content-Type": "application/json"}
 CHAT_PATH: Final = "/v1/chat/completions"
 VEIL_PROCS: Final = ("gateway", "relay", "proxy")
@@ -94,171 +89,16 @@ MEMORY_GROWTH_TOLERANCE_MB: Final = 1.0
 # Processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    # Children get SIGTERM if this script dies, so no benchmark process outlives it.
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def _preexec(cpus: set[int] | None) -> Callable[[], None]:
-    def run() -> None:
-        _die_with_parent()
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-
-    return run
-
-
-@dataclass
-class Proc:
-    """A started subprocess, where it listens and where its output goes."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    group: bool = False
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            if self.group:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGTERM)
-            else:
-                self.popen.send_signal(signal.SIGINT)
-            try:
-                self.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                if self.group:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(self.popen.pid, signal.SIGKILL)
-                else:
-                    self.popen.kill()
-                self.popen.wait(5)
-        self.log_path.unlink(missing_ok=True)
-
-
-def start_proc(
-    name: str,
-    argv: list[str],
-    port: int,
-    health: str,
-    *,
-    timeout: float = 60.0,
-    env: dict[str, str] | None = None,
-    group: bool = False,
-    cpus: set[int] | None = None,
-    cwd: Path = ROOT,
-) -> Proc:
-    """Start ``argv`` (on ``cpus`` when given), wait until ``health`` answers 200."""
-    log_fd, log_name = tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")
-    popen = subprocess.Popen(
-        argv, cwd=cwd, stdout=log_fd, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        start_new_session=group, preexec_fn=_preexec(cpus),
-    )
-    os.close(log_fd)
-    proc = Proc(name, popen, port, Path(log_name), group)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if popen.poll() is not None:
-            raise RuntimeError(f"{name} exited with {popen.returncode}:\n{proc.log_tail()}")
-        try:
-            with urllib.request.urlopen(proc.base + health, timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        time.sleep(0.2)
-    proc.stop()
-    raise RuntimeError(f"{name} not healthy after {timeout:.0f} s:\n{proc.log_tail()}")
-
-
 #: Where the Veil processes' code comes from (``--veil-root``: another checkout, for before/after comparisons).
 VEIL_ROOT: Path = ROOT
+#: How every process of the benchmark is started: it dies with this script and gets 20 s to stop.
+BENCH_PROC: Final[dict[str, Any]] = {"die_with_parent": True, "stop_timeout": 20.0, "interval": 0.2}
 
 
 def veil(name: str, args: list[str], port: int, env: dict[str, str], cpus: set[int] | None = None) -> Proc:
     if VEIL_ROOT != ROOT:
         env = {**env, "PYTHONPATH": str(VEIL_ROOT)}
-    return start_proc(name, [sys.executable, "-m", "veil_cli", *args], port, "/healthz", env=env, cpus=cpus,
-                      cwd=VEIL_ROOT)
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (vLLM runs its engine core as a child process)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/children", encoding="ascii") as f:
-                    todo += [int(c) for c in f.read().split()]
-        except OSError:
-            pass
-    return out
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        rest = f.read().rsplit(b")", 1)[1].split()
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    total = 0.0
-    for p in descendants(pid):
-        try:
-            total += cpu_seconds(p)
-        except OSError:
-            pass
-    return total
-
-
-def pss_mb(pid: int) -> float:
-    """Proportional set size: shared pages (libraries, the interpreter) divided among the processes sharing them."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+    return start_veil(args, port, name=name, timeout=60.0, env=env, cpus=cpus, cwd=VEIL_ROOT, **BENCH_PROC)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -542,14 +382,6 @@ def phases_for(engine: str, quick: bool, stream_tokens: int) -> list[Phase]:
 # Measurement
 
 
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN when empty."""
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[max(0, math.ceil(q / 100.0 * len(s)) - 1)]
-
-
 @dataclass
 class PhaseResult:
     count: int = 0
@@ -651,37 +483,11 @@ async def run_phase(path: PathSpec, phase: Phase, work: Workload, pids: dict[str
 # Machine and report
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def version_of(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def machine_info() -> dict[str, Any]:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count() or 0
     return {
-        "cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable,
+        **base_machine_info("aiohttp", "uvloop", "openai", "orjson"),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "platform": platform.platform(),
-        "aiohttp": version_of("aiohttp"), "uvloop": version_of("uvloop"), "openai": version_of("openai"),
-        "orjson": version_of("orjson"), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "loadavg_start": os.getloadavg(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "loadavg_start": os.getloadavg(),
     }
 
 
@@ -751,16 +557,6 @@ def cpu_table(paths: list[PathSpec], r: Results, tokens: int) -> str:
         lines.append(f"| {p.label} | µs CPU per streamed chunk (slope, c=8) | "
                      + " | ".join(f1(v) for v in vals) + f" | {f1(sum(vals[2:]))} |")
     return "\n".join(lines)
-
-
-@dataclass
-class Target:
-    name: str
-    passed: bool
-    detail: str
-
-    def line(self) -> str:
-        return f"{'PASS' if self.passed else 'MISS'}: {self.name}: {self.detail}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -885,9 +681,7 @@ class Setup:
         return next(p for p in self.procs if p.name == name)
 
     def stop(self) -> None:
-        for p in reversed(self.procs):
-            with contextlib.suppress(Exception):
-                p.stop()
+        stop_all(self.procs, remove_logs=True)
 
 
 def start_all(args: argparse.Namespace, env: dict[str, str]) -> Setup:
@@ -903,9 +697,9 @@ def start_all(args: argparse.Namespace, env: dict[str, str]) -> Setup:
     try:
         if args.engine == "echo":
             port = free_port()
-            setup.procs.append(start_proc(
-                "engine", [sys.executable, __file__, "--_serve-echo", str(port), "--token-delay", str(args.token_delay)],
-                port, "/healthz", env=env))
+            setup.procs.append(start_process(
+                [sys.executable, __file__, "--_serve-echo", str(port), "--token-delay", str(args.token_delay)], port,
+                name="engine", timeout=60.0, env=env, **BENCH_PROC))
             setup.model = "echo"
             gw_engine = ["--engine", "echo", "--echo-token-delay", str(args.token_delay)]
         else:
@@ -921,8 +715,9 @@ def start_all(args: argparse.Namespace, env: dict[str, str]) -> Setup:
             if engine_cpus:
                 # vLLM binds its compute threads itself ("auto"); keep it on the engine's CPU.
                 engine_env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, sorted(engine_cpus)))
-            setup.procs.append(start_proc("engine", eng.command(), port, "/health", timeout=900, env=engine_env,
-                                          group=True, cpus=engine_cpus))
+            setup.procs.append(start_process(eng.command(), port, name="engine", health="/health", timeout=900.0,
+                                             env=engine_env, group=True, cpus=engine_cpus,
+                                             stop_signal=signal.SIGTERM, **BENCH_PROC))
             setup.model = "SmolLM2-135M-Instruct"
             gw_engine = ["--engine", "upstream", "--upstream-url", f"http://127.0.0.1:{port}"]
         setup.engine_base = setup.by_name("engine").base
@@ -1160,7 +955,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f", echo token delay {args.token_delay * 1000:g} ms" if args.engine == "echo" else "")
           + ("; engine pinned to the last CPU, Veil and clients to the others" if args.pin_engine else "")
           + (f"; Veil code from {VEIL_ROOT}" if VEIL_ROOT != ROOT else "")
-          + "; command: " + " ".join(["scripts/bench/bench_chain.py", *(argv if argv is not None else sys.argv[1:])]),
+          + "; command: " + command_line(__file__, argv if argv is not None else sys.argv[1:]),
           flush=True)
     t0 = time.perf_counter()
     setup = start_all(args, env)

@@ -24,36 +24,29 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import platform
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_env import prepare  # noqa: E402
+from _bench_env import prepare
 
 ROOT = prepare(__file__, "orjson")
 
-from enclave.engines.selfcheck import SELF_CHECKS, cpu_summary  # noqa: E402
-from enclave.engines.vllm import CPU_ENV  # noqa: E402
+from _common import command_line
+
+from enclave.engines.selfcheck import SELF_CHECKS, cpu_summary
+from enclave.engines.vllm import CPU_ENV, VllmEngine
+from tests.harness import Proc, free_port, start_process
 
 ENGINE_PYTHON = ROOT / ".venv-engine" / "bin" / "python"
 MODEL_DIR = Path.home() / ".cache" / "veil" / "models" / "SmolLM2-135M-Instruct"
 MODEL = "SmolLM2-135M-Instruct"
 LONG_PROMPT = "Write a long story about a lighthouse keeper and a storm."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def post(port: int, body: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
@@ -79,40 +72,21 @@ def first_token_s(port: int, question: str) -> float:
     raise RuntimeError("the stream carried no content")
 
 
-def start(dtype: str) -> tuple[subprocess.Popen[bytes], int]:
+def start(dtype: str) -> Proc:
+    """vLLM's OpenAI server with ``--dtype DTYPE``: the command and environment ``veil gateway`` gives it."""
     port = free_port()
-    cmd = [str(ENGINE_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(MODEL_DIR),
-           "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port), "--gpu-memory-utilization",
-           "0.5", "--enforce-eager", "--no-enable-log-requests", "--disable-uvicorn-access-log",
-           "--disable-log-stats", "--dtype", dtype]
-    proc = subprocess.Popen(cmd, env={**os.environ, **CPU_ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    engine = VllmEngine(python=str(ENGINE_PYTHON), model=str(MODEL_DIR), served_model_name=MODEL, port=port, dtype=dtype)
     t0 = time.monotonic()
-    while time.monotonic() - t0 < 600:
-        if proc.poll() is not None:
-            raise SystemExit(f"vLLM --dtype {dtype} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    print(f"[bench] vLLM --dtype {dtype} up in {time.monotonic() - t0:.0f} s", flush=True)
-                    return proc, port
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"vLLM --dtype {dtype} did not start")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc = start_process(engine.command(), port, name=f"vLLM --dtype {dtype}", health="/health", timeout=600.0,
+                         interval=0.5, env=CPU_ENV, group=True, stop_signal=signal.SIGTERM, stop_timeout=30.0,
+                         die_with_parent=True)
+    print(f"[bench] vLLM --dtype {dtype} up in {time.monotonic() - t0:.0f} s", flush=True)
+    return proc
 
 
 def measure(dtype: str, runs: int, tokens: int) -> dict[str, Any]:
-    proc, port = start(dtype)
+    proc = start(dtype)
+    port = proc.port
     try:
         answers = {}
         for check in SELF_CHECKS:
@@ -130,7 +104,8 @@ def measure(dtype: str, runs: int, tokens: int) -> dict[str, Any]:
         ttfts = [first_token_s(port, SELF_CHECKS[0].question) for _ in range(runs)]
         return {"answers": answers, "tok_s": statistics.median(speeds), "ttft": statistics.median(ttfts)}
     finally:
-        stop(proc)
+        proc.stop()
+        proc.log_path.unlink(missing_ok=True)
 
 
 def main() -> int:
@@ -158,7 +133,7 @@ def main() -> int:
     print(table)
     if args.doc:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-        cmd = "scripts/bench/bench_dtype.py " + " ".join(sys.argv[1:])
+        cmd = command_line(__file__, sys.argv[1:])
         with args.doc.open("a") as f:
             f.write(f"\n### Embedded engine dtype ({stamp}, {platform.node() or 'this machine'})\n\n"
                     f"`{cmd}` ({args.runs} runs of {args.tokens} tokens each, one at a time):\n\n{table}\n")

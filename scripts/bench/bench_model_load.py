@@ -37,32 +37,28 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_env import prepare  # noqa: E402
+from _bench_env import prepare
 
 ROOT = prepare(__file__, 'cryptography', 'orjson')
 
+from _common import Target, command_line, machine_info as base_machine_info, openssl_version
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from enclave.model import ModelKey, decrypt_model, encrypt_model, read_manifest, write_key_file
 from enclave.model.container import TAG_BYTES, chunk_aad, chunk_nonce
+from tests.harness import free_port, start_veil
 
 MODEL_DIR = Path.home() / ".cache" / "veil" / "models" / "SmolLM2-135M-Instruct"
 ENGINE_PYTHON = ROOT / ".venv-engine" / "bin" / "python"
@@ -74,37 +70,7 @@ TARGET_GB_PER_CORE = 1.0
 # Machine
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        return os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def version_of(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def machine_info() -> dict[str, Any]:
-    try:
-        from cryptography.hazmat.backends.openssl.backend import backend
-
-        openssl = str(backend.openssl_version_text())
-    except Exception:  # noqa: BLE001 - informational only
-        openssl = "unknown"
     flags = ""
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -118,12 +84,8 @@ def machine_info() -> dict[str, Any]:
         mem = f"{kb / 1024 / 1024:.0f} GiB"
     except (OSError, ValueError, IndexError):
         pass
-    return {
-        "cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable_cores(), "cpu_flags": flags,
-        "memory": mem, "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "platform": platform.platform(), "cryptography": version_of("cryptography"), "openssl": openssl,
-        "vllm": _engine_version(),
-    }
+    return {**base_machine_info("cryptography"), "cpu_flags": flags, "memory": mem, "openssl": openssl_version(),
+            "vllm": _engine_version()}
 
 
 def _engine_version() -> str:
@@ -266,13 +228,6 @@ def bench_throughput(enc: Path, key: bytes, thread_counts: list[int], repeat: in
 # Load time through the gateway
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @dataclass
 class LoadRun:
     kind: str  # "plaintext" | "encrypted"
@@ -282,36 +237,14 @@ class LoadRun:
 
 def time_gateway(kind: str, extra: list[str], timeout: float) -> LoadRun:
     port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix=f"veil-bench-{kind}-", suffix=".log", delete=False)
-    cmd = [sys.executable, "-m", "veil_cli", "gateway", "--engine", "vllm", "--listen", f"127.0.0.1:{port}",
-           "--engine-python", str(ENGINE_PYTHON), *extra]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"gateway ({kind}) exited with {proc.returncode}:\n{Path(log.name).read_text()}")
-            if time.perf_counter() - t0 > timeout:
-                raise RuntimeError(f"gateway ({kind}) not healthy after {timeout:.0f} s")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            time.sleep(0.05)
-        seconds = time.perf_counter() - t0
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    text = Path(log.name).read_text(errors="replace")
-    os.unlink(log.name)
+    proc = start_veil(["gateway", "--engine", "vllm", "--listen", f"127.0.0.1:{port}", "--engine-python",
+                       str(ENGINE_PYTHON), *extra], port, name=f"gateway ({kind})", timeout=timeout, interval=0.05,
+                      stop_timeout=60.0, die_with_parent=True)
+    seconds = time.perf_counter() - t0
+    proc.stop()
+    text = proc.log()
+    proc.log_path.unlink()
     line = next((ln.split("veil.model: ", 1)[1] for ln in text.splitlines() if "model verified and decrypted" in ln), "")
     return LoadRun(kind, seconds, line)
 
@@ -331,16 +264,6 @@ def bench_load(enc: Path, key_file: Path, runs: int, timeout: float) -> list[Loa
 
 # ---------------------------------------------------------------------------------------------------------------
 # Report
-
-
-@dataclass
-class Target:
-    name: str
-    passed: bool
-    detail: str
-
-    def line(self) -> str:
-        return f"{'PASS' if self.passed else 'MISS'}: {self.name}: {self.detail}"
 
 
 def throughput_table(rows: list[Throughput], cores: int) -> str:
@@ -386,8 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = info["usable_cores"]
     n = args.threads or cores
     thread_counts = sorted({1, n})
-    command = "scripts/bench/bench_model_load.py" + "".join(f" {shlex.quote(a)}" for a in (argv if argv is not None
-                                                                                      else sys.argv[1:]))
+    command = command_line(__file__, [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
     today = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = [
         "# Encrypted model loading benchmark",

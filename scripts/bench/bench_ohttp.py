@@ -38,22 +38,19 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
-import platform
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_env import prepare  # noqa: E402
+from _bench_env import prepare
 
 ROOT = prepare(__file__, 'pyhpke')
 
+from _common import Target, machine_info as base_machine_info, openssl_version, pct
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pyhpke import AEADId, CipherSuite, KDFId, KEMId
 
@@ -172,12 +169,6 @@ def sse_events(n: int, size: int = SSE_EVENT_SIZE) -> list[bytes]:
 # Statistics
 
 
-def p90(values: list[float]) -> float:
-    """Nearest-rank 90th percentile."""
-    s = sorted(values)
-    return s[max(0, math.ceil(0.9 * len(s)) - 1)]
-
-
 @dataclass
 class Series:
     """Samples (microseconds) of one operation, Veil and baseline side by side."""
@@ -221,9 +212,9 @@ class Series:
             "baseline": self.baseline_desc,
             "samples": len(self.veil),
             "veil_median_us": self.veil_median,
-            "veil_p90_us": p90(self.veil),
+            "veil_p90_us": pct(self.veil, 90),
             "baseline_median_us": self.base_median,
-            "baseline_p90_us": p90(self.base),
+            "baseline_p90_us": pct(self.base, 90),
             "ratio": self.ratio,
             "delta_us": self.delta,
             "round_medians_us": [{"veil": v, "baseline": b} for v, b in self.round_medians],
@@ -520,45 +511,8 @@ def run_stream(n_chunks: int, streams: int, warmup: int, repeat: int, gw: Series
 # Machine and report
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def version_of(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def machine_info() -> dict[str, Any]:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count() or 0
-    try:
-        from cryptography.hazmat.backends.openssl.backend import backend
-
-        openssl = str(backend.openssl_version_text())
-    except Exception:  # noqa: BLE001 - informational only
-        openssl = "unknown"
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "platform": platform.platform(),
-        "pyhpke": version_of("pyhpke"),
-        "cryptography": version_of("cryptography"),
-        "openssl": openssl,
-    }
+    return {**base_machine_info("pyhpke", "cryptography"), "openssl": openssl_version()}
 
 
 def fmt(x: float) -> str:
@@ -575,20 +529,10 @@ def markdown_table(rows: list[Series]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r.step} | {r.size} | {fmt(r.veil_median)} | {fmt(p90(r.veil))} | {r.baseline_desc} "
-            f"| {fmt(r.base_median)} | {fmt(p90(r.base))} | {fmt(r.delta)} | {r.ratio:.2f}x |"
+            f"| {r.step} | {r.size} | {fmt(r.veil_median)} | {fmt(pct(r.veil, 90))} | {r.baseline_desc} "
+            f"| {fmt(r.base_median)} | {fmt(pct(r.base, 90))} | {fmt(r.delta)} | {r.ratio:.2f}x |"
         )
     return "\n".join(lines)
-
-
-@dataclass
-class Target:
-    name: str
-    passed: bool
-    detail: str
-
-    def line(self) -> str:
-        return f"{'PASS' if self.passed else 'MISS'}: {self.name}: {self.detail}"
 
 
 def check_targets(gateway_total_1k: Series, chunk_gw: Series, chunk_cl: Series) -> list[Target]:

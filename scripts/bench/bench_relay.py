@@ -33,33 +33,30 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_env import prepare  # noqa: E402
+from _bench_env import prepare
 
 ROOT = prepare(__file__, 'aiohttp')
 
-CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+from _common import command_line, cpu_seconds, machine_info, version_of
+
+from tests.harness import Proc, free_port, http_ok, start_process, start_veil, stop_all
+
 TARGET_RATIO: Final = 0.5
 
 
@@ -99,68 +96,13 @@ def printable(n: int) -> str:
 # Processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    cpu_pid: int = 0  # the process doing the work (nginx: its worker)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM if self.name.startswith("nginx") else signal.SIGINT)
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-
-    def log_tail(self) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
-        except OSError:
-            return ""
-
-
-def start(name: str, argv: list[str], port: int, ready_path: str, tmp: Path, env: dict[str, str] | None = None,
-          method: str = "GET", cwd: Path = ROOT) -> Proc:
-    log = tmp / f"{name}.log"
-    with open(log, "wb") as fh:
-        popen = subprocess.Popen(argv, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
-                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-    proc = Proc(name, popen, port, log, popen.pid)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if popen.poll() is not None:
-            raise RuntimeError(f"{name} exited with {popen.returncode}:\n{proc.log_tail()}")
-        try:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}{ready_path}", method=method, data=b"x" if method == "POST"
-                                         else None, headers={"Content-Type": "message/ohttp-req"})
-            with urllib.request.urlopen(req, timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        time.sleep(0.1)
-    proc.stop()
-    raise RuntimeError(f"{name} did not come up:\n{proc.log_tail()}")
+def start(name: str, argv: list[str], port: int, tmp: Path, *, ready_path: str = "", **kw: Any) -> Proc:
+    """``start_process`` with the log in ``tmp``; ``ready_path``: ready when a POST there answers 200 (nginx)."""
+    if ready_path:
+        kw["ready"] = lambda p: http_ok(p.base + ready_path, method="POST", data=b"x", timeout=2.0,
+                                        headers={"Content-Type": "message/ohttp-req"})
+    return start_process(argv, port, name=name, log_path=tmp / f"{name}.log", die_with_parent=True, stop_timeout=15.0,
+                         **kw)
 
 
 def nginx_worker(master: int) -> int:
@@ -231,15 +173,15 @@ NGINX_PROXY = """
 """
 
 
-def start_nginx(name: str, body: str, port: int, ready: str, tmp: Path, method: str) -> Proc:
+def start_nginx(name: str, body: str, port: int, ready: str, tmp: Path) -> tuple[Proc, int]:
+    """nginx with ``body`` as its http block's servers, ready when a POST to ``ready`` answers 200; and its worker."""
     conf = tmp / f"{name}.conf"
     # As root, nginx would switch its worker to "nobody", which cannot enter the private temporary directory.
     user = "user root;\n" if os.geteuid() == 0 else ""
     conf.write_text(NGINX_COMMON.format(user=user, tmp=tmp, name=name, body=body))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    proc = start(name, [nginx, "-p", str(tmp), "-c", str(conf)], port, ready, tmp, method=method)
-    proc.cpu_pid = nginx_worker(proc.popen.pid)
-    return proc
+    proc = start(name, [nginx, "-p", str(tmp), "-c", str(conf)], port, tmp, ready_path=ready, stop_signal=signal.SIGTERM)
+    return proc, nginx_worker(proc.pid)
 
 
 def serve_upstream(port: int, answer: bytes) -> None:
@@ -294,12 +236,6 @@ def lua_string(data: bytes) -> str:
     return "".join(f"\\{b:03d}" for b in data)
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        rest = f.read().rsplit(b")", 1)[1].split()
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK
-
-
 @dataclass
 class Run:
     rps: float
@@ -332,24 +268,6 @@ def wrk(url: str, connections: int, duration: float, script: Path, cpu_pid: int 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Report
-
-
-def version_of(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def tool_version(argv: list[str]) -> str:
@@ -409,23 +327,21 @@ def main(argv: list[str] | None = None) -> int:
     req, resp = payloads()
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     info: dict[str, Any] = {
-        "cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(), "platform": platform.platform(), "aiohttp": version_of("aiohttp"),
-        "uvloop": version_of("uvloop"), "nginx": tool_version(["nginx", "-v"]), "wrk": tool_version(["wrk", "-v"]),
+        **machine_info("aiohttp", "uvloop"), "nginx": tool_version(["nginx", "-v"]), "wrk": tool_version(["wrk", "-v"]),
         "date": date, "loadavg_start": os.getloadavg(),
     }
     veil_root = args.veil_root.resolve()
     relay_env = {"PYTHONPATH": str(veil_root)} if veil_root != ROOT else {}
     print("# veil relay vs nginx")
     print()
-    print(f"Machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable); Python {info['python']}; "
+    print(f"Machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable); {info['python']}; "
           f"aiohttp {info['aiohttp']}; uvloop {info['uvloop']}; {info['nginx']}; {info['wrk']}; {info['platform']}; "
           f"{date}; load average at start {info['loadavg_start'][0]:.2f}")
     print(f"Load: wrk, 1 thread, POST {len(req)} B message/ohttp-req, answer {len(resp)} B message/ohttp-res; "
           f"{args.connections} and 1 connections, {duration:g} s each, {rounds} interleaved round(s); upstream: "
           f"{args.upstream}; nginx worker_processes 1 = the relay's 1 process"
           + (f"; relay code from {veil_root}" if veil_root != ROOT else "") + "; command: "
-          + " ".join(["scripts/bench/bench_relay.py", *(argv if argv is not None else sys.argv[1:])]), flush=True)
+          + command_line(__file__, argv if argv is not None else sys.argv[1:]), flush=True)
 
     procs: list[Proc] = []
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmpdir:
@@ -435,29 +351,30 @@ def main(argv: list[str] | None = None) -> int:
         try:
             up_port = free_port()
             if args.upstream == "nginx":
-                up = start_nginx("nginx-upstream", NGINX_UPSTREAM.format(port=up_port, answer=printable(len(resp))),
-                                 up_port, "/", tmp, "POST")
+                up, _ = start_nginx("nginx-upstream", NGINX_UPSTREAM.format(port=up_port, answer=printable(len(resp))),
+                                    up_port, "/", tmp)
             else:
                 up = start("upstream", [sys.executable, __file__, "--_serve-upstream", str(up_port), "--_answer",
-                                        resp.hex()], up_port, "/", tmp)
+                                        resp.hex()], up_port, tmp, health="/")
             procs.append(up)
             ng_port = free_port()
-            ng = start_nginx("nginx-proxy", NGINX_PROXY.format(port=ng_port, upstream=up_port), ng_port, "/gw", tmp,
-                             "POST")
+            ng, ng_worker = start_nginx("nginx-proxy", NGINX_PROXY.format(port=ng_port, upstream=up_port), ng_port,
+                                        "/gw", tmp)
             procs.append(ng)
             targets: list[tuple[Series, str, int | None]] = [
                 (Series("direct", "direct to the upstream (no proxy)"), f"http://127.0.0.1:{up_port}/.well-known/ohttp-gateway",
                  None),
-                (Series("nginx", "nginx reverse proxy (1 worker)"), f"http://127.0.0.1:{ng_port}/gw", ng.cpu_pid),
+                (Series("nginx", "nginx reverse proxy (1 worker)"), f"http://127.0.0.1:{ng_port}/gw", ng_worker),
             ]
             for loop in loops:
                 port = free_port()
-                relay = start(f"relay-{loop}", [sys.executable, "-m", "veil_cli", "relay", "--listen", f"127.0.0.1:{port}",
-                                                "--rate-per-minute", "1000000000", "--log-level", "warning", "--gateway",
-                                                f"gw=http://127.0.0.1:{up_port}/.well-known/ohttp-gateway"],
-                              port, "/healthz", tmp, env=relay_env | {"VEIL_EVENT_LOOP": loop}, cwd=veil_root)
+                relay = start_veil(["relay", "--listen", f"127.0.0.1:{port}", "--rate-per-minute", "1000000000",
+                                    "--log-level", "warning", "--gateway",
+                                    f"gw=http://127.0.0.1:{up_port}/.well-known/ohttp-gateway"],
+                                   port, name=f"relay-{loop}", env=relay_env | {"VEIL_EVENT_LOOP": loop}, cwd=veil_root,
+                                   log_path=tmp / f"relay-{loop}.log", die_with_parent=True, stop_timeout=15.0)
                 procs.append(relay)
-                targets.append((Series(f"relay-{loop}", f"veil relay ({loop})"), f"http://127.0.0.1:{port}/gw", relay.cpu_pid))
+                targets.append((Series(f"relay-{loop}", f"veil relay ({loop})"), f"http://127.0.0.1:{port}/gw", relay.pid))
             # warm-up
             for s, url, pid in targets:
                 wrk(url, args.connections, 1, script, pid)
@@ -468,9 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"round {rnd + 1}/{rounds} {s.key:14s} c={c} ...", file=sys.stderr, flush=True)
                         s.runs.setdefault(c, []).append(wrk(url, c, duration, script, pid))
         finally:
-            for p in reversed(procs):
-                with contextlib.suppress(Exception):
-                    p.stop()
+            stop_all(procs)
     info["loadavg_end"] = os.getloadavg()
 
     series = [s for s, _, _ in targets]

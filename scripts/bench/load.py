@@ -16,46 +16,26 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from _bench_env import prepare
+
+REPO = prepare(__file__, "aiohttp", "orjson")
+
+from _common import rss_mb
+
+from tests.harness import Proc, free_port, start_veil, stop_all
+
 CANARY = "load-canary-8842"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def start(args: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    fh = log.open("wb")
-    p = subprocess.Popen([sys.executable, "-m", "veil_cli", *args], cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
-    for _ in range(300):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                if r.status == 200:
-                    return p
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{args[0]} did not start; see {log}")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def start(args: list[str], port: int, log: Path) -> Proc:
+    return start_veil(args, port, name=args[0], log_path=log, stop_timeout=30.0, die_with_parent=True)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -132,7 +112,7 @@ async def run(args: argparse.Namespace) -> int:
     async def rotate() -> None:
         if args.rotate:
             await asyncio.sleep(args.seconds / 4)
-            procs["gateway"].send_signal(signal.SIGUSR1)
+            procs["gateway"].popen.send_signal(signal.SIGUSR1)
             print("[load] rotated the gateway's keys", flush=True)
 
     print(f"[load] {args.concurrency} streams of {args.words} words for {args.seconds:.0f} s via {args.via}",
@@ -143,10 +123,7 @@ async def run(args: argparse.Namespace) -> int:
     await session.close()
     await client.close()
     rss_after = {n: rss_mb(p.pid) for n, p in procs.items()}
-    for p in procs.values():
-        p.send_signal(signal.SIGINT)
-    for p in procs.values():
-        p.wait(30)
+    stop_all(procs.values())
     leaked = [n for n in procs if CANARY in (tmp / f"{n}.log").read_text(errors="replace")]
     n = stats["ok"]
     print(f"""

@@ -22,13 +22,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from _bench_env import prepare
 
-import ohttp  # noqa: E402
-from ohttp import bhttp  # noqa: E402
+REPO = prepare(__file__, "pyhpke", "aiohttp")
 
-from enclave.gateway.ohttp_routes import _pad_event  # noqa: E402
+import ohttp
+from ohttp import bhttp
+
+from enclave.gateway.ohttp_routes import _pad_event
 
 ANSWER = """Sure. Here is how the three pieces fit together, step by step.
 

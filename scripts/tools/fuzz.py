@@ -63,25 +63,22 @@ def _gateway_request(data: bytes) -> None:
     _GATEWAY.decapsulate(data)
 
 
-def _chunked_request(data: bytes) -> None:
-    dec = ohttp.ChunkedGatewayRequest(_RING)
+def _drain_chunked(dec: ohttp.ChunkedGatewayRequest | ohttp.ChunkedClientResponse, data: bytes) -> None:
     dec.receive_data(data)
     dec.receive_data(b"")
     for _ in range(10_000):
         ev = dec.next_event()
         if ev is ohttp.NEED_DATA or (isinstance(ev, ohttp.Chunk) and ev.final):
             break
+
+
+def _chunked_request(data: bytes) -> None:
+    _drain_chunked(ohttp.ChunkedGatewayRequest(_RING), data)
 
 
 def _chunked_response(data: bytes) -> None:
     creq = ohttp.ChunkedClientRequest(_KEY.config, ephemeral_key=bytes(range(32)))
-    dec = creq.response()
-    dec.receive_data(data)
-    dec.receive_data(b"")
-    for _ in range(10_000):
-        ev = dec.next_event()
-        if ev is ohttp.NEED_DATA or (isinstance(ev, ohttp.Chunk) and ev.final):
-            break
+    _drain_chunked(creq.response(), data)
 
 
 def _client_response(data: bytes) -> None:
