@@ -20,7 +20,7 @@ from typing import Final
 
 from ._hpke import Aead, AeadId, HpkeContext, KdfId, setup_sender
 from ._varint import decode_varint, encode_varint
-from .bhttp import NEED_DATA, _NeedData
+from .bhttp._messages import NEED_DATA, _NeedData
 from .encapsulation import (
     ParsedHeader,
     build_header,

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ohttp import Limits, Mode, RemoteProtocolError, bhttp, encode_request, encode_response
+from ohttp.bhttp._decode import _fast_known_length
 from tests.ohttp.strategies import requests, responses
 from tests.ohttp.test_fuzz import mutated
 
@@ -44,7 +45,7 @@ def incremental(data: bytes, limits: Limits) -> object:
 
 
 def agree(data: bytes, limits: Limits) -> None:
-    fast = bhttp._fast_known_length(data, limits, None)
+    fast = _fast_known_length(data, limits, None)
     try:
         slow = incremental(data, limits)
     except RemoteProtocolError:
@@ -69,7 +70,7 @@ def test_fast_path_agrees_on_valid_messages(data: bytes, limits: Limits) -> None
         # Every valid known-length message without informational responses takes the fast path.
         msg = bhttp.decode(data)
         if isinstance(msg, bhttp.Request) or not msg.informational:
-            assert bhttp._fast_known_length(data, limits, None) == msg
+            assert _fast_known_length(data, limits, None) == msg
 
 
 @settings(max_examples=1500, deadline=None)
