@@ -26,11 +26,12 @@ SUBCOMMANDS: Final[dict[str, tuple[str, str]]] = {
     "attest": ("enclave.attestation.cli", "verify attestation evidence (a bundle, a URL, or raw files)"),
     "broker": ("enclave.broker.cli", "run the key broker (Trustee KBS) that releases secrets to attested gateways"),
     "model": ("enclave.model.cli", "encrypt a model directory for gateways, or decrypt one to check it"),
+    "issuer": ("proxy.issuer.cli", "run a Privacy Pass issuer that gives API-key holders anonymous tokens"),
 }
 
 
 #: Subcommands that run a server; they get the event loop chosen by ``VEIL_EVENT_LOOP``.
-SERVERS: Final = frozenset({"gateway", "relay", "proxy"})
+SERVERS: Final = frozenset({"gateway", "relay", "proxy", "issuer"})
 #: ``VEIL_EVENT_LOOP``: ``auto`` (default) is uvloop when it is installed, else asyncio's own loop.
 EVENT_LOOPS: Final = ("auto", "uvloop", "asyncio")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -223,11 +223,12 @@ class Token:
 
 @dataclass(frozen=True, slots=True)
 class TokenKey:
-    """An issuer's public key as clients and origins hold it: the SPKI as published, its id and the parsed key."""
+    """An issuer's public key as clients and origins hold it: the SPKI as published, its id and the parsed key.
+    Equal (and hashed) by the SPKI bytes."""
 
     spki: bytes
-    key_id: bytes
-    public_key: rsa.RSAPublicKey
+    key_id: bytes = field(compare=False)
+    public_key: rsa.RSAPublicKey = field(compare=False)
 
     @classmethod
     def from_spki(cls, spki: bytes) -> TokenKey:
