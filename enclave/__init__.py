@@ -10,14 +10,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .api import Api, ApiKeys
+    from .api import Api, ApiKeyTable
     from .attestation import Bundle, SimulatedProvider
     from .engines import EchoEngine, Engine, EngineResponse, UpstreamEngine
     from .gateway import GatewayConfig, create_app
 
 _WHERE = {
     "Api": ".api",
-    "ApiKeys": ".api",
+    "ApiKeyTable": ".api",
     "Bundle": ".attestation",
     "SimulatedProvider": ".attestation",
     "EchoEngine": ".engines",
@@ -32,7 +32,7 @@ __all__ = [
     "create_app",
     "GatewayConfig",
     "Api",
-    "ApiKeys",
+    "ApiKeyTable",
     "Engine",
     "EngineResponse",
     "EchoEngine",

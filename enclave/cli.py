@@ -14,7 +14,7 @@ from aiohttp import web
 from ohttp import GatewayKey, KeyRing
 from veil_cli import Option, add_options
 
-from .api import Api, ApiKeys
+from .api import Api, ApiKeyTable
 from .api.router import CACHE_SALT_MODES
 from .attestation import EvidenceProvider, SimulatedProvider
 from .attestation.errors import AttestationError
@@ -25,7 +25,7 @@ from .engines.selfcheck import SELF_CHECK_MODES, is_default_model
 from .engines.vllm import DTYPES
 from .gateway import GatewayConfig, create_app
 from .kbs_client import load_broker_keys
-from .keyfile import KEMS, KeyFileError, load_key_file
+from .ohttp_key_file import KEMS, OhttpKeyFileError, load_ohttp_key_file
 from .model.loader import DecryptedModel, load_for_gateway
 from .operator_input import refuse_operator_input
 
@@ -248,14 +248,14 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"veil gateway: --listen must be HOST:PORT or vsock:PORT, got {args.listen!r}")
     if args.key_file:
         try:
-            key = load_key_file(args.key_file)
-        except KeyFileError as exc:
+            key = load_ohttp_key_file(args.key_file)
+        except OhttpKeyFileError as exc:
             raise SystemExit(f"veil gateway: {exc}") from None
         log.warning("loaded the OHTTP key from %s: for tests and key-management integrations only", args.key_file)
     elif not args.key_broker:
         key = GatewayKey.generate(0, KEMS[args.kem])  # in memory only; never written to disk
     try:
-        api_keys = ApiKeys.load(args.api_keys_file)
+        api_keys = ApiKeyTable.load(args.api_keys_file)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"veil gateway: cannot load API keys: {exc}") from None
     provider = make_provider(args)
@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _exit_status(app: web.Application) -> int:
     """0 after a normal stop; the reason and 1 when the engine failed to start or failed its self-check."""
-    from .gateway.appkeys import STATE
+    from .gateway.app_state_keys import STATE
 
     if (error := app[STATE].engine_error) is not None:
         print(f"veil gateway: {error}", file=sys.stderr, flush=True)

@@ -58,7 +58,7 @@ from .broker.protocol import (
     b64url_decode,
     kbs_report_data,
 )
-from .keyset import KeySetError, parse_key_set
+from .ohttp_key_set import KeySetError, parse_key_set
 
 log = logging.getLogger("veil.gateway")
 
@@ -313,7 +313,7 @@ def broker_model_key_source(args: Any, provider: EvidenceProvider) -> Callable[[
     ``veil model keygen`` writes (``{"key_id": ..., "key": "<64 hex>"}``), sealed at the broker.
     """
     def source(key_id: str) -> bytes:
-        from .model.keys import ModelKey
+        from .model.model_key import ModelKey
 
         path = f"{args.model_key_repo}/model-key/{key_id}"
         try:

@@ -1,7 +1,7 @@
 """The OpenAI API served inside the TEE."""
 
-from .auth import ApiKeys, hash_key
+from .auth import ApiKeyTable, hash_key
 from .errors import openai_error
 from .router import Api, ApiRequest
 
-__all__ = ["Api", "ApiRequest", "ApiKeys", "hash_key", "openai_error"]
+__all__ = ["Api", "ApiRequest", "ApiKeyTable", "hash_key", "openai_error"]

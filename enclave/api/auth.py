@@ -12,14 +12,15 @@ import os
 from pathlib import Path
 
 
-class ApiKeys:
-    """A set of hashed keys; each has a name that becomes the tenant id for prompt-cache isolation."""
+class ApiKeyTable:
+    """The gateway's table of API keys, by SHA-256; each has a name that becomes the tenant id for prompt-cache
+    isolation."""
 
     def __init__(self, hashed: dict[str, str]) -> None:
         self._hashed = {bytes.fromhex(h): name for h, name in hashed.items()}
 
     @classmethod
-    def load(cls, path: str | None, env_var: str = "VEIL_GATEWAY_API_KEYS") -> ApiKeys | None:
+    def load(cls, path: str | None, env_var: str = "VEIL_GATEWAY_API_KEYS") -> ApiKeyTable | None:
         """From a file of ``name:sha256hex`` (or bare ``sha256hex``) lines, and/or plain keys in ``env_var``."""
         hashed: dict[str, str] = {}
         if path:

@@ -18,7 +18,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from ..engines.base import Engine, EngineResponse, EngineUnavailable
-from .auth import ApiKeys
+from .auth import ApiKeyTable
 from .errors import openai_error
 from .models import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ResponsesRequest
 
@@ -79,7 +79,7 @@ class Api:
         self,
         engine: Engine,
         *,
-        api_keys: ApiKeys | None = None,
+        api_keys: ApiKeyTable | None = None,
         cache_salt: str = "tenant",
         models_ttl: float = 30.0,
     ) -> None:

@@ -35,7 +35,7 @@ from typing import Any, Final
 import orjson
 
 from ..attestation.errors import EvidenceFormatError
-from ..keyset import new_key_set
+from ..ohttp_key_set import new_key_set
 from .policy import AttestationPolicy
 from .protocol import KbsProtocolError, parse_resource_path
 from .sealing import SealError, seal, unseal

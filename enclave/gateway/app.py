@@ -18,7 +18,7 @@ from ..api import Api
 from ..attestation import EvidenceProvider
 from ..engines import Engine
 from ..engines.selfcheck import EngineSelfCheckFailed
-from .appkeys import STATE
+from .app_state_keys import STATE
 from .config import GatewayConfig
 from .ohttp_routes import get_attestation, get_keys, post_gateway
 from .state import GatewayState

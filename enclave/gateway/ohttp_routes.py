@@ -25,7 +25,7 @@ from ohttp import bhttp
 from ..api import ApiRequest, openai_error
 from ..attestation.errors import AttestationError
 from ..engines import EngineResponse, EngineUnavailable
-from .appkeys import STATE
+from .app_state_keys import STATE
 from .replay import http_date, parse_http_date
 from .state import GatewayState
 

@@ -15,7 +15,7 @@ from .container import (
     read_manifest,
 )
 from .errors import ModelError, ModelIntegrityError, ModelKeyError
-from .keys import KeySource, ModelKey, key_file_source, load_key_file, write_key_file
+from .model_key import KeySource, ModelKey, key_file_source, load_key_file, write_key_file
 from .loader import DecryptedModel, decrypt_to_memory, load_for_gateway
 from .tmpfs import filesystem_of, is_memory_backed
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .container import DEFAULT_CHUNK_SIZE, decrypt_model, encrypt_model
 from .errors import ModelError
-from .keys import ModelKey, key_file_source, load_key_file, write_key_file
+from .model_key import ModelKey, key_file_source, load_key_file, write_key_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -52,7 +52,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import ModelError, ModelIntegrityError, ModelKeyError
-from .keys import KEY_BYTES, KeySource, ModelKey, check_key_id
+from .model_key import KEY_BYTES, KeySource, ModelKey, check_key_id
 
 FORMAT: Final = "veil-encrypted-model"
 VERSION: Final = 1

@@ -1,7 +1,7 @@
 """The gateway's model loading step: decrypt and verify an encrypted model into TEE memory before anything serves.
 
 ``veil gateway --encrypted-model DIR --model-key-file F`` (any engine) runs :func:`load_for_gateway` before it
-listens: the key comes from a :data:`~enclave.model.keys.KeySource` (the key file today; a key broker that releases
+listens: the key comes from a :data:`~enclave.model.model_key.KeySource` (the key file today; a key broker that releases
 keys to attested gateways plugs in the same way), the model is decrypted into a fresh directory on a tmpfs mount,
 every chunk and every file's SHA-256 are verified, and only then is the engine started on that directory. Any
 failure ends the process with a non-zero status and the reason; the directory is removed when the gateway exits.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .container import DecryptStats, decrypt_model
 from .errors import ModelError
-from .keys import KeySource, key_file_source
+from .model_key import KeySource, key_file_source
 from .tmpfs import filesystem_of, is_memory_backed
 
 log = logging.getLogger("veil.model")

@@ -214,7 +214,7 @@ def test_the_gateway_binds_the_configuration_it_runs_with() -> None:
     from enclave.api import Api
     from enclave.engines import EchoEngine
     from enclave.gateway import GatewayConfig, create_app
-    from enclave.gateway.appkeys import STATE
+    from enclave.gateway.app_state_keys import STATE
 
     engine = EchoEngine()
     cfg = GatewayConfig(pad_to=512, replay_window=2.5, require_date=True, key_origin="broker", model="m",

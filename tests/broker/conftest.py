@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from enclave.attestation.simulated import MEASUREMENT
-from enclave.keyset import new_key_set
+from enclave.ohttp_key_set import new_key_set
 from tests.harness import http_ok, start_veil
 from tests.integration.conftest import REPO, Proc, free_port, veil_process  # noqa: F401  (veil_process: fixture)
 

@@ -17,7 +17,7 @@ from enclave.attestation.simulated import MEASUREMENT
 from enclave.broker.policy import AttestationPolicy
 from enclave.broker.protocol import Attestation, AuthRequest, Challenge, kbs_report_data
 from enclave.kbs_client import KbsClient, KbsClientError, TeeKey, attest_broker
-from enclave.keyset import parse_key_set
+from enclave.ohttp_key_set import parse_key_set
 from ohttp import KeyRing
 from proxy import OhttpClient
 from proxy.verify import make_verifier

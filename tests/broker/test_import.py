@@ -29,7 +29,7 @@ from enclave.broker.importer import token_hash, upload
 from enclave.broker.policy import AttestationPolicy
 from enclave.broker.sealing import seal
 from enclave.kbs_client import KbsClient, KbsClientError, attest_broker
-from enclave.keyset import KeySetError, new_key_set, parse_key_set
+from enclave.ohttp_key_set import KeySetError, new_key_set, parse_key_set
 from tests.integration.conftest import REPO, Proc, free_port
 
 from .conftest import KEYSET, BrokerFiles, BrokerProc, make_broker_files, start_broker

@@ -13,7 +13,7 @@ from enclave.attestation.simulated import MEASUREMENT
 from enclave.broker.config import BrokerConfigError, load_resources
 from enclave.broker.policy import AttestationPolicy, check_evidence
 from enclave.broker.sealing import KEK_ENV, SealError, load_kek, seal, unseal
-from enclave.keyset import KeySetError, new_key_set, parse_key_set
+from enclave.ohttp_key_set import KeySetError, new_key_set, parse_key_set
 from ohttp import KeyRing
 
 KEK = bytes(range(32))

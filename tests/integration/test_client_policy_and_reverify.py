@@ -25,7 +25,7 @@ from enclave.attestation.errors import EvidenceFormatError
 from enclave.attestation.policy import Policy
 from enclave.engines import EchoEngine
 from enclave.gateway import GatewayConfig, create_app
-from enclave.gateway.appkeys import STATE
+from enclave.gateway.app_state_keys import STATE
 from ohttp import GatewayKey, KeyRing
 from proxy.client import VeilAsyncTransport, VeilTransport
 from proxy.transport import OhttpClient, VeilClientError

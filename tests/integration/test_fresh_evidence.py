@@ -98,7 +98,7 @@ async def test_rotation_with_slow_evidence_neither_stalls_the_loop_nor_splits_ke
     import asyncio
     import time
 
-    from enclave.gateway.appkeys import STATE
+    from enclave.gateway.app_state_keys import STATE
 
     client = await _client(aiohttp_client, SlowProvider())
     state = client.server.app[STATE]
@@ -129,7 +129,7 @@ class FailingAfterStartProvider(CountingProvider):
 
 
 async def test_failed_collection_keeps_the_previous_keys_and_evidence(aiohttp_client) -> None:  # type: ignore[no-untyped-def]
-    from enclave.gateway.appkeys import STATE
+    from enclave.gateway.app_state_keys import STATE
 
     client = await _client(aiohttp_client, FailingAfterStartProvider())
     state = client.server.app[STATE]

@@ -499,7 +499,7 @@ async def test_an_encrypted_models_manifest_hash_is_bound(veil_process: Callable
 
     from enclave.attestation import Bundle
     from enclave.model.container import encrypt_model
-    from enclave.model.keys import ModelKey, write_key_file
+    from enclave.model.model_key import ModelKey, write_key_file
 
     src = tmp_path / "model"
     src.mkdir()

@@ -20,7 +20,7 @@ import orjson
 
 from ohttp import GatewayKey
 
-from .keyfile import KEMS, KeyFileError, parse_suite
+from .ohttp_key_file import KEMS, OhttpKeyFileError, parse_suite
 
 DEFAULT_SUITES: Final = ("hkdf-sha256/aes-128-gcm", "hkdf-sha256/chacha20-poly1305")
 _KEYS: Final = {"key_id", "kem", "seed", "not_before", "not_after", "suites"}
@@ -74,7 +74,7 @@ def parse_key_set(data: bytes) -> list[GatewayKey]:
                                           not_after=_time(entry.get("not_after"), f"entry {i} not_after")))
         except KeySetError:
             raise
-        except KeyFileError as exc:
+        except OhttpKeyFileError as exc:
             raise KeySetError(f"key set entry {i}: {exc}") from None
         except KeyError as exc:
             raise KeySetError(f"key set entry {i}: missing or unknown {exc}") from None

@@ -29,7 +29,7 @@ AEADS: Final = {
 }
 
 
-class KeyFileError(Exception):
+class OhttpKeyFileError(Exception):
     """The key file cannot be used; the message says why."""
 
 
@@ -37,18 +37,18 @@ def parse_suite(text: str) -> SymmetricSuite:
     """``"hkdf-sha256/aes-128-gcm"`` -> SymmetricSuite."""
     kdf, _, aead = text.lower().partition("/")
     if kdf not in KDFS or aead not in AEADS:
-        raise KeyFileError(f"unknown suite {text!r}; use KDF/AEAD from {sorted(KDFS)} / {sorted(AEADS)}")
+        raise OhttpKeyFileError(f"unknown suite {text!r}; use KDF/AEAD from {sorted(KDFS)} / {sorted(AEADS)}")
     return SymmetricSuite(KDFS[kdf], AEADS[aead])
 
 
-def load_key_file(path: str) -> GatewayKey:
+def load_ohttp_key_file(path: str) -> GatewayKey:
     """Read and validate a key file."""
     try:
         obj: Any = orjson.loads(Path(path).read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
-        raise KeyFileError(f"cannot read key file {path}: {exc}") from None
+        raise OhttpKeyFileError(f"cannot read key file {path}: {exc}") from None
     if not isinstance(obj, dict):
-        raise KeyFileError(f"key file {path} must hold a JSON object")
+        raise OhttpKeyFileError(f"key file {path} must hold a JSON object")
     try:
         key_id = int(obj.get("key_id", 1))
         kem = KEMS[str(obj.get("kem", "x25519")).lower()]
@@ -56,14 +56,14 @@ def load_key_file(path: str) -> GatewayKey:
         if "seed" in obj:
             seed = bytes.fromhex(obj["seed"])
             if len(seed) < 32:
-                raise KeyFileError("seed must be at least 32 bytes (64 hex characters)")
+                raise OhttpKeyFileError("seed must be at least 32 bytes (64 hex characters)")
             return GatewayKey.derive(key_id, seed, kem, suites)
         if "private_key" in obj:
             return GatewayKey.from_private_bytes(key_id, bytes.fromhex(obj["private_key"]), kem, suites)
-    except KeyFileError:
+    except OhttpKeyFileError:
         raise
     except (KeyError, ValueError, TypeError) as exc:
-        raise KeyFileError(f"invalid key file {path}: {type(exc).__name__}: {exc}") from None
+        raise OhttpKeyFileError(f"invalid key file {path}: {type(exc).__name__}: {exc}") from None
     except Exception as exc:
-        raise KeyFileError(f"invalid key in {path}: {exc}") from None
-    raise KeyFileError(f"key file {path} needs 'seed' or 'private_key'")
+        raise OhttpKeyFileError(f"invalid key in {path}: {exc}") from None
+    raise OhttpKeyFileError(f"key file {path} needs 'seed' or 'private_key'")
