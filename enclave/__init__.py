@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .api import Api, ApiKeyTable
     from .attestation import Bundle, SimulatedProvider
-    from .engines import EchoEngine, Engine, EngineResponse, UpstreamEngine
+    from .engines import EchoEngine, Engine, InnerResponse, UpstreamEngine
     from .gateway import GatewayConfig, create_app
 
 _WHERE = {
@@ -22,7 +22,7 @@ _WHERE = {
     "SimulatedProvider": ".attestation",
     "EchoEngine": ".engines",
     "Engine": ".engines",
-    "EngineResponse": ".engines",
+    "InnerResponse": ".engines",
     "UpstreamEngine": ".engines",
     "GatewayConfig": ".gateway",
     "create_app": ".gateway",
@@ -34,7 +34,7 @@ __all__ = [
     "Api",
     "ApiKeyTable",
     "Engine",
-    "EngineResponse",
+    "InnerResponse",
     "EchoEngine",
     "UpstreamEngine",
     "Bundle",

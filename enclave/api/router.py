@@ -17,7 +17,7 @@ from typing import Any, Final
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from ..engines.base import Engine, EngineResponse, EngineUnavailable
+from ..engines.base import Engine, EngineUnavailable, InnerResponse
 from .auth import ApiKeyTable
 from .errors import openai_error
 from .models import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ResponsesRequest
@@ -51,7 +51,7 @@ class ApiRequest:
         return None
 
 
-def _openai_shaped(resp: EngineResponse, path: str) -> EngineResponse:
+def _openai_shaped(resp: InnerResponse, path: str) -> InnerResponse:
     """Engine errors that are not OpenAI error JSON (vLLM answers unknown routes with ``{"detail": ...}``)."""
     if resp.status < 400 or resp.events is not None:
         return resp
@@ -108,7 +108,7 @@ class Api:
         mac = hmac.new(self._salt_secret, tenant.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac[:18]).decode()
 
-    async def handle(self, req: ApiRequest) -> EngineResponse:
+    async def handle(self, req: ApiRequest) -> InnerResponse:
         """Serve one request; never raises for bad input."""
         tenant: str | None = None
         if self.api_keys is not None:
@@ -132,18 +132,18 @@ class Api:
             return openai_error(503, f"The inference engine is unavailable ({exc}); retry shortly.",
                                 code="engine_unavailable")
 
-    async def _models_route(self, path: str) -> EngineResponse:
+    async def _models_route(self, path: str) -> InnerResponse:
         models = await self.models()
         cards = [{"id": m, "object": "model", "created": 0, "owned_by": "veil"} for m in models]
         if path == "/v1/models":
-            return EngineResponse(status=200, body=orjson.dumps({"object": "list", "data": cards}))
+            return InnerResponse(status=200, body=orjson.dumps({"object": "list", "data": cards}))
         wanted = path[len("/v1/models/"):]
         for card in cards:
             if card["id"] == wanted:
-                return EngineResponse(status=200, body=orjson.dumps(card))
+                return InnerResponse(status=200, body=orjson.dumps(card))
         return openai_error(404, f"The model `{wanted}` does not exist.", code="model_not_found", param="model")
 
-    async def _post(self, path: str, model_cls: type[BaseModel], req: ApiRequest, tenant: str | None) -> EngineResponse:
+    async def _post(self, path: str, model_cls: type[BaseModel], req: ApiRequest, tenant: str | None) -> InnerResponse:
         ctype = (req.header(b"content-type") or b"application/json").split(b";")[0].strip().lower()
         if ctype != b"application/json":
             return openai_error(415, "Content-Type must be application/json.")

@@ -1,29 +1,43 @@
-"""The engine interface: something that serves the OpenAI API on behalf of the gateway.
+"""The engine interface, and the one inner-response type that engines, the API layer and the gateway share.
 
 Engines see decapsulated requests (plaintext JSON) and must never log their content.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import AsyncIterator, Protocol
+from dataclasses import dataclass
+from typing import AsyncIterator, Final, Protocol
 
-__all__ = ["Engine", "EngineResponse", "EngineUnavailable"]
+__all__ = ["JSON", "SSE", "Engine", "EngineUnavailable", "InnerResponse"]
+
+#: The header fields of a JSON answer, and of a stream of server-sent events.
+JSON: Final = ((b"content-type", b"application/json"),)
+SSE: Final = ((b"content-type", b"text/event-stream"),)
 
 
 class EngineUnavailable(Exception):
     """The engine cannot take requests now (starting, restarting, or gone); answered as 503 inside the API."""
 
 
-@dataclass
-class EngineResponse:
-    """An engine's answer: a whole body, or (``events`` set) a stream of SSE events, each ending in a blank line."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InnerResponse:
+    """An HTTP response inside the encapsulation, as the gateway encodes it into Binary HTTP.
+
+    ``headers`` are lowercase ``(name, value)`` bytes pairs in the order they are sent. The content is either
+    ``body`` (whole) or, when ``events`` is set, a stream of SSE events, each ending in a blank line.
+    """
 
     status: int
-    content_type: str = "application/json"
+    headers: tuple[tuple[bytes, bytes], ...] = JSON
     body: bytes = b""
     events: AsyncIterator[bytes] | None = None
-    headers: dict[str, str] = field(default_factory=dict)
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lowercase), or ``None``."""
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
 
     async def aclose(self) -> None:
         """Release the stream (cancels generation upstream when it is still running)."""
@@ -55,6 +69,6 @@ class Engine(Protocol):
         """The model ids the engine serves."""
         ...
 
-    async def call(self, method: str, path: str, body: bytes | None, *, stream: bool) -> EngineResponse:
+    async def call(self, method: str, path: str, body: bytes | None, *, stream: bool) -> InnerResponse:
         """Send one OpenAI API request (``path`` like ``/v1/chat/completions``)."""
         ...

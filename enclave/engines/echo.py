@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Final
 
 import orjson
 
-from .base import EngineResponse
+from .base import SSE, InnerResponse
 
 MODEL: Final = "echo"
 
@@ -31,9 +31,9 @@ def _words(text: str) -> list[str]:
     return [p if i == 0 else " " + p for i, p in enumerate(parts) if p or i == 0]
 
 
-def _err(status: int, message: str, typ: str = "invalid_request_error", code: str | None = None) -> EngineResponse:
+def _err(status: int, message: str, typ: str = "invalid_request_error", code: str | None = None) -> InnerResponse:
     body = {"error": {"message": message, "type": typ, "param": None, "code": code}}
-    return EngineResponse(status=status, body=orjson.dumps(body))
+    return InnerResponse(status=status, body=orjson.dumps(body))
 
 
 class EchoEngine:
@@ -63,10 +63,10 @@ class EchoEngine:
         self._counter += 1
         return f"{prefix}-echo{self._counter:08d}"
 
-    async def call(self, method: str, path: str, body: bytes | None, *, stream: bool) -> EngineResponse:
+    async def call(self, method: str, path: str, body: bytes | None, *, stream: bool) -> InnerResponse:
         if path == "/v1/models" and method == "GET":
             data = {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "veil"}]}
-            return EngineResponse(status=200, body=orjson.dumps(data))
+            return InnerResponse(status=200, body=orjson.dumps(data))
         if method != "POST":
             return _err(405, f"method {method} not allowed on {path}")
         req: dict[str, Any] = orjson.loads(body or b"{}")
@@ -80,7 +80,7 @@ class EchoEngine:
 
     # -- chat ----------------------------------------------------------------------------------------------------
 
-    def _chat(self, req: dict[str, Any], stream: bool) -> EngineResponse:
+    def _chat(self, req: dict[str, Any], stream: bool) -> InnerResponse:
         messages = req.get("messages", [])
         last_user: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
         text = _text_of(last_user.get("content", ""))
@@ -108,11 +108,11 @@ class EchoEngine:
                 "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
                 "usage": usage,
             }
-            return EngineResponse(status=200, body=orjson.dumps(out))
+            return InnerResponse(status=200, body=orjson.dumps(out))
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
-        return EngineResponse(
+        return InnerResponse(
             status=200,
-            content_type="text/event-stream",
+            headers=SSE,
             events=self._chat_stream(base, words, finish, tool_call, usage if include_usage else None),
         )
 
@@ -162,7 +162,7 @@ class EchoEngine:
 
     # -- completions and embeddings ------------------------------------------------------------------------------
 
-    def _completion(self, req: dict[str, Any], stream: bool) -> EngineResponse:
+    def _completion(self, req: dict[str, Any], stream: bool) -> InnerResponse:
         prompt = req.get("prompt", "")
         text = prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
         words = _words(text)
@@ -172,7 +172,7 @@ class EchoEngine:
         usage = {"prompt_tokens": n, "completion_tokens": len(words), "total_tokens": n + len(words)}
         if not stream:
             out = {**base, "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}], "usage": usage}
-            return EngineResponse(status=200, body=orjson.dumps(out))
+            return InnerResponse(status=200, body=orjson.dumps(out))
 
         async def events() -> AsyncIterator[bytes]:
             for w in words:
@@ -184,9 +184,9 @@ class EchoEngine:
             yield b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
             yield b"data: [DONE]\n\n"
 
-        return EngineResponse(status=200, content_type="text/event-stream", events=events())
+        return InnerResponse(status=200, headers=SSE, events=events())
 
-    def _embeddings(self, req: dict[str, Any]) -> EngineResponse:
+    def _embeddings(self, req: dict[str, Any]) -> InnerResponse:
         inputs = req.get("input", "")
         items = inputs if isinstance(inputs, list) else [inputs]
         data = []
@@ -195,4 +195,4 @@ class EchoEngine:
             data.append({"object": "embedding", "index": i, "embedding": [b / 255.0 for b in digest[:8]]})
         n = sum(len(str(x).split()) for x in items)
         out = {"object": "list", "data": data, "model": req.get("model", MODEL), "usage": {"prompt_tokens": n, "total_tokens": n}}
-        return EngineResponse(status=200, body=orjson.dumps(out))
+        return InnerResponse(status=200, body=orjson.dumps(out))

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from .base import EngineResponse, EngineUnavailable
+from .base import SSE, EngineUnavailable, InnerResponse
 from .selfcheck import SELF_CHECKS, EngineSelfCheckFailed, SelfCheck, cpu_summary, judge
 
 log = logging.getLogger("veil.engine")
@@ -138,7 +138,7 @@ class UpstreamEngine:
             await self.probe()
         return list(self._models or [])
 
-    async def call(self, method: str, path: str, body: bytes | None, *, stream: bool) -> EngineResponse:
+    async def call(self, method: str, path: str, body: bytes | None, *, stream: bool) -> InnerResponse:
         if self._session is None:
             raise EngineUnavailable("engine not started")
         headers = {"content-type": "application/json"} if body is not None else {}
@@ -147,16 +147,17 @@ class UpstreamEngine:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             self._healthy = False
             raise EngineUnavailable(f"engine unreachable: {type(exc).__name__}") from None
-        ctype = resp.headers.get("content-type", "application/json").split(";")[0].strip()
-        if stream and resp.status == 200 and ctype == "text/event-stream":
-            return EngineResponse(status=200, content_type=ctype, events=_sse_events(resp))
+        # Only the media type travels on: nothing else the engine says about itself reaches the client.
+        ctype = resp.headers.get("content-type", "application/json").split(";")[0].strip().encode("latin-1")
+        if stream and resp.status == 200 and ctype == b"text/event-stream":
+            return InnerResponse(status=200, headers=SSE, events=_sse_events(resp))
         try:
             data = await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise EngineUnavailable(f"engine failed mid-response: {type(exc).__name__}") from None
         finally:
             resp.release()
-        return EngineResponse(status=resp.status, content_type=ctype, body=data)
+        return InnerResponse(status=resp.status, headers=((b"content-type", ctype),), body=data)
 
 
 async def _sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

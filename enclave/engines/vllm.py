@@ -23,7 +23,7 @@ import aiohttp
 
 from veil_cli import die_with_parent
 
-from .base import EngineResponse, EngineUnavailable
+from .base import EngineUnavailable, InnerResponse
 from .selfcheck import EngineSelfCheckFailed
 from .upstream import UpstreamEngine
 
@@ -247,7 +247,7 @@ class VllmEngine(UpstreamEngine):
     def healthy(self) -> bool:
         return self._ready.is_set() and self._proc is not None and self._proc.returncode is None and super().healthy()
 
-    async def call(self, method: str, path: str, body: bytes | None, *, stream: bool) -> EngineResponse:
+    async def call(self, method: str, path: str, body: bytes | None, *, stream: bool) -> InnerResponse:
         if not self.healthy():
             raise EngineUnavailable("vLLM is starting or restarting")
         return await super().call(method, path, body, stream=stream)

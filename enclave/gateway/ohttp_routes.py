@@ -22,25 +22,17 @@ from aiohttp import web
 import ohttp
 from ohttp import bhttp
 
-from ..api import ApiRequest, openai_error
 from ..attestation.errors import AttestationError
-from ..engines import EngineResponse, EngineUnavailable
+from ..engines import EngineUnavailable, InnerResponse
 from .app_state_keys import STATE
-from .replay import http_date, parse_http_date
+from .inner import MAX_REQUEST_CHUNKS as _MAX_REQUEST_CHUNKS
+from .inner import serve_inner
 from .state import GatewayState
 
 log = logging.getLogger("veil.gateway")
 
 PROBLEM_KEY: Final = "https://iana.org/assignments/http-problem-types#ohttp-key"
-PROBLEM_DATE: Final = "https://iana.org/assignments/http-problem-types#date"
 _NO_STORE: Final = "private, no-store"
-#: What one request may cost the gateway to decode, however it is framed: a body of millions of one-byte
-#: indeterminate-length chunks (or chunked-OHTTP chunks, one AEAD open each) would hold the event loop for seconds.
-#: Honest clients send one chunk; a client streaming a 4 MiB body in 1 KiB pieces still fits.
-_MAX_REQUEST_CHUNKS: Final = 4096
-_REQUEST_LIMITS: Final = bhttp.Limits(
-    max_field_section_size=64 * 1024, max_fields=128, max_content_chunks=_MAX_REQUEST_CHUNKS
-)
 
 
 def problem(status: int, title: str, *, type_: str = "about:blank", detail: str | None = None) -> web.Response:
@@ -209,10 +201,9 @@ async def _post_plain(request: web.Request) -> web.Response:
         resp, outcome = _outer_error(exc)
         m.requests.labels("plain", outcome).inc()
         return resp
-    outcome, api_resp = await _serve_inner(state, inner, ctx.enc)
-    status, headers, content = await _collect(api_resp)
-    m.inner_status_of(status).inc()
-    encoded = bhttp.encode_response(bhttp.Response(status=status, headers=headers, content=content))
+    outcome, inner_resp = await serve_inner(state, inner, ctx.enc)
+    m.inner_status_of(inner_resp.status).inc()
+    encoded = bhttp.encode_response(await _whole(inner_resp))
     encoded += bytes(bhttp.padded_size(len(encoded), state.config.pad_to) - len(encoded))  # RFC 9292 §3.8
     sealed = ctx.encapsulate(encoded)
     m.outcome("plain", outcome).inc()
@@ -385,45 +376,45 @@ def _pad_event(event: bytes, pad: int) -> bytes:
     return b":" + b"p" * (-(len(event) + 2) % pad) + b"\n" + event
 
 
-async def _collect(resp: EngineResponse) -> tuple[int, tuple[tuple[bytes, bytes], ...], bytes]:
-    headers = tuple((n.encode("latin-1"), v.encode("latin-1"))
-                    for n, v in [("content-type", resp.content_type), *resp.headers.items()])
+async def _whole(resp: InnerResponse) -> bhttp.Response:
+    """``resp`` as one BHTTP response: a stream is read to its end (an engine failure ends it in an error event)."""
     if resp.events is None:
-        return resp.status, headers, resp.body
+        return bhttp.Response(status=resp.status, headers=resp.headers, content=resp.body)
     buf = bytearray()
     try:
         async for piece in resp.events:
             buf += piece
     except EngineUnavailable as exc:
         buf += _engine_failed_event(exc)
-    return resp.status, headers, bytes(buf)
+    return bhttp.Response(status=resp.status, headers=resp.headers, content=bytes(buf))
 
 
-async def _serve_inner(state: GatewayState, inner: bytes, enc: bytes) -> tuple[str, EngineResponse]:
-    """Decode the inner BHTTP request, apply replay and Date rules, and call the API. Never raises."""
-    if state.replay.seen(enc):
-        return "replay", openai_error(400, "This request was already received (replay).", code="replayed_request")
-    try:
-        req = bhttp.decode_request(inner, _REQUEST_LIMITS)
-    except ohttp.LimitError as exc:
-        return "inner_decode_error", openai_error(413, f"Binary HTTP request over a limit: {exc}.",
-                                                  code="request_too_complex")
-    except ohttp.RemoteProtocolError as exc:
-        return "inner_decode_error", openai_error(400, f"Malformed binary HTTP request: {exc}.", code="bad_bhttp")
-    date = req.header(b"date")
-    if date is not None or state.config.require_date:
-        t = parse_http_date(date) if date is not None else None
-        if t is None or abs(time.time() - t) > state.config.replay_window:
-            body = {"type": PROBLEM_DATE, "title": "date not acceptable", "status": 400}
-            return "date", EngineResponse(
-                status=400, content_type="application/problem+json", body=orjson.dumps(body),
-                headers={"date": http_date()},
-            )
-    api_req = ApiRequest(
-        method=req.method.decode("ascii"), path=req.path.decode("latin-1"), headers=req.headers, body=req.content
-    )
-    try:
-        return "ok", await state.api.handle(api_req)
-    except Exception as exc:  # a bug must not become a traceback for the client, nor leak content into logs
-        log.error("internal error while serving an inner request: %s (content not logged)", type(exc).__name__)
-        return "internal_error", openai_error(500, "Internal error in the gateway.", code="internal_error")
+async def _serve_inner(state: GatewayState, inner: bytes, enc: bytes) -> tuple[str, _HeadView]:
+    """:func:`~enclave.gateway.inner.serve_inner` in the shape ``_post_chunked`` reads (:class:`_HeadView`)."""
+    outcome, resp = await serve_inner(state, inner, enc)
+    return outcome, _HeadView(resp)
+
+
+class _HeadView:
+    """An :class:`InnerResponse` as ``_post_chunked`` still reads it: ``content_type`` and the other ``headers``
+    apart. Transitional (the chunked pipeline is being reworked elsewhere): once it encodes the head as
+    ``bhttp.encode_response_head(resp.status, resp.headers)`` from ``serve_inner``, this and ``_serve_inner`` go.
+    The fields stay bytes and their order is kept."""
+
+    __slots__ = ("_resp", "status", "body", "events", "content_type", "headers")
+
+    def __init__(self, resp: InnerResponse) -> None:
+        self._resp = resp
+        self.status, self.body, self.events = resp.status, resp.body, resp.events
+        self.content_type: bytes | str = resp.header(b"content-type") or b"application/json"
+        self.headers = _Fields(f for f in resp.headers if f[0] != b"content-type")
+
+    async def aclose(self) -> None:
+        await self._resp.aclose()
+
+
+class _Fields(tuple[tuple[bytes, bytes], ...]):
+    """Header fields with a mapping's ``items()``, for :class:`_HeadView`."""
+
+    def items(self) -> tuple[tuple[bytes | str, bytes | str], ...]:  # (typed as encode_response_head takes them)
+        return self
