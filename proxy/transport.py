@@ -33,6 +33,8 @@ INNER_HEADERS: Final = frozenset({"content-type", "accept", "authorization", "op
 #: Inner requests are padded to ``ohttp.padded_size(n, REQUEST_PAD)``: prompts up to about 1 KiB look alike, and
 #: longer ones differ only in steps of 1 KiB (Padmé's larger steps past 32 KiB).
 REQUEST_PAD: Final = 1024
+#: The response header in which clients tell their caller how the gateway's attestation was checked.
+ATTESTATION_HEADER: Final = b"x-veil-attestation"
 
 
 def inner_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
@@ -71,6 +73,11 @@ class KeyState:
         """Whether the verification no longer holds: nothing may be sent to these keys before a new one."""
         return self.expires_at is not None and (time.time() if now is None else now) >= self.expires_at
 
+    @property
+    def attestation(self) -> bytes:
+        """The :data:`ATTESTATION_HEADER` value for these keys: ``simulated`` or ``verified``."""
+        return b"simulated" if self.simulated else b"verified"
+
 
 #: Verifies an evidence bundle for a keys body; returns (verification result, simulated?) or raises.
 Verifier = Callable[[bytes, bytes], "tuple[object, bool]"]
@@ -92,6 +99,14 @@ class InnerResponse:
             if n == name:
                 return v
         return None
+
+    def caller_headers(self, drop: frozenset[bytes], keys: KeyState | None) -> list[tuple[bytes, bytes]]:
+        """The headers to hand on to the caller: none named in ``drop`` (hop-by-hop ones) nor an
+        :data:`ATTESTATION_HEADER` from the gateway, then this client's own one for ``keys`` when there are keys."""
+        out = [(n, v) for n, v in self.headers if n not in drop and n != ATTESTATION_HEADER]
+        if keys is not None:
+            out.append((ATTESTATION_HEADER, keys.attestation))
+        return out
 
 
 class OhttpClient:

@@ -17,14 +17,15 @@ from aiohttp import web
 
 from enclave.attestation.result import Verdict
 
-from ..transport import OhttpClient, VeilClientError, wants_stream
+from ..transport import ATTESTATION_HEADER, OhttpClient, VeilClientError, wants_stream
 from .guard import host_guard
 from .passthrough import PAGE_RELAY_PATH, RelayPassthrough
 
 log = logging.getLogger("veil.proxy")
 
 API_KEY_MODES: Final = ("auto", "always", "never")
-_HOP: Final = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"})
+#: Inner response headers not handed on: hop-by-hop ones, and those aiohttp writes itself.
+_HOP: Final = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"date", b"server"})
 
 
 @dataclass
@@ -49,7 +50,7 @@ def _attestation_header(state: ProxyState) -> dict[str, str]:
     keys = state.client.keys
     if keys is None:
         return {}
-    return {"x-veil-attestation": "simulated" if keys.simulated else "verified"}
+    return {ATTESTATION_HEADER.decode(): keys.attestation.decode()}
 
 
 async def api(request: web.Request) -> web.StreamResponse:
@@ -75,8 +76,8 @@ async def api(request: web.Request) -> web.StreamResponse:
     except VeilClientError as exc:
         log.warning("request failed: %s", exc)
         return _openai_error(exc.status if exc.status >= 400 else 502, f"Veil: {exc}", exc.code)
-    out_headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in inner.headers if n.decode("latin-1") not in _HOP}
-    out_headers.update(_attestation_header(state))
+    # Bytes until here, where aiohttp wants str.
+    out_headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in inner.caller_headers(_HOP, state.client.keys)]
     if inner.pieces is None:
         return web.Response(status=inner.status, body=inner.body, headers=out_headers)
     resp = web.StreamResponse(status=inner.status, headers=out_headers)

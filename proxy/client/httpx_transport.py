@@ -35,10 +35,12 @@ T = TypeVar("T")
 _HOP = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
 
 
-def _headers(inner: InnerResponse, simulated: bool) -> list[tuple[bytes, bytes]]:
-    out = [(n, v) for n, v in inner.headers if n not in _HOP]
-    out.append((b"x-veil-attestation", b"simulated" if simulated else b"verified"))
-    return out
+def _response(inner: InnerResponse, client: OhttpClient, stream: httpx.SyncByteStream | httpx.AsyncByteStream | None
+              ) -> httpx.Response:
+    headers = inner.caller_headers(_HOP, client.keys)
+    if stream is None:
+        return httpx.Response(inner.status, headers=headers, content=inner.body)
+    return httpx.Response(inner.status, headers=headers, stream=stream)
 
 
 class VeilAsyncTransport(httpx.AsyncBaseTransport):
@@ -78,10 +80,7 @@ class VeilAsyncTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         inner = await self.send(request, await request.aread())
-        simulated = bool(self.client.keys and self.client.keys.simulated)
-        if inner.pieces is None:
-            return httpx.Response(inner.status, headers=_headers(inner, simulated), content=inner.body)
-        return httpx.Response(inner.status, headers=_headers(inner, simulated), stream=_AsyncStream(inner.pieces))
+        return _response(inner, self.client, None if inner.pieces is None else _AsyncStream(inner.pieces))
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -144,10 +143,7 @@ class VeilTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         inner = self._run(self._async.send(request, request.read()))
-        simulated = bool(self._async.client.keys and self._async.client.keys.simulated)
-        if inner.pieces is None:
-            return httpx.Response(inner.status, headers=_headers(inner, simulated), content=inner.body)
-        return httpx.Response(inner.status, headers=_headers(inner, simulated), stream=_SyncStream(self, inner.pieces))
+        return _response(inner, self._async.client, None if inner.pieces is None else _SyncStream(self, inner.pieces))
 
     def close(self) -> None:
         if self._loop.is_running():
