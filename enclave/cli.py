@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -16,10 +14,8 @@ from veil_cli import Option, add_options
 
 from .api import Api, ApiKeyTable
 from .api.router import CACHE_SALT_MODES
-from .attestation import EvidenceProvider, SimulatedProvider
-from .attestation.errors import AttestationError
-from .attestation.gateway_evidence import GpuEvidenceSource
-from .attestation.provider import PROVIDER_KINDS
+from . import attestation
+from .attestation import PROVIDER_KINDS, AttestationError, EvidenceProvider, ProviderError, ProviderOptions
 from .engines import EchoEngine, Engine, UpstreamEngine
 from .engines.selfcheck import SELF_CHECK_MODES, is_default_model
 from .engines.vllm import DTYPES
@@ -109,70 +105,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser, "gateway", OPTIONS)
 
 
-TEE_DEVICES = ("/sys/kernel/config/tsm/report", "/dev/sev-guest", "/dev/tdx_guest", "/dev/nsm")
-#: On an Azure CVM the guest sees no TEE device (the paravisor owns it) but a vTPM.
-VTPM_DEVICE = "/dev/tpmrm0"
-
-
 def make_provider(args: argparse.Namespace) -> EvidenceProvider:
-    """The evidence provider. Simulated is refused on TEE hardware and a real one without it: no silent fallback."""
-    kind = args.attestation
-    present = [d for d in TEE_DEVICES if os.path.exists(d)]
-    if kind == "simulated":
-        from .attestation.azure.vtpm import hcl_report_present
-
-        if not present and hcl_report_present(args.tpm_tcti):
-            present = ["an Azure HCL report in the vTPM"]
-        if present:
-            raise SystemExit(
-                f"veil gateway: TEE hardware found ({', '.join(present)}); refusing to publish simulated evidence on "
-                "real hardware. Use --attestation auto."
-            )
-        cpu: EvidenceProvider = SimulatedProvider()
-    elif kind == "azure" or (kind == "auto" and not present and os.path.exists(VTPM_DEVICE)):
-        cpu = _azure_provider(args)
-    elif kind == "nitro" or (kind == "auto" and present == ["/dev/nsm"]):
-        from .attestation.nitro import NitroProvider
-
-        try:
-            cpu = NitroProvider(path=args.nsm_device)
-        except AttestationError as exc:
-            raise SystemExit(f"veil gateway: --attestation nitro: {exc}") from None
-    else:
-        from .attestation.tsm import ConfigfsTsmProvider, TsmError
-
-        try:
-            tsm = ConfigfsTsmProvider()
-        except TsmError as exc:
-            raise SystemExit(f"veil gateway: --attestation {kind}: {exc}. For development without a TEE use "
-                             "--attestation simulated.") from None
-        if kind != "auto" and tsm.platform != kind:
-            raise SystemExit(f"veil gateway: --attestation {kind}, but this machine is a {tsm.platform} guest")
-        cpu = tsm
-    gpu: GpuEvidenceSource | None = None
-    if args.gpu_evidence_command and args.gpu_evidence != "none":
-        raise SystemExit("veil gateway: give --gpu-evidence or --gpu-evidence-command, not both")
-    if args.gpu_evidence_command:
-        from .attestation.gateway_evidence import GpuEvidenceCommand
-
-        gpu = GpuEvidenceCommand(shlex.split(args.gpu_evidence_command))
-    elif args.gpu_evidence == "nvml":
-        from .attestation.gateway_evidence import NvmlGpuEvidence
-
-        gpu = NvmlGpuEvidence()
-    from .attestation.gateway_evidence import GatewayEvidence
-
-    return GatewayEvidence(cpu, gpu=gpu, pccs_url=args.pccs_url)
-
-
-def _azure_provider(args: argparse.Namespace) -> EvidenceProvider:
-    from .attestation.azure.provider import AzureVtpmProvider
-    from .attestation.azure.vtpm import Tpm2Tools
-
+    """The evidence provider ``--attestation`` names (:func:`enclave.attestation.make_provider`)."""
+    options = ProviderOptions(tpm_tcti=args.tpm_tcti, azure_imds_url=args.azure_imds_url, maa_url=args.maa_url,
+                              nsm_device=args.nsm_device, pccs_url=args.pccs_url, gpu_evidence=args.gpu_evidence,
+                              gpu_evidence_command=args.gpu_evidence_command)
     try:
-        return AzureVtpmProvider(Tpm2Tools(args.tpm_tcti), imds_url=args.azure_imds_url, maa_url=args.maa_url)
-    except AttestationError as exc:
-        raise SystemExit(f"veil gateway: --attestation azure: {exc}") from None
+        return attestation.make_provider(args.attestation, options)
+    except ProviderError as exc:
+        raise SystemExit(f"veil gateway: {exc}") from None
 
 
 def make_engine(args: argparse.Namespace) -> Engine:

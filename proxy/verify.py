@@ -10,11 +10,8 @@ import logging
 import os
 from typing import Callable
 
-from enclave.attestation import Bundle, BundleError
-from enclave.attestation.errors import AttestationError
-from enclave.attestation.policy import Policy
-from enclave.attestation.result import Verdict
-from enclave.attestation.verify import verify_bundle
+from enclave.attestation import AttestationError, Bundle, BundleError, Policy, Verdict, verify_bundle
+from enclave.attestation import evidence_expiry as bundle_expiry
 
 log = logging.getLogger("veil.client")
 
@@ -78,40 +75,11 @@ def make_verifier(
 def evidence_expiry(bundle_json: bytes) -> float | None:
     """When a bundle's evidence stops verifying by itself (unix time), or None if it does not: an MAA token's
     ``exp`` (a ``platform = "maa"`` bundle or a token attached to Azure evidence), a Nitro document's leaf
-    certificate's ``not_after`` (the NSM reuses the leaf). Read, not verified: call it on bytes that just verified,
-    to know when to verify again. Unparsable bundles give None (they did not verify anyway)."""
+    certificate's ``not_after`` (the NSM reuses the leaf): the platform registry's ``expiry``. Read, not verified:
+    call it on bytes that just verified, to know when to verify again. Unparsable bundles give None (they did not
+    verify anyway)."""
     try:
         bundle = Bundle.from_json(bundle_json)
     except BundleError:
         return None
-    token = bundle.report.decode("ascii", "replace") if bundle.platform == "maa" else bundle.certs.get("maa_token")
-    ends: list[float] = []
-    if token:
-        exp = _jwt_exp(token)
-        if exp is not None:
-            ends.append(exp)
-    if bundle.platform == "aws-nitro":
-        try:
-            from cryptography import x509
-
-            from enclave.attestation.nitro import parse_document
-
-            leaf = x509.load_der_x509_certificate(parse_document(bundle.report).certificate)
-            ends.append(leaf.not_valid_after_utc.timestamp())
-        except (AttestationError, ValueError):
-            pass
-    return min(ends) if ends else None
-
-
-def _jwt_exp(token: str) -> float | None:
-    import base64
-    import binascii
-    import json
-
-    try:
-        payload = token.strip().split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError, binascii.Error):
-        return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+    return bundle_expiry(bundle)

@@ -16,6 +16,8 @@ import orjson
 
 from .bundle import Bundle, BundleError
 from .errors import AttestationError, EvidenceFormatError
+from .azure.policy import MaaPolicy
+from .nvidia.policy import NvidiaPolicy
 from .policy import Policy
 from .verify import verify_bundle
 
@@ -109,7 +111,7 @@ def _azure_bundle(hcl_report: bytes, tpm_quote: bytes, tpm_signature: bytes, pcr
     """The bundle a gateway's Azure provider publishes, from raw evidence (see ``verify._verify_azure``)."""
     import base64
 
-    from .azure import parse_hcl_report
+    from .azure.hcl import parse_hcl_report
 
     certs = {**certs, "tpm_quote": base64.b64encode(tpm_quote).decode(),
              "tpm_signature": base64.b64encode(tpm_signature).decode(),
@@ -154,14 +156,14 @@ def _load(args: argparse.Namespace) -> Bundle:
         raise SystemExit("veil attest: raw evidence carries no key configuration; pass --no-binding")
     collateral = _read(args.collateral).decode() if args.collateral else None
     if args.azure_evidence:
-        from .azure import load_trustee_evidence
+        from .azure.verify import load_trustee_evidence
 
         chain = _read(args.amd_chain).decode() if args.amd_chain else None
         ev = load_trustee_evidence(_read(args.azure_evidence), amd_chain_pem=chain)
         return _azure_bundle(ev.hcl_report, ev.tpm_quote, ev.tpm_signature, ev.pcrs, dict(ev.certs or {}),
                              ev.td_quote, collateral)
     if args.azure_hcl:
-        from .azure import load_tpm_quote
+        from .azure.verify import load_tpm_quote
 
         if not args.tpm_quote:
             raise SystemExit("veil attest: --azure-hcl needs --tpm-quote")
@@ -214,27 +216,20 @@ def run(args: argparse.Namespace) -> int:
         except EvidenceFormatError as exc:
             print(f"veil attest: policy: {exc}", file=sys.stderr)
             return 2
-        if args.maa_token and not args.source and not policy.for_platform("maa").jwks:
+        if args.maa_token and not args.source and not policy.get(MaaPolicy).jwks:
             print("veil attest: --maa-token needs --jwks F (the MAA signing keys you trust) or a policy with "
                   "[maa] jwks_file", file=sys.stderr)
             return 2
         if args.any_measurement:
-            from dataclasses import replace
-
-            policy = replace(policy, snp=replace(policy.snp, any_measurement=True),
-                             tdx=replace(policy.tdx, any_measurement=True),
-                             nvidia=replace(policy.nvidia, any_version=True),
-                             azure=replace(policy.for_platform("azure"), any_measurement=True),
-                             maa=replace(policy.for_platform("maa"), any_measurement=True),
-                             nitro=replace(policy.for_platform("nitro"), any_measurement=True),
-                             sgx=replace(policy.for_platform("sgx"), any_measurement=True))
+            policy = policy.auditing()
         now = parse_time(args.at)
         bundle = _load(args)
         if bundle.platform == "nvidia":  # raw GPU evidence only
-            from .nvidia import decode_gpu_evidence, verify_nvidia
+            from .nvidia import decode_gpu_evidence
+            from .nvidia.verify import verify_nvidia
 
             nonce = bytes.fromhex(args.nonce) if args.nonce else None
-            verdict = verify_nvidia(decode_gpu_evidence(bundle.gpu_evidence), policy.nvidia, now=now,
+            verdict = verify_nvidia(decode_gpu_evidence(bundle.gpu_evidence), policy.get(NvidiaPolicy), now=now,
                                     expected_nonce=nonce)
         else:
             if args.no_binding and bundle.platform not in policy.platforms and bundle.platform != "simulated":

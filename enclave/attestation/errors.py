@@ -31,3 +31,10 @@ class CollateralUnavailableError(AttestationError):
     """Collateral needed for the check is missing or outside its validity (retryable; never a pass)."""
 
     exit_code = 6
+
+
+class ProviderError(AttestationError):
+    """An evidence provider cannot start here (no such device, wrong platform, simulated on real hardware).
+
+    The message names the option (``--attestation nitro: ...``); the command that called the factory prefixes its
+    own name."""

@@ -35,41 +35,16 @@ Example::
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .bundle import CONFIG_FIELDS, ConfigValue
 from .errors import EvidenceFormatError
+from .registry import BY_KEY, BY_POLICY, BY_TABLE, PLATFORMS
 
-
-@dataclass(frozen=True)
-class SnpPolicy:
-    measurements: tuple[bytes, ...] = ()
-    any_measurement: bool = False  # only from `veil attest verify --any-measurement`; says so in the document
-    min_tcb: dict[str, int] = field(default_factory=dict)
-    vmpl: tuple[int, ...] = (0,)
-    allow_vlek: bool = True
-    allow_debug: bool = False
-    allow_migration_agent: bool = False
-
-
-@dataclass(frozen=True)
-class TdxPolicy:
-    measurements: tuple[dict[str, bytes], ...] = ()
-    any_measurement: bool = False
-    allowed_status: tuple[str, ...] = ("UpToDate",)
-    allow_debug: bool = False
-
-
-@dataclass(frozen=True)
-class NvidiaPolicy:
-    allowed_driver_versions: tuple[str, ...] = ()
-    allowed_vbios_versions: tuple[str, ...] = ()
-    any_version: bool = False
-    #: Hopper evidence has no CC on/off field; without RIM comparison the check cannot pass. An operator who accepts
-    #: that risk says so here, and the verification document says it was accepted, not verified.
-    accept_unverifiable_cc_mode: bool = False
+S = TypeVar("S")
 
 
 @dataclass(frozen=True)
@@ -99,55 +74,45 @@ class ConfigPolicy:
         return cls(require=dict(require))
 
 
-def _azure_policy() -> Any:
-    from .azure.policy import AzurePolicy
-
-    return AzurePolicy()
-
-
-def _maa_policy() -> Any:
-    from .azure.policy import MaaPolicy
-
-    return MaaPolicy()
-
-
-def _nitro_policy() -> Any:
-    from .nitro import NitroPolicy
-
-    return NitroPolicy()
-
-
-def _sgx_policy() -> Any:
-    from .sgx import SgxPolicy
-
-    return SgxPolicy()
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Policy:
-    platforms: tuple[str, ...] = ("sev-snp", "tdx")
-    require_gpu: bool = False
-    snp: SnpPolicy = field(default_factory=SnpPolicy)
-    tdx: TdxPolicy = field(default_factory=TdxPolicy)
-    nvidia: NvidiaPolicy = field(default_factory=NvidiaPolicy)
-    #: ``[config]``: required values of the gateway's bound configuration
-    config: ConfigPolicy = field(default_factory=ConfigPolicy)
-    #: ``[azure]``: vTPM PCR allow lists for Azure confidential VMs (az-snp-vtpm, az-tdx-vtpm)
-    azure: Any = None
-    #: ``[maa]``: Microsoft Azure Attestation token issuers, measurements, key pins
-    maa: Any = None
-    #: ``[nitro]``: AWS Nitro Enclaves PCR allow lists
-    nitro: Any = None
-    #: ``[sgx]``: MRENCLAVE / MRSIGNER allow lists
-    sgx: Any = None
-    # The four above are None until a policy file names them: their verifiers (and cbor2, the Azure and SGX code)
-    # are imported only by a client that meets that platform. ``for_platform`` gives the effective one.
+    """What a client accepts: the platforms, GPU evidence, the gateway's bound configuration, and one typed section
+    per platform of the registry (``Policy(snp=SnpPolicy(...), nitro=NitroPolicy(...))``; read with
+    ``policy.get(SnpPolicy)``). A section the policy does not name is that section's fail-closed default."""
 
-    def for_platform(self, name: str) -> Any:
-        """The policy of ``name`` ("azure", "maa", "nitro", "sgx"); the fail-closed default when not configured."""
-        value = getattr(self, name)
-        return value if value is not None else {"azure": _azure_policy, "maa": _maa_policy,
-                                                "nitro": _nitro_policy, "sgx": _sgx_policy}[name]()
+    platforms: tuple[str, ...]
+    require_gpu: bool
+    #: ``[config]``: required values of the gateway's bound configuration
+    config: ConfigPolicy
+    #: the sections given, by registry key (``"snp"``)
+    sections: Mapping[str, object]
+
+    def __init__(self, *, platforms: tuple[str, ...] = ("sev-snp", "tdx"), require_gpu: bool = False,
+                 config: ConfigPolicy | None = None, sections: Mapping[str, object] | None = None,
+                 **by_key: object) -> None:
+        merged = dict(sections or {})
+        for key, section in by_key.items():
+            platform = BY_KEY.get(key)
+            if platform is None:
+                raise TypeError(f"Policy() got an unexpected keyword argument {key!r}")
+            if not isinstance(section, platform.policy):
+                raise TypeError(f"Policy({key}=...) must be a {platform.policy.__name__}, not {type(section).__name__}")
+            merged[key] = section
+        object.__setattr__(self, "platforms", tuple(platforms))
+        object.__setattr__(self, "require_gpu", require_gpu)
+        object.__setattr__(self, "config", config if config is not None else ConfigPolicy())
+        object.__setattr__(self, "sections", merged)
+
+    def get(self, kind: type[S]) -> S:
+        """The section of type ``kind`` (``SnpPolicy``, ``NitroPolicy``, ...); its default when not configured."""
+        section = self.sections.get(BY_POLICY[kind].key)
+        return section if isinstance(section, kind) else kind()
+
+    def auditing(self) -> Policy:
+        """This policy accepting any measurement and any GPU version (``veil attest verify --any-measurement``)."""
+        relaxed = {p.key: p.audit(self.get(p.policy)) for p in PLATFORMS if p.audit is not None}
+        return Policy(platforms=self.platforms, require_gpu=self.require_gpu, config=self.config,
+                      sections={**self.sections, **relaxed})
 
     @classmethod
     def load(cls, path: str | Path, *, maa_jwks_file: str | Path | None = None) -> Policy:
@@ -170,64 +135,18 @@ class Policy:
             if not isinstance(data.get("maa", {}), dict):
                 raise EvidenceFormatError("[maa] must be a table")
             data = {**data, "maa": {**data.get("maa", {}), "jwks_file": str(Path(maa_jwks_file).resolve())}}
-        known = {"platforms", "require_gpu", "sev-snp", "tdx", "nvidia", "config", "azure", "maa", "nitro", "sgx"}
-        if extra := set(data) - known:
+        if extra := set(data) - {"platforms", "require_gpu", "config", *BY_TABLE}:
             raise EvidenceFormatError(f"unknown policy keys: {sorted(extra)}")
-        snp = dict(data.get("sev-snp", {}))
-        tdx = dict(data.get("tdx", {}))
-        nv = dict(data.get("nvidia", {}))
         try:
             policy = cls(
                 platforms=tuple(data.get("platforms", ("sev-snp", "tdx"))),
                 require_gpu=bool(data.get("require_gpu", False)),
-                snp=SnpPolicy(
-                    measurements=tuple(bytes.fromhex(m) for m in snp.pop("measurements", [])),
-                    min_tcb={k: int(v) for k, v in snp.pop("min_tcb", {}).items()},
-                    vmpl=tuple(int(v) for v in snp.pop("vmpl", [0])),
-                    allow_vlek=bool(snp.pop("allow_vlek", True)),
-                    allow_debug=bool(snp.pop("allow_debug", False)),
-                    allow_migration_agent=bool(snp.pop("allow_migration_agent", False)),
-                ),
-                tdx=TdxPolicy(
-                    measurements=tuple({k: bytes.fromhex(v) for k, v in m.items()} for m in tdx.pop("measurements", [])),
-                    allowed_status=tuple(tdx.pop("allowed_status", ["UpToDate"])),
-                    allow_debug=bool(tdx.pop("allow_debug", False)),
-                ),
-                nvidia=NvidiaPolicy(
-                    allowed_driver_versions=tuple(nv.pop("allowed_driver_versions", [])),
-                    allowed_vbios_versions=tuple(nv.pop("allowed_vbios_versions", [])),
-                    accept_unverifiable_cc_mode=bool(nv.pop("accept_unverifiable_cc_mode", False)),
-                ),
                 config=ConfigPolicy.from_dict(data.get("config", {})),
+                sections={p.key: p.parse_policy(data[table], base) for table, p in BY_TABLE.items() if table in data},
             )
         except (TypeError, ValueError, AttributeError) as exc:
             raise EvidenceFormatError(f"invalid policy: {exc}") from None
-        for name, rest in (("sev-snp", snp), ("tdx", tdx), ("nvidia", nv)):
-            if rest:
-                raise EvidenceFormatError(f"unknown keys in [{name}]: {sorted(rest)}")
-        from dataclasses import replace
-
-        tables: dict[str, Any] = {}
-        if "azure" in data or "maa" in data:
-            from .azure.policy import AzurePolicy, MaaPolicy
-
-            tables["azure"] = AzurePolicy.from_dict(data.get("azure", {}))
-            tables["maa"] = MaaPolicy.from_dict(data.get("maa", {}), base=base)
-        if "nitro" in data:
-            from .nitro import NitroPolicy
-
-            tables["nitro"] = NitroPolicy.from_dict(data["nitro"])
-        if "sgx" in data:
-            from .sgx import SgxPolicy
-
-            tables["sgx"] = SgxPolicy.from_dict(data["sgx"])
-        policy = replace(policy, **tables)
-        if "maa" in policy.platforms or "maa" in data:
-            maa = policy.for_platform("maa")
-            # An MAA token is only as good as the key that signed it, and a bundle's JWKS is as unsigned as the token:
-            # a policy that would accept tokens must name the keys itself, or a relay could sign its own.
-            if ("maa" in policy.platforms or maa.issuers) and not maa.has_keys:
-                raise EvidenceFormatError(
-                    "the policy accepts MAA tokens but names no MAA signing key: set [maa] key_thumbprints or "
-                    "[maa] jwks_file (keys that come with the evidence are never trusted)")
+        for p in PLATFORMS:
+            if p.check_policy is not None:
+                p.check_policy(policy, data)
         return policy

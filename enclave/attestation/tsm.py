@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from .bundle import Bundle, ConfigValue, report_data
-from .errors import AttestationError, EvidenceFormatError
+from .errors import AttestationError, EvidenceFormatError, ProviderError
 from .snp.abi import parse_report
 
 DEFAULT_ROOT: Final = Path("/sys/kernel/config/tsm/report")
@@ -281,3 +281,19 @@ class ConfigfsTsmProvider:
         if report.report_data != inblob:
             raise TsmError("the SNP report's REPORT_DATA is not what was written to inblob")
         return certs_from_table(parse_cert_table(auxblob))
+
+
+def tsm_provider(kind: str | None) -> ConfigfsTsmProvider:
+    """The configfs-tsm provider for ``--attestation kind`` ("sev-snp", "tdx"; None: whichever this guest is).
+
+    Raises:
+        ProviderError: no configfs-tsm here, or the guest is not a ``kind`` guest.
+    """
+    try:
+        tsm = ConfigfsTsmProvider()
+    except TsmError as exc:
+        raise ProviderError(f"--attestation {kind or 'auto'}: {exc}. For development without a TEE use "
+                            "--attestation simulated.") from None
+    if kind is not None and tsm.platform != kind:
+        raise ProviderError(f"--attestation {kind}, but this machine is a {tsm.platform} guest")
+    return tsm

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from veil_cli import Option, add_options
 
-from ..attestation.provider import PROVIDER_KINDS
+from ..attestation import PROVIDER_KINDS, ProviderError, ProviderOptions, make_provider
 from ..operator_input import refuse_operator_input
 
 from .audit import AuditLog
@@ -112,15 +112,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.resources:
         raise SystemExit("veil broker: --resources FILE is required (the table of sealed secrets and policies)")
 
-    from ..cli import make_provider
     from .app import BrokerConfig, create_app
     from .tls import load_identity
 
     # The broker's own evidence: the gateway's providers, without GPU evidence or an MAA token.
-    provider = make_provider(argparse.Namespace(
-        attestation=args.attestation, gpu_evidence="none", gpu_evidence_command=None, pccs_url=args.pccs_url,
-        tpm_tcti=args.tpm_tcti, azure_imds_url=args.azure_imds_url, maa_url=None, nsm_device=args.nsm_device,
-    ))
+    try:
+        provider = make_provider(args.attestation, ProviderOptions(
+            pccs_url=args.pccs_url, tpm_tcti=args.tpm_tcti, azure_imds_url=args.azure_imds_url,
+            nsm_device=args.nsm_device))
+    except ProviderError as exc:
+        raise SystemExit(f"veil broker: {exc}") from None
     try:
         kek, how = broker_sealing_key(provider.platform, args.kek_file)
     except SealError as exc:

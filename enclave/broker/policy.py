@@ -24,6 +24,8 @@ from ..attestation.bundle import Bundle
 from ..attestation.errors import EvidenceFormatError
 from ..attestation.policy import Policy
 from ..attestation.result import Verdict
+from ..attestation.snp.policy import SnpPolicy
+from ..attestation.tdx.policy import TdxPolicy
 from ..attestation.verify import verify_bundle
 
 
@@ -57,7 +59,8 @@ class AttestationPolicy:
 
     def has_measurements(self) -> bool:
         """Whether any evidence could ever pass (an operator hint; an empty policy is safe, just useless)."""
-        return bool(self.policy.snp.measurements or self.policy.tdx.measurements or self.simulated_measurements)
+        return bool(self.policy.get(SnpPolicy).measurements or self.policy.get(TdxPolicy).measurements
+                    or self.simulated_measurements)
 
 
 def check_evidence(bundle: Bundle, bound: bytes | None, policy: AttestationPolicy, *,

@@ -15,7 +15,7 @@ from typing import AsyncIterator, Final
 import orjson
 from aiohttp import web
 
-from enclave.attestation.result import Verdict
+from enclave.attestation import Verdict
 
 from ..transport import ATTESTATION_HEADER, OhttpClient, VeilClientError, wants_stream
 from .guard import host_guard

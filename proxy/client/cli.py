@@ -59,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
         print(BANNER, file=sys.stderr, flush=True)
     policy = None
     if args.policy:
-        from enclave.attestation.errors import AttestationError
-        from enclave.attestation.policy import Policy
+        from enclave.attestation import AttestationError, Policy
 
         try:
             policy = Policy.load(args.policy)

@@ -17,20 +17,21 @@ from pathlib import Path
 
 import pytest
 
-from enclave.attestation.azure import (
-    PLATFORM_SNP,
-    PLATFORM_TDX,
+from enclave.attestation.azure.verify import (
     AzureCvmEvidence,
-    AzurePolicy,
     load_tpm_quote,
     load_trustee_evidence,
-    parse_hcl_report,
-    parse_tpm_quote,
+    PLATFORM_SNP,
+    PLATFORM_TDX,
     verify_azure_cvm,
 )
+from enclave.attestation.azure import AzurePolicy
+from enclave.attestation.azure.hcl import parse_hcl_report
+from enclave.attestation.azure.tpm import parse_quote as parse_tpm_quote
 from enclave.attestation.azure.tpm import TPM_ALG_RSAPSS, TPM_ALG_RSASSA, TPM_ALG_SHA1, TPM_ALG_SHA256
 from enclave.attestation.errors import EvidenceFormatError
-from enclave.attestation.policy import SnpPolicy, TdxPolicy
+from enclave.attestation.snp.policy import SnpPolicy
+from enclave.attestation.tdx.policy import TdxPolicy
 from enclave.attestation.result import Verdict
 
 # AMD KDS issues VCEKs with serial number 0; cryptography 50 warns (see test_snp.test_serial_zero_warning...).

@@ -28,7 +28,8 @@ from typing import Any
 
 import pytest
 
-from enclave.attestation.azure import PLATFORM_SNP, PLATFORM_TDX, AzureCvmEvidence, jwk_thumbprint, load_trustee_evidence
+from enclave.attestation.azure.verify import AzureCvmEvidence, load_trustee_evidence, PLATFORM_SNP, PLATFORM_TDX
+from enclave.attestation.azure.maa import jwk_thumbprint
 from enclave.attestation.azure import provider as azure_provider
 from enclave.attestation.azure.hcl import parse_hcl_report
 from enclave.attestation.azure.policy import AzurePolicy, MaaPolicy
@@ -44,7 +45,8 @@ from enclave.attestation.azure.vtpm import (
     TpmError,
 )
 from enclave.attestation.bundle import Bundle, azure_tpm_nonce, report_data
-from enclave.attestation.policy import Policy, SnpPolicy
+from enclave.attestation.policy import Policy
+from enclave.attestation.snp.policy import SnpPolicy
 from enclave.attestation.verify import verify_bundle
 
 pytestmark = pytest.mark.filterwarnings("ignore:Parsed a serial number which wasn't positive")
@@ -311,7 +313,7 @@ def test_maa_token_is_requested_attached_and_verified_when_the_policy_names_maa(
     dropped = dataclasses.replace(received, certs={k: v for k, v in received.certs.items() if k != "maa_token"})
     assert failed(verify_bundle(dropped, KEYS, policy, now=when, check_binding=False)) == {vcek_too_new,
                                                                                           "MAA token present"}
-    unpinned = dataclasses.replace(policy, maa=dataclasses.replace(policy.maa, key_thumbprints=()))
+    unpinned = dataclasses.replace(policy, maa=dataclasses.replace(policy.get(MaaPolicy), key_thumbprints=()))
     assert failed(verify_bundle(received, KEYS, unpinned, now=when, check_binding=False)) == {
         vcek_too_new, "MAA signing keys pinned"}
     # The gateway collects again halfway to the token's exp (8 hours after iat).

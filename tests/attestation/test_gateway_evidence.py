@@ -10,7 +10,8 @@ from pathlib import Path
 import ohttp
 from enclave.attestation import SimulatedProvider, gpu_nonce, report_data
 from enclave.attestation.gateway_evidence import GatewayEvidence, GpuEvidenceCommand
-from enclave.attestation.policy import NvidiaPolicy, Policy
+from enclave.attestation.nvidia.policy import NvidiaPolicy
+from enclave.attestation.policy import Policy
 from enclave.attestation.verify import verify_bundle
 
 HGX = "nvidia-gpu/hgx-8gpu-ppcie-nvtrust/gpu_evidence.json"
@@ -58,7 +59,7 @@ def test_real_snp_evidence_through_verify_bundle_fails_only_on_the_key_binding(e
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from enclave.attestation import Bundle
-    from enclave.attestation.policy import SnpPolicy
+    from enclave.attestation.snp.policy import SnpPolicy
     from enclave.attestation.snp import parse_report
 
     d = evidence_dir / "sev-snp" / "milan-vcek-v2-virtee"
@@ -87,9 +88,10 @@ def test_azure_cvm_bundle_through_verify_bundle(evidence_dir: Path) -> None:
     import orjson
 
     from enclave.attestation import Bundle
-    from enclave.attestation.azure import AzurePolicy, load_trustee_evidence
-    from enclave.attestation.azure import parse_hcl_report
-    from enclave.attestation.policy import SnpPolicy
+    from enclave.attestation.azure import AzurePolicy
+    from enclave.attestation.azure.verify import load_trustee_evidence
+    from enclave.attestation.azure.hcl import parse_hcl_report
+    from enclave.attestation.snp.policy import SnpPolicy
     from enclave.attestation.snp import parse_report
 
     d = evidence_dir / "sev-snp" / "milan-vcek-v3-azure-vtpm-trustee"

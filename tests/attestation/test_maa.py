@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from enclave.attestation.azure import MaaPolicy, jwk_thumbprint, verify_maa_token
+from enclave.attestation.azure import MaaPolicy
+from enclave.attestation.azure.maa import jwk_thumbprint, verify_maa_token
 from enclave.attestation.errors import EvidenceFormatError
 from enclave.attestation.result import Verdict
 

@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 import ohttp
 from enclave.attestation import Bundle
-from enclave.attestation.azure import MaaPolicy, jwk_thumbprint
+from enclave.attestation.azure import MaaPolicy
+from enclave.attestation.azure.maa import jwk_thumbprint
 from enclave.attestation.bundle import report_data
 from enclave.attestation.errors import EvidenceFormatError
 from enclave.attestation.policy import Policy
@@ -148,13 +149,13 @@ def test_policy_must_name_maa_keys(tmp_path: Path, real_jwks_path: Path) -> None
         with pytest.raises(EvidenceFormatError, match="key_thumbprints or \\[maa\\] jwks_file"):
             Policy.from_dict(data)
     # An [maa] table that accepts no token (no issuers, maa not a platform) needs no keys.
-    assert Policy.from_dict({"platforms": ["az-snp-vtpm"], "maa": {"allow_rsa1024": True}}).maa.jwks == ()
+    assert Policy.from_dict({"platforms": ["az-snp-vtpm"], "maa": {"allow_rsa1024": True}}).get(MaaPolicy).jwks == ()
     # jwks_file: relative to the policy file; unreadable or not a JWKS is a policy error.
     (tmp_path / "sub").mkdir()
     policy = tmp_path / "sub" / "policy.toml"
     policy.write_text(f'platforms = ["maa"]\n[maa]\nissuers = ["{SGX_ISS}"]\n'
                       f'jwks_file = "{os.path.relpath(real_jwks_path, policy.parent)}"\n')
-    loaded = Policy.load(policy).maa
+    loaded = Policy.load(policy).get(MaaPolicy)
     assert len(loaded.jwks) == len(json.loads(real_jwks_path.read_text())["keys"]) and loaded.has_keys
     for content in ("", "[]", '{"keys": []}', '{"keys": [1]}'):
         (tmp_path / "sub" / "bad.json").write_text(content)

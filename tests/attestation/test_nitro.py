@@ -23,7 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from enclave.attestation.errors import EvidenceFormatError
-from enclave.attestation.nitro import NitroPolicy, parse_document, verify_nitro
+from enclave.attestation.nitro import NitroPolicy
+from enclave.attestation.nitro.abi import parse_document
+from enclave.attestation.nitro.verify import verify_nitro
 from enclave.attestation.nitro import policy as nitro_policy
 from enclave.attestation.nitro import verify as nitro_verify
 from enclave.attestation.result import Check, Verdict

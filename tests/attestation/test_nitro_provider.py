@@ -21,16 +21,9 @@ import pytest
 
 from enclave.attestation.bundle import Bundle, report_data
 from enclave.attestation.errors import AttestationError
-from enclave.attestation.nitro import (
-    LinuxNsm,
-    NitroPolicy,
-    NitroProvider,
-    NsmDevice,
-    NsmError,
-    NsmUnavailableError,
-    nsm,
-    parse_document,
-)
+from enclave.attestation.nitro.nsm import LinuxNsm, NitroProvider, NsmDevice, NsmError, NsmUnavailableError
+from enclave.attestation.nitro import NitroPolicy, nsm
+from enclave.attestation.nitro.abi import parse_document
 from enclave.attestation.policy import Policy
 from enclave.attestation.provider import EvidenceProvider
 from enclave.attestation.verify import verify_bundle

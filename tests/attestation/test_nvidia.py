@@ -19,14 +19,13 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from enclave.attestation.bundle import report_data
 from enclave.attestation.errors import EvidenceFormatError
+from enclave.attestation.nvidia.verify import NVIDIA_DEVICE_ROOT_SHA256, verify_nvidia
 from enclave.attestation.nvidia import (
-    NVIDIA_DEVICE_ROOT_SHA256,
-    GpuReport,
     decode_gpu_evidence,
     encode_gpu_evidence,
+    GpuReport,
     load_nvtrust_evidence_list,
     parse_gpu_report,
-    verify_nvidia,
 )
 from enclave.attestation.nvidia.verify import (
     NO_BINDING_DETAIL,
@@ -35,7 +34,7 @@ from enclave.attestation.nvidia.verify import (
     parse_cert_chain,
     verify_report_signature,
 )
-from enclave.attestation.policy import NvidiaPolicy
+from enclave.attestation.nvidia.policy import NvidiaPolicy
 from enclave.attestation.result import Verdict
 
 # Every device chain here is valid 2022-03-01 (Provisioner ICA notBefore) .. 9999-12-31; verify at the day the samples

@@ -18,9 +18,10 @@ pynvml = pytest.importorskip("pynvml")  # nvidia-ml-py: in the test extras
 
 from enclave.attestation.errors import CollateralUnavailableError  # noqa: E402
 from enclave.attestation.gateway_evidence import NvmlGpuEvidence  # noqa: E402
-from enclave.attestation.nvidia import decode_gpu_evidence, load_nvtrust_evidence_list, verify_nvidia  # noqa: E402
+from enclave.attestation.nvidia import decode_gpu_evidence, load_nvtrust_evidence_list
+from enclave.attestation.nvidia.verify import verify_nvidia  # noqa: E402
 from enclave.attestation.nvidia.nvml import NvmlEvidenceError, cc_state, collect_evidence_list  # noqa: E402
-from enclave.attestation.policy import NvidiaPolicy  # noqa: E402
+from enclave.attestation.nvidia.policy import NvidiaPolicy  # noqa: E402
 
 NONCE = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")  # the recorded report's
 NOW = datetime.datetime(2026, 11, 26, tzinfo=datetime.UTC)

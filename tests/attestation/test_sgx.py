@@ -21,7 +21,8 @@ import pytest
 from enclave.attestation import dcap
 from enclave.attestation.errors import EvidenceFormatError
 from enclave.attestation.result import Check, Verdict
-from enclave.attestation.sgx import SgxPolicy, SgxSigner, parse_quote, verify_sgx
+from enclave.attestation.sgx import SgxPolicy, SgxSigner
+from enclave.attestation.sgx.verify import parse_quote, verify_sgx
 from enclave.attestation.sgx import policy as sgx_policy
 from enclave.attestation.sgx import verify as sgx_verify
 

@@ -24,19 +24,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from enclave.attestation.errors import EvidenceFormatError
-from enclave.attestation.policy import Policy, SnpPolicy
+from enclave.attestation.policy import Policy
+from enclave.attestation.snp.policy import SnpPolicy
 from enclave.attestation.result import Verdict
-from enclave.attestation.snp import (
-    ARK_SHA256_GENOA,
-    ARK_SHA256_MILAN,
-    ARK_SHA256_TURIN,
-    Product,
-    SigningKey,
-    decode_tcb,
-    parse_report,
-    verify_snp,
-    verify_snp_certs,
-)
+from enclave.attestation.snp.certs import ARK_SHA256_GENOA, ARK_SHA256_MILAN, ARK_SHA256_TURIN
+from enclave.attestation.snp import decode_tcb, parse_report, Product, SigningKey
+from enclave.attestation.snp.verify import verify_snp, verify_snp_certs
 from enclave.attestation.snp.certs import parse_extensions
 
 # AMD KDS issues VCEK/VLEK certificates with serial number 0; cryptography 50 warns (see test_serial_zero_warning).
@@ -708,5 +701,5 @@ def test_policy_from_toml_dict_drives_the_verifier(samples: dict[str, Sample]) -
     s = samples["milan-vlek-v3-aws-trustee"]
     pol = Policy.from_dict({"sev-snp": {"measurements": [MEASUREMENTS[s.name]], "vmpl": [0, 1],
                                         "min_tcb": {"bootloader": 4, "snp": 24, "microcode": 217}}})
-    assert s.verify(policy=pol.snp).ok
-    assert not s.verify(policy=Policy.from_dict({}).snp).ok  # default policy: empty allow list, VMPL 0 only
+    assert s.verify(policy=pol.get(SnpPolicy)).ok
+    assert not s.verify(policy=Policy.from_dict({}).get(SnpPolicy)).ok  # default policy: empty allow list, VMPL 0 only

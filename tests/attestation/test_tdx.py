@@ -20,9 +20,11 @@ import pytest
 
 from enclave.attestation import dcap
 from enclave.attestation.errors import EvidenceFormatError
-from enclave.attestation.policy import Policy, TdxPolicy
+from enclave.attestation.policy import Policy
+from enclave.attestation.tdx.policy import TdxPolicy
 from enclave.attestation.result import Check, Verdict
-from enclave.attestation.tdx import TdxQuote, parse_quote, verify_tdx
+from enclave.attestation.tdx import parse_quote, TdxQuote
+from enclave.attestation.tdx.verify import verify_tdx
 from enclave.attestation.tdx import verify as tdx_verify
 
 # Verification times from the SOURCE.md files.
@@ -327,8 +329,8 @@ def test_measurement_allow_list_from_toml_policy(
     load_quote: Callable[[str], bytes], load_collateral: Callable[[str], str]
 ) -> None:
     entry = {k: b.hex() for k, b in TINFOIL_ENTRY.items()}
-    good = Policy.from_dict({"tdx": {"measurements": [entry]}}).tdx
-    bad = Policy.from_dict({"tdx": {"measurements": [{**entry, "rtmr2": bytes(48).hex()}]}}).tdx
+    good = Policy.from_dict({"tdx": {"measurements": [entry]}}).get(TdxPolicy)
+    bad = Policy.from_dict({"tdx": {"measurements": [{**entry, "rtmr2": bytes(48).hex()}]}}).get(TdxPolicy)
     raw, col = load_quote(TINFOIL), load_collateral("90c06f000000")
     assert verify_tdx(raw, col, good, now=at(T_PCS_2026_01), expected_report_data=None).ok
     assert not verify_tdx(raw, col, bad, now=at(T_PCS_2026_01), expected_report_data=None).ok

@@ -21,9 +21,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from enclave.attestation.bundle import Bundle, report_data
 from enclave.attestation.errors import EvidenceFormatError
-from enclave.attestation.policy import SnpPolicy
+from enclave.attestation.snp.policy import SnpPolicy
 from enclave.attestation.provider import EvidenceProvider
-from enclave.attestation.snp import parse_report, verify_snp, verify_snp_certs
+from enclave.attestation.snp import parse_report
+from enclave.attestation.snp.verify import verify_snp, verify_snp_certs
 from enclave.attestation.tsm import (
     GUID_ARK,
     GUID_ASK,

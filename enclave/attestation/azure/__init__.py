@@ -1,33 +1,8 @@
-"""Azure: confidential VMs (HCL report + vTPM quote: ``hcl``, ``tpm``, ``verify``) and Microsoft Azure Attestation
-tokens (``maa``), with their policies (``policy``: TOML tables ``[azure]`` and ``[maa]``)."""
+"""Azure: confidential VMs (HCL report + vTPM quote: ``hcl``, ``tpm``, ``verify``; the provider: ``vtpm``,
+``provider``) and Microsoft Azure Attestation tokens (``maa``), with their sections (``policy``: ``[azure]`` and
+``[maa]``) and registry entries (``platform``). Importing the package loads only the policies."""
 
-from .hcl import HclReport, parse_hcl_report
-from .maa import jwk_thumbprint, verify_maa_token
+from .platform import AZURE, MAA
 from .policy import AzurePolicy, MaaPolicy
-from .tpm import TpmQuote
-from .tpm import parse_quote as parse_tpm_quote
-from .verify import (
-    PLATFORM_SNP,
-    PLATFORM_TDX,
-    AzureCvmEvidence,
-    load_tpm_quote,
-    load_trustee_evidence,
-    verify_azure_cvm,
-)
 
-__all__ = [
-    "PLATFORM_SNP",
-    "PLATFORM_TDX",
-    "AzureCvmEvidence",
-    "AzurePolicy",
-    "HclReport",
-    "MaaPolicy",
-    "TpmQuote",
-    "jwk_thumbprint",
-    "load_tpm_quote",
-    "load_trustee_evidence",
-    "parse_hcl_report",
-    "parse_tpm_quote",
-    "verify_azure_cvm",
-    "verify_maa_token",
-]
+__all__ = ["AZURE", "MAA", "AzurePolicy", "MaaPolicy"]

@@ -28,7 +28,8 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..errors import EvidenceFormatError
-from ..policy import SnpPolicy, TdxPolicy
+from ..snp.policy import SnpPolicy
+from ..tdx.policy import TdxPolicy
 from ..result import Check, Verdict
 from . import tpm
 from .hcl import HclReport, b64url_decode, parse_hcl_report
@@ -137,7 +138,7 @@ def verify_azure_cvm(
 def _check_snp(
     v: Verdict, hcl: HclReport, certs: Mapping[str, str] | None, policy: SnpPolicy, now: datetime.datetime
 ) -> dict[str, Any]:
-    from ..snp import verify_snp
+    from ..snp.verify import verify_snp
 
     expected = hcl.expected_report_data()
     snp = verify_snp(hcl.snp_report, dict(certs or {}), policy, now=now, expected_report_data=expected)
@@ -154,7 +155,8 @@ def _check_tdx(
     v: Verdict, hcl: HclReport, td_quote: bytes | None, collateral: str | None, policy: TdxPolicy,
     now: datetime.datetime,
 ) -> dict[str, Any]:
-    from ..tdx import parse_quote, verify_tdx
+    from ..tdx.abi import parse_quote
+    from ..tdx.verify import verify_tdx
 
     if td_quote is None:
         v.add("TDX: TD quote", False, expected="the TD quote for the HCL report's TD report", found="none",

@@ -1,5 +1,6 @@
-"""NVIDIA Hopper (H100/H200) confidential-computing GPU evidence: SPDM report parser, offline verifier, and the GPU
-evidence format carried in Veil bundles."""
+"""NVIDIA Hopper (H100/H200) confidential-computing GPU evidence: SPDM report parser and the GPU evidence format
+carried in Veil bundles (``abi``), the ``[nvidia]`` section (``policy``), the offline verifier (``verify``, loaded
+when first used), NVML collection (``nvml``), the registry entry (``platform``)."""
 
 from .abi import (
     GpuReport,
@@ -11,17 +12,18 @@ from .abi import (
     load_nvtrust_evidence_list,
     parse_gpu_report,
 )
-from .verify import NVIDIA_DEVICE_ROOT_SHA256, verify_nvidia
+from .platform import PLATFORM
+from .policy import NvidiaPolicy
 
 __all__ = [
-    "NVIDIA_DEVICE_ROOT_SHA256",
+    "PLATFORM",
     "GpuReport",
     "MeasurementBlock",
+    "NvidiaPolicy",
     "OpaqueField",
     "OpaqueFieldId",
     "decode_gpu_evidence",
     "encode_gpu_evidence",
     "load_nvtrust_evidence_list",
     "parse_gpu_report",
-    "verify_nvidia",
 ]

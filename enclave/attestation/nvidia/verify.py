@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import ExtensionOID
 
 from ..errors import EvidenceFormatError
-from ..policy import NvidiaPolicy
+from .policy import NvidiaPolicy
 from ..result import Verdict
 from .abi import MAX_CHAIN_TEXT, MAX_GPUS, NONCE_SIZE, GpuReport, parse_cert_fwid, parse_gpu_report
 

@@ -1,7 +1,7 @@
-"""Intel SGX: DCAP quote v3 parsing and verification via dcap-qvl to the pinned Intel root (``verify``), and the
-``[sgx]`` policy (``policy``)."""
+"""Intel SGX: DCAP quote v3 parsing and verification via dcap-qvl to the pinned Intel root (``verify``, loaded when
+first used), the ``[sgx]`` section (``policy``), the registry entry (``platform``)."""
 
+from .platform import PLATFORM
 from .policy import SgxPolicy, SgxSigner
-from .verify import SgxQuote, parse_quote, verify_sgx
 
-__all__ = ["SgxPolicy", "SgxQuote", "SgxSigner", "parse_quote", "verify_sgx"]
+__all__ = ["PLATFORM", "SgxPolicy", "SgxSigner"]

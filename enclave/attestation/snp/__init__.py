@@ -1,21 +1,10 @@
-"""AMD SEV-SNP: strict report parsing (``abi``), AMD certificates and pinned ARKs (``certs``), verification
-(``verify``)."""
+"""AMD SEV-SNP: strict report parsing (``abi``), the ``[sev-snp]`` section (``policy``), AMD certificates and pinned
+ARKs (``certs``), verification (``verify``), the registry entry (``platform``).
+
+Importing the package loads only the parser and the policy; ``certs`` and ``verify`` load when first used."""
 
 from .abi import Product, SigningKey, SnpReport, TcbParts, decode_tcb, parse_report
-from .certs import ARK_SHA256_GENOA, ARK_SHA256_MILAN, ARK_SHA256_TURIN, PINNED_ARK_SHA256
-from .verify import verify_snp, verify_snp_certs
+from .platform import PLATFORM
+from .policy import SnpPolicy
 
-__all__ = [
-    "ARK_SHA256_GENOA",
-    "ARK_SHA256_MILAN",
-    "ARK_SHA256_TURIN",
-    "PINNED_ARK_SHA256",
-    "Product",
-    "SigningKey",
-    "SnpReport",
-    "TcbParts",
-    "decode_tcb",
-    "parse_report",
-    "verify_snp",
-    "verify_snp_certs",
-]
+__all__ = ["PLATFORM", "Product", "SigningKey", "SnpPolicy", "SnpReport", "TcbParts", "decode_tcb", "parse_report"]

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ..errors import EvidenceFormatError
-from ..policy import SnpPolicy
+from .policy import SnpPolicy
 from ..result import Verdict
 from .abi import Product, SigningKey, SnpReport, TcbParts, decode_tcb, parse_report
 from .certs import (

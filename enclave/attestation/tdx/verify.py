@@ -27,7 +27,7 @@ from ..dcap import (
     check_trust_anchor,
     json_object,
 )
-from ..policy import TdxPolicy
+from .policy import TdxPolicy
 from ..result import Verdict
 from .abi import INTEL_QE_VENDOR_ID, TdxQuote, parse_quote
 

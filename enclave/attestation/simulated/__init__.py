@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from .bundle import Bundle, ConfigValue, report_data
+from ..bundle import Bundle, ConfigValue, report_data
 
 PLATFORM: Final = "simulated"
 MAGIC: Final = b"VEIL-SIMULATED-V1"
