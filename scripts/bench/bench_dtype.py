@@ -35,7 +35,7 @@ from typing import Any
 
 from _bench_env import prepare
 
-ROOT = prepare(__file__, "orjson")
+ROOT = prepare(__file__, "orjson", "aiohttp")
 
 from _common import command_line
 

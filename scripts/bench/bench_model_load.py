@@ -51,7 +51,7 @@ from typing import Any, Callable
 
 from _bench_env import prepare
 
-ROOT = prepare(__file__, 'cryptography', 'orjson')
+ROOT = prepare(__file__, 'cryptography', 'orjson', 'aiohttp')  # aiohttp: the gateway it starts with this Python
 
 from _common import Target, command_line, machine_info as base_machine_info, openssl_version
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM

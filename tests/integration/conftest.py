@@ -8,7 +8,7 @@ import pytest
 
 # The process harness lives in tests/harness.py (the benchmarks in scripts/bench use it too); its names stay
 # importable from here, as the test modules have always imported them.
-from tests.harness import REPO, Proc, free_port, start_veil
+from tests.harness import REPO, Proc, free_port, start_veil, stop_all
 
 __all__ = ["REPO", "Proc", "free_port", "start_veil", "veil_process", "sdk_chat_and_stream"]
 
@@ -24,9 +24,7 @@ def veil_process() -> Iterator[object]:
         return p
 
     yield factory
-    for p in procs:
-        p.stop()
-        p.log_path.unlink(missing_ok=True)
+    stop_all(procs, remove_logs=True)
 
 
 async def sdk_chat_and_stream(transport: object, text: str, stream_text: str) -> None:
