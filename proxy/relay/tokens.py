@@ -23,10 +23,12 @@ import re
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import AsyncIterator, Final, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, Counter
 
 import privacypass
@@ -255,3 +257,48 @@ class TokenVerifier:
             raise TokenRejected(503, "store_unavailable") from None
         if not fresh:
             raise TokenRejected(403, "double_spend")
+
+
+TOKENS: Final = web.AppKey("TOKENS", TokenVerifier)
+
+
+def setup_tokens(app: web.Application, policy: TokenPolicy, store_spec: str, registry: CollectorRegistry) -> None:
+    """Require a token on every forwarded request (every ``POST``) of the relay ``app``: a middleware, the verifier
+    under :data:`TOKENS` and a cleanup context for its session and store. Call before the app starts."""
+    verifier = TokenVerifier(policy, open_spent_store(store_spec), TokenMetrics(registry))
+    app[TOKENS] = verifier
+    app.middlewares.append(_require_token)
+    app.cleanup_ctx.append(_tokens_ctx)
+
+
+_SESSION: Final = web.AppKey("TOKENS_SESSION", aiohttp.ClientSession)
+
+
+async def _tokens_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The session for the issuer's directory (fetched once before serving), and the store, closed after."""
+    verifier = app[TOKENS]
+    app[_SESSION] = session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+    await verifier.refresh(session)
+    yield
+    await session.close()
+    await verifier.store.close()
+
+
+@web.middleware
+async def _require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A POST (a request to forward) spends one token or is refused here, before a byte goes to a gateway. The
+    token travels in the outer Authorization header, which the relay never forwards."""
+    if request.method != "POST":
+        return await handler(request)
+    verifier = request.app[TOKENS]
+    try:
+        await verifier.check(request.headers.get("Authorization"), request.app[_SESSION])
+    except TokenRejected as exc:
+        headers = {"Cache-Control": "no-store"}
+        if exc.status in (401, 403):
+            headers["WWW-Authenticate"] = verifier.www_authenticate()
+        if exc.status == 503:
+            headers["Retry-After"] = "5"
+        return web.json_response({"error": f"token {exc.reason.replace('_', ' ')}"}, status=exc.status,
+                                 headers=headers)
+    return await handler(request)
