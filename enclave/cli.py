@@ -21,7 +21,7 @@ from .engines.selfcheck import SELF_CHECK_MODES, is_default_model
 from .engines.vllm import DTYPES
 from .gateway import GatewayConfig, create_app
 from .kbs_client import load_broker_keys
-from .ohttp_key_file import KEMS, OhttpKeyFileError, load_ohttp_key_file
+from .ohttp_key_file import KEMS, OhttpKeyFileError, load_ohttp_keys
 from .model.loader import DecryptedModel, load_for_gateway
 from .operator_input import refuse_operator_input
 
@@ -57,7 +57,8 @@ OPTIONS = [
     Option("model-decrypt-threads", "threads for decrypting the model (0: one per CPU)", 0, type=int),
     Option("echo-token-delay", "seconds between streamed tokens of the echo engine", 0.0, type=float),
     Option("key-file", "load the OHTTP key from this JSON file (tests, key management; see docs)"),
-    Option("kem", "KEM of generated keys", "x25519", choices=tuple(KEMS)),
+    Option("kem", "KEM of generated keys: xwing+x25519 publishes an X-Wing (post-quantum) key first and an X25519 "
+           "key second, under distinct key ids", "xwing+x25519", choices=("xwing+x25519", *KEMS)),
     Option("key-broker", "fetch the shared OHTTP key set from this key broker (https://; veil broker) at start"),
     Option("key-broker-resource", "the key set's resource at the broker", "default/ohttp/keyset"),
     Option("key-broker-policy", "attestation policy the key broker's own evidence must pass (TOML)"),
@@ -189,18 +190,19 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"veil gateway: --listen must be HOST:PORT or vsock:PORT, got {args.listen!r}")
     if args.key_file:
         try:
-            key = load_ohttp_key_file(args.key_file)
+            own_keys = load_ohttp_keys(args.key_file)
         except OhttpKeyFileError as exc:
             raise SystemExit(f"veil gateway: {exc}") from None
         log.warning("loaded the OHTTP key from %s: for tests and key-management integrations only", args.key_file)
     elif not args.key_broker:
-        key = GatewayKey.generate(0, KEMS[args.kem])  # in memory only; never written to disk
+        # in memory only; never written to disk. One key per KEM, key ids 0, 1, ...; X-Wing is published first.
+        own_keys = [GatewayKey.generate(i, KEMS[k]) for i, k in enumerate(args.kem.split("+"))]
     try:
         api_keys = ApiKeyTable.load(args.api_keys_file)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"veil gateway: cannot load API keys: {exc}") from None
     provider = make_provider(args)
-    keys = load_broker_keys(args, provider) if args.key_broker else [key]  # attests the broker, then itself
+    keys = load_broker_keys(args, provider) if args.key_broker else own_keys  # attests the broker, then itself
     key_source = None
     if args.encrypted_model and not args.model_key_file and args.key_broker:
         from .kbs_client import broker_model_key_source

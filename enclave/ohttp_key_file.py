@@ -1,13 +1,14 @@
 """Loading a gateway key from a file: for tests and key-management integrations only.
 
 Without ``--key-file`` the gateway generates its keys in memory at start and never writes them anywhere. A key
-file is JSON::
+file is JSON, one key or ``{"keys": [key, ...]}`` (an X-Wing key and an X25519 key under distinct key ids)::
 
     {"key_id": 1,
-     "kem": "x25519" | "p256",                                   (default x25519)
+     "kem": "x25519" | "p256" | "xwing",                         (default x25519)
      "suites": ["hkdf-sha256/aes-128-gcm", "hkdf-sha256/chacha20-poly1305"],   (default: these two)
      "seed": "<hex>"            RFC 9180 DeriveKeyPair input, at least 32 bytes
-       or "private_key": "<hex>" a serialized private key (32 bytes for both KEMs)
+       or "private_key": "<hex>" a serialized private key: 32 bytes for every KEM; for X-Wing it is the 32-byte
+                                 X-Wing seed (draft-connolly-cfrg-xwing-kem §5.5.1), the portable form of its key
     }
 """
 
@@ -20,7 +21,7 @@ import orjson
 
 from ohttp import AeadId, GatewayKey, KdfId, KemId, SymmetricSuite
 
-KEMS: Final = {"x25519": KemId.X25519_SHA256, "p256": KemId.P256_SHA256}
+KEMS: Final = {"x25519": KemId.X25519_SHA256, "p256": KemId.P256_SHA256, "xwing": KemId.XWING}
 KDFS: Final = {"hkdf-sha256": KdfId.HKDF_SHA256, "hkdf-sha384": KdfId.HKDF_SHA384, "hkdf-sha512": KdfId.HKDF_SHA512}
 AEADS: Final = {
     "aes-128-gcm": AeadId.AES_128_GCM,
@@ -42,13 +43,31 @@ def parse_suite(text: str) -> SymmetricSuite:
 
 
 def load_ohttp_key_file(path: str) -> GatewayKey:
-    """Read and validate a key file."""
+    """Read and validate a key file of one key."""
+    keys = load_ohttp_keys(path)
+    if len(keys) != 1:
+        raise OhttpKeyFileError(f"key file {path} holds {len(keys)} keys, one expected")
+    return keys[0]
+
+
+def load_ohttp_keys(path: str) -> list[GatewayKey]:
+    """Read and validate a key file of one key or of several (``{"keys": [...]}``, distinct key ids)."""
     try:
         obj: Any = orjson.loads(Path(path).read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
         raise OhttpKeyFileError(f"cannot read key file {path}: {exc}") from None
     if not isinstance(obj, dict):
         raise OhttpKeyFileError(f"key file {path} must hold a JSON object")
+    entries = obj["keys"] if "keys" in obj else [obj]
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise OhttpKeyFileError(f"key file {path}: 'keys' must be a non-empty list of objects")
+    keys = [_key(path, e) for e in entries]
+    if len({k.config.key_id for k in keys}) != len(keys):
+        raise OhttpKeyFileError(f"key file {path}: two keys share a key id")
+    return keys
+
+
+def _key(path: str, obj: dict[str, Any]) -> GatewayKey:
     try:
         key_id = int(obj.get("key_id", 1))
         kem = KEMS[str(obj.get("kem", "x25519")).lower()]

@@ -202,8 +202,11 @@ class OhttpClient:
             limits = [started + a for a in (keys_age, bundle_age) if a is not None]
             if (evidence_end := self._evidence_expiry(bundle)) is not None:
                 limits.append(evidence_end)
-            self.keys = KeyState(keys_body=body, config=configs[0], verification=verification, simulated=simulated,
-                                 fetched_at=started, expires_at=min(limits) if limits else None)
+            # X-Wing (post-quantum) when the gateway offers it, else the first; a policy that requires post-quantum
+            # keys has refused a list without one in the verifier already.
+            self.keys = KeyState(keys_body=body, config=ohttp.choose_config(configs), verification=verification,
+                                 simulated=simulated, fetched_at=started,
+                                 expires_at=min(limits) if limits else None)
             return self.keys
 
     async def request(

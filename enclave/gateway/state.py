@@ -108,30 +108,33 @@ class GatewayState:
         due = self.refresh_due()
         return due is not None and time.time() >= due
 
-    def _new_key(self) -> GatewayKey:
-        """A fresh key under an id reserved in the keyring until it joins it (a rotation that gives up releases it):
+    def _new_keys(self) -> list[GatewayKey]:
+        """A fresh key for each published one (same KEM and suites: X-Wing and X25519 both rotate), in publication
+        order, each under an id reserved in the keyring until it joins it (a rotation that gives up releases it):
         two rotations running at once never pick the same id."""
-        current = self.keyring.published()
-        template = current[0].config if current else None
-        key_id = self.keyring.reserve_key_id()
-        if template is not None:
-            return GatewayKey.generate(key_id, template.kem, template.suites, not_before=time.time())
-        return GatewayKey.generate(key_id, not_before=time.time())
+        now = time.time()
+        templates = [k.config for k in self.keyring.published()]
+        if not templates:
+            return [GatewayKey.generate(self.keyring.reserve_key_id(), not_before=now)]
+        new = [GatewayKey.generate(self.keyring.reserve_key_id(), t.kem, t.suites, not_before=now) for t in templates]
+        # The keyring's own order for keys made together: post-quantum first, then the highest id.
+        new.sort(key=lambda k: (k.config.kem.post_quantum, k.config.key_id), reverse=True)
+        return new
 
     def rotate(self) -> GatewayKey:
-        """Generate a new key in memory, publish it with its evidence (collected here, blocking), and retire the
-        others after the grace period. For a running server use :meth:`rotate_async`."""
-        new = self._new_key()
+        """Generate new keys in memory, publish them with their evidence (collected here, blocking), and retire the
+        others after the grace period; returns the first new key. For a running server use :meth:`rotate_async`."""
+        new = self._new_keys()
         self.keyring.rotate(new, self.config.rotation_grace)
         self.refresh()
-        return new
+        return new[0]
 
     async def rotate_async(self) -> GatewayKey | None:
         """Rotate without stalling the server: collect the evidence for the new key list first (in a worker
         thread), and only then switch the keyring and publish the new keys with it. If collection fails nothing
-        changes (the old key is not retired early) and None is returned."""
-        new = self._new_key()
-        body = encode_list([new.config])  # what the keyring publishes after rotate(): the new key alone
+        changes (the old keys are not retired early) and None is returned; else the first new key."""
+        new = self._new_keys()
+        body = encode_list([k.config for k in new])  # what the keyring publishes after rotate(): the new keys alone
         try:
             async with self._refresh_lock:
                 try:
@@ -147,6 +150,7 @@ class GatewayState:
                 self._publish(body, bundle)
                 self.metrics.keys.set(len(self.keyring))
         finally:
-            # used up if the key joined the ring; else (no evidence, cancelled, not published) free again
-            self.keyring.release_key_id(new.config.key_id)
-        return new
+            # used up if the keys joined the ring; else (no evidence, cancelled, not published) free again
+            for k in new:
+                self.keyring.release_key_id(k.config.key_id)
+        return new[0]

@@ -120,6 +120,7 @@ async def attestation(request: web.Request) -> web.Response:
         "platform": verdict.get("platform", "unknown"),
         "key_id": keys.config.key_id,
         "kem": keys.config.kem.name,
+        "post_quantum": keys.config.kem.post_quantum,
         "suites": [f"{s.kdf.name}/{s.aead.name}" for s in keys.config.suites],
         "measurement": verdict.get("measurement"),
         "checks": verdict.get("checks", []),

@@ -52,10 +52,11 @@ def chat(content: str, **kw: Any) -> bytes:
     return orjson.dumps({"model": "echo", "messages": [{"role": "user", "content": content}], **kw})
 
 
-async def fetch_config(gw: Proc) -> ohttp.KeyConfig:
+async def fetch_config(gw: Proc, kem: ohttp.KemId | None = None) -> ohttp.KeyConfig:
+    """The first published config (X-Wing by default), or the first with ``kem``."""
     async with aiohttp.ClientSession() as s:
         async with s.get(gw.base + WELL_KNOWN, headers={"Accept": ohttp.MEDIA_TYPE_KEYS}) as r:
-            return ohttp.decode_list(await r.read())[0]
+            return [c for c in ohttp.decode_list(await r.read()) if kem is None or c.kem is kem][0]
 
 
 async def post_raw(gw: Proc, body: bytes, ctype: str) -> tuple[int, dict[str, str], bytes]:
@@ -99,7 +100,7 @@ async def test_keys_are_published_with_caching_headers(gateway: Proc) -> None:
             configs = ohttp.decode_list(await r.read())
         async with s.get(gateway.base + WELL_KNOWN, headers={"Accept": "text/html"}) as r:
             assert r.status == 406
-    assert configs[0].kem is ohttp.KemId.X25519_SHA256
+    assert [c.kem for c in configs] == [ohttp.KemId.XWING, ohttp.KemId.X25519_SHA256]
     assert ohttp.SymmetricSuite(ohttp.KdfId.HKDF_SHA256, ohttp.AeadId.AES_128_GCM) in configs[0].suites
 
 
@@ -262,7 +263,7 @@ async def test_chunked_request_without_final_chunk_is_rejected(gateway: Proc) ->
 
 
 async def test_replayed_request_is_rejected(gateway: Proc) -> None:
-    config = await fetch_config(gateway)
+    config = await fetch_config(gateway, ohttp.KemId.X25519_SHA256)  # a fixed ephemeral key: X25519's is 32 bytes
     inner = bhttp.encode_request(
         bhttp.Request(method="GET", path="/v1/models", headers=[("date", formatdate(usegmt=True))])
     )
