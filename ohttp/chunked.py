@@ -42,7 +42,6 @@ __all__ = [
     "MAX_CHUNK_SIZE",
     "MEDIA_TYPE_CHUNKED_REQUEST",
     "MEDIA_TYPE_CHUNKED_RESPONSE",
-    "NEED_DATA",
 ]
 
 MEDIA_TYPE_CHUNKED_REQUEST: Final = "message/ohttp-chunked-req"

@@ -14,7 +14,8 @@ from typing import Callable, Final, Iterable, Sequence
 from ._hpke import AeadId, KdfId, KemId, PrivateKey, aead_id, kdf_id, kem_id
 from .errors import DecodeError, KeyIdError, LocalProtocolError, UnsupportedError
 
-__all__ = ["SymmetricSuite", "KeyConfig", "GatewayKey", "KeyRing", "MEDIA_TYPE_KEYS", "DEFAULT_SUITES", "choose_config"]
+__all__ = ["SymmetricSuite", "KeyConfig", "GatewayKey", "KeyRing", "MEDIA_TYPE_KEYS", "DEFAULT_SUITES", "choose_config",
+           "encode_list", "decode_list"]
 
 MEDIA_TYPE_KEYS: Final = "application/ohttp-keys"
 

@@ -11,7 +11,4 @@ from ._encode import *  # noqa: F403
 from ._messages import *  # noqa: F403
 from ._messages import Event as Event, Field as Field
 
-__all__: list[str] = []
-__all__ += _messages.__all__
-__all__ += _encode.__all__
-__all__ += _decode.__all__
+__all__ = _messages.__all__ + _encode.__all__ + _decode.__all__
