@@ -337,13 +337,20 @@ async def _check_outer(r: aiohttp.ClientResponse, data: bytes, expected: str) ->
 
 
 async def _open_stream(r: aiohttp.ClientResponse, dec: ohttp.ChunkedClientResponse) -> InnerResponse:
-    """Feed ciphertext into the chunk decoder and the BHTTP decoder; return once the head has arrived."""
-    bdec = bhttp.BHTTPDecoder(expect="response")
-    it = r.content.iter_any().__aiter__()
+    """Open a chunked response: return once its head has arrived, with its content pieces still to come."""
+    return await _open_pieces(r.content.iter_any(), r.close, ohttp.ChunkedMessageDecoder(dec))
+
+
+async def _open_pieces(
+    body: AsyncIterator[bytes], close: Callable[[], None], dec: ohttp.ChunkedMessageDecoder[ohttp.ChunkedClientResponse]
+) -> InnerResponse:
+    """Feed ``body`` (ciphertext as it arrives) into ``dec``; return once the head has arrived. ``close`` is called
+    once the content has been read, or on any failure."""
+    it = body.__aiter__()
     ended = False
 
     async def pump() -> bool:
-        """Read more from the network into the decoders; False at end of input."""
+        """Read more from the network into the decoder; False at end of input."""
         nonlocal ended
         if ended:
             return False
@@ -354,43 +361,39 @@ async def _open_stream(r: aiohttp.ClientResponse, dec: ohttp.ChunkedClientRespon
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise VeilClientError(f"stream broke: {type(exc).__name__}", 502) from None
         dec.receive_data(piece)
-        if not piece:
-            ended = True
-        while (ev := dec.next_event()) is not ohttp.chunked.NEED_DATA:
-            assert isinstance(ev, ohttp.Chunk)
-            if ev.data:
-                bdec.receive_data(ev.data)
-            if ev.final:
-                bdec.receive_data(b"")
+        ended = not piece
         return True
 
     head: bhttp.ResponseHead | None = None
     try:
         while head is None:
-            ev2 = bdec.next_event()
-            if ev2 is bhttp.NEED_DATA:
+            ev = dec.next_event()
+            if ev is ohttp.NEED_DATA:
                 if not await pump():
                     raise VeilClientError("stream ended before the response head")
-            elif isinstance(ev2, bhttp.ResponseHead):
-                head = ev2
+            elif isinstance(ev, bhttp.ResponseHead):
+                head = ev
     except ohttp.OHTTPError as exc:
-        r.close()
+        close()
         raise VeilClientError(f"the encapsulated stream did not open: {exc}") from None
+    except BaseException:
+        close()
+        raise
 
     async def pieces() -> AsyncIterator[bytes]:
         try:
             while True:
-                ev3 = bdec.next_event()
-                if ev3 is bhttp.NEED_DATA:
+                ev = dec.next_event()
+                if ev is ohttp.NEED_DATA:
                     if not await pump():
                         raise VeilClientError("stream truncated: it ended without its final chunk")
-                elif isinstance(ev3, bhttp.Data):
-                    yield ev3.data
-                elif isinstance(ev3, bhttp.EndOfMessage):
+                elif isinstance(ev, bhttp.Data):
+                    yield ev.data
+                elif isinstance(ev, bhttp.EndOfMessage):
                     return
         except ohttp.OHTTPError as exc:
             raise VeilClientError(f"stream failed: {exc}") from None
         finally:
-            r.close()
+            close()
 
     return InnerResponse(head.status, head.headers, pieces=pieces())

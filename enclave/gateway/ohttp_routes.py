@@ -215,7 +215,11 @@ async def _post_chunked(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     start = time.perf_counter()
     m = state.metrics
-    dec = ohttp.ChunkedGatewayRequest(state.keyring, max_chunks=_MAX_REQUEST_CHUNKS)
+    # The inner request is taken whole (bhttp=False): _serve_inner decodes it after its replay check, as for
+    # message/ohttp-req, so both paths decode and answer a bad inner request alike.
+    dec = ohttp.ChunkedMessageDecoder(
+        ohttp.ChunkedGatewayRequest(state.keyring, max_chunks=_MAX_REQUEST_CHUNKS), bhttp=False
+    )
     inner = bytearray()
     total = 0
     limit = state.config.max_request_bytes
@@ -226,24 +230,18 @@ async def _post_chunked(request: web.Request) -> web.StreamResponse:
                 m.requests.labels("chunked", "too_large").inc()
                 return problem(413, "request too large", detail=f"limit is {limit} bytes")
             dec.receive_data(piece)
-            while (ev := dec.next_event()) is not ohttp.chunked.NEED_DATA:
-                assert isinstance(ev, ohttp.Chunk)
-                inner += ev.data
+            _take_data(dec, inner)
         dec.receive_data(b"")
-        while (ev := dec.next_event()) is not ohttp.chunked.NEED_DATA:
-            assert isinstance(ev, ohttp.Chunk)
-            inner += ev.data
-            if ev.final:
-                break
+        _take_data(dec, inner)
     except TimeoutError:
         m.requests.labels("chunked", "client_timeout").inc()
         return problem(408, "request timeout", detail="the request body arrived too slowly")
     except ohttp.RemoteProtocolError as exc:
-        resp, outcome = _outer_error(exc, header_ok=dec.header_ready)
+        resp, outcome = _outer_error(exc, header_ok=dec.chunks.header_ready)
         m.requests.labels("chunked", outcome).inc()
         return resp
-    enc = dec.response()
-    outcome, api_resp = await _serve_inner(state, bytes(inner), dec.enc)
+    enc = dec.chunks.response()
+    outcome, api_resp = await _serve_inner(state, bytes(inner), dec.chunks.enc)
     m.inner_status_of(api_resp.status).inc()
     out = _StreamResponse(
         status=200,
@@ -295,6 +293,13 @@ async def _post_chunked(request: web.Request) -> web.StreamResponse:
     m.outcome("chunked", outcome).inc()
     m.latency_of("chunked").observe(time.perf_counter() - start)
     return out
+
+
+def _take_data(dec: ohttp.ChunkedMessageDecoder[ohttp.ChunkedGatewayRequest], inner: bytearray) -> None:
+    # Every plaintext piece that has arrived; the final chunk's EndOfMessage comes only after end of input.
+    while (ev := dec.next_event()) is not ohttp.NEED_DATA:
+        if isinstance(ev, bhttp.Data):
+            inner += ev.data
 
 
 class _StreamResponse(web.StreamResponse):
