@@ -120,9 +120,10 @@ def serve_echo(port: int, token_delay: float) -> None:
             obj = orjson.loads(body)
             stream = isinstance(obj, dict) and obj.get("stream") is True
         resp = await engine.call(request.method, request.path, body or None, stream=stream)
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in resp.headers}
         if resp.events is None:
-            return web.Response(status=resp.status, body=resp.body, content_type=resp.content_type)
-        out = web.StreamResponse(status=resp.status, headers={"Content-Type": resp.content_type})
+            return web.Response(status=resp.status, body=resp.body, headers=headers)
+        out = web.StreamResponse(status=resp.status, headers=headers)
         out.enable_chunked_encoding()
         await out.prepare(request)
         async for event in resp.events:
