@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import fields
 
 from veil_cli import Option, add_options
 
-from .app import STATE, RelayConfig, create_app
+from .app import create_app
+from .config import RelayConfig
 from .limits import serve
 from .pool import split_urls
+from .state import STATE
 
 log = logging.getLogger("veil.relay")
 
@@ -110,26 +113,10 @@ def run(args: argparse.Namespace) -> int:
     if not host or not port.isdigit():
         raise SystemExit(f"veil relay: --listen must be HOST:PORT, got {args.listen!r}")
     try:
-        config = RelayConfig(
-            gateways=parse_gateways(args.gateway),
-            max_request_bytes=args.max_request_bytes,
-            max_response_bytes=args.max_response_bytes,
-            max_concurrent=args.max_concurrent,
-            rate_per_minute=args.rate_per_minute,
-            connect_timeout=args.connect_timeout,
-            read_timeout=args.read_timeout,
-            client_timeout=args.client_timeout,
-            body_timeout=args.body_timeout,
-            min_rate=args.min_rate,
-            max_body_time=args.max_body_time,
-            write_timeout=args.write_timeout,
-            max_connections_per_address=args.max_connections_per_address,
-            max_in_flight_per_address=args.max_in_flight_per_address,
-            trusted_proxies=tuple(args.trusted_proxy or ()),
-            key_refresh_interval=args.key_refresh_interval,
-            cors_origins=tuple(args.cors_origin or ()),
-            health_interval=args.health_interval,
-        )
+        # Every option named like a RelayConfig field sets it; the three whose values are reshaped are given here.
+        same = {f.name: getattr(args, f.name) for f in fields(RelayConfig) if hasattr(args, f.name)}
+        config = RelayConfig(gateways=parse_gateways(args.gateway), trusted_proxies=tuple(args.trusted_proxy or ()),
+                             cors_origins=tuple(args.cors_origin or ()), **same)
     except ValueError as exc:
         raise SystemExit(f"veil relay: {exc}") from None
     names = ", ".join(f"/{n}" + (f" ({len(u)} replicas)" if len(u) > 1 else "")

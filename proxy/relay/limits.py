@@ -4,6 +4,7 @@ it does not read.
 * Body deadline (:class:`BodyClock`): a request body must arrive within ``body_timeout`` seconds; every ``min_rate``
   bytes received add one second, up to ``max_body_time`` in all. A client dripping a byte every few seconds is cut
   off (408) after ``body_timeout``; a large body on a slow but real link gets the time its size needs.
+* Rate (:class:`RateLimiter`): requests per address per minute, a fixed window forgotten when it ends.
 * Per address (:class:`ClientLimits`): open connections (checked as each is accepted) and requests in flight. An
   address is kept only as a keyed digest (a random key per process; an IPv6 address by its /64) in memory, never
   logged. Behind a TLS terminator every client has the terminator's address: ``trusted_proxies`` names the
@@ -72,6 +73,24 @@ class BodyClock:
         extra = self.received / self.min_rate if self.min_rate > 0 else 0.0
         deadline = self.start + min(self.base + extra, self.cap)
         return max(0.0, min(per_read, deadline - time.monotonic()))
+
+
+class RateLimiter:
+    """Fixed-window counter per address (a keyed digest of it), in memory only, forgotten when the window ends."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._window = 0
+        self._counts: dict[bytes | str, int] = {}
+
+    def allow(self, addr: bytes | str, now: float | None = None) -> bool:
+        window = int((time.monotonic() if now is None else now) // 60)
+        if window != self._window:
+            self._window = window
+            self._counts = {}
+        n = self._counts.get(addr, 0) + 1
+        self._counts[addr] = n
+        return n <= self.per_minute
 
 
 class ClientLimits:

@@ -44,9 +44,10 @@ from enclave.gateway.vsock import (
 )
 from ohttp import GatewayKey, KeyRing
 from proxy.client import VeilAsyncTransport, VeilTransport
+from proxy.relay import RelayConfig
 from proxy.relay import app as relay_app
-from proxy.relay.app import STATE, RelayConfig
-from proxy.relay.app import create_app as create_relay
+from proxy.relay import create_app as create_relay
+from proxy.relay.state import STATE
 from proxy.relay.vsock import Connect, VsockBridge, connect_socket, parse_vsock_url
 
 from .conftest import REPO, Proc, free_port, sdk_chat_and_stream

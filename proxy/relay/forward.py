@@ -1,0 +1,227 @@
+"""``POST /NAME``: forward one encapsulated request to the allow-listed gateway NAME and stream its answer back.
+
+The relay's half of RFC 9458's promise: the forwarded request is built from scratch (content type and framing;
+no client address, cookie, user agent or other client header), the answer keeps only ``Content-Type`` and
+``Incremental``, both directions stream without buffering, and every limit (size, rate, concurrency, time) is
+checked before a byte reaches the gateway. A refusal is the relay's own plain-HTTP problem; a gateway that cannot
+be reached is a 502, one that is too slow a 504. Once a response has started, a failure cuts the stream short so
+the client sees truncation, never a silent success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator, Final
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import Counter
+
+from . import cors
+from .errors import bad_gateway, forbidden, gateway_timeout, refuse
+from .limits import BodyClock
+from .pool import ReplicaPool
+from .state import STATE, RelayState
+
+MEDIA_REQ: Final = "message/ohttp-req"
+MEDIA_CHUNKED_REQ: Final = "message/ohttp-chunked-req"
+#: Response headers from the gateway that reach the client; everything else is dropped.
+PASS_RESPONSE: Final = ("Content-Type", "Incremental")
+
+
+async def forward(request: web.Request) -> web.StreamResponse:
+    """``POST /NAME`` (or ``/``): forward an encapsulated request to the allow-listed gateway NAME."""
+    resp = await _admit(request)
+    if not resp.prepared:  # the relay's own refusals (403, 413, 429, ...) must be readable by browser pages too
+        cors.allow(request, resp)
+    return resp
+
+
+async def forbidden_post(request: web.Request) -> web.Response:
+    """``POST`` to any other path: not a gateway of the allow list."""
+    return forbidden(request.app[STATE].metrics)
+
+
+def _too_large(state: RelayState) -> web.Response:
+    return refuse(state.metrics, "too_large", 413, "request too large",
+                  f"limit is {state.config.max_request_bytes} bytes")
+
+
+def _too_slow(state: RelayState) -> web.Response:
+    return refuse(state.metrics, "client_timeout", 408, "request timeout", "the request body arrived too slowly")
+
+
+async def _admit(request: web.Request) -> web.StreamResponse:
+    """The relay's own checks, cheapest first; then the request holds a slot while it is forwarded."""
+    state = request.app[STATE]
+    metrics = state.metrics
+    pool = state.target(request.match_info.get("name", ""))
+    if pool is None:
+        return forbidden(metrics)
+    ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if ctype not in (MEDIA_REQ, MEDIA_CHUNKED_REQ):
+        return refuse(metrics, "media_type", 415, "unsupported media type", f"send {MEDIA_REQ} or {MEDIA_CHUNKED_REQ}")
+    cfg = state.config
+    if request.content_length is not None and request.content_length > cfg.max_request_bytes:
+        return _too_large(state)
+    clock = BodyClock(cfg.body_timeout, cfg.min_rate, cfg.max_body_time)  # from the end of the request head
+    client = state.limits.client_key(request)
+    if not state.limiter.allow(client):
+        return refuse(metrics, "rate_limited", 429, "too many requests", "slow down", {"Retry-After": "60"})
+    if state.slots.locked():
+        return refuse(metrics, "busy", 503, "relay busy", "too many concurrent requests", {"Retry-After": "1"})
+    if not state.limits.enter(client):
+        return refuse(metrics, "address_busy", 429, "too many requests at once",
+                      "too many requests from this address are in flight", {"Retry-After": "1"})
+    try:
+        async with state.slots:
+            metrics.in_flight.inc()
+            try:
+                return await _forward(request, state, pool, ctype, clock)
+            finally:
+                metrics.in_flight.dec()
+    finally:
+        state.limits.leave(client)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Response(web.StreamResponse):
+    """A streamed response whose status line and headers leave with its first body bytes, in one send instead of
+    two (as aiohttp's own ``web.Response`` does): an OHTTP client can do nothing with the headers alone, and the
+    gateway sends the first bytes right behind its own headers."""
+
+    _send_headers_immediately = False
+
+
+def _count(piece: bytes, limit: int, counter: Counter, clock: BodyClock) -> None:
+    """Account for one piece of a request body: its deadline grows with it, and past ``limit`` it is refused."""
+    clock.received += len(piece)
+    if clock.received > limit:
+        raise _TooLarge()
+    counter.inc(len(piece))
+
+
+async def _body(request: web.Request, limit: int, timeout: float, counter: Counter,
+                clock: BodyClock, first: bytearray) -> AsyncIterator[bytes]:
+    """A streamed ``message/ohttp-chunked-req`` body; its first byte (the key id) is kept in ``first``, and a body
+    that misses its deadline sets ``clock.timed_out``."""
+    it = request.content.iter_any().__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(clock.remaining(timeout)):  # not wait_for: that wraps every piece in a task
+                piece = await it.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            clock.timed_out = True
+            raise
+        if not first and piece:
+            first.append(piece[0])
+        _count(piece, limit, counter, clock)
+        yield piece
+
+
+async def _whole_body(request: web.Request, limit: int, timeout: float, counter: Counter, clock: BodyClock) -> bytes:
+    """A ``message/ohttp-req`` body: the same limits and deadlines as :func:`_body`, but what has arrived already
+    is taken without waiting (the common case: the whole small body came with the headers)."""
+    content = request.content
+    parts: list[bytes] = []
+    while piece := content.read_nowait():
+        _count(piece, limit, counter, clock)
+        parts.append(piece)
+    while not content.at_eof():
+        async with asyncio.timeout(clock.remaining(timeout)):
+            piece = await content.readany()
+        if not piece:
+            break
+        _count(piece, limit, counter, clock)
+        parts.append(piece)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _forward(request: web.Request, state: RelayState, pool: ReplicaPool, ctype: str,
+                   clock: BodyClock) -> web.StreamResponse:
+    cfg = state.config
+    metrics = state.metrics
+    assert state.session is not None
+    up_bytes = metrics.bytes_up
+    # The forwarded request is built from scratch: content type, framing, nothing else of the client's.
+    headers = {"Content-Type": ctype}
+    if ctype == MEDIA_CHUNKED_REQ:
+        headers["Incremental"] = "?1"
+    data: object
+    first = bytearray()  # the request's key id (RFC 9458 §4.1: the first byte of the encapsulated request)
+    if ctype == MEDIA_CHUNKED_REQ and not request.content.is_eof():
+        data = _body(request, cfg.max_request_bytes, cfg.client_timeout, up_bytes, clock, first)
+    else:
+        # A whole message, or an incremental one that has arrived completely already (the usual chat request):
+        # forwarded in one piece with a Content-Length, rather than as chunks and a terminator in separate sends.
+        try:
+            data = await _whole_body(request, cfg.max_request_bytes, cfg.client_timeout, up_bytes, clock)
+        except _TooLarge:
+            return _too_large(state)
+        except asyncio.TimeoutError:
+            return _too_slow(state)
+        first += data[:1]
+    t0 = time.perf_counter()
+    try:
+        # Another replica is tried only when nothing was sent (connection refused or timed out); never after.
+        upstream, replica = await pool.post(state.session, data, headers, metrics.retries)
+    except _TooLarge:
+        return _too_large(state)
+    except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+        if clock.timed_out:  # the client's streamed body missed its deadline (aiohttp wraps the error)
+            return _too_slow(state)
+        if isinstance(exc, asyncio.TimeoutError):
+            metrics.outcome("gateway_timeout").inc()
+            return gateway_timeout("the gateway did not answer in time")
+        metrics.outcome("gateway_error").inc()
+        return bad_gateway()
+    metrics.latency.observe(time.perf_counter() - t0)
+    if upstream.status == 422 and first:
+        state.keycache.key_rejected(pool.name, first[0])
+    try:
+        return await _stream_back(request, state, upstream)
+    except (ConnectionResetError, OSError):
+        metrics.outcome("client_gone").inc()
+        return web.StreamResponse()
+    finally:
+        upstream.release()
+        replica.release()
+
+
+async def _stream_back(request: web.Request, state: RelayState,
+                       upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    """The gateway's answer, with only :data:`PASS_RESPONSE` headers, cut off past ``max_response_bytes``."""
+    metrics = state.metrics
+    out_headers = {k: upstream.headers[k] for k in PASS_RESPONSE if k in upstream.headers}
+    out_headers["Cache-Control"] = "no-store"
+    resp = _Response(status=upstream.status, headers=out_headers)
+    if upstream.content_length is not None and "Incremental" not in out_headers:
+        resp.content_length = upstream.content_length
+    else:
+        resp.enable_chunked_encoding()
+    cors.allow(request, resp)
+    await resp.prepare(request)
+    down = metrics.bytes_down
+    limit = state.config.max_response_bytes
+    total = 0
+    try:
+        async for piece in upstream.content.iter_any():
+            total += len(piece)
+            if total > limit:
+                metrics.outcome("response_too_large").inc()
+                upstream.close()
+                return resp  # cut off: the client sees a truncated body, never a silent success
+            down.inc(len(piece))
+            await resp.write(piece)
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        metrics.outcome("gateway_broke").inc()
+        return resp  # the stream ends without its final chunk; the client detects truncation
+    await resp.write_eof()
+    metrics.outcome("ok" if upstream.status == 200 else f"gateway_{upstream.status // 100}xx").inc()
+    return resp

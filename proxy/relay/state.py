@@ -1,0 +1,53 @@
+"""Everything one relay app holds (aiohttp's "no singletons"), and the AppKey it is stored under."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from .config import RelayConfig
+from .keycache import KeyCache
+from .limits import ClientLimits, RateLimiter, WriteWatchdog, parse_networks
+from .metrics import RelayMetrics
+from .pool import ReplicaPool, split_urls
+from .vsock import VsockBridge
+
+
+@dataclass
+class RelayState:
+    """Per-app state; the client session and the vsock bridges are set up by ``create_app``'s cleanup contexts."""
+
+    config: RelayConfig
+    session: aiohttp.ClientSession | None = None
+    pools: dict[str, ReplicaPool] = field(init=False)
+    metrics: RelayMetrics = field(init=False)
+    keycache: KeyCache = field(init=False)
+    limiter: RateLimiter = field(init=False)
+    limits: ClientLimits = field(init=False)
+    watchdog: WriteWatchdog = field(init=False)
+    slots: asyncio.Semaphore = field(init=False)
+    bridges: list[VsockBridge] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.pools = {name: ReplicaPool(name, split_urls(urls)) for name, urls in cfg.gateways.items()}
+        self.metrics = RelayMetrics(self.pools.values())
+        self.keycache = KeyCache(cfg, self.metrics)
+        self.limiter = RateLimiter(cfg.rate_per_minute)
+        self.limits = ClientLimits(max_connections=cfg.max_connections_per_address,
+                                   max_in_flight=cfg.max_in_flight_per_address,
+                                   trusted_proxies=parse_networks(cfg.trusted_proxies))
+        self.watchdog = WriteWatchdog(cfg.write_timeout)
+        self.slots = asyncio.Semaphore(cfg.max_concurrent)
+
+    def target(self, name: str) -> ReplicaPool | None:
+        """The allow-listed gateway ``name``; ``""`` (the path ``/``) names the only one of a one-gateway relay."""
+        if name == "" and len(self.pools) == 1:
+            return next(iter(self.pools.values()))
+        return self.pools.get(name)
+
+
+STATE = web.AppKey("STATE", RelayState)
