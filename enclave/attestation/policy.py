@@ -4,6 +4,7 @@ Example::
 
     platforms = ["sev-snp", "tdx"]          # which CPU TEEs are acceptable
     require_gpu = false                      # demand NVIDIA CC evidence for every request path
+    require_post_quantum = false             # refuse gateways that offer no X-Wing (ML-KEM-768 + X25519) key
 
     [sev-snp]
     measurements = ["<96 hex chars>"]        # launch digests (sev-snp-measure)
@@ -74,6 +75,12 @@ class ConfigPolicy:
         return cls(require=dict(require))
 
 
+def _bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise EvidenceFormatError(f"{name} must be true or false, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True, init=False)
 class Policy:
     """What a client accepts: the platforms, GPU evidence, the gateway's bound configuration, and one typed section
@@ -82,6 +89,8 @@ class Policy:
 
     platforms: tuple[str, ...]
     require_gpu: bool
+    #: refuse a key list without a post-quantum (X-Wing) configuration; clients prefer X-Wing either way
+    require_post_quantum: bool
     #: ``[config]``: required values of the gateway's bound configuration
     config: ConfigPolicy
     #: the sections given, by registry key (``"snp"``)
@@ -89,7 +98,7 @@ class Policy:
 
     def __init__(self, *, platforms: tuple[str, ...] = ("sev-snp", "tdx"), require_gpu: bool = False,
                  config: ConfigPolicy | None = None, sections: Mapping[str, object] | None = None,
-                 **by_key: object) -> None:
+                 require_post_quantum: bool = False, **by_key: object) -> None:
         merged = dict(sections or {})
         for key, section in by_key.items():
             platform = BY_KEY.get(key)
@@ -100,6 +109,7 @@ class Policy:
             merged[key] = section
         object.__setattr__(self, "platforms", tuple(platforms))
         object.__setattr__(self, "require_gpu", require_gpu)
+        object.__setattr__(self, "require_post_quantum", require_post_quantum)
         object.__setattr__(self, "config", config if config is not None else ConfigPolicy())
         object.__setattr__(self, "sections", merged)
 
@@ -112,7 +122,7 @@ class Policy:
         """This policy accepting any measurement and any GPU version (``veil attest verify --any-measurement``)."""
         relaxed = {p.key: p.audit(self.get(p.policy)) for p in PLATFORMS if p.audit is not None}
         return Policy(platforms=self.platforms, require_gpu=self.require_gpu, config=self.config,
-                      sections={**self.sections, **relaxed})
+                      sections={**self.sections, **relaxed}, require_post_quantum=self.require_post_quantum)
 
     @classmethod
     def load(cls, path: str | Path, *, maa_jwks_file: str | Path | None = None) -> Policy:
@@ -135,12 +145,13 @@ class Policy:
             if not isinstance(data.get("maa", {}), dict):
                 raise EvidenceFormatError("[maa] must be a table")
             data = {**data, "maa": {**data.get("maa", {}), "jwks_file": str(Path(maa_jwks_file).resolve())}}
-        if extra := set(data) - {"platforms", "require_gpu", "config", *BY_TABLE}:
+        if extra := set(data) - {"platforms", "require_gpu", "require_post_quantum", "config", *BY_TABLE}:
             raise EvidenceFormatError(f"unknown policy keys: {sorted(extra)}")
         try:
             policy = cls(
                 platforms=tuple(data.get("platforms", ("sev-snp", "tdx"))),
                 require_gpu=bool(data.get("require_gpu", False)),
+                require_post_quantum=_bool(data.get("require_post_quantum", False), "require_post_quantum"),
                 config=ConfigPolicy.from_dict(data.get("config", {})),
                 sections={p.key: p.parse_policy(data[table], base) for table, p in BY_TABLE.items() if table in data},
             )

@@ -40,6 +40,8 @@ class Verdict:
     simulated: bool = False
     #: the gateway's configuration as its bundle binds it (None: not a gateway bundle, e.g. raw evidence)
     config: dict[str, Any] | None = None
+    #: the key configurations the bundle binds, in published order (None: no key list, e.g. raw evidence)
+    key_configs: list[dict[str, Any]] | None = None
 
     def add(self, name: str, ok: bool | None, expected: str = "", found: str = "", detail: str = "") -> bool:
         """Record a check; returns ``ok`` (False for None) so callers can chain."""
@@ -67,6 +69,10 @@ class Verdict:
         if self.config is not None:
             lines.append("configuration (bound with the keys):" + ("" if self.config else " none"))
             lines += [f"  {k} = {_value(v)}" for k, v in sorted(self.config.items())]
+        if self.key_configs is not None:
+            lines.append("key configurations (bound, in the order published):")
+            lines += [f"  key {k['key_id']}: {k['kem']} (0x{k['kem_id']:04x})"
+                      + (", post-quantum" if k["post_quantum"] else "") for k in self.key_configs]
         lines += [c.line() for c in self.checks]
         lines.append("RESULT: " + ("PASS" if self.ok else f"FAIL ({len(self.failures)} failed or not checked)"))
         return "\n".join(lines)
@@ -79,6 +85,7 @@ class Verdict:
             "measurement": self.measurement.hex() if self.measurement else None,
             "claims": self.claims,
             "config": self.config,
+            "key_configs": self.key_configs,
             "checks": [{"name": c.name, "ok": c.ok, "expected": c.expected, "found": c.found, "detail": c.detail}
                        for c in self.checks],
         }

@@ -8,7 +8,9 @@ Order (fail closed; every step is a check in the verdict):
    REPORT_DATA equals the binding recomputed here from the bytes received (key list, GPU evidence, nonce);
 4. GPU evidence, when present or required, verifies with the nonce derived from the key configuration;
 5. the gateway's configuration (bound by REPORT_DATA with the keys) has every value the policy's ``[config]``
-   requires; the document lists every value either way.
+   requires; the document lists every value either way;
+6. with ``require_post_quantum``, the bound key list offers an X-Wing configuration; the verdict names the KEM of
+   every bound configuration either way.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import datetime as dt
 import hmac
 
 import orjson
+
+import ohttp
 
 from .bundle import Bundle, gpu_nonce, report_data
 from .errors import EvidenceFormatError
@@ -75,7 +79,23 @@ def verify_bundle(
             verdict.extend(gpu)
             verdict.claims["gpus"] = gpu.claims
     _check_config(verdict, bundle, policy, check_binding)
+    _check_kems(verdict, bundle, policy)
     return verdict
+
+
+def _check_kems(verdict: Verdict, bundle: Bundle, policy: Policy) -> None:
+    """Name the KEM of every bound key configuration; with ``require_post_quantum``, demand an X-Wing one."""
+    try:
+        configs = ohttp.decode_list(bundle.key_config) if bundle.key_config else None
+    except ohttp.OHTTPError:
+        configs = None
+    if configs is not None:
+        verdict.key_configs = [{"key_id": c.key_id, "kem": c.kem.name, "kem_id": int(c.kem),
+                                "post_quantum": c.kem.post_quantum} for c in configs]
+    if policy.require_post_quantum:
+        offered = ", ".join(f"{c.kem.name} (key {c.key_id})" for c in configs or []) or "no key configuration"
+        verdict.add("post-quantum key configuration", any(c.kem.post_quantum for c in configs or []),
+                    "X-Wing (KEM 0x647a)", offered)
 
 
 def evidence_expiry(bundle: Bundle) -> float | None:

@@ -21,6 +21,10 @@ iterations): raw pyhpke for the same bytes (``CipherSuite.create_sender_context`
 secret for the response), with the suite and the deserialized keys built once, as Veil caches them; for the
 stream, one raw ``AESGCM.encrypt``/``decrypt`` per chunk of the same size.
 
+* post-quantum cost: the same 1 KiB exchange through Veil with an X-Wing key (KEM 0x647A, ML-KEM-768 + X25519)
+  and with an X25519 key, alternating in the same iterations: client encapsulate, gateway decapsulate + seal,
+  client open, and the bytes on the wire (key configuration, request, response).
+
 Targets checked (from the issue):
 
 * gateway decapsulate + seal-response of a 1 KiB exchange within 1.3x of the raw HPKE baseline;
@@ -65,6 +69,7 @@ from ohttp import (
     EndOfMessage,
     Gateway,
     GatewayKey,
+    KemId,
     KeyRing,
     Request,
     Response,
@@ -511,6 +516,121 @@ def run_stream(n_chunks: int, streams: int, warmup: int, repeat: int, gw: Series
 # Machine and report
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Post-quantum cost: X-Wing against X25519, both through Veil
+
+
+@dataclass
+class KemSeries:
+    client_encap: Series
+    gateway_total: Series
+    gateway_decap: Series
+    client_open: Series
+
+    def all(self) -> list[Series]:
+        return [self.client_encap, self.gateway_total, self.gateway_decap, self.client_open]
+
+
+def new_kem_series(size_label: str) -> KemSeries:
+    def series(key: str, step: str) -> Series:
+        return Series(f"xwing_1k.{key}", step, size_label, "X25519 (same run)")
+
+    return KemSeries(
+        client_encap=series("client_encapsulate", "client: encapsulate request (+BHTTP encode)"),
+        gateway_total=series("gateway_total", "**gateway: decapsulate + seal-response**"),
+        gateway_decap=series("gateway_decapsulate", "gateway: decapsulate request (+BHTTP decode)"),
+        client_open=series("client_open", "client: open response (+BHTTP decode)"),
+    )
+
+
+class KemBench:
+    """One 1 KiB exchange through Veil per KEM; ``veil`` samples are X-Wing, ``base`` samples X25519."""
+
+    def __init__(self, body_size: int) -> None:
+        self.req_body = request_body(body_size)
+        self.resp_body = response_body(body_size)
+        self.sides: dict[KemId, tuple[GatewayKey, Gateway, ClientRequest]] = {}
+        for kem in (KemId.XWING, KemId.X25519_SHA256):
+            key = GatewayKey.generate(1, kem)
+            self.sides[kem] = (key, Gateway(KeyRing([key])), ClientRequest(key.config))
+        self.sizes: dict[KemId, dict[str, int]] = {}
+
+    def iteration(self, s: KemSeries | None, x25519_first: bool) -> None:
+        order = (KemId.X25519_SHA256, KemId.XWING) if x25519_first else (KemId.XWING, KemId.X25519_SHA256)
+        t = {kem: self._one(kem) for kem in order}
+        if s is not None:
+            pq, classic = t[KemId.XWING], t[KemId.X25519_SHA256]
+            s.client_encap.add(pq[0], classic[0])
+            s.gateway_decap.add(pq[1], classic[1])
+            s.gateway_total.add(pq[1] + pq[2], classic[1] + classic[2])
+            s.client_open.add(pq[3], classic[3])
+
+    def _one(self, kem: KemId) -> tuple[int, int, int, int]:
+        key, gateway, client = self.sides[kem]
+        t0 = PERF()
+        enc_request, client_ctx = client.encapsulate(encode_request(make_request(self.req_body)))
+        t1 = PERF()
+        bhttp_request, gateway_ctx = gateway.decapsulate(enc_request)
+        request = decode_request(bhttp_request)
+        t2 = PERF()
+        enc_response = gateway_ctx.encapsulate(encode_response(make_response(self.resp_body)))
+        t3 = PERF()
+        response = decode_response(client_ctx.decapsulate(enc_response))
+        t4 = PERF()
+        if request.content != self.req_body or response.content != self.resp_body:
+            raise AssertionError("Veil round trip lost data")
+        self.sizes[kem] = {
+            "key_config_list": len(key.config.encode()) + 2,
+            "request": len(enc_request),
+            "response": len(enc_response),
+        }
+        return t1 - t0, t2 - t1, t3 - t2, t4 - t3
+
+
+def run_kem(body_size: int, iterations: int, warmup: int, repeat: int, s: KemSeries) -> KemBench:
+    bench = KemBench(body_size)
+    for i in range(warmup):
+        bench.iteration(None, bool(i & 1))
+    for _ in range(repeat):
+        start = len(s.gateway_total.veil)
+        gc.collect()
+        gc.disable()
+        try:
+            for i in range(iterations):
+                bench.iteration(s, bool(i & 1))
+        finally:
+            gc.enable()
+        for series in s.all():
+            series.end_round(start)
+    return bench
+
+
+def kem_table(rows: list[Series], sizes: dict[KemId, dict[str, int]]) -> str:
+    lines = [
+        "| Step (1 KiB exchange) | X-Wing median (µs) | X-Wing p90 (µs) | X25519 median (µs) | X25519 p90 (µs) "
+        "| X-Wing − X25519 (µs) | X-Wing / X25519 |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.step} | {fmt(r.veil_median)} | {fmt(pct(r.veil, 90))} | {fmt(r.base_median)} "
+            f"| {fmt(pct(r.base, 90))} | {fmt(r.delta)} | {r.ratio:.2f}x |"
+        )
+    pq, classic = sizes[KemId.XWING], sizes[KemId.X25519_SHA256]
+    lines += [
+        "",
+        "| Bytes on the wire | X-Wing | X25519 | X-Wing − X25519 |",
+        "|---|--:|--:|--:|",
+    ]
+    for name, label in (
+        ("key_config_list", "key configuration (application/ohttp-keys entry, 2 suites)"),
+        ("request", "encapsulated request (1 KiB body)"),
+        ("response", "encapsulated response (1 KiB body)"),
+    ):
+        lines.append(f"| {label} | {pq[name]} | {classic[name]} | {pq[name] - classic[name]:+d} |")
+    return "\n".join(lines)
+
+
 def machine_info() -> dict[str, Any]:
     return {**base_machine_info("pyhpke", "cryptography"), "openssl": openssl_version()}
 
@@ -613,6 +733,9 @@ def main(argv: list[str] | None = None) -> int:
     run_exchange(64 * KIB, plan["large"][0], plan["large"][1], args.repeat, large)
     print("running chunked stream ...", file=sys.stderr, flush=True)
     run_stream(args.chunks, plan["streams"][0], plan["streams"][1], args.repeat, chunk_gw, chunk_cl)
+    print("running X-Wing against X25519 ...", file=sys.stderr, flush=True)
+    kem = new_kem_series("1 KiB")
+    kem_bench = run_kem(KIB, plan["small"][0] // 2, plan["small"][1], args.repeat, kem)
     elapsed = time.perf_counter() - t_start
 
     rows = small.all() + large.all() + [chunk_gw, chunk_cl]
@@ -634,6 +757,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{fmt(o.veil_median)} µs vs {fmt(o.base_median)} µs = {o.ratio:.2f}x"
     )
     print()
+    print("## Post-quantum cost: X-Wing (KEM 0x647A, ML-KEM-768 + X25519) against X25519, same iterations")
+    print()
+    print(kem_table(kem.all(), kem_bench.sizes))
+    print()
+    g = kem.gateway_total
+    print(
+        f"INFO: X-Wing adds {fmt(g.delta)} µs of gateway work and {fmt(kem.client_encap.delta)} µs of client work "
+        f"per request, and {kem_bench.sizes[KemId.XWING]['request'] - kem_bench.sizes[KemId.X25519_SHA256]['request']}"
+        " bytes to each request (response sizes are unchanged)"
+    )
+    print()
     print(f"({elapsed:.1f} s)")
 
     if args.json is not None:
@@ -644,7 +778,8 @@ def main(argv: list[str] | None = None) -> int:
             "plan": {k: {"iterations": v[0], "warmup": v[1]} for k, v in plan.items()},
             "chunks_per_stream": args.chunks,
             "sse_event_size": SSE_EVENT_SIZE,
-            "results": [r.to_json() for r in rows],
+            "results": [r.to_json() for r in rows + kem.all()],
+            "bytes": {k.name: v for k, v in kem_bench.sizes.items()},
             "targets": [{"name": t.name, "pass": t.passed, "detail": t.detail} for t in targets],
             "elapsed_s": elapsed,
         }

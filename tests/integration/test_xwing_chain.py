@@ -4,6 +4,7 @@ X-Wing, and an X25519-only client still works against the same gateway through t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import urllib.request
@@ -16,8 +17,11 @@ import orjson
 import pytest
 
 import ohttp
-from enclave.attestation import Bundle
+from enclave.attestation import Bundle, Policy
 from ohttp import bhttp
+from proxy import OhttpClient
+from proxy.transport import VeilClientError
+from proxy.verify import make_verifier
 
 from .conftest import Proc, free_port, start_veil
 
@@ -118,14 +122,36 @@ def test_x25519_only_client_still_works(chain: Chain, chunked: bool) -> None:
     assert orjson.loads(content)["choices"][0]["message"]["content"] == "classic client"
 
 
+async def _client_kem(url: str, policy: Policy) -> ohttp.KemId:
+    client = OhttpClient(url, verifier=make_verifier(allow_simulated=True, policy=policy))
+    try:
+        return (await client.refresh_keys()).config.kem
+    finally:
+        await client.close()
+
+
+def test_require_post_quantum_policy(chain: Chain) -> None:
+    assert asyncio.run(_client_kem(chain.relay_url, Policy(require_post_quantum=True))) is ohttp.KemId.XWING
+
+
 def test_gateway_with_kem_x25519_offers_only_x25519(tmp_path: Path) -> None:
     port = free_port()
     gw = start_veil(["gateway", "--engine", "echo", "--listen", f"127.0.0.1:{port}", "--kem", "x25519"], port)
     try:
         configs = ohttp.decode_list(_get(gw.base + "/.well-known/ohttp-gateway", ohttp.MEDIA_TYPE_KEYS))
         assert [c.kem for c in configs] == [ohttp.KemId.X25519_SHA256]
-        with pytest.raises(ohttp.UnsupportedError, match="post-quantum"):
-            ohttp.choose_config(configs, require_post_quantum=True)
+        gw_url = gw.base + "/.well-known/ohttp-gateway"
+
+        async def refused() -> None:
+            client = OhttpClient(gw_url, keys_url=gw_url, attestation_url=gw.base + "/.well-known/veil-attestation",
+                                 verifier=make_verifier(allow_simulated=True, policy=Policy(require_post_quantum=True)))
+            try:
+                with pytest.raises(VeilClientError, match="post-quantum"):
+                    await client.refresh_keys()
+            finally:
+                await client.close()
+
+        asyncio.run(refused())
     finally:
         gw.stop()
         gw.log_path.unlink(missing_ok=True)
