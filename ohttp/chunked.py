@@ -143,6 +143,12 @@ class _ChunkReader:
             self._pos = 0
 
 
+def _chunk(plaintext: bytes, final: bool) -> Chunk:
+    if not plaintext and not final:
+        raise ChunkError("empty non-final chunk")
+    return Chunk(plaintext, final)
+
+
 def _frame(sealed: bytes, final: bool) -> bytes:
     return b"\x00" + sealed if final else encode_varint(len(sealed)) + sealed
 
@@ -177,6 +183,32 @@ class _ResponseCipher:
 
     def open(self, ct: bytes, final: bool) -> bytes:
         return self._aead.open(self._next_nonce(), ct, AAD_FINAL if final else b"")
+
+
+class _ChunkDecoder:
+    """What both chunk decoders share: the reader, feeding it, and staying failed after any error."""
+
+    _reader: _ChunkReader
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes as they arrive; ``b""`` ends input."""
+        if self._reader.failed:
+            raise ChunkError("decoder already failed")
+        self._reader.feed(data)
+
+    def next_event(self) -> Chunk | _NeedData:
+        """The next decrypted chunk, or ``NEED_DATA``."""
+        r = self._reader
+        if r.failed:
+            raise ChunkError("decoder already failed")
+        try:
+            return self._next(r)
+        except OHTTPError:
+            r.failed = True
+            raise
+
+    def _next(self, r: _ChunkReader) -> Chunk | _NeedData:
+        raise NotImplementedError
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -223,7 +255,7 @@ class ChunkedClientRequest:
         return ChunkedClientResponse(self._ctx, self._enc, self.suite.kdf, self.suite.aead, max_chunk_size)
 
 
-class ChunkedClientResponse:
+class ChunkedClientResponse(_ChunkDecoder):
     """Incremental decoder of a chunked encapsulated response (h11 style).
 
     ``receive_data(data)`` (``b""`` ends input), then ``next_event()`` gives :class:`Chunk` or ``NEED_DATA``.
@@ -241,47 +273,30 @@ class ChunkedClientResponse:
         self._reader = _ChunkReader(entropy_len(aead), max_chunk_size)
         self._cipher: _ResponseCipher | None = None
 
-    def receive_data(self, data: bytes) -> None:
-        """Feed ciphertext as it arrives; ``b""`` ends input."""
-        if self._reader.failed:
-            raise ChunkError("decoder already failed")
-        self._reader.feed(data)
-
-    def next_event(self) -> Chunk | _NeedData:
-        """The next decrypted chunk, or ``NEED_DATA``."""
-        r = self._reader
-        if r.failed:
-            raise ChunkError("decoder already failed")
-        try:
-            if self._cipher is None:
-                n = entropy_len(self._aead)
-                buf = r.buffered()
-                if len(buf) < n:
-                    if r.eof:
-                        raise ChunkError(f"response truncated: {len(buf)} of {n} nonce bytes")
-                    return NEED_DATA
-                r.take_prefix(n)
-                assert r.prefix is not None
-                aead, base = response_keys(self._ctx, LABEL_CHUNKED_RESPONSE, self._enc, r.prefix, self._kdf, self._aead)
-                self._cipher = _ResponseCipher(aead, base)
-            item = r.next_sealed()
-            if item is None:
+    def _next(self, r: _ChunkReader) -> Chunk | _NeedData:
+        if self._cipher is None:
+            n = entropy_len(self._aead)
+            buf = r.buffered()
+            if len(buf) < n:
+                if r.eof:
+                    raise ChunkError(f"response truncated: {len(buf)} of {n} nonce bytes")
                 return NEED_DATA
-            sealed, final = item
-            pt = self._cipher.open(sealed, final)
-            if not pt and not final:
-                raise ChunkError("empty non-final chunk")
-            return Chunk(pt, final)
-        except OHTTPError:
-            r.failed = True
-            raise
+            r.take_prefix(n)
+            assert r.prefix is not None
+            aead, base = response_keys(self._ctx, LABEL_CHUNKED_RESPONSE, self._enc, r.prefix, self._kdf, self._aead)
+            self._cipher = _ResponseCipher(aead, base)
+        item = r.next_sealed()
+        if item is None:
+            return NEED_DATA
+        sealed, final = item
+        return _chunk(self._cipher.open(sealed, final), final)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Gateway side
 
 
-class ChunkedGatewayRequest:
+class ChunkedGatewayRequest(_ChunkDecoder):
     """Incremental decoder of a chunked encapsulated request at the gateway.
 
     Once the header is in (``next_event`` has returned anything but ``NEED_DATA`` or ``header_ready`` is true),
@@ -321,46 +336,30 @@ class ChunkedGatewayRequest:
             raise LocalProtocolError("header not read yet")
         return self._parsed.enc
 
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes as they arrive; ``b""`` ends input."""
-        if self._reader.failed:
-            raise ChunkError("decoder already failed")
-        self._reader.feed(data)
-
-    def next_event(self) -> Chunk | _NeedData:
-        """The next decrypted request chunk, or ``NEED_DATA``."""
-        r = self._reader
-        if r.failed:
-            raise ChunkError("decoder already failed")
-        try:
-            if self._ctx is None:
-                parsed = parse_request_header(r.buffered(), self._keys)
-                if parsed is None:
-                    if r.eof:
-                        raise DecodeError("chunked request truncated inside its header")
-                    return NEED_DATA
-                self._parsed = parsed
-                r.take_prefix(parsed.end)
-                self._ctx = parsed.key.private_key.setup_recipient(
-                    parsed.kdf, parsed.aead, parsed.enc, build_info(INFO_CHUNKED_REQUEST, parsed.header)
-                )
-            item = r.next_sealed()
-            if item is None:
+    def _next(self, r: _ChunkReader) -> Chunk | _NeedData:
+        if self._ctx is None:
+            parsed = parse_request_header(r.buffered(), self._keys)
+            if parsed is None:
+                if r.eof:
+                    raise DecodeError("chunked request truncated inside its header")
                 return NEED_DATA
-            sealed, final = item
-            self._chunks += 1
-            if self._chunks > self._max_chunks:
-                raise LimitError(f"more than {self._max_chunks} request chunks")
-            try:
-                pt = self._ctx.open(sealed, AAD_FINAL if final else b"")
-            except Exception:
-                raise DecryptError("request chunk authentication failed") from None
-            if not pt and not final:
-                raise ChunkError("empty non-final chunk")
-            return Chunk(pt, final)
-        except OHTTPError:
-            r.failed = True
-            raise
+            self._parsed = parsed
+            r.take_prefix(parsed.end)
+            self._ctx = parsed.key.private_key.setup_recipient(
+                parsed.kdf, parsed.aead, parsed.enc, build_info(INFO_CHUNKED_REQUEST, parsed.header)
+            )
+        item = r.next_sealed()
+        if item is None:
+            return NEED_DATA
+        sealed, final = item
+        self._chunks += 1
+        if self._chunks > self._max_chunks:
+            raise LimitError(f"more than {self._max_chunks} request chunks")
+        try:
+            pt = self._ctx.open(sealed, AAD_FINAL if final else b"")
+        except Exception:
+            raise DecryptError("request chunk authentication failed") from None
+        return _chunk(pt, final)
 
     def response(self, *, response_nonce: bytes | None = None) -> ChunkedGatewayResponse:
         """The encoder of the chunked response; ``response_nonce`` is for test vectors only."""
