@@ -48,7 +48,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from _bench_env import prepare
 
@@ -368,21 +368,27 @@ class ExchangeBench:
         return t1 - t0, t4 - t3, t2 - t1, t3 - t2
 
 
-def run_exchange(body_size: int, iterations: int, warmup: int, repeat: int, s: ExchangeSeries) -> None:
-    bench = ExchangeBench(body_size)
+def timed_rounds(iteration: Callable[[Any, bool], None], s: ExchangeSeries | KemSeries, iterations: int, warmup: int,
+                 repeat: int) -> None:
+    """``warmup`` untimed iterations, then ``repeat`` rounds of ``iterations`` with the garbage collector paused, each
+    round's medians recorded; Veil and the baseline take turns going first (``bool(i & 1)``)."""
     for i in range(warmup):
-        bench.iteration(None, bool(i & 1))
+        iteration(None, bool(i & 1))
     for _ in range(repeat):
         start = len(s.gateway_total.veil)
         gc.collect()
         gc.disable()
         try:
             for i in range(iterations):
-                bench.iteration(s, bool(i & 1))
+                iteration(s, bool(i & 1))
         finally:
             gc.enable()
         for series in s.all():
             series.end_round(start)
+
+
+def run_exchange(body_size: int, iterations: int, warmup: int, repeat: int, s: ExchangeSeries) -> None:
+    timed_rounds(ExchangeBench(body_size).iteration, s, iterations, warmup, repeat)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -589,19 +595,7 @@ class KemBench:
 
 def run_kem(body_size: int, iterations: int, warmup: int, repeat: int, s: KemSeries) -> KemBench:
     bench = KemBench(body_size)
-    for i in range(warmup):
-        bench.iteration(None, bool(i & 1))
-    for _ in range(repeat):
-        start = len(s.gateway_total.veil)
-        gc.collect()
-        gc.disable()
-        try:
-            for i in range(iterations):
-                bench.iteration(s, bool(i & 1))
-        finally:
-            gc.enable()
-        for series in s.all():
-            series.end_round(start)
+    timed_rounds(bench.iteration, s, iterations, warmup, repeat)
     return bench
 
 
