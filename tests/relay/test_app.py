@@ -1,0 +1,63 @@
+"""The app as a whole (app.py, config.py, metrics.py): its public API, config validation, ``/healthz``, and
+metrics that never carry a per-client label."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import proxy.relay
+from proxy.relay import RelayConfig
+
+from .conftest import MEDIA_REQ, WELL_KNOWN, MakeRelay, StandInGateway
+
+CLIENTS = ("198.51.100.7", "203.0.113.9", "2001:db8::1")
+
+
+def test_one_public_api() -> None:
+    assert sorted(proxy.relay.__all__) == ["RelayConfig", "create_app"]
+
+
+@pytest.mark.parametrize(("gateways", "proxies", "says"), [
+    ({"bad name": "http://127.0.0.1:1/"}, (), "gateway name"),
+    ({"../x": "http://127.0.0.1:1/"}, (), "gateway name"),
+    ({"gw": " , "}, (), "has no URL"),
+    ({"gw": "ftp://127.0.0.1/"}, (), "must be http(s)://"),
+    ({"gw": "vsock://nope/x"}, (), "vsock"),
+    ({"gw": "http://127.0.0.1:1/"}, ("not-a-network",), "--trusted-proxy"),
+])
+def test_config_refuses_bad_values(gateways: dict[str, str], proxies: tuple[str, ...], says: str) -> None:
+    with pytest.raises(ValueError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        RelayConfig(gateways=gateways, trusted_proxies=proxies)
+
+
+async def test_healthz(relay: MakeRelay) -> None:
+    client = await relay(gateways={"gw": "http://127.0.0.1:1" + WELL_KNOWN})  # gateways are not its business
+    resp = await client.get("/healthz")
+    assert resp.status == 200 and await resp.json() == {"status": "ok"}
+
+
+async def test_metrics_have_no_per_client_labels(relay: MakeRelay, gateway: StandInGateway) -> None:
+    client = await relay(gateways={"gw": gateway.url, "pair": f"{gateway.url},{gateway.url}"},
+                         trusted_proxies=("127.0.0.1",), rate_per_minute=1)
+    for addr in CLIENTS:  # each its own client, through the trusted proxy
+        for path, ctype in (("/gw", MEDIA_REQ), ("/pair", MEDIA_REQ), ("/nope", MEDIA_REQ), ("/gw", "text/plain")):
+            await client.post(path, data=b"\x01junk", headers={"Content-Type": ctype, "X-Forwarded-For": addr,
+                                                              "User-Agent": "agent-" + addr})
+        await client.get("/gw", headers={"X-Forwarded-For": addr})
+    resp = await client.get("/metrics")
+    assert resp.status == 200 and resp.content_type == "text/plain"
+    text = await resp.text()
+    assert not any(a in text for a in (*CLIENTS, "127.0.0.1", "agent-"))
+    labels: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            for k, v in sample.labels.items():
+                labels.setdefault(k, set()).add(v)
+    labels.pop("le", None)  # histogram buckets
+    assert labels == {
+        "outcome": {"ok", "forbidden", "media_type", "rate_limited"},
+        "direction": {"up", "down"},
+        "gateway": {"pair"},
+        "replica": {"0", "1"},
+    }
