@@ -11,6 +11,10 @@ from importlib import metadata
 from typing import Any, Final
 
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+#: Environment for a benchmark's relay: all load comes from 127.0.0.1, so the per-address caps (32 requests in
+#: flight, 128 connections) would refuse it. Variables, not options: an older checkout without them ignores them.
+RELAY_UNCAPPED: Final = {"VEIL_RELAY_MAX_IN_FLIGHT_PER_ADDRESS": "1000000",
+                         "VEIL_RELAY_MAX_CONNECTIONS_PER_ADDRESS": "1000000"}
 
 
 # ---------------------------------------------------------------------------------------------------------------

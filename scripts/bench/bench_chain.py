@@ -64,7 +64,7 @@ ROOT = prepare(__file__, 'aiohttp', 'openai')
 
 import aiohttp
 import orjson
-from _common import (Target, command_line, cpu_seconds, machine_info as base_machine_info, pct, pss_mb, rss_mb,
+from _common import (RELAY_UNCAPPED, Target, command_line, cpu_seconds, machine_info as base_machine_info, pct, pss_mb, rss_mb,
                      tree_cpu_seconds)
 
 from tests.harness import Proc, free_port, start_process, start_veil, stop_all
@@ -725,10 +725,12 @@ def start_all(args: argparse.Namespace, env: dict[str, str]) -> Setup:
         gp, rp, pp = free_port(), free_port(), free_port()
         setup.procs.append(veil("gateway", ["gateway", *gw_engine, "--listen", f"127.0.0.1:{gp}", "--log-level", "warning"],
                                 gp, env, veil_cpus))
-        # --rate-per-minute: every benchmark request comes from 127.0.0.1; the default 600/min would 429 them.
+        # --rate-per-minute and the per-address caps: every benchmark request comes from 127.0.0.1; the defaults
+        # (600/min, 32 in flight, 128 connections per address) would 429 them. Through the environment, so an older
+        # checkout (--veil-root) without those options still starts.
         setup.procs.append(veil("relay", ["relay", "--listen", f"127.0.0.1:{rp}", "--rate-per-minute", "1000000000",
                                           "--gateway", f"gw=http://127.0.0.1:{gp}/.well-known/ohttp-gateway",
-                                          "--log-level", "warning"], rp, env, veil_cpus))
+                                          "--log-level", "warning"], rp, env | RELAY_UNCAPPED, veil_cpus))
         setup.procs.append(veil("proxy", ["proxy", "--listen", f"127.0.0.1:{pp}", "--relay", f"http://127.0.0.1:{rp}/gw",
                                           "--insecure-allow-simulated", "--log-level", "warning"], pp, env, veil_cpus))
     except BaseException:

@@ -53,7 +53,7 @@ from _bench_env import prepare
 
 ROOT = prepare(__file__, 'aiohttp')
 
-from _common import command_line, cpu_seconds, machine_info, version_of
+from _common import RELAY_UNCAPPED, command_line, cpu_seconds, machine_info, version_of
 
 from tests.harness import Proc, free_port, http_ok, start_process, start_veil, stop_all
 
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                 relay = start_veil(["relay", "--listen", f"127.0.0.1:{port}", "--rate-per-minute", "1000000000",
                                     "--log-level", "warning", "--gateway",
                                     f"gw=http://127.0.0.1:{up_port}/.well-known/ohttp-gateway"],
-                                   port, name=f"relay-{loop}", env=relay_env | {"VEIL_EVENT_LOOP": loop}, cwd=veil_root,
+                                   port, name=f"relay-{loop}", env=relay_env | RELAY_UNCAPPED | {"VEIL_EVENT_LOOP": loop}, cwd=veil_root,
                                    log_path=tmp / f"relay-{loop}.log", die_with_parent=True, stop_timeout=15.0)
                 procs.append(relay)
                 targets.append((Series(f"relay-{loop}", f"veil relay ({loop})"), f"http://127.0.0.1:{port}/gw", relay.pid))

@@ -27,7 +27,7 @@ from _bench_env import prepare
 
 REPO = prepare(__file__, "aiohttp", "orjson")
 
-from _common import rss_mb
+from _common import RELAY_UNCAPPED, rss_mb
 
 from tests.harness import Proc, free_port, start_veil, stop_all
 
@@ -35,7 +35,8 @@ CANARY = "load-canary-8842"
 
 
 def start(args: list[str], port: int, log: Path) -> Proc:
-    return start_veil(args, port, name=args[0], log_path=log, stop_timeout=30.0, die_with_parent=True)
+    env = RELAY_UNCAPPED if args[0] == "relay" else None  # every stream comes from 127.0.0.1
+    return start_veil(args, port, name=args[0], log_path=log, stop_timeout=30.0, die_with_parent=True, env=env)
 
 
 def pct(values: list[float], q: float) -> float:
