@@ -8,7 +8,7 @@ const ui = {
   banner: $("sim-banner"), model: $("model"), newChat: $("new-chat"), toggleTrust: $("toggle-trust"),
   trustDot: $("trust-dot"), messages: $("messages"), empty: $("empty-state"), composer: $("composer"),
   input: $("input"), send: $("send"), stop: $("stop"), panel: $("trust-panel"), verdict: $("trust-verdict"),
-  platform: $("trust-platform"), measurement: $("trust-measurement"), keyId: $("trust-key-id"),
+  platform: $("trust-platform"), measurement: $("trust-measurement"), keyId: $("trust-key-id"), kem: $("trust-kem"),
   suite: $("trust-suite"), expiry: $("trust-key-expiry"), issued: $("trust-issued"), relay: $("trust-relay"),
   checks: $("trust-checks"), error: $("trust-error"), reverify: $("reverify"), closeTrust: $("close-trust"),
 };
@@ -50,6 +50,10 @@ function renderTrust(client, pendingText) {
   ui.measurement.title = v && v.measurement ? "launch measurement (48 bytes, hex)" +
     (v.simulated ? ": for simulated evidence a fixed label, not a real launch digest" : "") : "";
   setText(ui.keyId, t.config ? `id ${t.keyId} · ${t.keysBody.length}-byte key list` : "–");
+  // The KEM the requests use: X-Wing whenever the gateway offers it; the title lists every bound configuration.
+  setText(ui.kem, t.kemName ? `${t.kemName} · ${t.postQuantum ? "post-quantum" : "not post-quantum"}` : "–");
+  ui.kem.dataset.postQuantum = String(Boolean(t.postQuantum));
+  ui.kem.title = v && v.keyConfigs ? "offered: " + v.keyConfigs.map((c) => `key ${c.keyId} ${c.kemName}`).join(", ") : "";
   setText(ui.suite, t.suiteName || "–");
   setText(ui.expiry, t.maxAge === null
     ? "no max-age: fetched again before each request"
@@ -308,7 +312,9 @@ async function boot() {
   // Served by veil proxy, the page sends its ciphertext to the proxy's same-origin /relay path, which forwards it to
   // the relay unchanged (so the relay needs no CORS rule); the panel names the relay it reaches.
   state.relayLabel = config.relay_upstream ? `${config.relay_upstream} (through veil proxy)` : null;
-  state.client = new VeilClient({ relay: config.relay, allowSimulated: Boolean(config.allow_simulated) });
+  // require_post_quantum (optional): refuse a gateway that offers no X-Wing key configuration.
+  state.client = new VeilClient({ relay: config.relay, allowSimulated: Boolean(config.allow_simulated),
+    requirePostQuantum: config.require_post_quantum === true });
   if (!(await verify())) return;
   try {
     await loadModels();

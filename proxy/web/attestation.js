@@ -11,9 +11,14 @@
 // Simulated report layout: magic "VEIL-SIMULATED-V1" (17) || report_data (64) || measurement (48)
 //   || issued_at (8, big-endian ms) || ed25519 public key (32) || signature (64) over everything before it.
 //
+// The bound key list's configurations are named, KEM by KEM (as the Python verdict's key_configs): a list with an
+// X-Wing (post-quantum) configuration passes, one without is a warning, or a refusal with requirePostQuantum.
+//
 // Real platforms (sev-snp, tdx) are refused: this page cannot yet verify their signatures, certificate chains
 // (AMD ARK/ASK/VCEK, Intel PCK/QE), TCB or GPU evidence (`veil proxy` does, in Python, against a measurement
 // policy), and a key binding inside an unverified report proves nothing.
+
+import { KEMS, decodeKeyList } from "./ohttp.js";
 
 const MAGIC = "VEIL-SIMULATED-V1";
 const REPORT_LABEL = "veil/report/v2\0";
@@ -114,6 +119,36 @@ function configCheck(config) {
   return check("Gateway configuration", "pass", `bound by REPORT_DATA: ${shown}`);
 }
 
+/**
+ * The KEMs of the bound key list, in the order published: {check, configs: [{keyId, kem, kemName, postQuantum}],
+ * postQuantum}. Configurations with a KEM this page does not know are skipped (and not counted).
+ */
+function kemCheck(keysBody, requirePostQuantum) {
+  let configs;
+  try {
+    configs = decodeKeyList(keysBody).map((c) => ({ keyId: c.keyId, kem: c.kem, kemName: KEMS[c.kem].name,
+      postQuantum: KEMS[c.kem].postQuantum }));
+  } catch (err) {
+    return { check: check("Key configurations", "fail", `the bound key list is malformed: ${err.message}`), configs: [],
+      postQuantum: false, refusal: "the gateway's key configuration list is malformed" };
+  }
+  const named = configs.map((c) => `key ${c.keyId}: ${c.kemName}${c.postQuantum ? ", post-quantum" : ""}`).join("; ") ||
+    "none this page supports";
+  const postQuantum = configs.some((c) => c.postQuantum);
+  let status = "pass";
+  let detail = `bound, in the order published: ${named}`;
+  if (!postQuantum) {
+    status = requirePostQuantum ? "fail" : "warn";
+    detail += requirePostQuantum
+      ? ". None is post-quantum (X-Wing, KEM 0x647a), and this page requires one"
+      : ". None is post-quantum: traffic recorded today could be decrypted by a future quantum computer";
+  }
+  const refusal = status === "fail"
+    ? "the gateway offers no post-quantum key configuration (X-Wing), and this page requires one (require_post_quantum)"
+    : null;
+  return { check: check("Key configurations", status, detail), configs, postQuantum, refusal };
+}
+
 async function ed25519Verify(publicKey, signature, message) {
   let key;
   try {
@@ -126,14 +161,16 @@ async function ed25519Verify(publicKey, signature, message) {
 
 /**
  * Verify an evidence bundle for the keys body. Returns
- *   {accepted, refusal, platform, simulated, measurement (hex), issuedAt (s), checks: [{name, status, detail}]}
+ *   {accepted, refusal, platform, simulated, measurement (hex), issuedAt (s), config, keyConfigs, postQuantum,
+ *    checks: [{name, status, detail}]}
  * accepted is true only if nothing failed and the platform is acceptable: simulated evidence needs
- * allowSimulated (the serving proxy was started with --insecure-allow-simulated); real platforms are refused.
+ * allowSimulated (the serving proxy was started with --insecure-allow-simulated); real platforms are refused;
+ * requirePostQuantum refuses a key list without an X-Wing configuration.
  */
-export async function verifyBundle(bundleBytes, keysBody, { allowSimulated = false } = {}) {
+export async function verifyBundle(bundleBytes, keysBody, { allowSimulated = false, requirePostQuantum = false } = {}) {
   const checks = [];
   const result = { accepted: false, refusal: null, platform: "unknown", simulated: false, measurement: null, issuedAt: null,
-    config: null, checks };
+    config: null, keyConfigs: null, postQuantum: false, checks };
   const refuse = (why) => {
     result.refusal = why;
     return result;
@@ -156,6 +193,11 @@ export async function verifyBundle(bundleBytes, keysBody, { allowSimulated = fal
     return refuse("the evidence binds a different key configuration");
   }
   checks.push(check("Key binding", "pass", `bundle.key_config equals the ${keysBody.length}-byte keys body, byte for byte`));
+  const kems = kemCheck(keysBody, requirePostQuantum);
+  checks.push(kems.check);
+  result.keyConfigs = kems.configs;
+  result.postQuantum = kems.postQuantum;
+  if (kems.refusal) return refuse(kems.refusal);
   const expected = await reportData(keysBody, bundle.gpuEvidence, bundle.nonce, bundle.config);
 
   if (bundle.platform === "simulated") {

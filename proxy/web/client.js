@@ -5,6 +5,8 @@
 // pads), POST it to the relay, and open the answer; `stream: true` travels as chunked OHTTP and is read incrementally
 // (fetch's ReadableStream -> chunk decoder -> incremental BHTTP decoder -> content pieces as they arrive).
 // A 422 with problem type ohttp-key refreshes and re-verifies the keys and retries once.
+// Of the gateway's key configurations the client uses the post-quantum one (X-Wing) when offered, else the first it
+// supports (ohttp.js chooseConfig, as ohttp.keys.choose_config); requirePostQuantum refuses a gateway without one.
 //
 // Requests carry no cookies, no referrer and nothing the relay could use to link them; the relay sees only the
 // ciphertext and the media type.
@@ -12,7 +14,8 @@
 import { BHTTPDecoder, NEED_DATA, decode, encodeRequest, paddedSize } from "./bhttp.js";
 import { ChunkedClientRequest, MEDIA_TYPE_CHUNKED_REQUEST, MEDIA_TYPE_CHUNKED_RESPONSE } from "./chunked.js";
 import {
-  MEDIA_TYPE_KEYS, MEDIA_TYPE_REQUEST, MEDIA_TYPE_RESPONSE, chooseSuite, decodeKeyList, encapsulateRequest, suiteName,
+  KEMS, MEDIA_TYPE_KEYS, MEDIA_TYPE_REQUEST, MEDIA_TYPE_RESPONSE, chooseConfig, chooseSuite, decodeKeyList,
+  encapsulateRequest, suiteName,
 } from "./ohttp.js";
 import { verifyBundle } from "./attestation.js";
 
@@ -51,12 +54,14 @@ function mediaType(res) {
 export class VeilClient {
   /**
    * relay: the relay's URL for one gateway (http://relay.example/NAME); allowSimulated: accept SIMULATED
-   * evidence (only when the user asked for it); fetch: injectable for tests; now: clock in ms.
+   * evidence (only when the user asked for it); requirePostQuantum: refuse a gateway that offers no X-Wing key
+   * configuration (otherwise X-Wing is still preferred); fetch: injectable for tests; now: clock in ms.
    */
-  constructor({ relay, allowSimulated = false, fetch: fetchImpl, now = () => Date.now() }) {
+  constructor({ relay, allowSimulated = false, requirePostQuantum = false, fetch: fetchImpl, now = () => Date.now() }) {
     if (!relay) throw new VeilError("no relay URL configured");
     this.relay = relay.replace(/\/+$/, "");
     this.allowSimulated = allowSimulated;
+    this.requirePostQuantum = requirePostQuantum;
     this._fetchImpl = fetchImpl || globalThis.fetch.bind(globalThis);
     this._now = now;
     /** What was fetched and verified (also when it was refused): shown by the trust panel. */
@@ -98,7 +103,8 @@ export class VeilClient {
     const trust = {
       relay: this.relay, keysBody, cacheControl, fetchedAt, maxAge,
       expiresAt: maxAge === null ? null : fetchedAt + maxAge * 1000,
-      config: null, suite: null, suiteName: null, keyId: null, verdict: null, accepted: false, error: null,
+      config: null, suite: null, suiteName: null, keyId: null, kemName: null, postQuantum: false,
+      verdict: null, accepted: false, error: null,
     };
     this.trust = trust;
     let configs;
@@ -112,13 +118,20 @@ export class VeilClient {
       trust.error = "the gateway offers no key configuration this page supports";
       throw new VeilError(trust.error);
     }
-    trust.config = configs[0];
+    trust.config = chooseConfig(configs); // X-Wing when offered; requirePostQuantum is the verdict's to refuse
+    trust.kemName = KEMS[trust.config.kem].name;
+    trust.postQuantum = KEMS[trust.config.kem].postQuantum;
     trust.suite = chooseSuite(trust.config);
     trust.suiteName = suiteName(trust.config.kem, trust.suite);
     trust.keyId = trust.config.keyId;
-    trust.verdict = await verifyBundle(bundle, keysBody, { allowSimulated: this.allowSimulated });
+    trust.verdict = await verifyBundle(bundle, keysBody,
+      { allowSimulated: this.allowSimulated, requirePostQuantum: this.requirePostQuantum });
     if (!trust.verdict.accepted) {
       trust.error = `attestation refused: ${trust.verdict.refusal}`;
+      throw new VeilError(trust.error, { code: "veil_attestation_refused" });
+    }
+    if (this.requirePostQuantum && !trust.postQuantum) { // fail closed even if the verdict and the choice disagreed
+      trust.error = "refused: no post-quantum key configuration, and this page requires one (require_post_quantum)";
       throw new VeilError(trust.error, { code: "veil_attestation_refused" });
     }
     trust.accepted = true;

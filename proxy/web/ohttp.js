@@ -7,10 +7,14 @@
 //   hdr      = key_id(1) || kem_id(2) || kdf_id(2) || aead_id(2)
 //   request  = hdr || enc || Seal(info = "message/bhttp request" || 0x00 || hdr, aad = "", bhttp)
 //   response = nonce(max(Nn, Nk)) || AEAD.Seal(key, aead_nonce, "", bhttp)    keys: responseKeys() below
+//
+// KEMs: X-Wing (0x647A, ML-KEM-768 + X25519: post-quantum; enc is 1120 bytes, the public key 1216) is preferred
+// whenever a gateway offers it (chooseConfig, as ohttp.keys.choose_config); the DHKEMs remain for gateways that
+// publish no X-Wing key. Nothing else in OHTTP depends on the KEM but the length of enc.
 
 import {
   Aes128Gcm, Aes256Gcm, Chacha20Poly1305, CipherSuite, DhkemP256HkdfSha256, DhkemX25519HkdfSha256,
-  HkdfSha256, HkdfSha384, HkdfSha512,
+  HkdfSha256, HkdfSha384, HkdfSha512, XWing,
 } from "./vendor/hpke.js";
 import { concat } from "./bhttp.js";
 
@@ -30,10 +34,17 @@ export class OHTTPError extends Error {
 }
 
 // What this client can use. Unknown KEMs are skipped by the list's length prefix; unknown KDFs/AEADs are dropped.
+// npk: public key length in a key config; nenc: length of enc in a request; postQuantum: resists a quantum adversary.
 export const KEMS = Object.freeze({
-  0x0010: { name: "DHKEM(P-256, HKDF-SHA256)", npk: 65, make: () => new DhkemP256HkdfSha256() },
-  0x0020: { name: "DHKEM(X25519, HKDF-SHA256)", npk: 32, make: () => new DhkemX25519HkdfSha256() },
+  0x0010: {
+    name: "DHKEM(P-256, HKDF-SHA256)", npk: 65, nenc: 65, postQuantum: false, make: () => new DhkemP256HkdfSha256(),
+  },
+  0x0020: {
+    name: "DHKEM(X25519, HKDF-SHA256)", npk: 32, nenc: 32, postQuantum: false, make: () => new DhkemX25519HkdfSha256(),
+  },
+  0x647a: { name: "X-Wing (ML-KEM-768 + X25519)", npk: 1216, nenc: 1120, postQuantum: true, make: () => new XWing() },
 });
+export const KEM_XWING = 0x647a;
 export const KDFS = Object.freeze({
   0x0001: { name: "HKDF-SHA256", hash: "SHA-256", make: () => new HkdfSha256() },
   0x0002: { name: "HKDF-SHA384", hash: "SHA-384", make: () => new HkdfSha384() },
@@ -103,6 +114,22 @@ function decodeKeyConfig(c, offset) {
   return { keyId: c[0], kem, publicKey: c.slice(3, pkEnd), suites };
 }
 
+/**
+ * The configuration this client encapsulates to (as ohttp.keys.choose_config): the first post-quantum one (X-Wing)
+ * if the list has any, else the first. Throws OHTTPError if there is none, or none post-quantum while
+ * requirePostQuantum is set.
+ */
+export function chooseConfig(configs, { requirePostQuantum = false } = {}) {
+  const pq = configs.find((c) => KEMS[c.kem].postQuantum);
+  if (pq) return pq;
+  if (requirePostQuantum) {
+    throw new OHTTPError("the gateway offers no post-quantum key configuration (X-Wing, KEM 0x647a), and this page " +
+      "requires one (require_post_quantum)");
+  }
+  if (!configs.length) throw new OHTTPError("the gateway offers no key configuration this page supports");
+  return configs[0];
+}
+
 /** The suite this client uses with config: AES-128-GCM when offered, then ChaCha20-Poly1305; SHA-256 first. */
 export function chooseSuite(config) {
   const rank = (s) => AEAD_PREFERENCE.indexOf(s.aead) * 0x10000 + s.kdf;
@@ -124,7 +151,9 @@ export function buildHeader(config, suite) {
 
 /**
  * A fresh HPKE sender context for config and suite with info = label || 0x00 || hdr. ephemeral is for test vectors
- * only: {privateKey, publicKey} raw bytes of a fixed ephemeral key (passed to @hpke as its `ekm` key pair).
+ * only: for a DHKEM {privateKey, publicKey}, raw bytes of a fixed ephemeral key (passed to @hpke as its `ekm` key
+ * pair); for X-Wing {seed}, the 64-byte EncapsulateDerand eseed (ML-KEM message m || X25519 ephemeral scalar, passed
+ * as `ekm` bytes).
  */
 export async function setupSender(config, suite, label, ephemeral) {
   const cs = new CipherSuite({ kem: KEMS[config.kem].make(), kdf: KDFS[suite.kdf].make(), aead: AEADS[suite.aead].make() });
@@ -133,7 +162,10 @@ export async function setupSender(config, suite, label, ephemeral) {
     recipientPublicKey: await cs.kem.deserializePublicKey(config.publicKey),
     info: concat(utf8(label), Uint8Array.of(0), hdr),
   };
-  if (ephemeral) {
+  if (ephemeral && ephemeral.seed) {
+    if (config.kem !== KEM_XWING) throw new Error("an ephemeral seed is for X-Wing only");
+    params.ekm = ephemeral.seed.slice().buffer;
+  } else if (ephemeral) {
     params.ekm = {
       privateKey: await cs.kem.importKey("raw", ephemeral.privateKey.slice().buffer, false),
       publicKey: await cs.kem.importKey("raw", ephemeral.publicKey.slice().buffer, true),

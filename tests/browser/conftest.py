@@ -2,7 +2,9 @@
 
 ``veil gateway`` (echo engine, 30 ms per token) <- a capture server in this process that records every byte the
 relay forwards and receives <- ``veil relay --cors-origin *`` <- the page, served by ``veil proxy`` and encrypting
-in the browser. Chromium is Debian's (``scripts/setup-web --with-chromium`` installs it); Playwright only drives it.
+in the browser. The gateway publishes an X-Wing key configuration and an X25519 one (the default); ``chain_x25519``
+is the same chain with ``veil gateway --kem x25519``. Chromium is Debian's (``scripts/setup-web --with-chromium``
+installs it); Playwright only drives it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 import threading
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,9 +134,12 @@ class CaptureServer(ThreadServer):
         return out
 
 
-def static_site(relay: str, *, allow_simulated: bool = True) -> ThreadServer:
+def static_site(relay: str, *, allow_simulated: bool = True, require_post_quantum: bool | None = None) -> ThreadServer:
     """The page from proxy/web on its own origin, laid out as ``veil proxy`` serves it, with its own config."""
-    config = orjson.dumps({"relay": relay, "allow_simulated": allow_simulated})
+    fields: dict[str, Any] = {"relay": relay, "allow_simulated": allow_simulated}
+    if require_post_quantum is not None:
+        fields["require_post_quantum"] = require_post_quantum
+    config = orjson.dumps(fields)
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB_DIR / "index.html")
@@ -183,14 +189,15 @@ class Chain:
         return total
 
 
-@pytest.fixture(scope="package")
-def chain() -> Iterator[Chain]:
+@contextmanager
+def start_chain(*gateway_args: str) -> Iterator[Chain]:
+    """gateway (echo engine, 30 ms per token; plus ``gateway_args``) <- capture <- relay <- proxy, stopped after."""
     gp, rp, pp = free_port(), free_port(), free_port()
     procs: list[Proc] = []
     capture: CaptureServer | None = None
     try:
         procs.append(start_veil(["gateway", "--engine", "echo", "--echo-token-delay", "0.03",
-                                 "--listen", f"127.0.0.1:{gp}"], gp))
+                                 "--listen", f"127.0.0.1:{gp}", *gateway_args], gp))
         capture = CaptureServer(f"http://127.0.0.1:{gp}").start()  # type: ignore[assignment]
         assert capture is not None
         procs.append(start_veil(["relay", "--listen", f"127.0.0.1:{rp}", "--cors-origin", "*",
@@ -204,6 +211,20 @@ def chain() -> Iterator[Chain]:
             p.log_path.unlink(missing_ok=True)
         if capture is not None:
             capture.stop()
+
+
+@pytest.fixture(scope="package")
+def chain() -> Iterator[Chain]:
+    """The default gateway: an X-Wing key configuration first, an X25519 one second."""
+    with start_chain() as c:
+        yield c
+
+
+@pytest.fixture(scope="package")
+def chain_x25519() -> Iterator[Chain]:
+    """A gateway that publishes an X25519 key configuration only (``veil gateway --kem x25519``)."""
+    with start_chain("--kem", "x25519") as c:
+        yield c
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -36,12 +36,15 @@ def _last_reply_length(pg: Page) -> int:
 
 
 def _gateway_key_id(chain: Chain) -> int:
+    """The key id of the configuration a client uses: the gateway's X-Wing one (it publishes X25519 too)."""
     import urllib.request
 
     req = urllib.request.Request(chain.gateway.base + "/.well-known/ohttp-gateway",
                                  headers={"Accept": "application/ohttp-keys"})
     with urllib.request.urlopen(req, timeout=5) as r:
-        return ohttp.decode_list(r.read())[0].key_id
+        config = ohttp.choose_config(ohttp.decode_list(r.read()))
+    assert config.kem == ohttp.KemId.XWING
+    return config.key_id
 
 
 def test_page_verifies_before_sending_and_shows_the_trust_panel(chain: Chain, page: tuple[Page, PageLog]) -> None:
@@ -56,14 +59,17 @@ def test_page_verifies_before_sending_and_shows_the_trust_panel(chain: Chain, pa
     # Values computed by the page with WebCrypto equal what the Python side knows.
     expect(pg.locator("#trust-measurement")).to_have_text(MEASUREMENT.hex())
     expect(pg.locator("#trust-key-id")).to_contain_text(f"id {_gateway_key_id(chain)} ")
-    expect(pg.locator("#trust-suite")).to_have_text("DHKEM(X25519, HKDF-SHA256) / HKDF-SHA256 / AES-128-GCM")
+    expect(pg.locator("#trust-kem")).to_have_text("X-Wing (ML-KEM-768 + X25519) · post-quantum")
+    expect(pg.locator("#trust-suite")).to_have_text("X-Wing (ML-KEM-768 + X25519) / HKDF-SHA256 / AES-128-GCM")
     expect(pg.locator("#trust-key-expiry")).to_contain_text("(Cache-Control)")
     expect(pg.locator("#trust-relay")).to_have_text(f"{chain.relay_url} (through veil proxy)")
     statuses = dict(pg.eval_on_selector_all(
         "#trust-checks li", "els => els.map(e => [e.querySelector('b').textContent, e.dataset.status])"))
     # "warn" for the signature means Chromium's WebCrypto Ed25519 verified it (it is not a proof of origin).
-    assert statuses == {"Evidence bundle": "pass", "Key binding": "pass", "REPORT_DATA": "pass",
-                        "Gateway configuration": "pass", "Report signature": "warn", "TEE": "fail", "Freshness": "not-verified"}, statuses
+    # "Key configurations" passes because the list has an X-Wing (post-quantum) configuration.
+    assert statuses == {"Evidence bundle": "pass", "Key binding": "pass", "Key configurations": "pass",
+                        "REPORT_DATA": "pass", "Gateway configuration": "pass", "Report signature": "warn",
+                        "TEE": "fail", "Freshness": "not-verified"}, statuses
     expect(pg.locator("#model")).to_have_value("echo")
     # Verification came first: the keys and the evidence were fetched before the first POST (the model list).
     # The page's OHTTP requests go to veil proxy's same-origin /relay path, which forwards them to the relay.

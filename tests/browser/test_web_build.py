@@ -29,6 +29,7 @@ def test_bundle_is_reproducible_and_matches_the_committed_file(tmp_path: Path) -
     # Nothing machine-specific leaks into the bundle.
     assert str(REPO).encode() not in first and b"/root/" not in first and b"/home/" not in first
     assert b"esbuild@0.28.2" in first[:400] and b"@hpke/core@1.9.0" in first[:400]
-    # It exports what the page imports.
-    for name in (b"CipherSuite", b"DhkemX25519HkdfSha256", b"Chacha20Poly1305", b"Aes128Gcm", b"HkdfSha256"):
+    assert b"@hpke/hybridkem-x-wing@0.7.0" in first[:400] and b"mlkem@" in first[:400]
+    # It exports what the page imports, X-Wing (KEM 0x647A) included.
+    for name in (b"CipherSuite", b"DhkemX25519HkdfSha256", b"Chacha20Poly1305", b"Aes128Gcm", b"HkdfSha256", b"XWing"):
         assert name in first[-600:], name

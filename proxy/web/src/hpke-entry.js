@@ -3,3 +3,5 @@
 export { Aes128Gcm, Aes256Gcm, CipherSuite, DhkemP256HkdfSha256, HkdfSha256, HkdfSha384, HkdfSha512 } from "@hpke/core";
 export { DhkemX25519HkdfSha256 } from "@hpke/dhkem-x25519";
 export { Chacha20Poly1305 } from "@hpke/chacha20poly1305";
+// X-Wing (KEM 0x647A: ML-KEM-768 + X25519, post-quantum), on the `mlkem` package (FIPS 203, same author).
+export { XWing } from "@hpke/hybridkem-x-wing";

@@ -77,10 +77,15 @@ test("a good simulated bundle is accepted only when simulated evidence is allowe
   assert.equal(ok.measurement, hex(MEASUREMENT));
   assert.equal(ok.issuedAt, 1767225600);
   assert.deepEqual(statuses(ok), {
-    "Evidence bundle": "pass", "Key binding": "pass", REPORT_DATA: "pass", "Gateway configuration": "pass",
-    "Report signature": "warn",
+    "Evidence bundle": "pass", "Key binding": "pass", "Key configurations": "warn", REPORT_DATA: "pass",
+    "Gateway configuration": "pass", "Report signature": "warn",
     TEE: "fail", Freshness: "not-verified",
   });
+  // The RFC 9458 example list has one X25519 key: named, and a warning that it is not post-quantum.
+  assert.match(ok.checks.find((c) => c.name === "Key configurations").detail,
+    /^bound, in the order published: key 1: DHKEM\(X25519, HKDF-SHA256\)\. None is post-quantum/);
+  assert.deepEqual(ok.keyConfigs, [{ keyId: 1, kem: 0x0020, kemName: "DHKEM(X25519, HKDF-SHA256)", postQuantum: false }]);
+  assert.equal(ok.postQuantum, false);
   const no = await verifyBundle(bundle, KEYS, { allowSimulated: false });
   assert.equal(no.accepted, false);
   assert.match(no.refusal, /SIMULATED/);
@@ -138,4 +143,27 @@ test("real platforms are refused, saying what was and was not verified", async (
     // The REPORT_DATA here was built without the GPU evidence: it must not match what binds keys AND GPU evidence.
     assert.equal(s.REPORT_DATA, platform === "sev-snp" ? "fail" : "not-verified");
   }
+});
+
+// A key list as `veil gateway` publishes it by default: X-Wing (key 0) first, X25519 (key 1) second.
+const XWING = loadVector("ohttp_xwing_derived.json");
+const X25519_CONFIG = loadVector("rfc9458_appendix_a.json").ohttp_keys_media;
+const BOTH = h(XWING.ohttp_keys_media.slice(0, 4) + "00" + XWING.ohttp_keys_media.slice(6) + X25519_CONFIG);
+
+test("the bound key list's KEMs are named; X-Wing passes, and require_post_quantum refuses a list without it", async () => {
+  const both = await verifyBundle(await simulatedBundle({ keys: BOTH }), BOTH, { allowSimulated: true, requirePostQuantum: true });
+  assert.equal(both.accepted, true, both.refusal);
+  assert.equal(both.postQuantum, true);
+  assert.deepEqual(both.keyConfigs.map((c) => [c.keyId, c.kemName, c.postQuantum]),
+    [[0, "X-Wing (ML-KEM-768 + X25519)", true], [1, "DHKEM(X25519, HKDF-SHA256)", false]]);
+  const named = both.checks.find((c) => c.name === "Key configurations");
+  assert.equal(named.status, "pass");
+  assert.equal(named.detail, "bound, in the order published: key 0: X-Wing (ML-KEM-768 + X25519), post-quantum; " +
+    "key 1: DHKEM(X25519, HKDF-SHA256)");
+
+  const only = await verifyBundle(await simulatedBundle({ keys: KEYS }), KEYS, { allowSimulated: true, requirePostQuantum: true });
+  assert.equal(only.accepted, false);
+  assert.match(only.refusal, /no post-quantum key configuration.*require_post_quantum/);
+  assert.equal(statuses(only)["Key configurations"], "fail");
+  assert.equal(statuses(only)["REPORT_DATA"], undefined, "refused before anything else was looked at");
 });

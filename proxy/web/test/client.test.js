@@ -12,16 +12,31 @@ import { gatewayContext, simulatedBundle, utf8 } from "./helpers.js";
 const RELAY = "https://relay.example/gw";
 const FINAL = utf8("final");
 
-async function makeKey(keyId) {
-  const kem = KEMS[0x0020].make();
-  const pair = await kem.generateKeyPair();
-  const pub = new Uint8Array(await kem.serializePublicKey(pair.publicKey));
-  const priv = new Uint8Array(await kem.serializePrivateKey(pair.privateKey));
-  const config = concat(Uint8Array.of(keyId, 0x00, 0x20), pub, Uint8Array.of(0, 8, 0, 1, 0, 1, 0, 1, 0, 3));
-  // A list with an unknown KEM (0x0030, Cloudflare's PQ one) first: the client must skip it, not fail.
-  const unknown = concat(Uint8Array.of(9, 0x00, 0x30), new Uint8Array(40), Uint8Array.of(0, 4, 0, 1, 0, 1));
-  const body = concat(Uint8Array.of(0, unknown.length), unknown, Uint8Array.of(0, config.length), config);
-  return { keyId, priv, body, config: { kem: 0x0020 } };
+/** A key configuration for kem (0x0020 or 0x647a) with a fresh key pair: {keyId, kem, priv, config (bytes)}. */
+async function makeConfig(keyId, kem) {
+  const k = KEMS[kem].make();
+  const pair = await k.generateKeyPair();
+  const pub = new Uint8Array(await k.serializePublicKey(pair.publicKey));
+  const priv = new Uint8Array(await k.serializePrivateKey(pair.privateKey));
+  const config = concat(Uint8Array.of(keyId, kem >> 8, kem & 0xff), pub, Uint8Array.of(0, 8, 0, 1, 0, 1, 0, 1, 0, 3));
+  return { keyId, kem, priv, config };
+}
+
+/**
+ * The gateway's key list. Default: an unknown KEM (0x0030, Cloudflare's PQ one) first, which the client must skip,
+ * not fail on, then X25519 under keyId. kems: the list's KEMs in order, under keyId, keyId + 1, ...
+ */
+async function makeKey(keyId, kems = null) {
+  const made = [];
+  let body = new Uint8Array(0);
+  if (kems === null) {
+    const unknown = concat(Uint8Array.of(9, 0x00, 0x30), new Uint8Array(40), Uint8Array.of(0, 4, 0, 1, 0, 1));
+    body = concat(Uint8Array.of(0, unknown.length), unknown);
+    kems = [0x0020];
+  }
+  for (const [i, kem] of kems.entries()) made.push(await makeConfig(keyId + i, kem));
+  for (const m of made) body = concat(body, Uint8Array.of(m.config.length >> 8, m.config.length & 0xff), m.config);
+  return { keyId, keys: Object.fromEntries(made.map((m) => [m.keyId, m])), body };
 }
 
 /** A fake relay + gateway. `plan` decides each POST's answer; everything seen is recorded. */
@@ -29,19 +44,21 @@ class FakeGateway {
   constructor() {
     this.seen = [];
     this.calls = [];
+    this.wires = []; // every encapsulated request accepted, as sent
     this.maxAge = 60;
     this.streamPlan = null; // (encoder) => ReadableStream; default: one SSE event per chunk
   }
 
-  async init(keyId = 1) {
-    this.key = await makeKey(keyId);
+  async init(keyId = 1, kems = null) {
+    this.kems = kems;
+    this.key = await makeKey(keyId, kems);
     this.bundle = await simulatedBundle({ keys: this.key.body });
     return this;
   }
 
   async rotate(keyId) {
     this.old = this.key;
-    await this.init(keyId);
+    await this.init(keyId, this.kems);
   }
 
   fetch = async (url, init = {}) => {
@@ -53,11 +70,13 @@ class FakeGateway {
     if (method === "GET" && url === `${RELAY}/attestation`) return new Response(this.bundle);
     assert.equal(method, "POST");
     const wire = new Uint8Array(init.body);
-    if (wire[0] !== this.key.keyId) {
+    const key = this.key.keys[wire[0]];
+    if (!key || ((wire[1] << 8) | wire[2]) !== key.kem) {
       return new Response('{"type":"https://iana.org/assignments/http-problem-types#ohttp-key"}', { status: 422 });
     }
+    this.wires.push(wire);
     const chunked = init.headers["Content-Type"] === "message/ohttp-chunked-req";
-    const gw = await gatewayContext(this.key.config, this.key.priv, wire, chunked ? INFO_CHUNKED_REQUEST : INFO_REQUEST);
+    const gw = await gatewayContext(key, key.priv, wire, chunked ? INFO_CHUNKED_REQUEST : INFO_REQUEST);
     if (!chunked) {
       const inner = decode(new Uint8Array(await gw.context.open(gw.rest)));
       this.seen.push(inner);
@@ -195,7 +214,7 @@ test("422 ohttp-key: keys are fetched and verified again, and the request is ret
   const stuck = await new FakeGateway().init(1);
   const c2 = new VeilClient({ relay: RELAY, allowSimulated: true, fetch: stuck.fetch });
   await c2.refresh();
-  stuck.key = { ...stuck.key, keyId: 99 }; // every POST now gets 422
+  stuck.key = { ...stuck.key, keys: {} }; // every POST now gets 422
   await assert.rejects(c2.request("GET", "/v1/models"), /twice/);
   assert.equal(stuck.calls.filter((c) => c.init.method === "POST").length, 2);
 });
@@ -259,4 +278,54 @@ test("requests carry only the allowed headers and are zero-padded to the bucket 
   }
   assert.equal(sizes.length, 2);
   assert.equal(sizes[0], sizes[1], "two prompts of different lengths look alike on the wire");
+});
+
+test("X-Wing is used whenever the gateway lists it (first or second); X25519 only when it does not", async () => {
+  for (const [kems, used, usedId] of [[[0x647a, 0x0020], 0x647a, 0], [[0x0020, 0x647a], 0x647a, 1], [[0x0020], 0x0020, 0]]) {
+    const gw = await new FakeGateway().init(0, kems);
+    const client = new VeilClient({ relay: RELAY, allowSimulated: true, fetch: gw.fetch });
+    assert.equal((await client.request("GET", "/v1/models")).status, 200);
+    await client.request("POST", "/v1/chat/completions", { body: "{}", stream: true });
+    assert.equal(gw.wires.length, 2);
+    for (const wire of gw.wires) {
+      assert.equal(wire[0], usedId, `key id with ${kems}`);
+      assert.equal((wire[1] << 8) | wire[2], used);
+    }
+    const t = client.trust;
+    assert.equal(t.keyId, usedId);
+    assert.equal(t.config.kem, used);
+    assert.equal(t.postQuantum, used === 0x647a);
+    assert.equal(t.kemName, used === 0x647a ? "X-Wing (ML-KEM-768 + X25519)" : "DHKEM(X25519, HKDF-SHA256)");
+    assert.equal(t.verdict.checks.find((c) => c.name === "Key configurations").status, used === 0x647a ? "pass" : "warn");
+    if (used === 0x647a) {
+      // hdr (7) || enc (1120) || ...: the same padded request is 1088 bytes larger than with X25519 (enc 32).
+      assert.equal(gw.wires[0].length, 7 + 1120 + 1024 + 16);
+    }
+  }
+});
+
+test("require_post_quantum: an X25519-only gateway is refused before anything is sent; X-Wing is accepted", async () => {
+  const old = await new FakeGateway().init(1, [0x0020]);
+  const client = new VeilClient({ relay: RELAY, allowSimulated: true, requirePostQuantum: true, fetch: old.fetch });
+  await assert.rejects(client.request("GET", "/v1/models"),
+    (err) => err.code === "veil_attestation_refused" && /no post-quantum key configuration/.test(err.message));
+  assert.equal(client.trust.accepted, false);
+  assert.equal(client.trust.kemName, "DHKEM(X25519, HKDF-SHA256)");
+  assert.equal(client.trust.verdict.checks.find((c) => c.name === "Key configurations").status, "fail");
+  assert.equal(old.calls.filter((c) => c.init.method === "POST").length, 0);
+
+  const pq = await new FakeGateway().init(0, [0x647a, 0x0020]);
+  const c2 = new VeilClient({ relay: RELAY, allowSimulated: true, requirePostQuantum: true, fetch: pq.fetch });
+  assert.equal((await c2.request("GET", "/v1/models")).status, 200);
+  assert.equal(pq.wires[0][0], 0);
+});
+
+test("422 after a rotation of both keys: the client re-fetches and stays on X-Wing", async () => {
+  const gw = await new FakeGateway().init(0, [0x647a, 0x0020]);
+  const client = new VeilClient({ relay: RELAY, allowSimulated: true, fetch: gw.fetch });
+  await client.refresh();
+  await gw.rotate(2); // X-Wing is key 2 now, X25519 key 3
+  assert.equal((await client.request("GET", "/v1/models")).status, 200);
+  assert.equal(client.trust.keyId, 2);
+  assert.deepEqual(gw.wires.map((w) => [w[0], (w[1] << 8) | w[2]]), [[2, 0x647a]]);
 });

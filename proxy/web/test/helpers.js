@@ -36,13 +36,13 @@ export async function gatewayContext(config, serverPrivateKey, encRequest, label
   const hdr = encRequest.subarray(0, 7);
   const suite = { kdf: (hdr[3] << 8) | hdr[4], aead: (hdr[5] << 8) | hdr[6] };
   const cs = new CipherSuite({ kem: KEMS[config.kem].make(), kdf: KDFS[suite.kdf].make(), aead: AEADS[suite.aead].make() });
-  const npk = KEMS[config.kem].npk;
-  const enc = encRequest.slice(7, 7 + npk);
+  const nenc = KEMS[config.kem].nenc; // 1120 for X-Wing (its public key is 1216), the public key's length for DHKEMs
+  const enc = encRequest.slice(7, 7 + nenc);
   const recipientKey = await cs.kem.importKey("raw", serverPrivateKey.slice().buffer, false);
   const context = await cs.createRecipientContext({
     recipientKey, enc: enc.buffer, info: concat(utf8(label), Uint8Array.of(0), hdr),
   });
-  return { context, enc, suite, rest: encRequest.subarray(7 + npk) };
+  return { context, enc, suite, rest: encRequest.subarray(7 + nenc) };
 }
 
 export const MEASUREMENT = new Uint8Array(48).fill(0xab);
