@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     raw.add_argument("--collateral", metavar="F", help="TDX collateral (dcap-qvl JSON)")
     raw.add_argument("--gpu-evidence", metavar="F", action="append", help="NVIDIA attestation report (hex or binary)")
     raw.add_argument("--gpu-chain", metavar="F", action="append", help="NVIDIA device certificate chain (PEM)")
+    raw.add_argument("--rim", metavar="F", action="append", help="NVIDIA RIM (driver or VBIOS reference measurements, "
+                     "SWID XML) for raw GPU evidence or added to a bundle's; repeat per file")
     raw.add_argument("--nonce", metavar="HEX", help="expected GPU nonce for raw GPU evidence")
     raw.add_argument("--azure-evidence", metavar="F", help="Azure CVM evidence (az-snp-vtpm / az-tdx-vtpm JSON: "
                      "HCL report, vTPM quote, PCRs, VCEK)")
@@ -127,9 +129,19 @@ def _azure_bundle(hcl_report: bytes, tpm_quote: bytes, tpm_signature: bytes, pcr
 def _gpu_evidence(args: argparse.Namespace) -> bytes:
     from .nvidia import encode_gpu_evidence
 
+    from .nvidia import load_nvtrust_evidence_list
+
     reports, chains = args.gpu_evidence or [], args.gpu_chain or []
+    if not chains:
+        # nvtrust's evidence list (a JSON list, or {"evidence_list": [...]}) carries each GPU's chain itself
+        gpus_json: list[tuple[bytes, str]] = []
+        for r in reports:
+            obj = orjson.loads(_read(r))
+            listing = obj.get("evidence_list") if isinstance(obj, dict) else obj
+            gpus_json += load_nvtrust_evidence_list(orjson.dumps(listing))
+        return encode_gpu_evidence(gpus_json)
     if len(reports) != len(chains):
-        raise SystemExit("veil attest: give one --gpu-chain per --gpu-evidence")
+        raise SystemExit("veil attest: give one --gpu-chain per --gpu-evidence (or an nvtrust JSON evidence list)")
     gpus = []
     for r, c in zip(reports, chains):
         data = _read(r)
@@ -151,7 +163,16 @@ def _load(args: argparse.Namespace) -> Bundle:
                 raise SystemExit(f"veil attest: cannot fetch {args.source}: {exc}") from None
         else:
             data = _read(args.source)
-        return Bundle.from_json(data)
+        bundle = Bundle.from_json(data)
+        if args.rim:  # RIMs the user has, added to those the bundle carries
+            from dataclasses import replace
+
+            from .nvidia.rim import RIMS_CERT_KEY, decode_rim_list, encode_rim_list
+
+            carried = decode_rim_list(bundle.certs[RIMS_CERT_KEY]) if RIMS_CERT_KEY in bundle.certs else []
+            bundle = replace(bundle, certs={**bundle.certs,
+                                            RIMS_CERT_KEY: encode_rim_list(carried + [_read(f) for f in args.rim])})
+        return bundle
     if not args.no_binding:
         raise SystemExit("veil attest: raw evidence carries no key configuration; pass --no-binding")
     collateral = _read(args.collateral).decode() if args.collateral else None
@@ -230,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
 
             nonce = bytes.fromhex(args.nonce) if args.nonce else None
             verdict = verify_nvidia(decode_gpu_evidence(bundle.gpu_evidence), policy.get(NvidiaPolicy), now=now,
-                                    expected_nonce=nonce)
+                                    expected_nonce=nonce, rims=[_read(f) for f in args.rim or []])
         else:
             if args.no_binding and bundle.platform not in policy.platforms and bundle.platform != "simulated":
                 # Auditing raw evidence of a platform the policy file does not list: check it anyway, and say so.

@@ -12,6 +12,7 @@ import logging
 import subprocess
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Protocol
 
 from .bundle import Bundle, ConfigValue, gpu_nonce
@@ -66,10 +67,13 @@ class GatewayEvidence:
     """An :class:`EvidenceProvider` that adds GPU evidence and TDX collateral around a CPU provider."""
 
     def __init__(self, cpu: EvidenceProvider, *, gpu: GpuEvidenceSource | None = None,
-                 pccs_url: str | None = None) -> None:
+                 pccs_url: str | None = None, gpu_rim_dir: Path | None = None) -> None:
         self.cpu = cpu
         self.gpu = gpu
         self.pccs_url = pccs_url
+        #: the operator's folder of NVIDIA RIM files (``*.xml``, ``*.swidtag``): the ones this machine's GPUs name
+        #: travel in every bundle, so clients compare measurements offline
+        self.gpu_rim_dir = gpu_rim_dir
         self.platform = cpu.platform
 
     def evidence_expiry(self, bundle: Bundle) -> float | None:
@@ -82,6 +86,11 @@ class GatewayEvidence:
         if self.gpu is not None and not gpu_evidence:
             gpu_evidence = self.gpu.collect(gpu_nonce(key_config))
         bundle = self.cpu.collect(key_config, nonce, gpu_evidence, config)
+        if gpu_evidence and self.gpu_rim_dir is not None:
+            from .nvidia.rim import RIMS_CERT_KEY, encode_rim_list
+
+            bundle = replace(bundle, certs={**bundle.certs,
+                                            RIMS_CERT_KEY: encode_rim_list(rims_for(gpu_evidence, self.gpu_rim_dir))})
         if "collateral" not in bundle.certs:
             if bundle.platform == "tdx":
                 bundle = replace(bundle, certs={**bundle.certs, "collateral": self._tdx_collateral(bundle.report)})
@@ -112,3 +121,40 @@ class GatewayEvidence:
             raise CollateralUnavailableError(
                 f"cannot fetch TDX collateral ({exc}); set --pccs-url to a reachable PCCS"
             ) from None
+
+
+def rims_for(gpu_evidence: bytes, rim_dir: Path) -> list[bytes]:
+    """The RIM files in ``rim_dir`` that the GPUs of ``gpu_evidence`` need: for each distinct driver and VBIOS version
+    in the reports, the file whose ``colloquialVersion`` is that version (VBIOS case-insensitively). The gateway does
+    not judge them (the client authenticates every RIM); it only picks. A version without exactly one file is an
+    error: shipping evidence whose RIMs are missing or ambiguous would only fail at every client.
+
+    Raises:
+        CollateralUnavailableError: a needed RIM is missing, or more than one file has its version.
+    """
+    from .nvidia import decode_gpu_evidence, parse_gpu_report
+    from .nvidia.rim import parse_rim
+
+    have: list[tuple[str, bytes]] = []
+    for path in sorted(rim_dir.iterdir()):
+        if path.suffix not in (".xml", ".swidtag") or not path.is_file():
+            continue
+        data = path.read_bytes()
+        try:
+            have.append((parse_rim(data).version.upper(), data))
+        except EvidenceFormatError as exc:
+            log.warning("ignoring %s: not a RIM (%s)", path.name, exc)
+    wanted: list[str] = []
+    for report, _chain in decode_gpu_evidence(gpu_evidence):
+        r = parse_gpu_report(report)
+        for version in (r.driver_version, r.vbios_version):
+            if version is not None and version.upper() not in wanted:
+                wanted.append(version.upper())
+    out: list[bytes] = []
+    for version in wanted:
+        found = [d for v, d in have if v == version]
+        if len(found) != 1:
+            raise CollateralUnavailableError(
+                f"GPU RIMs: {len(found)} files in {rim_dir} have version {version} (need exactly one)")
+        out.append(found[0])
+    return out

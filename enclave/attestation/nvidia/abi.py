@@ -169,6 +169,22 @@ class GpuReport:
         """Measurement values by block index."""
         return {b.index: b.value for b in self.blocks}
 
+    def opaque(self, fid: int) -> bytes | None:
+        """The raw value of opaque field ``fid`` (None when absent)."""
+        return next((f.value for f in self.opaque_fields if f.type == fid), None)
+
+    @property
+    def chip_info(self) -> str | None:
+        """CHIP_INFO (35, Blackwell: ``GB100``, ``GB202``); None when absent (Hopper, early Blackwell drivers)."""
+        value = self.opaque(OpaqueFieldId.CHIP_INFO)
+        return None if value is None else _ascii(value)
+
+    @property
+    def nvdec0_status(self) -> int | None:
+        """NVDEC0_STATUS (11): 0x55 disabled (RIM index 35 is then not compared), 0xAA enabled."""
+        value = self.opaque(OpaqueFieldId.NVDEC0_STATUS)
+        return None if value is None else _small_uint(value)
+
     @property
     def mode(self) -> str:
         """The multi-GPU mode from FEATURE_FLAG ("legacy" when the report predates the field)."""

@@ -19,10 +19,13 @@ if TYPE_CHECKING:
 def _verify(bundle: Bundle, policy: Policy, now: dt.datetime, expected_nonce: bytes | None) -> Verdict:
     """The bundle's GPU evidence; ``expected_nonce`` is :func:`gpu_nonce` of its key configuration."""
     from .abi import decode_gpu_evidence
+    from .rim import RIMS_CERT_KEY, decode_rim_list
     from .verify import verify_nvidia
 
+    # The RIMs travel as collateral (NVIDIA-signed, so unbound like TDX collateral): certs["nvidia_rims"].
+    rims = decode_rim_list(bundle.certs[RIMS_CERT_KEY]) if RIMS_CERT_KEY in bundle.certs else []
     return verify_nvidia(decode_gpu_evidence(bundle.gpu_evidence), policy.get(NvidiaPolicy), now=now,
-                         expected_nonce=expected_nonce)
+                         expected_nonce=expected_nonce, rims=rims)
 
 
 PLATFORM = Platform(

@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import hmac
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -26,6 +27,15 @@ from ..errors import EvidenceFormatError
 from .policy import NvidiaPolicy
 from ..result import Verdict
 from .abi import MAX_CHAIN_TEXT, MAX_GPUS, NONCE_SIZE, GpuReport, parse_cert_fwid, parse_gpu_report
+from .rim import (
+    NVIDIA_RIM_ROOT_SHA256,
+    GoldenMeasurement,
+    RimCheck,
+    check_rim,
+    driver_rim_id,
+    gpu_chip,
+    vbios_rim_id,
+)
 
 #: SHA-256 of the DER of "CN=NVIDIA Device Identity CA, O=NVIDIA" (P-384, 2021-11-05..9999), the root of every Hopper
 #: device chain. Pinned by fingerprint: the root travels in the evidence, and only this exact certificate is accepted.
@@ -35,6 +45,8 @@ NVIDIA_DEVICE_ROOT_SHA256: Final = "102bf659d5419614c9d8e6aecebc80454eb26b1df6a7
 OID_TCG_DICE_TCB_INFO: Final = x509.ObjectIdentifier("2.23.133.5.4.1")
 
 PLATFORM: Final = "nvidia"
+NVDEC0_RIM_INDEX: Final = 35
+NVDEC0_DISABLED: Final = 0x55
 MAX_CHAIN_CERTS: Final = 8  # Hopper ships 5: FMC LF, BROM, Provisioner ICA, GH100 Identity, Device Identity CA
 NO_BINDING_DETAIL: Final = "nonce not checked (--no-binding)"
 REVOCATION_NOTE: Final = "revocation status unknown (offline): OCSP for the device chain was not checked"
@@ -196,6 +208,7 @@ def verify_nvidia(
     *,
     now: datetime.datetime,
     expected_nonce: bytes | None,
+    rims: Sequence[bytes] = (),
 ) -> Verdict:
     """Verify every GPU's evidence ``(report bytes, PEM chain)``; the verdict passes only if every check of every GPU
     passes. Checks are named ``gpu[i] <step>``; steps that span GPUs are named ``gpus <step>``.
@@ -205,9 +218,16 @@ def verify_nvidia(
     key; nonce == ``expected_nonce`` (constant time; ``None`` = ``--no-binding``, recorded as such); CC mode;
     driver and VBIOS versions in the policy allow lists (unless ``policy.any_version``).
 
-    CC mode: Hopper reports carry no CC on/off/devtools field (FEATURE_FLAG is the multi-GPU mode), so that check is
-    recorded as not checkable (``ok=None``) and the verdict fails closed until RIM comparison (which reveals devtools
-    through changed measurements) is implemented. Revocation (OCSP) is never checked offline: it is listed in
+    Reference measurements (``rims``: NVIDIA RIM documents, any order, shared by all GPUs): each GPU takes the driver
+    RIM whose version is its signed DRIVER_VERSION and the VBIOS RIM whose version is its signed VBIOS_VERSION (both of
+    its chip); each is authenticated (:func:`.rim.check_rim`: XML-DSig, chain to the pinned NVIDIA RIM root,
+    validity at ``now``), and every active index of the two is compared with the report's block (one check per index,
+    ``gpu[i] measurement N (driver|vbios)``); index 35 is skipped only when the report says NVDEC0 is disabled.
+
+    CC mode: reports carry no CC on/off/devtools field (FEATURE_FLAG is the multi-GPU mode). When RIMs are given, the
+    check passes only if both RIMs are authentic and every measurement matches (NVIDIA's verifiers emit their
+    secure-boot and debug-disabled claims on exactly that condition; those claims are added). Without RIMs the check
+    is recorded as not checkable (``ok=None``) unless the policy accepts that visibly. Revocation (OCSP) is never checked offline: it is listed in
     ``claims["notes"]`` as unknown and is never a passing check.
 
     Raises:
@@ -223,10 +243,22 @@ def verify_nvidia(
     if not verdict.add("gpus count", 1 <= len(gpus) <= MAX_GPUS, expected=f"1..{MAX_GPUS}", found=str(len(gpus))):
         return verdict
 
+    if policy.gpu_count is not None:
+        verdict.add("gpus policy count", len(gpus) == policy.gpu_count, expected=str(policy.gpu_count),
+                    found=str(len(gpus)), detail="[nvidia] gpu_count")
+
+    rim_checks: list[RimCheck] = []
+    for k, data in enumerate(rims):
+        try:
+            rim_checks.append(check_rim(data, now))
+        except EvidenceFormatError as exc:
+            verdict.add(f"rim[{k}] parse", False, detail=str(exc))
+
     leaf_keys: list[bytes | None] = []
     modes: list[tuple[str, int | None] | None] = []
     for i, (raw, pem) in enumerate(gpus):
-        claims, leaf_key, mode = _verify_one(verdict, f"gpu[{i}] ", raw, pem, policy, now, expected_nonce)
+        claims, leaf_key, mode = _verify_one(verdict, f"gpu[{i}] ", raw, pem, policy, now, expected_nonce,
+                                             rim_checks if rims else None)
         gpu_claims.append(claims)
         leaf_keys.append(leaf_key)
         modes.append(mode)
@@ -260,6 +292,7 @@ def _verify_one(
     policy: NvidiaPolicy,
     now: datetime.datetime,
     expected_nonce: bytes | None,
+    rim_checks: list[RimCheck] | None,
 ) -> tuple[dict[str, Any], bytes | None, tuple[str, int | None] | None]:
     claims: dict[str, Any] = {"revocation": "unknown"}
     report: GpuReport | None = None
@@ -348,17 +381,31 @@ def _verify_one(
             detail="requester nonce in GET_MEASUREMENTS",
         )
 
-    unverifiable = ("not present in evidence: Hopper reports carry no CC on/off/devtools field (FEATURE_FLAG is the "
-                    "multi-GPU mode); devtools shows only as changed measurements, and RIM comparison is not "
-                    "implemented")
-    v.add(
-        prefix + "cc mode",
-        True if policy.accept_unverifiable_cc_mode else None,
-        expected="on",
-        found=f"FEATURE_FLAG {report.mode}",
-        detail=("NOT VERIFIED, accepted by policy (accept_unverifiable_cc_mode): " + unverifiable
-                if policy.accept_unverifiable_cc_mode else unverifiable),
-    )
+    if rim_checks is not None:
+        leaf_cn = _cn(chain.leaf) if chain is not None and chain.signatures_ok else None
+        full_match = _check_rims(v, prefix, report, leaf_cn, rim_checks, policy, claims)
+        v.add(
+            prefix + "cc mode",
+            full_match,
+            expected="every measurement equal to NVIDIA's signed reference values",
+            found="all matched" if full_match else "not all matched (see above)",
+            detail=("proven as far as evidence allows: secure boot and debug disabled (NVIDIA's claims on a full "
+                    "RIM match); CC on / devtools off are what the gateway's NVML check reported, in the bound "
+                    "configuration" if full_match else "not proven: reference measurements did not all verify"),
+        )
+        if full_match:
+            claims.update(secboot=True, dbgstat="disabled")
+    else:
+        unverifiable = ("not present in evidence: reports carry no CC on/off/devtools field (FEATURE_FLAG is the "
+                        "multi-GPU mode); devtools shows only as changed measurements, and no RIMs were given")
+        v.add(
+            prefix + "cc mode",
+            True if policy.accept_unverifiable_cc_mode else None,
+            expected="on",
+            found=f"FEATURE_FLAG {report.mode}",
+            detail=("NOT VERIFIED, accepted by policy (accept_unverifiable_cc_mode): " + unverifiable
+                    if policy.accept_unverifiable_cc_mode else unverifiable),
+        )
     _check_version(v, prefix + "driver version", report.driver_version, policy.allowed_driver_versions,
                    policy.any_version, fold_case=False)
     _check_version(v, prefix + "vbios version", report.vbios_version, policy.allowed_vbios_versions,
@@ -366,6 +413,110 @@ def _verify_one(
 
     leaf_der = None if leaf_key is None else leaf_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     return claims, leaf_der, (report.mode, report.protected_pcie_status)
+
+
+def _check_rims(
+    v: Verdict,
+    prefix: str,
+    report: GpuReport,
+    leaf_cn: str | None,
+    rim_checks: list[RimCheck],
+    policy: NvidiaPolicy,
+    claims: dict[str, Any],
+) -> bool:
+    """Select, authenticate and compare this GPU's driver and VBIOS RIMs; True only on a complete match."""
+    try:
+        chip = gpu_chip(report.chip_info, leaf_cn)
+    except EvidenceFormatError as exc:
+        chip = None
+        v.add(prefix + "chip", False, detail=f"CHIP_INFO: {exc}")
+    ok = chip is not None
+    golden: dict[str, dict[int, GoldenMeasurement]] = {}
+    rim_claims: dict[str, Any] = {}
+    claims["rims"] = rim_claims
+    roles = (
+        ("driver", report.driver_version, False,
+         None if chip is None or report.driver_version is None else driver_rim_id(chip, report.driver_version)),
+        ("vbios", report.vbios_version, True,
+         None if report.vbios_version is None
+         else vbios_rim_id(report.project, report.project_sku, report.chip_sku, report.vbios_version)),
+    )
+    for role, version, fold, rim_id in roles:
+        name = f"{prefix}{role} rim"
+        if version is None or rim_id is None or chip is None:
+            v.add(name, False, detail="the report lacks the version or chip the RIM is chosen by")
+            ok = False
+            continue
+        want = version.upper() if fold else version
+        found = [c for c in rim_checks if (c.document.version.upper() if fold else c.document.version) == want]
+        given = ", ".join(f"{c.document.product} {c.document.version}" for c in rim_checks) or "none"
+        if len(found) != 1:
+            v.add(name, False, expected=f"{rim_id} (version {version}, product {chip})",
+                  found=f"{len(found)} RIMs of that version; given: {given}",
+                  detail="exactly one RIM per GPU component must be given")
+            ok = False
+            continue
+        rim = found[0]
+        doc = rim.document
+        allowed_id = not policy.allowed_rim_ids or rim_id in policy.allowed_rim_ids
+        allowed_sha = not policy.allowed_rim_sha256 or rim.sha256 in policy.allowed_rim_sha256
+        identity_ok = doc.product == chip and doc.edition == "GPU" and allowed_id and allowed_sha
+        problems = [p for p, bad in (
+            (f"RIM product {doc.product} is not the GPU's chip {chip}", doc.product != chip),
+            (f"RIM edition {doc.edition!r} is not GPU", doc.edition != "GPU"),
+            ("id not in [nvidia] allowed_rim_ids", not allowed_id),
+            ("file not in [nvidia] allowed_rim_sha256", not allowed_sha),
+        ) if bad]
+        v.add(name, identity_ok, expected=f"{rim_id} (version {version}, product {chip})",
+              found=f"product {doc.product}, version {doc.version}, sha256 {rim.sha256[:16]}…, issued {rim.issued}",
+              detail="; ".join(problems))
+        v.add(name + " signature", rim.signature_ok, detail=rim.signature_detail)
+        v.add(name + " chain", rim.chain_ok, expected=f"pinned NVIDIA RIM root {NVIDIA_RIM_ROOT_SHA256[:16]}…",
+              detail=rim.chain_detail)
+        v.add(name + " validity", rim.validity_ok, detail=rim.validity_detail)
+        rim_claims[role] = {"id": rim_id, "version": doc.version, "sha256": rim.sha256, "issued": rim.issued}
+        ok = ok and identity_ok and rim.authentic
+        if rim.signature_ok and rim.chain_ok:
+            golden[role] = doc.measurements  # an expired RIM is compared too; its validity check already fails
+
+    for role in ("driver", "vbios"):
+        if role not in golden:
+            v.add(f"{prefix}measurements ({role})", None, detail=f"not compared: no authentic {role} RIM")
+            ok = False
+    if len(golden) == 2:
+        overlap = sorted(set(golden["driver"]) & set(golden["vbios"]))
+        ok = v.add(prefix + "rim index overlap", not overlap, expected="none",
+                   found=", ".join(map(str, overlap)) or "none",
+                   detail="an index active in both the driver and the VBIOS RIM is ambiguous") and ok
+
+    runtime = report.measurements
+    compared = matched = 0
+    skipped: list[int] = []
+    for index, role, g in sorted((i, r, g) for r, ms in golden.items() for i, g in ms.items()):
+        name = f"{prefix}measurement {index} ({role})"
+        value = runtime.get(index + 1)  # RIM index i is SPDM block i + 1
+        if index == NVDEC0_RIM_INDEX and report.nvdec0_status == NVDEC0_DISABLED:
+            v.add(name, True, found="not compared",
+                  detail="skipped: the signed report says NVDEC0 is disabled (opaque field 11 = 0x55)")
+            skipped.append(index)
+            continue
+        compared += 1
+        alts = [k for k, a in enumerate(g.alternatives) if hmac.compare_digest(a, value or b"")]
+        hit = value is not None and bool(alts) and g.size == len(value)
+        matched += hit
+        rim = rim_claims[role]
+        v.add(
+            name,
+            hit,
+            expected=(g.alternatives[alts[0]] if hit else g.alternatives[0]).hex()
+            + ("" if hit or len(g.alternatives) == 1 else f" (or {len(g.alternatives) - 1} other alternatives)"),
+            found="no such block" if value is None else value.hex(),
+            detail=(f"alternative {alts[0] + 1} of {len(g.alternatives)}" if hit
+                    else f"MISMATCH against {rim['id']} issued {rim['issued']}"),
+        )
+        ok = ok and hit
+    rim_claims.update(compared=compared, matched=matched, skipped=skipped)
+    return ok
 
 
 def _check_version(
