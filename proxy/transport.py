@@ -18,6 +18,7 @@ from typing import AsyncIterator, Callable, Final
 
 import aiohttp
 import orjson
+from aiohttp.client_middlewares import ClientMiddlewareType
 
 import ohttp
 from ohttp import bhttp
@@ -119,6 +120,9 @@ class OhttpClient:
     whichever is shorter) or the evidence's own expiry (``evidence_expiry``, default
     :func:`proxy.verify.evidence_expiry`: an MAA token's ``exp``, a Nitro document's leaf certificate) has passed:
     a verification holds only as long as what it checked.
+
+    ``middlewares`` go on the session this client makes (not on one passed in): a :class:`~proxy.client.tokens.
+    TokenWallet`'s ``middleware()`` spends one Privacy Pass token per OHTTP ``POST`` to a relay that requires them.
     """
 
     def __init__(
@@ -132,8 +136,10 @@ class OhttpClient:
         timeout: float = 600.0,
         evidence_expiry: EvidenceExpiry | None = None,
         pad_to: int = REQUEST_PAD,
+        middlewares: tuple[ClientMiddlewareType, ...] = (),
     ) -> None:
         self.url = url
+        self._middlewares = middlewares
         self.keys_url = keys_url or url
         self.attestation_url = attestation_url or url.rstrip("/") + "/attestation"
         self._verifier = verifier
@@ -152,6 +158,7 @@ class OhttpClient:
                 connector=aiohttp.TCPConnector(limit=0),
                 cookie_jar=aiohttp.DummyCookieJar(),  # never store or send cookies
                 auto_decompress=False,
+                middlewares=self._middlewares,  # e.g. a TokenWallet's: one Privacy Pass token per OHTTP POST
             )
         return self._session
 
@@ -328,6 +335,9 @@ class _KeyRejected(Exception):
 async def _check_outer(r: aiohttp.ClientResponse, data: bytes, expected: str) -> None:
     if r.status == 422 and b"ohttp-key" in data:
         raise _KeyRejected()
+    if r.status in (401, 403) and "privatetoken" in r.headers.get("WWW-Authenticate", "").lower():
+        raise VeilClientError(f"the relay wants a Privacy Pass token (HTTP {r.status}): give veil proxy --issuer, or "
+                              "the transport tokens=TokenWallet(...)", r.status, "veil_token_required")
     if r.status != 200:
         # Unencapsulated: from the relay or the gateway before decapsulation. Not trusted beyond its status.
         raise VeilClientError(f"relay or gateway answered HTTP {r.status} before decryption", 502 if r.status >= 500 else r.status)

@@ -7,6 +7,7 @@ and is re-emitted as SSE as chunks arrive.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from enclave.attestation import Verdict
 from ..transport import ATTESTATION_HEADER, OhttpClient, VeilClientError, wants_stream
 from .guard import host_guard
 from .passthrough import PAGE_RELAY_PATH, RelayPassthrough
+from .tokens import TokenUnavailable, TokenWallet
 
 log = logging.getLogger("veil.proxy")
 
@@ -36,6 +38,8 @@ class ProxyState:
     api_key_mode: str = "auto"
     gateway_wants_key: bool = False
     started: float = 0.0
+    #: Privacy Pass tokens for a relay that requires them (``--issuer``); its middleware is on ``client``'s session
+    tokens: TokenWallet | None = None
 
 
 STATE = web.AppKey("STATE", ProxyState)
@@ -142,23 +146,37 @@ async def healthz(request: web.Request) -> web.Response:
 async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     state.started = time.time()
+    prefetch = asyncio.create_task(_prefetch(state.tokens)) if state.tokens is not None else None
     try:
         await state.client.refresh_keys()
     except Exception as exc:  # keep serving: each request retries the fetch and reports the error
         log.error("could not verify the gateway yet: %s", exc)
+    if prefetch is not None:
+        await prefetch  # so the first request spends a token it already holds
     yield
     await state.client.close()
+    if state.tokens is not None:
+        await state.tokens.close()
+
+
+async def _prefetch(wallet: TokenWallet) -> None:
+    """Fill the token pool before serving; without tokens yet, keep serving (each request tries again)."""
+    try:
+        await wallet.prefetch()
+    except TokenUnavailable as exc:
+        log.error("no Privacy Pass tokens yet: %s", exc)
 
 
 def create_app(
     client: OhttpClient, *, api_key_mode: str = "auto", static_dir: str | None = None, allow_simulated: bool = False,
-    hosts: frozenset[str] | None = None,
+    hosts: frozenset[str] | None = None, tokens: TokenWallet | None = None,
 ) -> web.Application:
     """Build the client proxy application; ``static_dir`` serves the browser chat page (``proxy/web``) at ``/``;
-    ``hosts`` (``guard.allowed_hosts``) restricts the ``Host``/``Origin`` it answers (DNS rebinding)."""
+    ``hosts`` (``guard.allowed_hosts``) restricts the ``Host``/``Origin`` it answers (DNS rebinding); ``tokens`` is
+    the wallet whose middleware ``client``'s session carries (filled before serving, closed with the app)."""
     app = web.Application(client_max_size=64 * 1024 * 1024,
                           middlewares=[host_guard(hosts)] if hosts is not None else [])
-    app[STATE] = ProxyState(client=client, api_key_mode=api_key_mode)
+    app[STATE] = ProxyState(client=client, api_key_mode=api_key_mode, tokens=tokens)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/veil/attestation", attestation)
     app.router.add_route("*", "/v1/{tail:.*}", api)

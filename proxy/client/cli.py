@@ -15,6 +15,7 @@ from ..transport import OhttpClient
 from ..verify import make_verifier
 from .app import API_KEY_MODES, create_app
 from .guard import allowed_hosts
+from .tokens import TokenWallet
 
 OPTIONS = [
     Option("listen", "HOST:PORT for the local OpenAI-compatible endpoint (keep it on loopback)", "127.0.0.1:8000"),
@@ -24,6 +25,12 @@ OPTIONS = [
            False, flag=True),
     Option("api-key", "when the SDK's API key travels (inside the encapsulation): auto = only once the gateway "
            "asks for one", "auto", choices=API_KEY_MODES),
+    Option("issuer", "Privacy Pass issuer URL, for a relay that requires tokens (veil relay --require-token): "
+           "tokens are fetched in batches ahead of need, kept in memory only and spent one per request",
+           metavar="URL"),
+    Option("issuer-key", "the API key the issuer's attester wants (better in $VEIL_PROXY_ISSUER_KEY than on a "
+           "command line others can read); it goes to the issuer only, never to the relay or gateway",
+           metavar="KEY"),
     Option("allowed-host", "another host name the proxy answers to (with its port); by default only its listen "
            "address and, on loopback, 127.0.0.1/localhost/[::1]: other Host or Origin headers are refused (DNS "
            "rebinding)", repeat=True, metavar="NAME"),
@@ -65,14 +72,25 @@ def run(args: argparse.Namespace) -> int:
             policy = Policy.load(args.policy)
         except AttestationError as exc:
             raise SystemExit(f"veil proxy: {exc}") from None
+    wallet = None
+    if args.issuer:
+        try:
+            wallet = TokenWallet(args.issuer, args.issuer_key)
+        except ValueError as exc:
+            raise SystemExit(f"veil proxy: --issuer: {exc}") from None
+    elif args.issuer_key:
+        raise SystemExit("veil proxy: --issuer-key is for an issuer: give --issuer URL too")
     client = OhttpClient(
-        args.relay, verifier=make_verifier(allow_simulated=args.insecure_allow_simulated, policy=policy)
+        args.relay, verifier=make_verifier(allow_simulated=args.insecure_allow_simulated, policy=policy),
+        middlewares=(wallet.middleware(),) if wallet is not None else (),
     )
     web_dir = str(WEB_DIR) if (WEB_DIR / "index.html").is_file() else None
     app = create_app(client, api_key_mode=args.api_key, static_dir=web_dir,
                      allow_simulated=args.insecure_allow_simulated,
-                     hosts=allowed_hosts(host, int(port), args.allowed_host or ()))
+                     hosts=allowed_hosts(host, int(port), args.allowed_host or ()), tokens=wallet)
     print(f"veil proxy: OpenAI base_url = http://{host}:{port}/v1 (relay {args.relay})", flush=True)
+    if wallet is not None:
+        print(f"veil proxy: spending Privacy Pass tokens of {wallet.issuer_url}", flush=True)
     if web_dir:
         print(f"veil proxy: chat page at http://{host}:{port}/ (encrypts in the browser)", flush=True)
     web.run_app(app, host=host, port=int(port), access_log=None, print=None)

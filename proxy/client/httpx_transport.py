@@ -15,6 +15,11 @@ replaces both with your own check (``(bundle_json, keys_body) -> (verification, 
 
 The host in ``base_url`` is never contacted: every request is encapsulated and sent to the relay. The SDK's API key
 stays on this machine unless ``send_api_key=True`` (then it travels inside the encapsulation only).
+
+For a relay that requires Privacy Pass tokens (``veil relay --require-token``), pass ``tokens=TokenWallet(issuer_url,
+issuer_api_key)`` (:mod:`proxy.client.tokens`): the relay session spends one per request, in the outer
+``Authorization`` header the relay checks and never forwards, from a pool the wallet fills ahead of need (started when
+the transport is made, or at its first request when no event loop runs yet). The transport closes the wallet.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import asyncio
 import threading
 from typing import AsyncIterator, Awaitable, Iterator, TypeVar
 
+import aiohttp
+
 try:  # openai >= 3 is built on httpx2; older SDKs on httpx. Same transport API.
     import httpx2 as httpx
 except ImportError:  # pragma: no cover - exercised only with an older SDK
@@ -30,6 +37,7 @@ except ImportError:  # pragma: no cover - exercised only with an older SDK
 
 from ..transport import InnerResponse, OhttpClient, VeilClientError, Verifier, wants_stream
 from ..verify import PolicyLike, make_verifier
+from .tokens import TokenWallet
 
 T = TypeVar("T")
 _HOP = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
@@ -56,14 +64,36 @@ class VeilAsyncTransport(httpx.AsyncBaseTransport):
         keys_url: str | None = None,
         attestation_url: str | None = None,
         send_api_key: bool = False,
+        tokens: TokenWallet | None = None,
     ) -> None:
         self.client = OhttpClient(
             relay_url,
             verifier=_verifier(policy, allow_simulated, verifier),
             keys_url=keys_url,
             attestation_url=attestation_url,
+            middlewares=(tokens.middleware(),) if tokens is not None else (),
         )
         self.send_api_key = send_api_key
+        self.tokens = tokens
+        self._prefetch: asyncio.Task[None] | None = None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop yet (or VeilTransport's, started later): the first request starts the prefetch
+        self.start_prefetch()
+
+    def start_prefetch(self) -> None:
+        """Start filling the token pool in the background (once); a failure is reported by the request that finds
+        no token, not here."""
+        if self.tokens is not None and self._prefetch is None:
+            self._prefetch = asyncio.get_running_loop().create_task(self._fill())
+
+    async def _fill(self) -> None:
+        assert self.tokens is not None
+        try:
+            await self.tokens.prefetch()
+        except aiohttp.ClientError:
+            pass  # TokenUnavailable: logged by the wallet; the request that needs a token raises it
 
     async def send(self, request: httpx.Request, body: bytes) -> InnerResponse:
         """Encapsulate one httpx request and send it."""
@@ -71,6 +101,7 @@ class VeilAsyncTransport(httpx.AsyncBaseTransport):
             (k, v) for k, v in request.headers.items() if self.send_api_key or k.lower() != "authorization"
         ]
         path = request.url.raw_path.decode("ascii")
+        self.start_prefetch()
         try:
             return await self.client.request(
                 request.method, path, headers, body, chunked=request.method == "POST" and wants_stream(body)
@@ -84,6 +115,11 @@ class VeilAsyncTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.client.close()
+        if self._prefetch is not None:
+            self._prefetch.cancel()
+            await asyncio.gather(self._prefetch, return_exceptions=True)
+        if self.tokens is not None:
+            await self.tokens.close()
 
 
 def _verifier(policy: PolicyLike | None, allow_simulated: bool, verifier: Verifier | None) -> Verifier:
@@ -129,14 +165,17 @@ class VeilTransport(httpx.BaseTransport):
         keys_url: str | None = None,
         attestation_url: str | None = None,
         send_api_key: bool = False,
+        tokens: TokenWallet | None = None,
     ) -> None:
         # Built first: a bad policy file raises here, before a thread is started that nothing would stop.
         self._async = VeilAsyncTransport(relay_url, policy=policy, allow_simulated=allow_simulated, verifier=verifier,
                                          keys_url=keys_url, attestation_url=attestation_url,
-                                         send_api_key=send_api_key)
+                                         send_api_key=send_api_key, tokens=tokens)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="veil-transport", daemon=True)
         self._thread.start()
+        if tokens is not None:  # fill the pool now, on the transport's loop, without waiting for it
+            self._loop.call_soon_threadsafe(self._async.start_prefetch)
 
     def _run(self, coro: Awaitable[T]) -> T:
         return asyncio.run_coroutine_threadsafe(_await(coro), self._loop).result()

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from veil_cli import Option, add_options
 
+from ..logfilter import setup_logging
 from .app import create_app
 from .config import IssuerConfig
 
@@ -43,8 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the issuer until interrupted."""
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # access lines would carry client addresses
+    # No client address, API key or header byte in a log below debug (aiohttp's errors for malformed requests
+    # would write them); access lines would carry addresses too.
+    setup_logging(args.log_level, "issuer")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         raise SystemExit(f"veil issuer: --listen must be HOST:PORT, got {args.listen!r}")

@@ -3,7 +3,7 @@
 ``veil relay`` is an OHTTP relay (RFC 9458 §6.2) for relay operators: it sees who sends, never what. The parts:
 :mod:`.forward` (``POST``: allow list, headers rebuilt, streaming), :mod:`.key_routes` over :mod:`.keycache` (keys and
 evidence every client shares), :mod:`.cors`, :mod:`.limits` (sizes, rates, deadlines, per-address caps, write
-timeouts), :mod:`.pool` (replicas), :mod:`.vsock` (Nitro Enclaves). It keeps no per-client logs; client addresses live
+timeouts), :mod:`.pool` (replicas), :mod:`.vsock` (Nitro Enclaves), :mod:`.tokens` (``--require-token``: Privacy Pass). It keeps no per-client logs; client addresses live
 in memory only, as keyed digests, for the rate window and while connected.
 """
 
@@ -23,6 +23,7 @@ from .forward import forbidden_post, forward
 from .key_routes import attestation, keys
 from .pool import Replica
 from .state import STATE, RelayState
+from .tokens import setup_tokens
 from .vsock import VsockBridge, is_vsock_url, parse_vsock_url, vsock_connector
 
 
@@ -52,6 +53,9 @@ def create_app(config: RelayConfig) -> web.Application:
     app.router.add_get("/{name}", keys)
     app.router.add_post("/{name}", forward)
     app.router.add_route("POST", "/{tail:.*}", forbidden_post)
+    if (policy := config.token_policy()) is not None:
+        # Before forwarding: a request without an acceptable token never reaches a gateway.
+        setup_tokens(app, policy, config.spent_store, app[STATE].metrics.registry)
     app.cleanup_ctx.append(_vsock_ctx)
     app.cleanup_ctx.append(_session_ctx)
     app.cleanup_ctx.append(_health_ctx)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 from dataclasses import fields
 
 from veil_cli import Option, add_options
 
+from ..logfilter import ClientDataFilter, setup_logging
 from .app import create_app
 from .config import RelayConfig
 from .limits import serve
@@ -15,6 +17,7 @@ from .pool import split_urls
 from .state import STATE
 
 log = logging.getLogger("veil.relay")
+__all__ = ["OPTIONS", "ClientDataFilter", "add_arguments", "parse_gateways", "run", "setup_logging"]
 
 OPTIONS = [
     Option("listen", "HOST:PORT to listen on", "127.0.0.1:8080"),
@@ -49,6 +52,14 @@ OPTIONS = [
            repeat=True, metavar="CIDR"),
     Option("key-refresh-interval", "seconds between drops of a gateway's cached keys and evidence after a 422 for a "
            "cached key id (a key rotation); anyone can draw a 422, so no more often than this", 10.0, type=float),
+    Option("require-token", "every forwarded request must spend a Privacy Pass token (RFC 9577 PrivateToken, type 2) "
+           "of the issuer at this URL: checked offline against its directory's keys, each token once (401/403 with a "
+           "fresh challenge otherwise); tokens are never logged", metavar="ISSUER_URL"),
+    Option("spent-store", "where spent tokens are remembered (with --require-token): a SQLite FILE that replicas on "
+           "one host share, or redis://HOST:PORT/DB for replicas on several", "veil-relay-spent.sqlite",
+           metavar="FILE|redis://..."),
+    Option("token-origin", "origin name in the relay's token challenge (repeatable; none: tokens any relay trusting "
+           "the issuer accepts)", repeat=True, metavar="NAME"),
     Option("cors-origin", "browser origin allowed to use the relay, or * (repeatable)", repeat=True, metavar="ORIGIN"),
     Option("shutdown-timeout", "on SIGTERM/SIGINT, seconds in-flight requests and streams may take to finish",
            30.0, type=float),
@@ -75,48 +86,21 @@ def parse_gateways(items: list[str]) -> dict[str, tuple[str, ...]]:
     return out
 
 
-class ClientDataFilter(logging.Filter):
-    """Below ``--log-level debug``, no log line may carry a client address, header or body byte. Veil's own loggers
-    never log them; every other logger (aiohttp.server's "Error handling request from <address>" with the offending
-    header line in its traceback, aiohttp.access, aiohttp.web, asyncio's transport errors, warnings) keeps its
-    name, level and the kind of error, and loses its message arguments and traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "veil" or record.name.startswith("veil."):
-            return True
-        exc = record.exc_info[1] if record.exc_info else None
-        kind = type(exc).__name__ if exc is not None else "no exception"
-        record.msg = "%s (%s; details withheld: they may hold client addresses or bytes)"
-        record.args = (record.name, kind)
-        record.exc_info = record.exc_text = record.stack_info = None
-        return True
-
-
-def setup_logging(level: str) -> None:
-    """The relay's logging: ``level``, and the :class:`ClientDataFilter` on every handler unless it is debug."""
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.captureWarnings(True)  # warnings (e.g. ResourceWarning with a transport) go through the filter too
-    if level.lower() == "debug":
-        log.warning("!!! --log-level debug: the relay's DEBUG logs (aiohttp's included) may contain client "
-                    "ADDRESSES and request HEADER bytes. Do not run a production relay at this level. !!!")
-        return
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(ClientDataFilter())
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the relay until interrupted."""
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, "relay")
     if not args.gateway:
         raise SystemExit("veil relay: give at least one --gateway NAME=URL (the allow list)")
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         raise SystemExit(f"veil relay: --listen must be HOST:PORT, got {args.listen!r}")
     try:
-        # Every option named like a RelayConfig field sets it; the three whose values are reshaped are given here.
-        same = {f.name: getattr(args, f.name) for f in fields(RelayConfig) if hasattr(args, f.name)}
+        # Every option named like a RelayConfig field sets it; the four whose values are reshaped are given here.
+        same = {f.name: getattr(args, f.name) for f in fields(RelayConfig)
+                if hasattr(args, f.name) and f.name != "token_origin"}
         config = RelayConfig(gateways=parse_gateways(args.gateway), trusted_proxies=tuple(args.trusted_proxy or ()),
-                             cors_origins=tuple(args.cors_origin or ()), **same)
+                             cors_origins=tuple(args.cors_origin or ()), token_origin=tuple(args.token_origin or ()),
+                             **same)
     except ValueError as exc:
         raise SystemExit(f"veil relay: {exc}") from None
     names = ", ".join(f"/{n}" + (f" ({len(u)} replicas)" if len(u) > 1 else "")
@@ -124,8 +108,15 @@ def run(args: argparse.Namespace) -> int:
     if config.trusted_proxies:
         log.info("client addresses are taken from X-Forwarded-For of %d trusted proxy network(s)",
                  len(config.trusted_proxies))
+    if config.require_token:
+        log.info("requests must spend a Privacy Pass token of %s (spent tokens: %s)", config.require_token,
+                 "Redis" if config.spent_store.startswith(("redis://", "rediss://", "unix://")) else
+                 config.spent_store)
     print(f"veil relay listening on http://{host}:{port} (gateways: {names})", flush=True)
-    app = create_app(config)
+    try:
+        app = create_app(config)
+    except (OSError, sqlite3.Error) as exc:  # the spent-token store's file cannot be opened
+        raise SystemExit(f"veil relay: --spent-store {config.spent_store}: {exc}") from None
     serve(app, host, int(port), shutdown_timeout=args.shutdown_timeout, idle_timeout=args.idle_timeout,
           limits=app[STATE].limits)
     return 0

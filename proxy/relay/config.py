@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from .limits import parse_networks
 from .pool import split_urls
 from .vsock import is_vsock_url, parse_vsock_url
+
+if TYPE_CHECKING:
+    from .tokens import TokenPolicy
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 
@@ -46,6 +49,12 @@ class RelayConfig:
     min_cache_seconds: float = 5.0
     max_cache_seconds: float = 3600.0
     health_interval: float = 5.0  # seconds between /healthz checks of replicas (0: none)
+    #: the Privacy Pass issuer (its URL) whose tokens every forwarded request must carry; None: no tokens
+    require_token: str | None = None
+    #: where spent tokens are remembered: a SQLite file (replicas on one host share it) or redis://... (any hosts)
+    spent_store: str = "veil-relay-spent.sqlite"
+    #: origin names in the relay's challenge (empty: tokens for any relay that trusts the issuer)
+    token_origin: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name, urls in self.gateways.items():
@@ -59,3 +68,14 @@ class RelayConfig:
                 elif not url.startswith(("http://", "https://")):
                     raise ValueError(f"gateway URL {url!r} must be http(s):// or vsock://CID:PORT/path")
         parse_networks(self.trusted_proxies)  # ValueError says which one is wrong
+        if self.require_token is None and self.token_origin:
+            raise ValueError("token origins are given but no issuer's tokens are required (--require-token)")
+        self.token_policy()  # ValueError names a bad issuer URL
+
+    def token_policy(self) -> TokenPolicy | None:
+        """What ``--require-token`` asks of each request, or None when no token is required."""
+        if self.require_token is None:
+            return None
+        from .tokens import TokenPolicy  # here, not at the top: tokens -> cors -> state imports this module
+
+        return TokenPolicy(issuer_url=self.require_token.rstrip("/"), origin_info=self.token_origin)

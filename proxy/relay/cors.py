@@ -27,6 +27,6 @@ async def preflight(request: web.Request) -> web.Response:
     allow(request, resp)
     if "Access-Control-Allow-Origin" in resp.headers:
         resp.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-        resp.headers["Access-Control-Allow-Headers"] = "Content-Type, Incremental, Accept"
+        resp.headers["Access-Control-Allow-Headers"] = "Content-Type, Incremental, Accept, Authorization"
         resp.headers["Access-Control-Max-Age"] = "600"
     return resp

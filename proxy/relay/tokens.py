@@ -299,6 +299,12 @@ async def _require_token(request: web.Request, handler: Handler) -> web.StreamRe
             headers["WWW-Authenticate"] = verifier.www_authenticate()
         if exc.status == 503:
             headers["Retry-After"] = "5"
-        return web.json_response({"error": f"token {exc.reason.replace('_', ' ')}"}, status=exc.status,
+        resp = web.json_response({"error": f"token {exc.reason.replace('_', ' ')}"}, status=exc.status,
                                  headers=headers)
+        from .cors import allow  # here: cors -> state -> config, which imports this module's policy lazily
+
+        allow(request, resp)
+        if "Access-Control-Allow-Origin" in resp.headers:
+            resp.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate"
+        return resp
     return await handler(request)

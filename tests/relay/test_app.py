@@ -3,9 +3,12 @@ metrics that never carry a per-client label."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import privacypass
 import proxy.relay
 from proxy.relay import RelayConfig
 
@@ -61,3 +64,34 @@ async def test_metrics_have_no_per_client_labels(relay: MakeRelay, gateway: Stan
         "gateway": {"pair"},
         "replica": {"0", "1"},
     }
+
+
+@pytest.mark.parametrize(("overrides", "says"), [
+    ({"require_token": "ftp://issuer.example"}, "must be http(s)://"),
+    ({"require_token": "issuer.example"}, "must be http(s)://"),
+    ({"token_origin": ("relay.example",)}, "--require-token"),
+])
+def test_config_refuses_bad_token_settings(overrides: dict[str, object], says: str) -> None:
+    with pytest.raises(ValueError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        RelayConfig(gateways={"gw": "http://127.0.0.1:1/"}, **overrides)  # type: ignore[arg-type]
+
+
+async def test_require_token_refuses_before_forwarding(relay: MakeRelay, gateway: StandInGateway,
+                                                       tmp_path: Path) -> None:
+    """``require_token`` wires the Privacy Pass check into create_app: a POST without a token is refused with a
+    PrivateToken challenge for the issuer (whose directory cannot be fetched here: the challenge names no key yet)
+    and never reaches the gateway; GETs (keys, evidence) need no token; the refusal is counted without labels."""
+    client = await relay(require_token="http://127.0.0.1:1", spent_store=str(tmp_path / "spent.sqlite"),
+                         token_origin=("relay.example",))
+    for auth in (None, "Bearer x"):
+        resp = await client.post("/gw", data=b"\x01junk", headers={"Content-Type": MEDIA_REQ,
+                                                                   **({"Authorization": auth} if auth else {})})
+        assert resp.status == 401 and resp.headers["Cache-Control"] == "no-store"
+        (ch,) = privacypass.parse_www_authenticate(resp.headers["WWW-Authenticate"])
+        assert ch.scheme == "PrivateToken" and "token-key" not in ch.params  # no issuer key known yet
+        decoded = privacypass.TokenChallenge.decode(privacypass.b64url_decode(ch.params["challenge"]))
+        assert decoded.issuer_name == "127.0.0.1:1" and decoded.origin_info == ("relay.example",)
+    assert gateway.posts == []
+    assert (await client.get("/gw")).status == 200
+    text = await (await client.get("/metrics")).text()
+    assert 'veil_relay_tokens_rejected_total{reason="missing"} 1.0' in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .conftest import MEDIA_REQ, MakeRelay, StandInGateway
 
 PAGE = "https://chat.example"
@@ -14,7 +16,7 @@ async def test_preflight_for_an_allowed_origin(relay: MakeRelay) -> None:
     assert resp.headers["Access-Control-Allow-Origin"] == PAGE
     assert resp.headers["Vary"] == "Origin"
     assert resp.headers["Access-Control-Allow-Methods"] == "GET, POST, OPTIONS"
-    assert resp.headers["Access-Control-Allow-Headers"] == "Content-Type, Incremental, Accept"
+    assert resp.headers["Access-Control-Allow-Headers"] == "Content-Type, Incremental, Accept, Authorization"
     assert resp.headers["Access-Control-Max-Age"] == "600"
 
 
@@ -48,3 +50,16 @@ async def test_every_kind_of_answer_carries_cors(relay: MakeRelay, gateway: Stan
     assert all(r.headers["Access-Control-Allow-Origin"] == PAGE for r in answers)
     resp = await client.get("/gw", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_token_refusals_carry_cors_and_expose_the_challenge(relay: MakeRelay, gateway: StandInGateway,
+                                                                   tmp_path: Path) -> None:
+    """A page talking to a relay that requires tokens can read the 401 and its WWW-Authenticate challenge."""
+    client = await relay(cors_origins=(PAGE,), require_token="http://127.0.0.1:1",
+                         spent_store=str(tmp_path / "spent.sqlite"))
+    resp = await client.post("/gw", data=b"x", headers={"Origin": PAGE, "Content-Type": MEDIA_REQ})
+    assert resp.status == 401
+    assert resp.headers["Access-Control-Allow-Origin"] == PAGE
+    assert resp.headers["Access-Control-Expose-Headers"] == "WWW-Authenticate"
+    other = await client.post("/gw", data=b"x", headers={"Origin": "https://evil.example", "Content-Type": MEDIA_REQ})
+    assert other.status == 401 and not any(h.startswith("Access-Control-") for h in other.headers)

@@ -61,12 +61,8 @@ async def _relay(gateway: Proc, issuer: TestServer, store: str) -> tuple[TestSer
 
 
 def _transport(relay: TestServer, wallet: TokenWallet) -> VeilAsyncTransport:
-    transport = VeilAsyncTransport(str(relay.make_url("/gw")), allow_simulated=True)
-    # The relay session spends tokens: what veil proxy --issuer and the transport's tokens= option set up.
-    transport.client._session = aiohttp.ClientSession(middlewares=(wallet.middleware(),), auto_decompress=False,
-                                                      cookie_jar=aiohttp.DummyCookieJar())
-    transport.client._own_session = True
-    return transport
+    """The in-process transport whose relay session spends the wallet's tokens (and which closes the wallet)."""
+    return VeilAsyncTransport(str(relay.make_url("/gw")), allow_simulated=True, tokens=wallet)
 
 
 def _metric(registry: CollectorRegistry, line: str) -> float:

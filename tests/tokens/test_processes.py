@@ -1,0 +1,168 @@
+"""Privacy Pass with every part a real process on loopback: ``veil issuer``, two ``veil relay --require-token``
+replicas sharing one spent-token store, ``veil gateway --engine echo`` and ``veil proxy --issuer`` (its API key for
+the issuer in ``$VEIL_PROXY_ISSUER_KEY``), driven by the OpenAI SDK. A request without a token gets 401 with a
+PrivateToken challenge; a token spent at one relay process is refused (403) at the other; no token, API key or
+client address reaches any relay or issuer log.
+
+Requests the test sends itself (not those of ``veil proxy``) come from ``127.0.0.9``, so any occurrence of that
+address in a log is a leak."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import httpx2 as httpx
+import openai
+import pytest
+
+import privacypass
+from privacypass import Directory
+from proxy.client.tokens import TokenWallet
+from tests.harness import Proc, free_port, start_veil, stop_all
+
+pytestmark = pytest.mark.integration
+KEY = "sk-issuer-process-3Fz9"
+CLIENT = "127.0.0.9"
+WELL_KNOWN = "/.well-known/ohttp-gateway"
+
+
+@dataclass
+class Chain:
+    gateway: Proc
+    issuer: Proc
+    relays: list[Proc]
+    proxy: Proc
+    #: Authorization values the test spent itself: none may appear in a log
+    spent: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
+    tmp: Path = tmp_path_factory.mktemp("tokens-processes")
+    procs: list[Proc] = []
+    try:
+        gp, ip, pp = free_port(), free_port(), free_port()
+        procs.append(gateway := start_veil(["gateway", "--engine", "echo", "--listen", f"127.0.0.1:{gp}"], gp))
+        procs.append(issuer := start_veil(["issuer", "--listen", f"127.0.0.1:{ip}", "--state-path",
+                                           str(tmp / "issuer.sqlite"), "--tokens-per-key", "0"], ip,
+                                          env={"VEIL_ISSUER_API_KEYS": KEY}))
+        relays = []
+        for _ in range(2):
+            rp = free_port()
+            relays.append(start_veil(["relay", "--listen", f"127.0.0.1:{rp}", "--gateway",
+                                      f"gw={gateway.base}{WELL_KNOWN}", "--require-token", issuer.base,
+                                      "--spent-store", str(tmp / "spent.sqlite"), "--rate-per-minute", "100000"], rp))
+            procs.append(relays[-1])
+        procs.append(proxy := start_veil(["proxy", "--listen", f"127.0.0.1:{pp}", "--relay", relays[0].base + "/gw",
+                                          "--issuer", issuer.base, "--insecure-allow-simulated"], pp,
+                                         env={"VEIL_PROXY_ISSUER_KEY": KEY}))
+        yield Chain(gateway, issuer, relays, proxy)
+    finally:
+        stop_all(procs, remove_logs=True)
+
+
+@pytest.fixture
+async def client_session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A session whose connections come from CLIENT."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(CLIENT, 0))) as s:
+        yield s
+
+
+async def _metric(session: aiohttp.ClientSession, proc: Proc, name: str) -> float:
+    async with session.get(proc.base + "/metrics") as r:
+        for row in (await r.text()).splitlines():
+            if row.startswith(name + " "):
+                return float(row.split()[-1])
+    return 0.0
+
+
+async def test_sdk_chat_and_stream_through_veil_proxy_spending_tokens(chain: Chain,
+                                                                     client_session: aiohttp.ClientSession) -> None:
+    before = await _metric(client_session, chain.relays[0], "veil_relay_tokens_redeemed_total")
+    client = openai.OpenAI(base_url=chain.proxy.base + "/v1", api_key="unused", max_retries=0,
+                           http_client=httpx.Client(timeout=30))
+    try:
+        r = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "paid by token"}])
+        assert r.choices[0].message.content == "paid by token"
+        parts = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": "streamed, one token"}], stream=True) if c.choices]
+        assert "".join(parts) == "streamed, one token"
+    finally:
+        client.close()
+    assert await _metric(client_session, chain.relays[0], "veil_relay_tokens_redeemed_total") == before + 2
+    assert await _metric(client_session, chain.issuer, "veil_issuer_tokens_issued_total") >= 2
+
+
+async def test_a_request_without_a_token_gets_401_with_a_private_token_challenge(
+        chain: Chain, client_session: aiohttp.ClientSession) -> None:
+    async with client_session.get(chain.issuer.base + privacypass.WELL_KNOWN_DIRECTORY) as r:
+        directory = Directory.decode(await r.read())
+    for relay in chain.relays:
+        for auth in (None, "PrivateToken token=AAAA", "Bearer sk-not-a-token"):
+            headers = {"Content-Type": "message/ohttp-req", **({"Authorization": auth} if auth else {})}
+            async with client_session.post(relay.base + "/gw", data=b"x" * 64, headers=headers) as r:
+                assert r.status == 401, (auth, r.status)
+                (ch,) = privacypass.parse_private_token_challenges(r.headers["WWW-Authenticate"])
+                decoded = ch.decode()
+                assert decoded.issuer_name == f"127.0.0.1:{chain.issuer.port}"
+                assert decoded.token_type == privacypass.TOKEN_TYPE_BLIND_RSA and decoded.redemption_context == b""
+                assert ch.token_key in [k.key.spki for k in directory.keys]
+
+
+async def test_a_token_spent_at_one_relay_process_is_refused_at_the_other(
+        chain: Chain, client_session: aiohttp.ClientSession) -> None:
+    a, b = chain.relays
+    wallet = TokenWallet(chain.issuer.base, KEY, batch=2)
+    try:
+        held = await wallet.take(client_session)
+    finally:
+        await wallet.close()
+    chain.spent.append(held.header)
+    headers = {"Content-Type": "message/ohttp-req", "Authorization": held.header}
+    doubles = await _metric(client_session, b, "veil_relay_token_double_spends_total")
+    async with client_session.post(a.base + "/gw", data=b"not ohttp", headers=headers) as r:
+        assert r.status not in (401, 403, 503)  # accepted and spent; the gateway then refused the bytes
+    for relay in (b, a):  # the other process, then the same one
+        async with client_session.post(relay.base + "/gw", data=b"not ohttp", headers=headers) as r:
+            assert r.status == 403
+            assert privacypass.parse_private_token_challenges(r.headers["WWW-Authenticate"])
+            assert (await r.json())["error"] == "token double spend"
+    assert await _metric(client_session, b, "veil_relay_token_double_spends_total") == doubles + 1
+
+
+def _raw(port: int, payload: bytes) -> None:
+    """A malformed request from CLIENT (aiohttp's own error logging is where addresses would leak)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(CLIENT, 0)) as s:
+        try:
+            s.sendall(payload)
+            s.recv(65536)
+        except (ConnectionError, TimeoutError):
+            pass
+
+
+async def test_no_token_api_key_or_client_address_in_relay_or_issuer_logs(
+        chain: Chain, client_session: aiohttp.ClientSession) -> None:
+    # Refusals of every kind at the issuer, from CLIENT: a wrong key, a malformed request, bad HTTP.
+    request_uri = chain.issuer.base + "/token-request"
+    for auth, body in ((f"Bearer {KEY}-wrong", b"\x00\x02" + bytes(257)), (f"Bearer {KEY}", b"short"), (None, b"")):
+        headers = {"Content-Type": privacypass.MEDIA_TYPE_TOKEN_REQUEST, **({"Authorization": auth} if auth else {})}
+        async with client_session.post(request_uri, data=body, headers=headers) as r:
+            assert r.status in (401, 403, 422), r.status
+    for proc in (chain.issuer, *chain.relays):
+        _raw(proc.port, b"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: PrivateToken token=\x01bad\r\n\r\n")
+        _raw(proc.port, b"G@T / HTTP/9.9\r\n\r\n")
+    time.sleep(0.5)  # let the last records reach the log files
+    logs = {p.name: p.log() for p in (chain.issuer, *chain.relays, chain.proxy)}
+    assert chain.spent, "the double-spend test ran first and spent a token"
+    for name, text in logs.items():
+        assert CLIENT not in text, name
+        assert KEY not in text, name
+        assert "PrivateToken" not in text, name
+        for header in chain.spent:
+            assert header.split('"')[1] not in text, name
+    assert "requests must spend a Privacy Pass token" in logs[chain.relays[0].name]
