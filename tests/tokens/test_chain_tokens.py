@@ -51,7 +51,10 @@ async def _issuer(tmp_path: Path, **kw: Any) -> TestServer:
 
 
 async def _relay(gateway: Proc, issuer: TestServer, store: str) -> tuple[TestServer, CollectorRegistry]:
-    app = relay_app(RelayConfig(gateways={"gw": gateway.base + "/.well-known/ohttp-gateway"}))
+    # Every request of these tests comes from 127.0.0.1: the default --rate-per-minute (600 per address) would
+    # answer 429 to the load test well before its 10 s are up, and a 429 is not what it measures.
+    app = relay_app(RelayConfig(gateways={"gw": gateway.base + "/.well-known/ohttp-gateway"},
+                                rate_per_minute=1_000_000))
     registry = CollectorRegistry()
     setup_tokens(app, TokenPolicy(issuer_url=str(issuer.make_url("")).rstrip("/"), refresh_interval=0.5), store,
                  registry)
@@ -165,6 +168,28 @@ async def test_issuer_key_rotation_under_load_loses_no_request(gateway: Proc, tm
         assert _metric(registry, "veil_relay_tokens_redeemed_total") >= len(done)
     finally:
         await client.close()
+        await wallet.close()
+        await relay.close()
+        await issuer.close()
+
+
+async def test_tokens_pooled_under_a_retired_key_cost_no_request(gateway: Proc, tmp_path: Path,
+                                                                wallet_env: None) -> None:
+    """The wallet's retry: tokens fetched under a key that the issuer has since dropped are refused by the relay
+    (401 expired key, with a challenge naming the new key); the middleware drops them, refetches the directory,
+    spends a fresh token and the SDK never sees the refusal."""
+    issuer = await _issuer(tmp_path, key_lifetime=1.5, key_publish_ahead=0.5, key_overlap=1.0)
+    relay, registry = await _relay(gateway, issuer, str(tmp_path / "spent.sqlite"))
+    wallet = TokenWallet(str(issuer.make_url("")).rstrip("/"), KEY, batch=4, low_water=0)
+    try:
+        await wallet.prefetch()
+        stale = {t.key_id for t in wallet._pool}
+        await asyncio.sleep(3.5)  # the key they were signed under is no longer listed (lifetime + overlap)
+        await sdk_chat_and_stream(_transport(relay, wallet), "after the rotation", "streamed after it")
+        assert _metric(registry, 'veil_relay_tokens_rejected_total{reason="expired_key"}') == 1
+        assert _metric(registry, "veil_relay_tokens_redeemed_total") == 2
+        assert all(t.key_id not in stale for t in wallet._pool)
+    finally:
         await wallet.close()
         await relay.close()
         await issuer.close()
