@@ -382,3 +382,74 @@ def test_raw_cli_form(evidence_dir: Path, tmp_path: Path, capsys: pytest.Capture
     code, out = run("--gpu-evidence", str(tmp_path / "report.hex"), "--gpu-chain", str(tmp_path / "chain.pem"),
                     "--rim", driver)
     assert code == 4 and "[FAIL] gpu[0] vbios rim" in out
+
+
+BLACKWELL = [  # (folder, report, chain, nonce, FWID prefix, CHIP_INFO, NVDEC0)
+    ("blackwell-gb100-nvattest-sdk", "blackwellAttestationReport.txt", "blackwellCertChain.txt",
+     "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb", "d090cab1", None, 0x55),
+    ("blackwell-gb202-rtxpro6000-trustee-pr", "blackwellAttestationReport.txt", "blackwell_cert_chain_case1.txt",
+     "4cff7f5380ead8fad8ec2c531c110aca4302a88f603792801a8ca29ee151af2e", "9b92cc3e", "GB202", 0xAA),
+]
+
+
+@pytest.mark.parametrize(("folder", "report", "chain", "nonce", "fwid", "chip", "nvdec0"), BLACKWELL,
+                         ids=[b[0] for b in BLACKWELL])
+def test_blackwell_samples_verify_with_the_structural_fwid(evidence_dir: Path, folder: str, report: str, chain: str,
+                                                           nonce: str, fwid: str, chip: str | None,
+                                                           nvdec0: int) -> None:
+    from cryptography import x509
+
+    from enclave.attestation.nvidia.verify import OID_NVIDIA_BLACKWELL_TCB_INFO, cert_fwid
+
+    raw = bytes.fromhex(_d(evidence_dir, folder, report).read_text().strip())
+    pem = _d(evidence_dir, folder, chain).read_text()
+    r = parse_gpu_report(raw)
+    assert (r.chip_info, r.nvdec0_status) == (chip, nvdec0)
+    v = verify_nvidia([(raw, pem)], ANY, now=datetime.datetime(2026, 9, 1, tzinfo=datetime.UTC),
+                      expected_nonce=bytes.fromhex(nonce))
+    # Chain, FWID, signature, nonce: PASS (SOURCE.md). Without RIMs for these versions CC mode stays unverified.
+    assert _failing(v) == {"gpu[0] cc mode": None}
+    leaf = x509.load_pem_x509_certificates(pem.encode())[0]
+    ext = leaf.extensions.get_extension_for_oid(OID_NVIDIA_BLACKWELL_TCB_INFO).value
+    assert isinstance(ext, x509.UnrecognizedExtension)
+    assert cert_fwid(leaf) == r.fwid and r.fwid is not None and r.fwid.hex().startswith(fwid)
+    assert ext.value[-48:] != r.fwid  # the Hopper "tail" shortcut would pick the wrong digest
+    # One bit of the report's FWID: the FWID check and the signature fail.
+    pos = raw.index(r.fwid)
+    tampered = raw[:pos] + bytes([raw[pos] ^ 1]) + raw[pos + 1:]
+    bad = verify_nvidia([(tampered, pem)], ANY, now=datetime.datetime(2026, 9, 1, tzinfo=datetime.UTC),
+                        expected_nonce=bytes.fromhex(nonce))
+    assert _failing(bad) == {"gpu[0] fwid": False, "gpu[0] signature": False, "gpu[0] cc mode": None}
+
+
+def test_hgx_gpu_swapped_for_another_machines_fails_its_nonce(evidence_dir: Path) -> None:
+    gpus = load_nvtrust_evidence_list(_d(evidence_dir, "hgx-8gpu-ppcie-nvtrust", "gpu_evidence.json").read_bytes())
+    nonce = bytes.fromhex("4760e30534a0621357d458b1a7936551b5dc4cd1e69718adf7ed9fb0252a537e")
+    policy = NvidiaPolicy(any_version=True, accept_unverifiable_cc_mode=True, gpu_count=8)
+    swapped = [*gpus[:3], _azure(evidence_dir)[0], *gpus[4:]]
+    v = verify_nvidia(swapped, policy, now=AZURE_AT, expected_nonce=nonce)
+    # Every GPU is checked against the one key-derived nonce; the foreign GPU is genuine but answered another nonce
+    # (and runs in another multi-GPU mode).
+    assert _failing(v) == {"gpu[3] nonce": False, "gpus consistent mode": False}
+
+
+def test_gpu_evidence_swapped_between_two_real_machines_fails_the_binding(evidence_dir: Path) -> None:
+    from dataclasses import replace
+
+    keys = ohttp.encode_list([ohttp.GatewayKey.generate(1).config])
+    mine = encode_gpu_evidence(_azure(evidence_dir))
+    coco = _d(evidence_dir, "hopper-coco-trustee")
+    theirs = encode_gpu_evidence([(bytes.fromhex((coco / "attestation_report.hex").read_text().strip()),
+                                   (coco / "cert_chain.pem").read_text())])
+    bundle = SimulatedProvider().collect(keys, gpu_evidence=mine)
+    policy = Policy(nvidia=ANY, require_gpu=True)
+    honest = _checks(verify_bundle(bundle, keys, policy, now=AZURE_AT, allow_simulated=True))
+    swapped = verify_bundle(replace(bundle, gpu_evidence=theirs), keys, policy, now=AZURE_AT, allow_simulated=True)
+    # The CPU report binds SHA-256 of the GPU evidence bytes: the other machine's genuine GPU evidence breaks it.
+    assert honest["simulated evidence signature and binding"] is True
+    assert _checks(swapped)["simulated evidence"] is False
+    assert "report data does not bind" in next(c.detail for c in swapped.checks if c.name == "simulated evidence")
+    assert _checks(swapped)["gpu[0] signature"] is True  # genuine GPU evidence, just not this bundle's
+    # require_gpu: a bundle without GPU evidence fails.
+    bare = verify_bundle(replace(bundle, gpu_evidence=b""), keys, policy, now=AZURE_AT, allow_simulated=True)
+    assert not bare.ok and _checks(bare)["GPU evidence present"] is False

@@ -406,6 +406,47 @@ def parse_cert_fwid(ext_value: bytes) -> bytes:
     return value
 
 
+def parse_dice_tcb_info_fwid(ext_value: bytes) -> bytes:
+    """``fwids[0]`` of a TCG DiceTcbInfo (Blackwell leaves, extension 2.23.133.5.4.1.1)::
+
+        DiceTcbInfo ::= SEQUENCE { vendor [0], model [1], version [2], svn [3], layer [4], index [5],
+                                   fwids [6] IMPLICIT SEQUENCE OF FWID { hashAlg OID, digest OCTET STRING },
+                                   flags [7], vendorInfo [8], type [9], ... }   -- all OPTIONAL, context tags in order
+
+    Parsed structurally: the "last 48 bytes" shortcut that works for Hopper's layout picks the wrong digest here
+    (Blackwell leaves carry a second, all-zero FWID after the first).
+
+    Raises:
+        EvidenceFormatError: not that layout, tags out of order or repeated, no fwids, not SHA-384.
+    """
+    start, end = _der_expect(ext_value, 0, 0x30, "DiceTcbInfo", whole=True)
+    pos, last, fwids = start, -1, None
+    while pos < end:
+        tag = ext_value[pos]
+        if tag & 0xC0 != 0x80 or (tag & 0x1F) <= last or (tag & 0x1F) > 30:
+            raise EvidenceFormatError(f"DiceTcbInfo: unexpected tag 0x{tag:02x} at offset {pos}")
+        last = tag & 0x1F
+        vstart, vend = _der_expect(ext_value, pos, tag, f"DiceTcbInfo [{last}]")
+        if last == 6:
+            if tag != 0xA6:
+                raise EvidenceFormatError("DiceTcbInfo fwids is not a constructed [6]")
+            fwids = (vstart, vend)
+        pos = vend
+    if pos != end or fwids is None or fwids[0] == fwids[1]:
+        raise EvidenceFormatError("DiceTcbInfo has no fwids")
+    fstart, fend = _der_expect(ext_value, fwids[0], 0x30, "DiceTcbInfo FWID")
+    alg = _der_expect(ext_value, fstart, 0x06, "FWID hash algorithm")
+    if ext_value[fstart : alg[1]] != OID_SHA384_DER:
+        raise EvidenceFormatError("FWID hash algorithm is not SHA-384")
+    digest = _der_expect(ext_value, alg[1], 0x04, "FWID digest")
+    if digest[1] != fend:
+        raise EvidenceFormatError("FWID has fields after the digest")
+    value = ext_value[digest[0] : digest[1]]
+    if len(value) != FWID_SIZE:
+        raise EvidenceFormatError(f"certificate FWID is {len(value)} bytes, expected {FWID_SIZE}")
+    return value
+
+
 def _der_expect(data: bytes, pos: int, tag: int, what: str, *, whole: bool = False) -> tuple[int, int]:
     """Read one DER TLV with single-byte ``tag`` at ``pos``; returns (value start, value end). Minimal lengths only."""
     if pos + 2 > len(data) or data[pos] != tag:

@@ -26,7 +26,15 @@ from cryptography.x509.oid import ExtensionOID
 from ..errors import EvidenceFormatError
 from .policy import NvidiaPolicy
 from ..result import Verdict
-from .abi import MAX_CHAIN_TEXT, MAX_GPUS, NONCE_SIZE, GpuReport, parse_cert_fwid, parse_gpu_report
+from .abi import (
+    MAX_CHAIN_TEXT,
+    MAX_GPUS,
+    NONCE_SIZE,
+    GpuReport,
+    parse_cert_fwid,
+    parse_dice_tcb_info_fwid,
+    parse_gpu_report,
+)
 from .rim import (
     NVIDIA_RIM_ROOT_SHA256,
     GoldenMeasurement,
@@ -43,6 +51,8 @@ NVIDIA_DEVICE_ROOT_SHA256: Final = "102bf659d5419614c9d8e6aecebc80454eb26b1df6a7
 
 #: The DICE TcbInfo extension carrying the firmware id (FWID) in the "GSP FMC LF" leaf.
 OID_TCG_DICE_TCB_INFO: Final = x509.ObjectIdentifier("2.23.133.5.4.1")
+#: Blackwell's leaf: a TCG DiceTcbInfo structure whose ``fwids[0]`` is the FWID (see ``parse_dice_tcb_info_fwid``).
+OID_NVIDIA_BLACKWELL_TCB_INFO: Final = x509.ObjectIdentifier("2.23.133.5.4.1.1")
 
 PLATFORM: Final = "nvidia"
 NVDEC0_RIM_INDEX: Final = 35
@@ -180,15 +190,23 @@ def cert_fwid(cert: x509.Certificate) -> bytes:
     Raises:
         EvidenceFormatError: the extension is missing or malformed.
     """
-    try:
-        ext = cert.extensions.get_extension_for_oid(OID_TCG_DICE_TCB_INFO).value
-    except x509.ExtensionNotFound:
-        raise EvidenceFormatError("leaf certificate has no TcbInfo (2.23.133.5.4.1) extension") from None
-    except ValueError as exc:
-        raise EvidenceFormatError(f"leaf certificate extensions do not parse: {exc}") from None
-    if not isinstance(ext, x509.UnrecognizedExtension):
-        raise EvidenceFormatError("unexpected TcbInfo extension type")
-    return parse_cert_fwid(ext.value)
+    found = []
+    for oid, parse in ((OID_TCG_DICE_TCB_INFO, parse_cert_fwid), (OID_NVIDIA_BLACKWELL_TCB_INFO,
+                                                                   parse_dice_tcb_info_fwid)):
+        try:
+            ext = cert.extensions.get_extension_for_oid(oid).value
+        except x509.ExtensionNotFound:
+            continue
+        except ValueError as exc:
+            raise EvidenceFormatError(f"leaf certificate extensions do not parse: {exc}") from None
+        if not isinstance(ext, x509.UnrecognizedExtension):
+            raise EvidenceFormatError("unexpected TcbInfo extension type")
+        found.append(parse(ext.value))
+    # Exactly one: a leaf carrying both would let a verifier pick whichever FWID suits the report.
+    if len(found) != 1:
+        raise EvidenceFormatError(f"leaf certificate has {len(found)} TcbInfo extensions (2.23.133.5.4.1 on Hopper, "
+                                  "2.23.133.5.4.1.1 on Blackwell), expected exactly one")
+    return found[0]
 
 
 def verify_report_signature(report: GpuReport, key: ec.EllipticCurvePublicKey) -> bool:
