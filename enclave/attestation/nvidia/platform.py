@@ -24,8 +24,11 @@ def _verify(bundle: Bundle, policy: Policy, now: dt.datetime, expected_nonce: by
 
     # The RIMs travel as collateral (NVIDIA-signed, so unbound like TDX collateral): certs["nvidia_rims"].
     rims = decode_rim_list(bundle.certs[RIMS_CERT_KEY]) if RIMS_CERT_KEY in bundle.certs else []
+    from .ocsp import OCSP_CERT_KEY, decode_ocsp_list
+
+    ocsp = decode_ocsp_list(bundle.certs[OCSP_CERT_KEY]) if OCSP_CERT_KEY in bundle.certs else []
     return verify_nvidia(decode_gpu_evidence(bundle.gpu_evidence), policy.get(NvidiaPolicy), now=now,
-                         expected_nonce=expected_nonce, rims=rims)
+                         expected_nonce=expected_nonce, rims=rims, ocsp_responses=ocsp)
 
 
 PLATFORM = Platform(

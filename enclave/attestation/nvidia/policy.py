@@ -27,6 +27,8 @@ class NvidiaPolicy:
     allowed_rim_sha256: tuple[str, ...] = ()
     #: The number of GPUs the evidence must hold (None: any number, at least one).
     gpu_count: int | None = None
+    #: Refuse a GPU whose device or RIM chain has no good stapled OCSP answer (revoked is refused regardless).
+    require_ocsp: bool = False
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], base: Path | None = None) -> NvidiaPolicy:
@@ -42,6 +44,7 @@ class NvidiaPolicy:
             allowed_rim_ids=tuple(d.pop("allowed_rim_ids", [])),
             allowed_rim_sha256=tuple(str(x).lower() for x in d.pop("allowed_rim_sha256", [])),
             gpu_count=count,
+            require_ocsp=bool(d.pop("require_ocsp", False)),
         )
         if d:
             raise EvidenceFormatError(f"unknown keys in [nvidia]: {sorted(d)}")

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.ocsp import OCSPResponse
 from cryptography.x509.oid import ExtensionOID
 
 from ..errors import EvidenceFormatError
@@ -227,6 +228,7 @@ def verify_nvidia(
     now: datetime.datetime,
     expected_nonce: bytes | None,
     rims: Sequence[bytes] = (),
+    ocsp_responses: Sequence[OCSPResponse] = (),
 ) -> Verdict:
     """Verify every GPU's evidence ``(report bytes, PEM chain)``; the verdict passes only if every check of every GPU
     passes. Checks are named ``gpu[i] <step>``; steps that span GPUs are named ``gpus <step>``.
@@ -280,7 +282,15 @@ def verify_nvidia(
         gpu_claims.append(claims)
         leaf_keys.append(leaf_key)
         modes.append(mode)
-        notes.append(f"gpu[{i}] {REVOCATION_NOTE}; reported as unknown, never as good")
+        if ocsp_responses or policy.require_ocsp:
+            claims["revocation"] = _check_revocation(verdict, f"gpu[{i}] ", pem, claims, rim_checks,
+                                                     ocsp_responses, policy, now)
+        else:
+            notes.append(f"gpu[{i}] {REVOCATION_NOTE}; reported as unknown, never as good")
+    if ocsp_responses or policy.require_ocsp:
+        states = {c["revocation"] for c in gpu_claims}
+        verdict.claims["revocation"] = ("revoked" if "revoked" in states else "good" if states == {"good"}
+                                        else "unknown")
 
     if len(gpus) > 1:
         # N copies of one GPU's evidence would otherwise pass as N GPUs: the device keys must differ.
@@ -535,6 +545,38 @@ def _check_rims(
         ok = ok and hit
     rim_claims.update(compared=compared, matched=matched, skipped=skipped)
     return ok
+
+
+def _check_revocation(v: Verdict, prefix: str, pem: str, claims: dict[str, Any], rim_checks: list[RimCheck],
+                      responses: Sequence[OCSPResponse], policy: NvidiaPolicy, now: datetime.datetime) -> str:
+    """Stapled OCSP for the device chain (every certificate but the leaf and the root, as nvtrust does) and for each
+    RIM this GPU used (every certificate but the root). Returns the GPU's overall revocation claim."""
+    from .ocsp import check_ocsp, ocsp_ok
+    from .rim import _pinned_root
+
+    seen: list[str] = []
+    try:
+        device = parse_cert_chain(pem)
+    except EvidenceFormatError:
+        device = ()
+    chains: list[tuple[str, list[tuple[x509.Certificate, x509.Certificate]]]] = [
+        ("device chain", [(device[i], device[i + 1]) for i in range(1, len(device) - 1)])]
+    used = {r.get("sha256") for r in (claims.get("rims") or {}).values() if isinstance(r, dict)}
+    for rc in rim_checks:
+        if rc.sha256 in used:
+            chain = [*rc.certs[:-1], _pinned_root(None)]
+            chains.append((f"rim {rc.document.version}", [(chain[i], chain[i + 1]) for i in range(len(chain) - 1)]))
+    for label, pairs in chains:
+        statuses = [(c, check_ocsp(c, issuer, responses, now)) for c, issuer in pairs]
+        ok = bool(pairs) and all(ocsp_ok(st, policy.require_ocsp) for _, st in statuses)
+        v.add(f"{prefix}ocsp {label}", ok,
+              expected="good" + ("" if policy.require_ocsp else " (missing/unknown tolerated: require_ocsp off)"),
+              found="; ".join(f"{_cn(c)}: {st.status}" for c, st in statuses) or "no certificates",
+              detail="; ".join(f"{_cn(c)}: {st.detail}" for c, st in statuses if st.status != "good"))
+        seen += [st.status for _, st in statuses]
+    if "revoked" in seen:
+        return "revoked"
+    return "good" if seen and all(s == "good" for s in seen) else "unknown"
 
 
 def _check_version(
