@@ -476,7 +476,9 @@ def _check_rims(
             ok = False
             continue
         want = version.upper() if fold else version
-        found = [c for c in rim_checks if (c.document.version.upper() if fold else c.document.version) == want]
+        same = [c for c in rim_checks if (c.document.version.upper() if fold else c.document.version) == want]
+        # A mixed fleet may ship RIMs of one version for two chips: prefer this chip's, else report the other's.
+        found = [c for c in same if c.document.product == chip] or same
         given = ", ".join(f"{c.document.product} {c.document.version}" for c in rim_checks) or "none"
         if len(found) != 1:
             v.add(name, False, expected=f"{rim_id} (version {version}, product {chip})",
