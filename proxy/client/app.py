@@ -20,7 +20,7 @@ from enclave.attestation import Verdict
 
 from ..transport import ATTESTATION_HEADER, OhttpClient, VeilClientError, wants_stream
 from .guard import host_guard
-from .passthrough import PAGE_RELAY_PATH, RelayPassthrough
+from .passthrough import PAGE_ISSUER_PATH, PAGE_RELAY_PATH, IssuerPassthrough, RelayPassthrough
 from .tokens import TokenUnavailable, TokenWallet
 
 log = logging.getLogger("veil.proxy")
@@ -182,21 +182,29 @@ def create_app(
     app.router.add_route("*", "/v1/{tail:.*}", api)
     if static_dir is not None:
         app.router.add_get("/", _index(static_dir))
-        app.router.add_get("/veil-config.json", _web_config(client.url, allow_simulated))
+        app.router.add_get("/veil-config.json", _web_config(client.url, allow_simulated, tokens))
         app.router.add_static("/static/", static_dir)
         relay = RelayPassthrough(client.url)
         app.router.add_get(PAGE_RELAY_PATH, relay.forward)
         app.router.add_post(PAGE_RELAY_PATH, relay.forward)
         app.router.add_get(PAGE_RELAY_PATH + "/attestation", relay.forward)
         app.cleanup_ctx.append(relay.ctx)
+        if tokens is not None:
+            IssuerPassthrough(tokens.issuer_url, tokens.api_key).add_routes(app)
     app.cleanup_ctx.append(_client_ctx)
     return app
 
 
-def _web_config(relay: str, allow_simulated: bool):  # type: ignore[no-untyped-def]
+def _web_config(relay: str, allow_simulated: bool, tokens: TokenWallet | None):  # type: ignore[no-untyped-def]
     """``GET /veil-config.json``: where the page sends its OHTTP requests (this proxy's same-origin relay path, so
-    the relay needs no CORS rule for the page) and which relay they reach. The page encrypts in the browser."""
-    body = orjson.dumps({"relay": PAGE_RELAY_PATH, "relay_upstream": relay, "allow_simulated": allow_simulated})
+    the relay needs no CORS rule for the page) and which relay they reach. The page encrypts in the browser. With
+    ``--issuer``, ``tokens`` says where the page gets Privacy Pass tokens (the same-origin issuer path) and the
+    issuer's name in the relay's challenge; the page blinds and spends them itself."""
+    doc: dict[str, object] = {"relay": PAGE_RELAY_PATH, "relay_upstream": relay, "allow_simulated": allow_simulated}
+    if tokens is not None:
+        doc["tokens"] = {"issuer": PAGE_ISSUER_PATH, "issuer_name": tokens.challenge.issuer_name,
+                         "issuer_upstream": tokens.issuer_url}
+    body = orjson.dumps(doc)
 
     async def web_config(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type="application/json", headers={"Cache-Control": "no-store"})

@@ -6,6 +6,10 @@ CORS (``veil relay --cors-origin``), which a relay operator has no reason to gra
 ciphertext teaches it nothing new, and the relay sees the same address it would have seen. Requests are rebuilt
 from scratch (method, the OHTTP media type, the body), so no browser header (cookie, referrer, user agent,
 language) reaches the relay; answers stream back piece by piece, so chunked OHTTP stays incremental.
+
+When the relay requires Privacy Pass tokens, the page spends them in the outer ``Authorization`` header: that
+header is forwarded only when it is ``PrivateToken`` (never a browser's Basic/Bearer credentials), and the relay's
+``WWW-Authenticate`` challenge comes back. The page gets its tokens through ``/issuer`` (:class:`IssuerPassthrough`).
 """
 
 from __future__ import annotations
@@ -19,14 +23,14 @@ from aiohttp import web
 
 log = logging.getLogger("veil.proxy")
 
-__all__ = ["PAGE_RELAY_PATH", "RelayPassthrough"]
+__all__ = ["PAGE_ISSUER_PATH", "PAGE_RELAY_PATH", "IssuerPassthrough", "RelayPassthrough"]
 
 #: Where the page served by ``veil proxy`` sends its OHTTP requests (its ``veil-config.json`` says so).
 PAGE_RELAY_PATH: Final = "/relay"
 _REQUEST_TYPES: Final = frozenset({"message/ohttp-req", "message/ohttp-chunked-req"})
 _ACCEPT: Final = frozenset({"application/ohttp-keys", "application/json"})
 #: Answer headers the page needs; nothing else of the relay's answer is passed on.
-_ANSWER_HEADERS: Final = ("Content-Type", "Cache-Control", "Retry-After", "Incremental")
+_ANSWER_HEADERS: Final = ("Content-Type", "Cache-Control", "Retry-After", "Incremental", "WWW-Authenticate")
 MAX_BODY: Final = 64 * 1024 * 1024
 
 
@@ -61,6 +65,9 @@ class RelayPassthrough:
             headers["Content-Type"] = ctype
             if request.headers.get("Incremental") == "?1":
                 headers["Incremental"] = "?1"
+            auth = request.headers.get("Authorization", "")
+            if auth[:13].lower() == "privatetoken ":  # a Privacy Pass token for the relay; any other credential stays
+                headers["Authorization"] = auth
         accept = request.headers.get("Accept", "").split(";")[0].strip()
         if accept in _ACCEPT:
             headers["Accept"] = accept
@@ -86,3 +93,69 @@ class RelayPassthrough:
                 return resp
             log.warning("cannot reach the relay at %s: %s", self.relay_url, type(exc).__name__)
             raise web.HTTPBadGateway(text=f"veil proxy: cannot reach the relay at {self.relay_url}") from None
+
+
+#: Where the page served by ``veil proxy --issuer`` gets Privacy Pass tokens (its ``veil-config.json`` says so).
+PAGE_ISSUER_PATH: Final = "/issuer"
+_TOKEN_REQUEST: Final = "application/private-token-request"
+_TOKEN_RESPONSE: Final = "application/private-token-response"
+_DIRECTORY: Final = "/.well-known/private-token-issuer-directory"
+#: A token request is 259 bytes for type 2; anything much larger is not one.
+MAX_TOKEN_REQUEST: Final = 1024
+
+
+class IssuerPassthrough:
+    """``GET /issuer/.well-known/private-token-issuer-directory`` and ``POST /issuer/<request path>`` (token requests
+    only, by media type and size) to the issuer, with the proxy's own ``--issuer-key``.
+
+    The page never holds the issuer key: it stays in the proxy (from ``$VEIL_PROXY_ISSUER_KEY``), which attaches it
+    to each token request, and any ``Authorization`` the page sends is dropped. The proxy already holds that key for
+    its own tokens and is the user's process; what it forwards are blinded token requests, which it cannot link to the
+    tokens the page later spends any more than the issuer can. Other origins cannot use it to mint tokens on the
+    user's key: the host guard refuses their Host/Origin, and the token-request media type needs a CORS preflight the
+    proxy never grants. Nothing else of the issuer (metrics, health) is reachable here.
+    """
+
+    def __init__(self, issuer_url: str, api_key: str | None) -> None:
+        self.issuer_url = issuer_url.rstrip("/")
+        self._api_key = api_key
+        self._session: aiohttp.ClientSession | None = None
+
+    async def ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """aiohttp ``cleanup_ctx``: one session to the issuer (no cookies) for the app's life."""
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
+                                              cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",))
+        yield
+        await self._session.close()
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get(PAGE_ISSUER_PATH + _DIRECTORY, self.forward)
+        app.router.add_post(PAGE_ISSUER_PATH + "/{tail:[A-Za-z0-9_./-]+}", self.forward)
+        app.cleanup_ctx.append(self.ctx)
+
+    async def forward(self, request: web.Request) -> web.Response:
+        """One directory fetch or token request, rebuilt from scratch; plain HTTP errors."""
+        assert self._session is not None
+        headers: dict[str, str] = {}
+        body: bytes | None = None
+        if request.method == "POST":
+            if request.content_type != _TOKEN_REQUEST:
+                raise web.HTTPUnsupportedMediaType(text=f"veil proxy: {PAGE_ISSUER_PATH} takes only token requests")
+            if request.content_length is not None and request.content_length > MAX_TOKEN_REQUEST:
+                raise web.HTTPRequestEntityTooLarge(max_size=MAX_TOKEN_REQUEST, actual_size=request.content_length)
+            body = await request.content.read(MAX_TOKEN_REQUEST + 1)
+            if len(body) > MAX_TOKEN_REQUEST:
+                raise web.HTTPRequestEntityTooLarge(max_size=MAX_TOKEN_REQUEST, actual_size=len(body))
+            headers = {"Content-Type": _TOKEN_REQUEST, "Accept": _TOKEN_RESPONSE}
+            if self._api_key:
+                headers["Authorization"] = f"Bearer {self._api_key}"
+        url = self.issuer_url + request.path[len(PAGE_ISSUER_PATH):]
+        try:
+            async with self._session.request(request.method, url, data=body, headers=headers) as upstream:
+                data = await upstream.read()
+                return web.Response(status=upstream.status, body=data, headers={
+                    h: upstream.headers[h] for h in ("Content-Type", "Cache-Control", "Retry-After")
+                    if h in upstream.headers})
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.warning("cannot reach the issuer at %s: %s", self.issuer_url, type(exc).__name__)
+            raise web.HTTPBadGateway(text=f"veil proxy: cannot reach the issuer at {self.issuer_url}") from None

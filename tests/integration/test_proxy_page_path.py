@@ -53,6 +53,12 @@ class Recorder:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 outer.seen.append(("POST", self.path, dict(self.headers), body))
+                if body == b"want-token":  # as a relay that requires Privacy Pass tokens refuses
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'PrivateToken challenge="AAIAAAA=", token-key="AAAA"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 self._answer(b"sealed-answer", "message/ohttp-res")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -152,3 +158,72 @@ def test_foreign_host_and_origin_are_refused(proxy: tuple[Proc, Recorder]) -> No
     assert call(p.base + "/veil-config.json", headers={"Host": f"localhost:{port}"})[0] == 200
     assert call(p.base + "/veil-config.json", headers={"Origin": f"http://localhost:{port}"})[0] == 200
     assert call(p.base + "/veil-config.json", headers={"Host": f"veil.localhost:{port}"})[0] == 200
+
+
+def test_relay_path_forwards_a_private_token_and_no_other_credential(proxy: tuple[Proc, Recorder]) -> None:
+    """The page spends Privacy Pass tokens in the outer Authorization header: that, and only that scheme, reaches
+    the relay, and the relay's challenge comes back to the page."""
+    p, relay = proxy
+    token = 'PrivateToken token="AAIAAQID"'
+    for auth, forwarded in ((token, True), ("privatetoken token=\"AAIAAQID\"", True), ("Bearer sk-secret", False),
+                            ("Basic dXNlcjpwYXNz", False), ("PrivateTokenX", False)):
+        start = len(relay.seen)
+        status, _, _ = call(p.base + "/relay", method="POST", body=b"\x00ciphertext",
+                            headers={"Content-Type": "message/ohttp-req", "Authorization": auth})
+        assert status == 200
+        (_, _, h, _), = relay.seen[start:]
+        assert (h.get("Authorization") == auth) is forwarded and ("Authorization" in h) is forwarded, (auth, h)
+    status, answer_headers, _ = call(p.base + "/relay", method="POST", body=b"want-token",
+                                     headers={"Content-Type": "message/ohttp-req", "Authorization": token})
+    assert status == 401 and answer_headers["WWW-Authenticate"].startswith("PrivateToken challenge=")
+
+
+def test_without_issuer_there_is_no_issuer_path(proxy: tuple[Proc, Recorder]) -> None:
+    p, relay = proxy
+    start = len(relay.seen)
+    status, _, body = call(p.base + "/veil-config.json")
+    assert b'"tokens"' not in body
+    status, _, _ = call(p.base + "/issuer/.well-known/private-token-issuer-directory")
+    assert status == 404 and relay.seen[start:] == []
+
+
+def test_issuer_path_forwards_directory_and_token_requests_with_the_proxys_key() -> None:
+    """``veil proxy --issuer``: the page's ``/issuer`` reaches the issuer for the directory GET and token-request
+    POSTs only; the proxy adds its own issuer key and drops whatever credential the page sends."""
+    issuer = Recorder()
+    port = free_port()
+    p = start_veil(["proxy", "--listen", f"127.0.0.1:{port}", "--relay", f"http://127.0.0.1:{free_port()}/gw",
+                    "--issuer", issuer.base], port, health="/veil-config.json",
+                   env={"VEIL_PROXY_ISSUER_KEY": "sk-proxy-issuer-key"})
+    try:
+        start = len(issuer.seen)  # after the proxy's own directory fetch (its wallet, filled before serving)
+        status, _, body = call(p.base + "/veil-config.json")
+        host = issuer.base.removeprefix("http://")
+        assert b'"tokens":{"issuer":"/issuer","issuer_name":"' + host.encode() + b'"' in body
+        status, _, body = call(p.base + "/issuer/.well-known/private-token-issuer-directory",
+                               headers={**BROWSER_HEADERS, "Authorization": "Bearer page-key"})
+        assert (status, body) == (200, b"keys-bytes")
+        status, _, body = call(p.base + "/issuer/token-request", method="POST", body=b"\x00\x02" + bytes(257),
+                               headers={**BROWSER_HEADERS, "Content-Type": "application/private-token-request",
+                                        "Authorization": "Bearer page-key"})
+        assert status == 200
+        for path, method, headers, data in (
+                ("/issuer/token-request", "POST", {"Content-Type": "application/json"}, b"{}"),  # not a token request
+                ("/issuer/token-request", "POST", {"Content-Type": "application/private-token-request"},
+                 bytes(2000)),  # too large to be one
+                ("/issuer/metrics", "GET", {}, None), ("/issuer/healthz", "GET", {}, None)):
+            status, _, _ = call(p.base + path, method=method, headers=headers, body=data)
+            assert status in (404, 405, 413, 415), (path, status)
+        seen = issuer.seen[start:]
+        assert [(m, path) for m, path, _, _ in seen] == [("GET", "/.well-known/private-token-issuer-directory"),
+                                                         ("POST", "/token-request")]
+        assert "Authorization" not in seen[0][2]
+        assert seen[1][2]["Authorization"] == "Bearer sk-proxy-issuer-key"
+        assert seen[1][3] == b"\x00\x02" + bytes(257)
+        for _, _, h, _ in seen:
+            for value in (*BROWSER_HEADERS.values(), "page-key"):
+                assert value not in str(h)
+    finally:
+        p.stop()
+        p.log_path.unlink(missing_ok=True)
+        issuer.server.shutdown()
