@@ -313,8 +313,16 @@ async function boot() {
   // the relay unchanged (so the relay needs no CORS rule); the panel names the relay it reaches.
   state.relayLabel = config.relay_upstream ? `${config.relay_upstream} (through veil proxy)` : null;
   // require_post_quantum (optional): refuse a gateway that offers no X-Wing key configuration.
+  // tokens (when veil proxy has --issuer): the relay requires Privacy Pass; the page blinds, finalizes and spends
+  // tokens itself, fetched ahead of need through the proxy's same-origin /issuer path.
+  let tokens = null;
+  if (config.tokens && config.tokens.issuer && config.tokens.issuer_name) {
+    const { TokenWallet } = await import("./tokens.js"); // loaded (with its bundle) only when tokens are needed
+    tokens = new TokenWallet({ issuer: config.tokens.issuer, issuerName: config.tokens.issuer_name });
+    tokens.prefetch().catch((err) => console.warn(`no Privacy Pass tokens yet: ${err.message}`));
+  }
   state.client = new VeilClient({ relay: config.relay, allowSimulated: Boolean(config.allow_simulated),
-    requirePostQuantum: config.require_post_quantum === true });
+    requirePostQuantum: config.require_post_quantum === true, tokens });
   if (!(await verify())) return;
   try {
     await loadModels();

@@ -9,7 +9,7 @@
 // supports (ohttp.js chooseConfig, as ohttp.keys.choose_config); requirePostQuantum refuses a gateway without one.
 //
 // Requests carry no cookies, no referrer and nothing the relay could use to link them; the relay sees only the
-// ciphertext and the media type.
+// ciphertext and the media type, and, when it requires Privacy Pass, one unlinkable token per request (tokens.js).
 
 import { BHTTPDecoder, NEED_DATA, decode, encodeRequest, paddedSize } from "./bhttp.js";
 import { ChunkedClientRequest, MEDIA_TYPE_CHUNKED_REQUEST, MEDIA_TYPE_CHUNKED_RESPONSE } from "./chunked.js";
@@ -55,10 +55,14 @@ export class VeilClient {
   /**
    * relay: the relay's URL for one gateway (http://relay.example/NAME); allowSimulated: accept SIMULATED
    * evidence (only when the user asked for it); requirePostQuantum: refuse a gateway that offers no X-Wing key
-   * configuration (otherwise X-Wing is still preferred); fetch: injectable for tests; now: clock in ms.
+   * configuration (otherwise X-Wing is still preferred); tokens: a TokenWallet for a relay that requires Privacy
+   * Pass tokens (veil relay --require-token); fetch: injectable for tests; now: clock in ms.
    */
-  constructor({ relay, allowSimulated = false, requirePostQuantum = false, fetch: fetchImpl, now = () => Date.now() }) {
+  constructor({ relay, allowSimulated = false, requirePostQuantum = false, tokens = null, fetch: fetchImpl,
+    now = () => Date.now() }) {
     if (!relay) throw new VeilError("no relay URL configured");
+    /** A TokenWallet (tokens.js) when the relay requires Privacy Pass tokens: each POST spends one. */
+    this.tokens = tokens;
     this.relay = relay.replace(/\/+$/, "");
     this.allowSimulated = allowSimulated;
     this.requirePostQuantum = requirePostQuantum;
@@ -168,9 +172,8 @@ export class VeilClient {
     const inner = encodeRequest(msg, { padding: paddedSize(bare, REQUEST_PAD) - bare });
     if (!stream) {
       const { request, response } = await encapsulateRequest(trust.config, inner, { suite: trust.suite });
-      const res = await this._fetch(this.relay, {
-        method: "POST", headers: { "Content-Type": MEDIA_TYPE_REQUEST }, body: request, signal,
-      });
+      const res = await this._post({ method: "POST", headers: { "Content-Type": MEDIA_TYPE_REQUEST }, body: request,
+        signal });
       if (await this._keyRejected(res)) return { keyRejected: true };
       this._checkOuter(res, MEDIA_TYPE_RESPONSE);
       let msg;
@@ -184,12 +187,35 @@ export class VeilClient {
     }
     const creq = await ChunkedClientRequest.create(trust.config, { suite: trust.suite });
     const wire = await creq.encodeChunk(inner, { final: true });
-    const res = await this._fetch(this.relay, {
+    const res = await this._post({
       method: "POST", headers: { "Content-Type": MEDIA_TYPE_CHUNKED_REQUEST, Incremental: "?1" }, body: wire, signal,
     });
     if (await this._keyRejected(res)) return { keyRejected: true };
     this._checkOuter(res, MEDIA_TYPE_CHUNKED_RESPONSE);
     return openStream(res.body.getReader(), creq.response());
+  }
+
+  /**
+   * POST to the relay, spending one Privacy Pass token (outer Authorization) when the client has a wallet. A 401/403
+   * with a PrivateToken challenge for the wallet's issuer (a key rotation, a token spent already) is retried once with
+   * another token: the relay refused it before forwarding, so the gateway never saw the request.
+   */
+  async _post(init) {
+    if (!this.tokens) return this._fetch(this.relay, init);
+    for (let attempt = 1; ; attempt++) {
+      let held;
+      try {
+        held = await this.tokens.take();
+      } catch (err) {
+        throw new VeilError(`no Privacy Pass token from the issuer: ${err.message}`,
+          { code: "veil_token_unavailable", status: err.status || 502 });
+      }
+      const res = await this._fetch(this.relay, { ...init, headers: { ...init.headers, Authorization: held.header } });
+      if ((res.status !== 401 && res.status !== 403) || attempt === 2) return res;
+      if (!this.tokens.learn(res.headers.get("WWW-Authenticate") || "")) return res;
+      if (res.status === 401) this.tokens.dropKey(held.keyId);
+      if (res.body) await res.body.cancel();
+    }
   }
 
   async _keyRejected(res) {
@@ -199,6 +225,10 @@ export class VeilClient {
   }
 
   _checkOuter(res, expected) {
+    if ((res.status === 401 || res.status === 403) && /privatetoken/i.test(res.headers.get("WWW-Authenticate") || "")) {
+      throw new VeilError(`the relay wants a Privacy Pass token (HTTP ${res.status})`,
+        { code: "veil_token_required", status: res.status });
+    }
     if (res.status !== 200) {
       // Unencapsulated: from the relay or the gateway before decryption; trusted for nothing beyond its status.
       throw new VeilError(`the relay or gateway answered HTTP ${res.status} before decryption`, { status: res.status });
