@@ -3,7 +3,8 @@
 ``veil relay`` is an OHTTP relay (RFC 9458 §6.2) for relay operators: it sees who sends, never what. The parts:
 :mod:`.forward` (``POST``: allow list, headers rebuilt, streaming), :mod:`.key_routes` over :mod:`.keycache` (keys and
 evidence every client shares), :mod:`.cors`, :mod:`.limits` (sizes, rates, deadlines, per-address caps, write
-timeouts), :mod:`.pool` (replicas), :mod:`.vsock` (Nitro Enclaves), :mod:`.tokens` (``--require-token``: Privacy Pass). It keeps no per-client logs; client addresses live
+timeouts), :mod:`.pool` (replicas), :mod:`.vsock` (Nitro Enclaves),
+:mod:`.tokens` (``--require-token``: Privacy Pass). It keeps no per-client logs; client addresses live
 in memory only, as keyed digests, for the rate window and while connected.
 """
 
