@@ -32,8 +32,10 @@ def gateway_args(port: int, *extra: str) -> list[str]:
 
 
 async def fetch_config(gw: Proc) -> ohttp.KeyConfig:
+    """The gateway's X25519 configuration (it publishes X-Wing first): the replay tests fix a 32-byte ephemeral
+    key so that two encapsulations are byte-identical."""
     async with aiohttp.ClientSession() as s, s.get(gw.base + WELL_KNOWN) as r:
-        return ohttp.decode_list(await r.read())[0]
+        return next(c for c in ohttp.decode_list(await r.read()) if c.kem == ohttp.KemId.X25519_SHA256)
 
 
 async def post_raw(gw: Proc, body: bytes, ctype: str) -> tuple[int, bytes]:
