@@ -169,11 +169,12 @@ async def _prefetch(wallet: TokenWallet) -> None:
 
 def create_app(
     client: OhttpClient, *, api_key_mode: str = "auto", static_dir: str | None = None, allow_simulated: bool = False,
-    hosts: frozenset[str] | None = None, tokens: TokenWallet | None = None,
+    hosts: frozenset[str] | None = None, tokens: TokenWallet | None = None, require_post_quantum: bool = False,
 ) -> web.Application:
     """Build the client proxy application; ``static_dir`` serves the browser chat page (``proxy/web``) at ``/``;
     ``hosts`` (``guard.allowed_hosts``) restricts the ``Host``/``Origin`` it answers (DNS rebinding); ``tokens`` is
-    the wallet whose middleware ``client``'s session carries (filled before serving, closed with the app)."""
+    the wallet whose middleware ``client``'s session carries (filled before serving, closed with the app);
+    ``require_post_quantum`` (the policy's) tells the page to refuse gateways without an X-Wing key."""
     app = web.Application(client_max_size=64 * 1024 * 1024,
                           middlewares=[host_guard(hosts)] if hosts is not None else [])
     app[STATE] = ProxyState(client=client, api_key_mode=api_key_mode, tokens=tokens)
@@ -182,7 +183,8 @@ def create_app(
     app.router.add_route("*", "/v1/{tail:.*}", api)
     if static_dir is not None:
         app.router.add_get("/", _index(static_dir))
-        app.router.add_get("/veil-config.json", _web_config(client.url, allow_simulated, tokens))
+        app.router.add_get("/veil-config.json", _web_config(client.url, allow_simulated, tokens,
+                                                                  require_post_quantum))
         app.router.add_static("/static/", static_dir)
         relay = RelayPassthrough(client.url)
         app.router.add_get(PAGE_RELAY_PATH, relay.forward)
@@ -195,12 +197,14 @@ def create_app(
     return app
 
 
-def _web_config(relay: str, allow_simulated: bool, tokens: TokenWallet | None):  # type: ignore[no-untyped-def]
+def _web_config(relay: str, allow_simulated: bool, tokens: TokenWallet | None,  # type: ignore[no-untyped-def]
+                require_post_quantum: bool = False):
     """``GET /veil-config.json``: where the page sends its OHTTP requests (this proxy's same-origin relay path, so
     the relay needs no CORS rule for the page) and which relay they reach. The page encrypts in the browser. With
     ``--issuer``, ``tokens`` says where the page gets Privacy Pass tokens (the same-origin issuer path) and the
     issuer's name in the relay's challenge; the page blinds and spends them itself."""
-    doc: dict[str, object] = {"relay": PAGE_RELAY_PATH, "relay_upstream": relay, "allow_simulated": allow_simulated}
+    doc: dict[str, object] = {"relay": PAGE_RELAY_PATH, "relay_upstream": relay, "allow_simulated": allow_simulated,
+                              "require_post_quantum": require_post_quantum}
     if tokens is not None:
         doc["tokens"] = {"issuer": PAGE_ISSUER_PATH, "issuer_name": tokens.challenge.issuer_name,
                          "issuer_upstream": tokens.issuer_url}

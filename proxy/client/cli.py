@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     web_dir = str(WEB_DIR) if (WEB_DIR / "index.html").is_file() else None
     app = create_app(client, api_key_mode=args.api_key, static_dir=web_dir,
                      allow_simulated=args.insecure_allow_simulated,
-                     hosts=allowed_hosts(host, int(port), args.allowed_host or ()), tokens=wallet)
+                     hosts=allowed_hosts(host, int(port), args.allowed_host or ()), tokens=wallet,
+                     require_post_quantum=bool(policy is not None and policy.require_post_quantum))
     print(f"veil proxy: OpenAI base_url = http://{host}:{port}/v1 (relay {args.relay})", flush=True)
     if wallet is not None:
         print(f"veil proxy: spending Privacy Pass tokens of {wallet.issuer_url}", flush=True)

@@ -96,6 +96,7 @@ def test_page_config_points_at_the_same_origin_path(proxy: tuple[Proc, Recorder]
     status, _, body = call(p.base + "/veil-config.json")
     assert status == 200
     assert b'"relay":"/relay"' in body and f'"relay_upstream":"{relay.base}/gw"'.encode() in body
+    assert b'"require_post_quantum":false' in body  # no policy asks for it
 
 
 def test_relay_path_forwards_bytes_and_nothing_of_the_browser(proxy: tuple[Proc, Recorder]) -> None:
@@ -227,3 +228,17 @@ def test_issuer_path_forwards_directory_and_token_requests_with_the_proxys_key()
         p.stop()
         p.log_path.unlink(missing_ok=True)
         issuer.server.shutdown()
+
+
+def test_the_policys_post_quantum_requirement_reaches_the_page(tmp_path: Any) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text('platforms = ["sev-snp"]\nrequire_post_quantum = true\n')
+    port = free_port()
+    p = start_veil(["proxy", "--listen", f"127.0.0.1:{port}", "--relay", f"http://127.0.0.1:{free_port()}/gw",
+                    "--policy", str(policy)], port, health="/veil-config.json")
+    try:
+        status, _, body = call(p.base + "/veil-config.json")
+        assert status == 200 and b'"require_post_quantum":true' in body
+    finally:
+        p.stop()
+        p.log_path.unlink(missing_ok=True)
