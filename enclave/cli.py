@@ -77,6 +77,11 @@ OPTIONS = [
            "not in CC mode)", "none", choices=("none", "nvml")),
     Option("gpu-evidence-command", "command that prints NVIDIA GPU evidence (nvtrust JSON) for the nonce given as "
            "its last argument (instead of --gpu-evidence nvml)"),
+    Option("gpu-rim-dir", "folder of NVIDIA RIM files (*.xml, *.swidtag): the ones the GPUs' driver and VBIOS name "
+           "travel in the evidence so clients compare every measurement offline; a GPU without its RIMs stops the "
+           "gateway at start"),
+    Option("gpu-rim-url", "NVIDIA's RIM service (https://rim.attestation.nvidia.com) or a mirror: RIMs not in "
+           "--gpu-rim-dir are fetched from it once, at start"),
     Option("pccs-url", "PCCS for TDX collateral (default: Intel PCS)"),
     Option("max-request-bytes", "largest encapsulated request", 4 * 1024 * 1024, type=int),
     Option("body-timeout", "seconds a request body may take to arrive in full (408 beyond; keep it above the "
@@ -110,7 +115,8 @@ def make_provider(args: argparse.Namespace) -> EvidenceProvider:
     """The evidence provider ``--attestation`` names (:func:`enclave.attestation.make_provider`)."""
     options = ProviderOptions(tpm_tcti=args.tpm_tcti, azure_imds_url=args.azure_imds_url, maa_url=args.maa_url,
                               nsm_device=args.nsm_device, pccs_url=args.pccs_url, gpu_evidence=args.gpu_evidence,
-                              gpu_evidence_command=args.gpu_evidence_command)
+                              gpu_evidence_command=args.gpu_evidence_command, gpu_rim_dir=args.gpu_rim_dir,
+                              gpu_rim_url=args.gpu_rim_url)
     try:
         return attestation.make_provider(args.attestation, options)
     except ProviderError as exc:

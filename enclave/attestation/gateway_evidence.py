@@ -8,18 +8,18 @@ a client needs to verify offline.
 from __future__ import annotations
 
 import base64
-import logging
 import subprocess
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .bundle import Bundle, ConfigValue, gpu_nonce
 from .errors import CollateralUnavailableError, EvidenceFormatError
 from .provider import EvidenceProvider
 
-log = logging.getLogger("veil.attestation")
+if TYPE_CHECKING:
+    from .nvidia.collect import Fetch
 
 
 class GpuEvidenceCommand:
@@ -67,13 +67,22 @@ class GatewayEvidence:
     """An :class:`EvidenceProvider` that adds GPU evidence and TDX collateral around a CPU provider."""
 
     def __init__(self, cpu: EvidenceProvider, *, gpu: GpuEvidenceSource | None = None,
-                 pccs_url: str | None = None, gpu_rim_dir: Path | None = None) -> None:
+                 pccs_url: str | None = None, gpu_rim_dir: Path | None = None, gpu_rim_url: str | None = None,
+                 fetch: Fetch | None = None) -> None:
+        from .nvidia.collect import RimCollector, RimDirectory, RimService, RimSource
+
         self.cpu = cpu
         self.gpu = gpu
         self.pccs_url = pccs_url
-        #: the operator's folder of NVIDIA RIM files (``*.xml``, ``*.swidtag``): the ones this machine's GPUs name
-        #: travel in every bundle, so clients compare measurements offline
+        #: the operator's folder of NVIDIA RIM files (``*.xml``, ``*.swidtag``) and/or NVIDIA's RIM service: the
+        #: RIMs this machine's GPUs name travel in every bundle, so clients compare measurements offline
         self.gpu_rim_dir = gpu_rim_dir
+        sources: list[RimSource] = []
+        if gpu_rim_dir is not None:
+            sources.append(RimDirectory(gpu_rim_dir))
+        if gpu_rim_url is not None:
+            sources.append(RimService(gpu_rim_url, fetch))
+        self.rims = RimCollector(sources) if sources else None
         self.platform = cpu.platform
 
     def evidence_expiry(self, bundle: Bundle) -> float | None:
@@ -86,11 +95,10 @@ class GatewayEvidence:
         if self.gpu is not None and not gpu_evidence:
             gpu_evidence = self.gpu.collect(gpu_nonce(key_config))
         bundle = self.cpu.collect(key_config, nonce, gpu_evidence, config)
-        if gpu_evidence and self.gpu_rim_dir is not None:
+        if gpu_evidence and self.rims is not None:
             from .nvidia.rim import RIMS_CERT_KEY, encode_rim_list
 
-            bundle = replace(bundle, certs={**bundle.certs,
-                                            RIMS_CERT_KEY: encode_rim_list(rims_for(gpu_evidence, self.gpu_rim_dir))})
+            bundle = replace(bundle, certs={**bundle.certs, RIMS_CERT_KEY: encode_rim_list(self.rims.rims(gpu_evidence))})
         if "collateral" not in bundle.certs:
             if bundle.platform == "tdx":
                 bundle = replace(bundle, certs={**bundle.certs, "collateral": self._tdx_collateral(bundle.report)})
@@ -124,37 +132,14 @@ class GatewayEvidence:
 
 
 def rims_for(gpu_evidence: bytes, rim_dir: Path) -> list[bytes]:
-    """The RIM files in ``rim_dir`` that the GPUs of ``gpu_evidence`` need: for each distinct driver and VBIOS version
-    in the reports, the file whose ``colloquialVersion`` is that version (VBIOS case-insensitively). The gateway does
-    not judge them (the client authenticates every RIM); it only picks. A version without exactly one file is an
-    error: shipping evidence whose RIMs are missing or ambiguous would only fail at every client.
+    """The RIM files in ``rim_dir`` that the GPUs of ``gpu_evidence`` need: for each distinct driver and VBIOS RIM the
+    reports name, the file whose ``colloquialVersion`` is that version (VBIOS case-insensitively; among several, the
+    one whose ``product`` is the GPU's chip). The gateway does not judge them (the client authenticates every RIM); it
+    only picks (:class:`.nvidia.collect.RimCollector`).
 
     Raises:
-        CollateralUnavailableError: a needed RIM is missing, or more than one file has its version.
+        CollateralUnavailableError: a needed RIM is missing, or more than one file fits it.
     """
-    from .nvidia import decode_gpu_evidence, parse_gpu_report
-    from .nvidia.rim import parse_rim
+    from .nvidia.collect import RimCollector, RimDirectory
 
-    have: list[tuple[str, bytes]] = []
-    for path in sorted(rim_dir.iterdir()):
-        if path.suffix not in (".xml", ".swidtag") or not path.is_file():
-            continue
-        data = path.read_bytes()
-        try:
-            have.append((parse_rim(data).version.upper(), data))
-        except EvidenceFormatError as exc:
-            log.warning("ignoring %s: not a RIM (%s)", path.name, exc)
-    wanted: list[str] = []
-    for report, _chain in decode_gpu_evidence(gpu_evidence):
-        r = parse_gpu_report(report)
-        for version in (r.driver_version, r.vbios_version):
-            if version is not None and version.upper() not in wanted:
-                wanted.append(version.upper())
-    out: list[bytes] = []
-    for version in wanted:
-        found = [d for v, d in have if v == version]
-        if len(found) != 1:
-            raise CollateralUnavailableError(
-                f"GPU RIMs: {len(found)} files in {rim_dir} have version {version} (need exactly one)")
-        out.append(found[0])
-    return out
+    return RimCollector([RimDirectory(rim_dir)]).rims(gpu_evidence)

@@ -7,6 +7,7 @@ import os
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, Literal, Protocol
 
 from .bundle import Bundle, ConfigValue
@@ -44,6 +45,9 @@ class ProviderOptions:
     #: GPU evidence: "nvml" collects it in-process; a command prints it; "none" without a command: no GPU evidence
     gpu_evidence: Literal["none", "nvml"] = "none"
     gpu_evidence_command: str | None = None
+    #: NVIDIA RIMs for the GPUs: the operator's folder of RIM files and/or NVIDIA's RIM service (or a mirror)
+    gpu_rim_dir: str | None = None
+    gpu_rim_url: str | None = None
 
 
 #: Devices of TEE guests; simulated evidence is refused where one exists.
@@ -107,4 +111,14 @@ def _with_gpu(cpu: EvidenceProvider, opts: ProviderOptions) -> EvidenceProvider:
         gpu = GpuEvidenceCommand(shlex.split(opts.gpu_evidence_command))
     elif opts.gpu_evidence == "nvml":
         gpu = NvmlGpuEvidence()
-    return GatewayEvidence(cpu, gpu=gpu, pccs_url=opts.pccs_url)
+    if (opts.gpu_rim_dir or opts.gpu_rim_url) and gpu is None:
+        raise ProviderError("--gpu-rim-dir/--gpu-rim-url need GPU evidence (--gpu-evidence nvml or "
+                            "--gpu-evidence-command)")
+    rim_dir = None
+    if opts.gpu_rim_dir:
+        rim_dir = Path(opts.gpu_rim_dir)
+        if not rim_dir.is_dir():
+            raise ProviderError(f"--gpu-rim-dir {opts.gpu_rim_dir}: not a directory")
+    if opts.gpu_rim_url and not opts.gpu_rim_url.startswith(("https://", "http://")):
+        raise ProviderError(f"--gpu-rim-url {opts.gpu_rim_url}: not an http(s) URL")
+    return GatewayEvidence(cpu, gpu=gpu, pccs_url=opts.pccs_url, gpu_rim_dir=rim_dir, gpu_rim_url=opts.gpu_rim_url)
