@@ -160,9 +160,24 @@ def _engine_launch(engine: Engine | None, model: DecryptedModel | None) -> str |
     return None
 
 
+def _gpu_check(provider: EvidenceProvider) -> dict[str, object]:
+    """What the gateway itself checked of its GPUs (``GatewayEvidence.gpu_check``), as ``GatewayConfig`` fields; a
+    GPU that must not be attested stops the gateway here."""
+    check = getattr(provider, "gpu_check", None)
+    if check is None:
+        return {}
+    try:
+        found: dict[str, object] = check()
+    except AttestationError as exc:
+        raise SystemExit(f"veil gateway: {exc}") from None
+    return found
+
+
 def _with_attested_identity(config: GatewayConfig, args: argparse.Namespace,
-                            model: DecryptedModel | None, engine: Engine | None = None) -> GatewayConfig:
-    """``config`` plus where the keys came from and which model is served: fields the evidence binds."""
+                            model: DecryptedModel | None, engine: Engine | None = None,
+                            provider: EvidenceProvider | None = None) -> GatewayConfig:
+    """``config`` plus where the keys came from, which model is served and what the gateway checked of its GPUs:
+    fields the evidence binds."""
     from dataclasses import replace
 
     from .engines.echo import MODEL as ECHO_MODEL
@@ -174,6 +189,7 @@ def _with_attested_identity(config: GatewayConfig, args: argparse.Namespace,
         model_manifest_sha256=model.stats.manifest.sha256 if model is not None else None,
         model_key_origin=None if model is None else "file" if args.model_key_file else "broker",
         engine_launch=_engine_launch(engine, model),
+        **({} if provider is None else _gpu_check(provider)),  # type: ignore[arg-type]
     )
 
 
@@ -230,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         rotation_interval=args.rotation_interval,
         rotation_grace=args.rotation_grace,
     )
-    config = _with_attested_identity(config, args, model, engine)
+    config = _with_attested_identity(config, args, model, engine, provider)
     api = Api(engine, api_keys=api_keys, cache_salt=args.cache_salt)
     try:
         app = create_app(engine=engine, keyring=KeyRing(keys), provider=provider, config=config, api=api)

@@ -60,6 +60,14 @@ CONFIG_FIELDS: Final[dict[str, tuple[type, ...]]] = {
     # How the engine runs, as the host set it: vLLM's Python, model directory, dtype and extra arguments, or the
     # upstream URL (null for echo). The host chooses these; binding them lets a policy pin what the image runs.
     "engine_launch": (str, type(None)),
+    # What the gateway itself checked of its GPUs before collecting their evidence: "nvml" (NVML, inside the TEE:
+    # CC feature on, production environment, dev-tools mode off, at every collection), "command" (an operator's
+    # command printed the evidence; the gateway checked nothing itself), null (no GPU evidence). The SPDM report
+    # does not carry CC mode or dev tools; this is the TEE's own word for them.
+    "gpu_cc_checked": (str, type(None)),
+    # How many GPUs NVML saw at start (null unless gpu_cc_checked is "nvml"): every one of them is in the evidence,
+    # so a client sees a GPU left out of the evidence (the verifier compares it with the reports).
+    "gpu_count": (int, type(None)),
 }
 _MAX_JSON_INT: Final = 2**53 - 1
 #: ASCII names only: sorting them is the same in every language (JCS sorts by UTF-16 units, Python by code points)

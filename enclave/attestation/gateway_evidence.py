@@ -44,7 +44,26 @@ class GpuEvidenceCommand:
 
 
 class NvmlGpuEvidence:
-    """Collects NVIDIA GPU evidence in-process through NVML (``nvidia-ml-py``; see :mod:`.nvidia.nvml`)."""
+    """Collects NVIDIA GPU evidence in-process through NVML (``nvidia-ml-py``; see :mod:`.nvidia.nvml`). Every
+    collection first checks CC on, production, dev tools off; after :meth:`check` it also refuses evidence for a
+    number of GPUs other than the one checked (and bound) at start."""
+
+    def __init__(self) -> None:
+        self.count: int | None = None
+
+    def check(self) -> int:
+        """The GPU count, after NVML's CC checks (:func:`.nvidia.nvml.check_cc`); kept for later collections.
+
+        Raises:
+            CollateralUnavailableError: the GPUs must not be attested (the message says why).
+        """
+        from .nvidia.nvml import NvmlEvidenceError, check_cc
+
+        try:
+            self.count = check_cc()
+        except NvmlEvidenceError as exc:
+            raise CollateralUnavailableError(f"GPU check: {exc}") from None
+        return self.count
 
     def collect(self, nonce: bytes) -> bytes:
         from .nvidia import encode_gpu_evidence, load_nvtrust_evidence_list
@@ -54,7 +73,11 @@ class NvmlGpuEvidence:
             listing = collect_evidence_list(nonce)
         except NvmlEvidenceError as exc:
             raise CollateralUnavailableError(f"GPU evidence: {exc}") from None
-        return encode_gpu_evidence(load_nvtrust_evidence_list(listing))
+        gpus = load_nvtrust_evidence_list(listing)
+        if self.count is not None and len(gpus) != self.count:
+            raise CollateralUnavailableError(f"GPU evidence: NVML now sees {len(gpus)} GPUs, {self.count} at start "
+                                             "(bound as gpu_count); restart the gateway")
+        return encode_gpu_evidence(gpus)
 
 
 class GpuEvidenceSource(Protocol):
@@ -84,6 +107,18 @@ class GatewayEvidence:
             sources.append(RimService(gpu_rim_url, fetch))
         self.rims = RimCollector(sources) if sources else None
         self.platform = cpu.platform
+
+    def gpu_check(self) -> dict[str, ConfigValue]:
+        """What the gateway checks of its GPUs itself, for the bound configuration: ``gpu_cc_checked`` "nvml" (with
+        the GPU count NVML sees now, after its CC checks), "command" (the operator's command; nothing checked here)
+        or None (no GPU evidence), and ``gpu_count``.
+
+        Raises:
+            CollateralUnavailableError: NVML says the GPUs must not be attested.
+        """
+        if isinstance(self.gpu, NvmlGpuEvidence):
+            return {"gpu_cc_checked": "nvml", "gpu_count": self.gpu.check()}
+        return {"gpu_cc_checked": None if self.gpu is None else "command", "gpu_count": None}
 
     def evidence_expiry(self, bundle: Bundle) -> float | None:
         """When the CPU evidence stops verifying (None: it does not expire by itself)."""

@@ -10,6 +10,8 @@ from ..attestation.bundle import ConfigValue
 #: Where the OHTTP private keys came from: made inside the TEE, released by an attested key broker, or read from an
 #: operator's file (which the operator therefore knows; refused with real attestation).
 KEY_ORIGINS: Final = ("generated", "broker", "file")
+#: What the gateway itself checked of its GPUs (``CONFIG_FIELDS["gpu_cc_checked"]``; None: no GPU evidence).
+GPU_CC_CHECKS: Final = ("nvml", "command")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,10 +51,18 @@ class GatewayConfig:
     #: how the engine is launched (vLLM's Python, model directory, dtype, extra arguments; or the upstream URL;
     #: None for echo): chosen by whoever starts the gateway, so bound into the evidence
     engine_launch: str | None = None
+    #: what the gateway checked of its GPUs before collecting their evidence (:data:`GPU_CC_CHECKS`; None: no GPU
+    #: evidence) and how many GPUs NVML saw (None unless "nvml"); bound into the evidence
+    gpu_cc_checked: str | None = None
+    gpu_count: int | None = None
 
     def __post_init__(self) -> None:
         if self.key_origin not in KEY_ORIGINS:
             raise ValueError(f"key_origin must be one of {', '.join(KEY_ORIGINS)}")
+        if self.gpu_cc_checked is not None and self.gpu_cc_checked not in GPU_CC_CHECKS:
+            raise ValueError(f"gpu_cc_checked must be None or one of {', '.join(GPU_CC_CHECKS)}")
+        if self.gpu_count is not None and (self.gpu_cc_checked != "nvml" or self.gpu_count < 1):
+            raise ValueError("gpu_count is the number of GPUs NVML saw: a positive count with gpu_cc_checked nvml")
 
     def attested(self, *, engine: str, api_keys_required: bool, cache_salt: str) -> dict[str, ConfigValue]:
         """The security-relevant configuration the evidence binds (bundle ``config``; see
@@ -71,4 +81,6 @@ class GatewayConfig:
             "cache_salt": cache_salt,
             "coalesce_ms": round(self.coalesce_ms),
             "engine_launch": self.engine_launch,
+            "gpu_cc_checked": self.gpu_cc_checked,
+            "gpu_count": self.gpu_count,
         }

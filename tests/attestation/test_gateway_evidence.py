@@ -229,7 +229,8 @@ def test_the_gateway_binds_the_configuration_it_runs_with() -> None:
         "engine": "echo", "model": "m", "model_manifest_sha256": "ab" * 32, "model_key_origin": "broker",
         "key_origin": "broker", "pad_to": 512, "replay_window_ms": 2500, "require_date": True,
         "api_keys_required": False, "cache_salt": "request", "coalesce_ms": 20,
-        "engine_launch": "/venv/bin/python -m vllm.entrypoints.openai.api_server --dtype float32"}
+        "engine_launch": "/venv/bin/python -m vllm.entrypoints.openai.api_server --dtype float32",
+        "gpu_cc_checked": None, "gpu_count": None}
     assert verify_bundle(state.bundle, state.keys_body, Policy(), allow_simulated=True).ok
     fresh = state.collect(state.keys_body, b"\x01" * 32)
     assert fresh.config == state.bundle.config and verify_bundle(fresh, state.keys_body, Policy(),

@@ -158,3 +158,87 @@ def test_without_a_driver_the_command_says_so() -> None:
     assert out.returncode == 1 and "cannot load NVML" in out.stderr and "Traceback" not in out.stderr
     usage = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+# --- what the gateway checked itself goes into the bound configuration ---------------------------------------------
+
+
+def _gateway() -> Any:
+    from enclave.attestation import SimulatedProvider
+    from enclave.attestation.gateway_evidence import GatewayEvidence
+
+    return GatewayEvidence(SimulatedProvider(), gpu=NvmlGpuEvidence())
+
+
+def test_the_nvml_check_is_bound_and_the_client_sees_it(recorded: tuple[bytes, bytes],
+                                                        install: Callable[[FakeLibNvml], FakeLibNvml]) -> None:
+    import ohttp
+    from enclave.api import Api
+    from enclave.attestation.policy import ConfigPolicy, Policy
+    from enclave.attestation.verify import verify_bundle
+    from enclave.engines import EchoEngine
+    from enclave.gateway import GatewayConfig, create_app
+    from enclave.gateway.app_state_keys import STATE
+
+    install(FakeLibNvml(*recorded, gpus=2))
+    provider = _gateway()
+    found = provider.gpu_check()
+    assert found == {"gpu_cc_checked": "nvml", "gpu_count": 2}
+    engine = EchoEngine()
+    app = create_app(engine=engine, keyring=ohttp.KeyRing([ohttp.GatewayKey.generate(0)]), provider=provider,
+                     config=GatewayConfig(**found), api=Api(engine))
+    state = app[STATE]
+    assert state.bundle is not None
+    assert (state.bundle.config["gpu_cc_checked"], state.bundle.config["gpu_count"]) == ("nvml", 2)
+    policy = Policy(nvidia=NvidiaPolicy(any_version=True, accept_unverifiable_cc_mode=True),
+                    config=ConfigPolicy(require={"gpu_cc_checked": "nvml", "gpu_count": 2}))
+    v = verify_bundle(state.bundle, state.keys_body, policy, now=NOW, allow_simulated=True)
+    checks = {c.name: c.ok for c in v.checks}
+    assert checks["gateway configuration gpu_cc_checked"] is True and checks["gateway configuration gpu_count"]
+    assert checks["gpus cc mode checked in the TEE"] is True and checks["gpus bound count"] is True
+    # The recorded reports answer the recording's nonce, not this key configuration's: that binding must fail.
+    assert checks["gpu[0] nonce"] is False
+    # A bundle whose bound count is not the number of GPU reports (a GPU left out) fails at that check.
+    from enclave.attestation import SimulatedProvider
+
+    short = SimulatedProvider().collect(state.keys_body, gpu_evidence=state.bundle.gpu_evidence,
+                                        config={**state.bundle.config, "gpu_count": 3})
+    assert {c.name: c.ok for c in verify_bundle(short, state.keys_body, policy, now=NOW,
+                                                 allow_simulated=True).checks}["gpus bound count"] is False
+
+
+def test_a_command_source_binds_command_and_a_policy_demanding_nvml_refuses_it(recorded: tuple[bytes, bytes]) -> None:
+    import ohttp
+    from enclave.attestation import SimulatedProvider
+    from enclave.attestation.gateway_evidence import GatewayEvidence, GpuEvidenceCommand
+    from enclave.attestation.nvidia import encode_gpu_evidence
+    from enclave.attestation.policy import ConfigPolicy, Policy
+    from enclave.attestation.verify import verify_bundle
+
+    assert GatewayEvidence(SimulatedProvider(), gpu=GpuEvidenceCommand(["true"])).gpu_check() == {
+        "gpu_cc_checked": "command", "gpu_count": None}
+    assert GatewayEvidence(SimulatedProvider()).gpu_check() == {"gpu_cc_checked": None, "gpu_count": None}
+    keys = ohttp.encode_list([ohttp.GatewayKey.generate(1).config])
+    bundle = SimulatedProvider().collect(keys, gpu_evidence=encode_gpu_evidence([(recorded[0], recorded[1].decode())]),
+                                         config={"gpu_cc_checked": "command", "gpu_count": None})
+    policy = Policy(nvidia=NvidiaPolicy(any_version=True, accept_unverifiable_cc_mode=True),
+                    config=ConfigPolicy(require={"gpu_cc_checked": "nvml"}))
+    checks = {c.name: c.ok for c in verify_bundle(bundle, keys, policy, now=NOW, allow_simulated=True).checks}
+    assert checks["gateway configuration gpu_cc_checked"] is False
+    assert "gpus cc mode checked in the TEE" not in checks and "gpus bound count" not in checks
+
+
+def test_gpus_that_fail_the_check_stop_the_gateway_and_a_changed_count_is_refused(
+    recorded: tuple[bytes, bytes], install: Callable[[FakeLibNvml], FakeLibNvml]
+) -> None:
+    from enclave.cli import _gpu_check
+
+    install(FakeLibNvml(*recorded, dev_tools=1))
+    with pytest.raises(SystemExit, match="veil gateway: GPU check: the GPU is in CC dev-tools mode"):
+        _gpu_check(_gateway())
+    lib = install(FakeLibNvml(*recorded, gpus=2))
+    provider = _gateway()
+    assert _gpu_check(provider) == {"gpu_cc_checked": "nvml", "gpu_count": 2}
+    lib.gpus = 1
+    with pytest.raises(CollateralUnavailableError, match="NVML now sees 1 GPUs, 2 at start"):
+        provider.gpu.collect(NONCE)

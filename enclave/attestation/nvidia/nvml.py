@@ -81,22 +81,7 @@ def collect_evidence_list(nonce: bytes, nvml: Any | None = None, *, allow_dev_to
     lib = _nvml(nvml)
     _init(lib)
     try:
-        try:
-            state = lib.nvmlSystemGetConfComputeState()
-        except lib.NVMLError as exc:
-            raise NvmlEvidenceError(f"NVML cannot report confidential-computing state ({exc}): this driver or "
-                                    "GPU has no CC support") from None
-        if state.ccFeature != CC_FEATURE_ENABLED:
-            raise NvmlEvidenceError("the GPU is not in confidential-computing mode (NVML: CC feature disabled); "
-                                    "enable it with NVIDIA's gpu-admin-tools (--set-cc-mode=on) on the host")
-        if state.environment != CC_ENVIRONMENT_PROD:
-            raise NvmlEvidenceError(f"the CC environment is {CC_ENVIRONMENTS.get(state.environment, '?')}, not "
-                                    "production: its evidence is not trustworthy")
-        if state.devToolsMode and not allow_dev_tools:
-            raise NvmlEvidenceError("the GPU is in CC dev-tools mode (debugging allowed): refusing to attest it")
-        count = lib.nvmlDeviceGetCount()
-        if count < 1:
-            raise NvmlEvidenceError("NVML sees no GPU")
+        count = _checked_gpu_count(lib, allow_dev_tools)
         items = []
         for i in range(count):
             handle = lib.nvmlDeviceGetHandleByIndex(i)
@@ -113,6 +98,44 @@ def collect_evidence_list(nonce: bytes, nvml: Any | None = None, *, allow_dev_to
         raise NvmlEvidenceError(f"NVML failed to produce GPU evidence: {exc}") from None
     finally:
         lib.nvmlShutdown()
+
+
+def check_cc(nvml: Any | None = None, *, allow_dev_tools: bool = False) -> int:
+    """The number of GPUs, after the checks :func:`collect_evidence_list` makes before every collection: CC feature
+    on, production environment, dev-tools mode off, at least one GPU. What the gateway binds as its own check
+    (``gpu_cc_checked = "nvml"``, ``gpu_count``).
+
+    Raises:
+        NvmlEvidenceError: no NVML, no GPU, CC mode off or not production, dev-tools mode on, or an NVML call failed.
+    """
+    lib = _nvml(nvml)
+    _init(lib)
+    try:
+        return _checked_gpu_count(lib, allow_dev_tools)
+    except lib.NVMLError as exc:
+        raise NvmlEvidenceError(f"NVML failed to check the GPUs: {exc}") from None
+    finally:
+        lib.nvmlShutdown()
+
+
+def _checked_gpu_count(lib: Any, allow_dev_tools: bool) -> int:
+    try:
+        state = lib.nvmlSystemGetConfComputeState()
+    except lib.NVMLError as exc:
+        raise NvmlEvidenceError(f"NVML cannot report confidential-computing state ({exc}): this driver or "
+                                "GPU has no CC support") from None
+    if state.ccFeature != CC_FEATURE_ENABLED:
+        raise NvmlEvidenceError("the GPU is not in confidential-computing mode (NVML: CC feature disabled); "
+                                "enable it with NVIDIA's gpu-admin-tools (--set-cc-mode=on) on the host")
+    if state.environment != CC_ENVIRONMENT_PROD:
+        raise NvmlEvidenceError(f"the CC environment is {CC_ENVIRONMENTS.get(state.environment, '?')}, not "
+                                "production: its evidence is not trustworthy")
+    if state.devToolsMode and not allow_dev_tools:
+        raise NvmlEvidenceError("the GPU is in CC dev-tools mode (debugging allowed): refusing to attest it")
+    count: int = lib.nvmlDeviceGetCount()
+    if count < 1:
+        raise NvmlEvidenceError("NVML sees no GPU")
+    return count
 
 
 def _init(lib: Any) -> None:

@@ -27,8 +27,29 @@ def _verify(bundle: Bundle, policy: Policy, now: dt.datetime, expected_nonce: by
     from .ocsp import OCSP_CERT_KEY, decode_ocsp_list
 
     ocsp = decode_ocsp_list(bundle.certs[OCSP_CERT_KEY]) if OCSP_CERT_KEY in bundle.certs else []
-    return verify_nvidia(decode_gpu_evidence(bundle.gpu_evidence), policy.get(NvidiaPolicy), now=now,
-                         expected_nonce=expected_nonce, rims=rims, ocsp_responses=ocsp)
+    gpus = decode_gpu_evidence(bundle.gpu_evidence)
+    verdict = verify_nvidia(gpus, policy.get(NvidiaPolicy), now=now, expected_nonce=expected_nonce, rims=rims,
+                            ocsp_responses=ocsp)
+    if expected_nonce is not None:  # the configuration is bound (else nothing it says is the gateway's word)
+        _check_gateway_gpu_check(verdict, bundle, len(gpus))
+    return verdict
+
+
+def _check_gateway_gpu_check(verdict: Verdict, bundle: Bundle, n_gpus: int) -> None:
+    """What the TEE itself checked of its GPUs (bound ``gpu_cc_checked``, ``gpu_count``): NVML's count must be the
+    number of GPU reports (a GPU left out of the evidence fails), and the verdict says what NVML vouched for."""
+    checked, count = bundle.config.get("gpu_cc_checked"), bundle.config.get("gpu_count")
+    if checked == "nvml":
+        verdict.add("gpus cc mode checked in the TEE", True, expected="gateway's NVML check (bound gpu_cc_checked)",
+                    found="nvml", detail="CC feature on, production environment, dev-tools mode off: the gateway's "
+                    "word inside the TEE, checked before every collection (the SPDM report does not carry them)")
+        if not isinstance(count, int) or isinstance(count, bool):
+            verdict.add("gpus bound count", False, expected="gpu_count (an integer) with gpu_cc_checked nvml",
+                        found=repr(count))
+            return
+    if isinstance(count, int) and not isinstance(count, bool):
+        verdict.add("gpus bound count", count == n_gpus, expected=f"{count} (GPUs NVML saw in the TEE, bound "
+                    "gpu_count)", found=f"{n_gpus} GPU reports")
 
 
 PLATFORM = Platform(
