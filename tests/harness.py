@@ -30,7 +30,7 @@ from veil_cli import die_with_parent as _pdeathsig
 
 REPO = Path(__file__).resolve().parents[1]
 
-__all__ = ["REPO", "Proc", "free_port", "http_ok", "start_process", "start_veil", "stop_all"]
+__all__ = ["REPO", "Proc", "free_port", "http_ok", "run_to_exit_watching_health", "start_process", "start_veil", "stop_all"]
 
 
 def free_port() -> int:
@@ -50,6 +50,25 @@ def http_ok(url: str, *, method: str = "GET", data: bytes | None = None, headers
             return bool(r.status == 200)
     except OSError:
         return False
+
+
+def run_to_exit_watching_health(argv: list[str], port: int, *, timeout: float = 60.0,
+                                health: str = "/healthz") -> tuple[int | None, str, bool]:
+    """Run ``argv`` (a process expected to stop by itself, e.g. a gateway refusing to serve) until it exits or
+    ``timeout`` passes, asking ``health`` on ``port`` meanwhile. Returns (exit status or None if it had to be
+    killed, its whole output, whether health ever answered 200)."""
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    healthy = False
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            healthy = http_ok(f"http://127.0.0.1:{port}{health}") or healthy
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out = proc.communicate(timeout=60)[0]
+    return proc.returncode if proc.returncode is not None and proc.returncode >= 0 else None, out, healthy
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from typing import Iterator
 
 import pytest
@@ -10,7 +12,51 @@ import pytest
 # importable from here, as the test modules have always imported them.
 from tests.harness import REPO, Proc, free_port, start_veil, stop_all
 
-__all__ = ["REPO", "Proc", "free_port", "start_veil", "veil_process", "sdk_chat_and_stream"]
+__all__ = ["REPO", "Chain", "Proc", "free_port", "running_chain", "start_veil", "veil_process", "sdk_chat_and_stream"]
+
+
+@dataclass
+class Chain:
+    """gateway, relay (one gateway named ``gw``) and proxy, running on loopback."""
+
+    gateway: Proc
+    relay: Proc
+    proxy: Proc
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI ``base_url`` (through the proxy)."""
+        return self.proxy.base + "/v1"
+
+    @property
+    def relay_url(self) -> str:
+        return self.relay.base + "/gw"
+
+    def __iter__(self) -> Iterator[Proc]:  # (gateway, relay, proxy) = chain
+        return iter((self.gateway, self.relay, self.proxy))
+
+    def __getitem__(self, i: int) -> Proc:
+        return (self.gateway, self.relay, self.proxy)[i]
+
+
+@contextlib.contextmanager
+def running_chain(gateway_args: list[str] | None = None, relay_args: list[str] | None = None, *,
+                  gateway_timeout: float = 30.0) -> Iterator[Chain]:
+    """``veil gateway`` (the echo engine unless ``gateway_args`` say otherwise), ``veil relay`` and ``veil proxy
+    --insecure-allow-simulated`` as real processes on free loopback ports; all stopped (logs removed) on exit."""
+    gp, rp, pp = free_port(), free_port(), free_port()
+    procs: list[Proc] = []
+    try:
+        procs.append(start_veil(["gateway", "--listen", f"127.0.0.1:{gp}",
+                                 *(gateway_args if gateway_args is not None else ["--engine", "echo"])],
+                                gp, timeout=gateway_timeout))
+        procs.append(start_veil(["relay", "--listen", f"127.0.0.1:{rp}", "--gateway",
+                                 f"gw=http://127.0.0.1:{gp}/.well-known/ohttp-gateway", *(relay_args or [])], rp))
+        procs.append(start_veil(["proxy", "--listen", f"127.0.0.1:{pp}", "--relay", f"http://127.0.0.1:{rp}/gw",
+                                 "--insecure-allow-simulated"], pp))
+        yield Chain(*procs)
+    finally:
+        stop_all(procs, remove_logs=True)
 
 
 @pytest.fixture

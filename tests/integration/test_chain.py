@@ -18,7 +18,7 @@ from aiohttp import web
 import ohttp
 from proxy.client import VeilAsyncTransport, VeilTransport
 
-from .conftest import REPO, Proc, free_port, sdk_chat_and_stream, start_veil
+from .conftest import REPO, Chain, Proc, free_port, running_chain, sdk_chat_and_stream
 
 pytestmark = pytest.mark.integration
 
@@ -26,34 +26,10 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "description":
                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
 
 
-class Chain:
-    def __init__(self, gateway: Proc, relay: Proc, proxy: Proc) -> None:
-        self.gateway, self.relay, self.proxy = gateway, relay, proxy
-
-    @property
-    def base_url(self) -> str:
-        return self.proxy.base + "/v1"
-
-    @property
-    def relay_url(self) -> str:
-        return self.relay.base + "/gw"
-
-
 @pytest.fixture(scope="module")
 def chain() -> Iterator[Chain]:
-    gp, rp, pp = free_port(), free_port(), free_port()
-    procs: list[Proc] = []
-    try:
-        procs.append(start_veil(["gateway", "--engine", "echo", "--listen", f"127.0.0.1:{gp}"], gp))
-        procs.append(start_veil(["relay", "--listen", f"127.0.0.1:{rp}", "--gateway",
-                                 f"gw=http://127.0.0.1:{gp}/.well-known/ohttp-gateway"], rp))
-        procs.append(start_veil(["proxy", "--listen", f"127.0.0.1:{pp}", "--relay", f"http://127.0.0.1:{rp}/gw",
-                                 "--insecure-allow-simulated"], pp))
-        yield Chain(*procs)
-    finally:
-        for p in reversed(procs):
-            p.stop()
-            p.log_path.unlink(missing_ok=True)
+    with running_chain() as c:
+        yield c
 
 
 def sdk(chain: Chain) -> openai.OpenAI:

@@ -9,11 +9,8 @@ answers right or wrong; the real vLLM with corrupted numerics is in test_vllm.py
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,7 +20,9 @@ import pytest
 from enclave.engines.selfcheck import SELF_CHECKS, cpu_summary, is_default_model, judge
 from enclave.engines.vllm import VllmEngine
 
-from .conftest import REPO, free_port, start_veil
+from tests.harness import run_to_exit_watching_health
+
+from .conftest import free_port, start_veil
 
 pytestmark = pytest.mark.integration
 
@@ -99,20 +98,10 @@ def right(question: str) -> str:
 def test_a_wrong_answer_stops_the_gateway_with_the_reason(stand_in: Any) -> None:
     server = stand_in(lambda q: "L'Étoile, la Marseillaise, la femme, la femme au martyre")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "veil_cli", "gateway", "--listen", f"127.0.0.1:{port}",
-                             "--engine", "upstream", "--upstream-url", server.url, "--engine-self-check", "on"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    healthy = False
-    deadline = time.monotonic() + 60
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                healthy = healthy or r.status == 200
-        except OSError:
-            pass
-        time.sleep(0.1)
-    out = proc.communicate(timeout=30)[0]
-    assert proc.returncode == 1, out
+    status, out, healthy = run_to_exit_watching_health(
+        [sys.executable, "-m", "veil_cli", "gateway", "--listen", f"127.0.0.1:{port}", "--engine", "upstream",
+         "--upstream-url", server.url, "--engine-self-check", "on"], port)
+    assert status == 1, out
     assert not healthy  # never reported healthy, not even for a moment
     assert "failed its start-up self-check" in out
     assert "'What is the capital of France?'" in out and "expected 'Paris'" in out

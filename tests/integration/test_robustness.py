@@ -22,7 +22,7 @@ from ohttp import bhttp
 from proxy import OhttpClient
 from proxy.verify import make_verifier
 
-from .conftest import Proc, free_port, start_veil
+from .conftest import Proc, free_port, running_chain
 
 pytestmark = pytest.mark.integration
 
@@ -65,21 +65,9 @@ def healthy(proc: Proc) -> bool:
 
 @pytest.fixture(scope="module")
 def chain() -> Iterator[tuple[Proc, Proc, Proc]]:
-    gp, rp, pp = free_port(), free_port(), free_port()
-    procs: list[Proc] = []
-    try:
-        procs.append(start_veil(["gateway", "--engine", "echo", "--listen", f"127.0.0.1:{gp}",
-                                 "--echo-token-delay", "0.01", "--max-request-bytes", "100000"], gp))
-        procs.append(start_veil(["relay", "--listen", f"127.0.0.1:{rp}", "--gateway",
-                                 f"gw=http://127.0.0.1:{gp}{WELL_KNOWN}", "--client-timeout", "2",
-                                 "--rate-per-minute", "100000"], rp))
-        procs.append(start_veil(["proxy", "--listen", f"127.0.0.1:{pp}", "--relay", f"http://127.0.0.1:{rp}/gw",
-                                 "--insecure-allow-simulated"], pp))
-        yield procs[0], procs[1], procs[2]
-    finally:
-        for p in reversed(procs):
-            p.stop()
-            p.log_path.unlink(missing_ok=True)
+    with running_chain(["--engine", "echo", "--echo-token-delay", "0.01", "--max-request-bytes", "100000"],
+                       ["--client-timeout", "2", "--rate-per-minute", "100000"]) as c:
+        yield c.gateway, c.relay, c.proxy
 
 
 # -- hostile HTTP against the gateway and the relay ----------------------------------------------------------------

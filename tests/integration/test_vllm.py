@@ -6,9 +6,7 @@ the command to run, rather than silently skipping the one test that proves the w
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -20,7 +18,9 @@ import pytest
 from proxy import OhttpClient
 from proxy.verify import make_verifier
 
-from .conftest import REPO, Proc, free_port, start_veil
+from tests.harness import run_to_exit_watching_health
+
+from .conftest import REPO, Proc, free_port, running_chain
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]
 
@@ -36,20 +36,9 @@ SECOND = [{"role": "user", "content": "What is the capital of Germany?"}]
 def vllm_chain() -> Iterator[tuple[Proc, Proc, Proc]]:
     if not ENGINE_PYTHON.exists() or not MODEL_DIR.is_dir():
         pytest.fail("the vLLM engine is not set up: run ./scripts/setup-engine (./scripts/test does it for you)")
-    gp, rp, pp = free_port(), free_port(), free_port()
-    procs: list[Proc] = []
-    try:
-        procs.append(start_veil(["gateway", "--engine", "vllm", "--listen", f"127.0.0.1:{gp}",
-                                 "--engine-python", str(ENGINE_PYTHON), "--model", str(MODEL_DIR)], gp, timeout=300))
-        procs.append(start_veil(["relay", "--listen", f"127.0.0.1:{rp}", "--gateway",
-                                 f"gw=http://127.0.0.1:{gp}/.well-known/ohttp-gateway"], rp))
-        procs.append(start_veil(["proxy", "--listen", f"127.0.0.1:{pp}", "--relay", f"http://127.0.0.1:{rp}/gw",
-                                 "--insecure-allow-simulated"], pp))
-        yield procs[0], procs[1], procs[2]
-    finally:
-        for p in reversed(procs):
-            p.stop()
-            p.log_path.unlink(missing_ok=True)
+    with running_chain(["--engine", "vllm", "--engine-python", str(ENGINE_PYTHON), "--model", str(MODEL_DIR)],
+                       gateway_timeout=300) as c:
+        yield c.gateway, c.relay, c.proxy
 
 
 class TestVllmEngine:
@@ -167,25 +156,11 @@ def test_corrupted_numerics_stop_the_gateway_with_the_reason() -> None:
     if not ENGINE_PYTHON.exists() or not MODEL_DIR.is_dir():
         pytest.fail("the vLLM engine is not set up: run ./scripts/setup-engine (./scripts/test does it for you)")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "veil_cli", "gateway", "--engine", "vllm", "--listen",
-                             f"127.0.0.1:{port}", "--engine-python", str(ENGINE_PYTHON), "--model", str(MODEL_DIR),
-                             "--engine-args", '--hf-overrides {"rms_norm_eps":1000.0}'],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    healthy = False
-    deadline = time.monotonic() + 300
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                    healthy = healthy or r.status == 200
-            except OSError:
-                pass
-            time.sleep(0.5)
-        out = proc.communicate(timeout=60)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 1, out[-3000:]
+    status, out, healthy = run_to_exit_watching_health(
+        [sys.executable, "-m", "veil_cli", "gateway", "--engine", "vllm", "--listen", f"127.0.0.1:{port}",
+         "--engine-python", str(ENGINE_PYTHON), "--model", str(MODEL_DIR),
+         "--engine-args", '--hf-overrides {"rms_norm_eps":1000.0}'], port, timeout=300)
+    assert status == 1, out[-3000:]
     assert not healthy
     assert "veil gateway: the engine failed its start-up self-check" in out
     assert "expected 'Paris'" in out and "CPU: " in out and "dtype float32" in out

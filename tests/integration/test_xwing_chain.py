@@ -23,35 +23,15 @@ from proxy import OhttpClient
 from proxy.transport import VeilClientError
 from proxy.verify import make_verifier
 
-from .conftest import Proc, free_port, start_veil
+from .conftest import Chain, free_port, running_chain, start_veil
 
 pytestmark = pytest.mark.integration
 
 
-class Chain:
-    def __init__(self, gateway: Proc, relay: Proc, proxy: Proc) -> None:
-        self.gateway, self.relay, self.proxy = gateway, relay, proxy
-
-    @property
-    def relay_url(self) -> str:
-        return self.relay.base + "/gw"
-
-
 @pytest.fixture(scope="module")
 def chain() -> Iterator[Chain]:
-    gp, rp, pp = free_port(), free_port(), free_port()
-    procs: list[Proc] = []
-    try:
-        procs.append(start_veil(["gateway", "--engine", "echo", "--listen", f"127.0.0.1:{gp}"], gp))
-        procs.append(start_veil(["relay", "--listen", f"127.0.0.1:{rp}", "--gateway",
-                                 f"gw=http://127.0.0.1:{gp}/.well-known/ohttp-gateway"], rp))
-        procs.append(start_veil(["proxy", "--listen", f"127.0.0.1:{pp}", "--relay", f"http://127.0.0.1:{rp}/gw",
-                                 "--insecure-allow-simulated"], pp))
-        yield Chain(*procs)
-    finally:
-        for p in reversed(procs):
-            p.stop()
-            p.log_path.unlink(missing_ok=True)
+    with running_chain() as c:
+        yield c
 
 
 def _get(url: str, accept: str) -> bytes:
