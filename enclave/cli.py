@@ -82,6 +82,9 @@ OPTIONS = [
            "gateway at start"),
     Option("gpu-rim-url", "NVIDIA's RIM service (https://rim.attestation.nvidia.com) or a mirror: RIMs not in "
            "--gpu-rim-dir are fetched from it once, at start"),
+    Option("gpu-ocsp-url", "OCSP responder for the GPUs' device and RIM certificate chains (NVIDIA's: "
+           "https://ocsp.ndis.nvidia.com): responses are stapled into the evidence and fetched again before they "
+           "lapse; clients judge them at their own clock ([nvidia] require_ocsp)"),
     Option("pccs-url", "PCCS for TDX collateral (default: Intel PCS)"),
     Option("max-request-bytes", "largest encapsulated request", 4 * 1024 * 1024, type=int),
     Option("body-timeout", "seconds a request body may take to arrive in full (408 beyond; keep it above the "
@@ -116,7 +119,7 @@ def make_provider(args: argparse.Namespace) -> EvidenceProvider:
     options = ProviderOptions(tpm_tcti=args.tpm_tcti, azure_imds_url=args.azure_imds_url, maa_url=args.maa_url,
                               nsm_device=args.nsm_device, pccs_url=args.pccs_url, gpu_evidence=args.gpu_evidence,
                               gpu_evidence_command=args.gpu_evidence_command, gpu_rim_dir=args.gpu_rim_dir,
-                              gpu_rim_url=args.gpu_rim_url)
+                              gpu_rim_url=args.gpu_rim_url, gpu_ocsp_url=args.gpu_ocsp_url)
     try:
         return attestation.make_provider(args.attestation, options)
     except ProviderError as exc:

@@ -20,6 +20,7 @@ from .provider import EvidenceProvider
 
 if TYPE_CHECKING:
     from .nvidia.collect import Fetch
+    from .nvidia.staple import OcspFetch
 
 
 class GpuEvidenceCommand:
@@ -91,8 +92,10 @@ class GatewayEvidence:
 
     def __init__(self, cpu: EvidenceProvider, *, gpu: GpuEvidenceSource | None = None,
                  pccs_url: str | None = None, gpu_rim_dir: Path | None = None, gpu_rim_url: str | None = None,
-                 fetch: Fetch | None = None) -> None:
+                 fetch: Fetch | None = None, gpu_ocsp_url: str | None = None,
+                 ocsp_fetch: OcspFetch | None = None) -> None:
         from .nvidia.collect import RimCollector, RimDirectory, RimService, RimSource
+        from .nvidia.staple import OcspStapler
 
         self.cpu = cpu
         self.gpu = gpu
@@ -106,6 +109,8 @@ class GatewayEvidence:
         if gpu_rim_url is not None:
             sources.append(RimService(gpu_rim_url, fetch))
         self.rims = RimCollector(sources) if sources else None
+        #: staples OCSP responses for the device and RIM chains (``certs["nvidia_ocsp"]``), refreshed before they lapse
+        self.ocsp = None if gpu_ocsp_url is None else OcspStapler(gpu_ocsp_url, ocsp_fetch)
         self.platform = cpu.platform
 
     def gpu_check(self) -> dict[str, ConfigValue]:
@@ -121,19 +126,35 @@ class GatewayEvidence:
         return {"gpu_cc_checked": None if self.gpu is None else "command", "gpu_count": None}
 
     def evidence_expiry(self, bundle: Bundle) -> float | None:
-        """When the CPU evidence stops verifying (None: it does not expire by itself)."""
+        """When the bundle stops verifying (None: it does not expire by itself): the CPU evidence's expiry, or the
+        earliest nextUpdate of its stapled OCSP responses if sooner (the gateway collects again before either)."""
+        from .nvidia.ocsp import OCSP_CERT_KEY
+        from .nvidia.staple import ocsp_expiry
+
         expiry = getattr(self.cpu, "evidence_expiry", None)
-        return None if expiry is None else expiry(bundle)
+        times = [t for t in (None if expiry is None else expiry(bundle),
+                             ocsp_expiry(bundle.certs[OCSP_CERT_KEY]) if OCSP_CERT_KEY in bundle.certs else None)
+                 if t is not None]
+        return min(times) if times else None
 
     def collect(self, key_config: bytes, nonce: bytes = b"", gpu_evidence: bytes = b"",
                 config: Mapping[str, ConfigValue] | None = None) -> Bundle:
         if self.gpu is not None and not gpu_evidence:
             gpu_evidence = self.gpu.collect(gpu_nonce(key_config))
         bundle = self.cpu.collect(key_config, nonce, gpu_evidence, config)
+        rims: list[bytes] = []
         if gpu_evidence and self.rims is not None:
             from .nvidia.rim import RIMS_CERT_KEY, encode_rim_list
 
-            bundle = replace(bundle, certs={**bundle.certs, RIMS_CERT_KEY: encode_rim_list(self.rims.rims(gpu_evidence))})
+            rims = self.rims.rims(gpu_evidence)
+            bundle = replace(bundle, certs={**bundle.certs, RIMS_CERT_KEY: encode_rim_list(rims)})
+        if gpu_evidence and self.ocsp is not None:
+            from .nvidia.ocsp import OCSP_CERT_KEY, encode_ocsp_list
+            from .nvidia.staple import ocsp_targets
+
+            stapled = self.ocsp.responses(ocsp_targets(gpu_evidence, rims))
+            if stapled:
+                bundle = replace(bundle, certs={**bundle.certs, OCSP_CERT_KEY: encode_ocsp_list(stapled)})
         if "collateral" not in bundle.certs:
             if bundle.platform == "tdx":
                 bundle = replace(bundle, certs={**bundle.certs, "collateral": self._tdx_collateral(bundle.report)})

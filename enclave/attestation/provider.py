@@ -48,6 +48,8 @@ class ProviderOptions:
     #: NVIDIA RIMs for the GPUs: the operator's folder of RIM files and/or NVIDIA's RIM service (or a mirror)
     gpu_rim_dir: str | None = None
     gpu_rim_url: str | None = None
+    #: OCSP responder for the device and RIM chains (stapled into the bundle); None: nothing stapled
+    gpu_ocsp_url: str | None = None
 
 
 #: Devices of TEE guests; simulated evidence is refused where one exists.
@@ -111,14 +113,16 @@ def _with_gpu(cpu: EvidenceProvider, opts: ProviderOptions) -> EvidenceProvider:
         gpu = GpuEvidenceCommand(shlex.split(opts.gpu_evidence_command))
     elif opts.gpu_evidence == "nvml":
         gpu = NvmlGpuEvidence()
-    if (opts.gpu_rim_dir or opts.gpu_rim_url) and gpu is None:
-        raise ProviderError("--gpu-rim-dir/--gpu-rim-url need GPU evidence (--gpu-evidence nvml or "
+    if (opts.gpu_rim_dir or opts.gpu_rim_url or opts.gpu_ocsp_url) and gpu is None:
+        raise ProviderError("--gpu-rim-dir/--gpu-rim-url/--gpu-ocsp-url need GPU evidence (--gpu-evidence nvml or "
                             "--gpu-evidence-command)")
     rim_dir = None
     if opts.gpu_rim_dir:
         rim_dir = Path(opts.gpu_rim_dir)
         if not rim_dir.is_dir():
             raise ProviderError(f"--gpu-rim-dir {opts.gpu_rim_dir}: not a directory")
-    if opts.gpu_rim_url and not opts.gpu_rim_url.startswith(("https://", "http://")):
-        raise ProviderError(f"--gpu-rim-url {opts.gpu_rim_url}: not an http(s) URL")
-    return GatewayEvidence(cpu, gpu=gpu, pccs_url=opts.pccs_url, gpu_rim_dir=rim_dir, gpu_rim_url=opts.gpu_rim_url)
+    for name, url in (("--gpu-rim-url", opts.gpu_rim_url), ("--gpu-ocsp-url", opts.gpu_ocsp_url)):
+        if url and not url.startswith(("https://", "http://")):
+            raise ProviderError(f"{name} {url}: not an http(s) URL")
+    return GatewayEvidence(cpu, gpu=gpu, pccs_url=opts.pccs_url, gpu_rim_dir=rim_dir, gpu_rim_url=opts.gpu_rim_url,
+                           gpu_ocsp_url=opts.gpu_ocsp_url)
