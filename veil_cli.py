@@ -27,6 +27,8 @@ SUBCOMMANDS: Final[dict[str, tuple[str, str]]] = {
     "broker": ("enclave.broker.cli", "run the key broker (Trustee KBS) that releases secrets to attested gateways"),
     "model": ("enclave.model.cli", "encrypt a model directory for gateways, or decrypt one to check it"),
     "issuer": ("proxy.issuer.cli", "run a Privacy Pass issuer that gives API-key holders anonymous tokens"),
+    "release": ("transparency.release_cli", "create and sign release statements with a publisher key"),
+    "log": ("transparency.log_cli", "run a transparency log (static tlog-tiles), append to it, monitor one"),
 }
 
 

@@ -1,0 +1,192 @@
+"""The client's view of a log: fetch the signed checkpoint and the tiles a proof needs (HTTP GETs of static
+tlog-tiles paths, so any tlog-tiles log is readable), check the log's signature, witness cosignatures and
+consistency with the last checkpoint kept in a small state file, then derive the policy from the unexpired releases
+a trusted publisher signed that are included in the log, and look up key configurations in it.
+
+The checks are ``tlog``'s pure functions; this module only fetches (through a ``fetch(path) -> bytes`` callable,
+``http_fetcher`` by default) and keeps the state file.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tlog import (
+    Checkpoint,
+    SignedCheckpoint,
+    TileId,
+    TlogError,
+    Verifier,
+    check_successor,
+    consistency_proof_from_tiles,
+    consistency_tiles,
+    entries_path,
+    inclusion_proof_from_tiles,
+    inclusion_tiles,
+    leaf_hash,
+    open_checkpoint,
+    parse_entry_bundle,
+    verify_inclusion,
+)
+from tlog.errors import StatementError
+
+from .statements import KeyEntry, Release, entry_kind, open_release, parse_key_entry
+
+__all__ = ["LogUnavailableError", "LogView", "TrustedLog", "http_fetcher", "load_state", "save_state"]
+
+Fetch = Callable[[str], bytes]
+
+
+class LogUnavailableError(TlogError):
+    """The log could not be reached (no checkpoint, a missing tile)."""
+
+
+def http_fetcher(base_url: str, timeout: float = 10.0) -> Fetch:
+    base = base_url.rstrip("/") + "/"
+
+    def fetch(path: str) -> bytes:
+        try:
+            with urllib.request.urlopen(base + path, timeout=timeout) as r:
+                data: bytes = r.read()
+                return data
+        except (urllib.error.URLError, OSError) as exc:
+            raise LogUnavailableError(f"log unreachable: GET {base + path}: {exc}") from None
+
+    return fetch
+
+
+def load_state(path: Path, origin: str) -> Checkpoint | None:
+    """The last checkpoint this client accepted for ``origin`` (None at first use)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise TlogError(f"log state file {path} is unreadable: {exc}") from None
+    entry = data.get(origin)
+    if entry is None:
+        return None
+    return Checkpoint(origin, int(entry["size"]), base64.b64decode(entry["root"]))
+
+
+def save_state(path: Path, cp: Checkpoint, raw: bytes) -> None:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data[cp.origin] = {"size": cp.size, "root": base64.b64encode(cp.root).decode(), "checkpoint": raw.decode(),
+                       "seen": int(time.time())}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+@dataclass
+class LogView:
+    """A verified checkpoint and the entries read under it (every entry used is checked by an inclusion proof)."""
+
+    checkpoint: SignedCheckpoint
+    entries: list[bytes]
+    fetch: Fetch
+    _tiles: dict[TileId, bytes] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return self.checkpoint.checkpoint.size
+
+    def _get_tiles(self, need: Sequence[TileId]) -> dict[TileId, bytes]:
+        for t in need:
+            if t not in self._tiles:
+                self._tiles[t] = self.fetch(t.path())
+        return self._tiles
+
+    def prove(self, index: int) -> None:
+        """Raise ``ProofError`` unless entry ``index`` is included under the checkpoint."""
+        size = self.size
+        proof = inclusion_proof_from_tiles(self._get_tiles(inclusion_tiles(index, size)), index, size)
+        verify_inclusion(index, size, leaf_hash(self.entries[index]), proof, self.checkpoint.checkpoint.root)
+
+    def releases(self, publishers: Sequence[Verifier], now: float) -> tuple[list[Release], list[str]]:
+        """Unexpired releases signed by a publisher, each proven included; and why the others were skipped."""
+        out: list[Release] = []
+        skipped: list[str] = []
+        for i, raw in enumerate(self.entries):
+            if entry_kind(raw) != "release":
+                continue
+            try:
+                rel = open_release(raw, publishers)
+            except StatementError as exc:
+                skipped.append(f"entry {i}: {exc}")
+                continue
+            if not rel.valid_at(now):
+                skipped.append(f"entry {i}: release {rel.name!r} is outside its validity window")
+                continue
+            self.prove(i)
+            out.append(rel)
+        return out, skipped
+
+    def key_entry(self, key_config: bytes, now: float) -> tuple[int, KeyEntry]:
+        """The logged, unexpired entry for these exact key-configuration bytes (proven included), or
+        ``StatementError``: a key configuration not in the log is refused."""
+        digest = hashlib.sha256(key_config).hexdigest()
+        found: tuple[int, KeyEntry] | None = None
+        for i, raw in enumerate(self.entries):
+            if entry_kind(raw) != "key":
+                continue
+            entry = parse_key_entry(raw)
+            if entry.key_config_sha256 == digest and entry.valid_at(now):
+                found = (i, entry)
+        if found is None:
+            raise StatementError(f"key configuration {digest[:16]}... is not in the log at size {self.size} "
+                                 "(refused: a key not in the log may be a split view)")
+        self.prove(found[0])
+        return found
+
+
+@dataclass
+class TrustedLog:
+    """A log the client trusts: its verifier key, optional witnesses, and where its last checkpoint is kept."""
+
+    log_key: Verifier
+    fetch: Fetch
+    state_file: Path | None = None
+    witnesses: Sequence[Verifier] = ()
+    min_witnesses: int = 0
+    origin: str | None = None
+
+    def open(self) -> LogView:
+        """Fetch and verify the checkpoint (refusing a fork or rollback against the kept one), read the entries,
+        and keep the new checkpoint."""
+        raw = self.fetch("checkpoint")
+        sc = open_checkpoint(raw, self.log_key, origin=self.origin, witnesses=self.witnesses,
+                             min_witnesses=self.min_witnesses)
+        cp = sc.checkpoint
+        view = LogView(sc, [], self.fetch)
+        if self.state_file is not None:
+            old = load_state(self.state_file, cp.origin)
+            if old is not None:
+                proof: list[bytes] = []
+                if 0 < old.size < cp.size:
+                    proof = consistency_proof_from_tiles(view._get_tiles(consistency_tiles(old.size, cp.size)),
+                                                         old.size, cp.size)
+                check_successor(old, cp, proof)
+        entries: list[bytes] = []
+        for n in range((cp.size + 255) // 256):
+            width = min(256, cp.size - n * 256)
+            entries += parse_entry_bundle(self.fetch(entries_path(n, 0 if width == 256 else width)),
+                                          0 if width == 256 else width)
+        view.entries = entries
+        if self.state_file is not None:
+            save_state(self.state_file, cp, raw)
+        return view
