@@ -1,6 +1,7 @@
 """``veil attest verify``: check an evidence bundle (file or URL) or raw evidence files, print a readable document.
 
-Exit codes: 0 pass, 2 usage, 3 evidence unparsable, 4 a check failed, 6 evidence or collateral unavailable.
+Exit codes: 0 pass, 2 usage, 3 evidence unparsable, 4 a check failed, 5 refused by the transparency log (--log),
+6 evidence or collateral unavailable.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     v.add_argument("--at", metavar="TIME", help="verify at this time: ISO 8601 or Unix seconds (default: now)")
     v.add_argument("--insecure-allow-simulated", action="store_true", help="accept simulated evidence (development)")
     v.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    t = v.add_argument_group("transparency (derive the policy from a publisher's logged releases)")
+    t.add_argument("--publisher", metavar="VKEY", action="append", help="trust releases signed by this publisher key")
+    t.add_argument("--log", metavar="URL", help="the transparency log's tiles prefix URL (with --publisher)")
+    t.add_argument("--log-key", metavar="VKEY", help="the log's verifier key (with --log)")
+    t.add_argument("--witness", metavar="VKEY", action="append", help="a witness cosignature key (type 0x04)")
+    t.add_argument("--min-witnesses", metavar="N", type=int, default=0, help="witness cosignatures required")
+    t.add_argument("--log-state", metavar="FILE", help="where the last checkpoint seen is kept "
+                   "(default: ~/.config/veil/log-state.json)")
     raw = v.add_argument_group("raw evidence (instead of a bundle)")
     raw.add_argument("--snp-report", metavar="F", help="SEV-SNP attestation report (1184 bytes)")
     raw.add_argument("--cert", metavar="F", help="VCEK or VLEK certificate (PEM or DER)")
@@ -220,6 +229,36 @@ def _load(args: argparse.Namespace) -> Bundle:
     return bundle
 
 
+def _verify_with_log(args: argparse.Namespace, bundle: Bundle, now: dt.datetime) -> int:
+    """``--publisher KEY --log URL --log-key VKEY``: the policy is the publisher's unexpired logged releases."""
+    from tlog import TlogError, parse_verifier_key
+    from transparency.client import TrustedLog, http_fetcher
+    from transparency.verify import verify_with_log
+
+    if not (args.publisher and args.log and args.log_key):
+        print("veil attest: --publisher, --log and --log-key go together", file=sys.stderr)
+        return 2
+    state = Path(args.log_state) if args.log_state else Path.home() / ".config" / "veil" / "log-state.json"
+    try:
+        trusted = TrustedLog(parse_verifier_key(args.log_key), http_fetcher(args.log), state,
+                             [parse_verifier_key(w) for w in args.witness or []], args.min_witnesses)
+        result = verify_with_log(bundle, trusted.open(), [parse_verifier_key(k) for k in args.publisher], now=now,
+                                 allow_simulated=args.insecure_allow_simulated)
+    except TlogError as exc:
+        print(f"refused by the transparency log: {exc}", file=sys.stderr)
+        return 5
+    if args.json:
+        out = {**result.verdict.to_json(), "release": result.release.name if result.release else None,
+               "key_log_index": result.key_index, "log_size": result.log_size}
+        print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(f"verified at: {now.isoformat()}")
+        print(f"log: key configuration at index {result.key_index} of {result.log_size}; release: "
+              f"{result.release.name if result.release else 'none matched'}")
+        print(result.verdict.document())
+    return 0 if result.verdict.ok else 4
+
+
 def run(args: argparse.Namespace) -> int:
     """Verify and print the document; the exit code says what failed."""
     import warnings
@@ -245,6 +284,8 @@ def run(args: argparse.Namespace) -> int:
             policy = policy.auditing()
         now = parse_time(args.at)
         bundle = _load(args)
+        if args.publisher or args.log:
+            return _verify_with_log(args, bundle, now)
         if bundle.platform == "nvidia":  # raw GPU evidence only
             from .nvidia import decode_gpu_evidence
             from .nvidia.verify import verify_nvidia

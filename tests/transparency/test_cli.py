@@ -58,6 +58,18 @@ def test_publisher_and_log_operator_flow(tmp_path: Path) -> None:
                 break
             except OSError:
                 time.sleep(0.1)
+        # a client trusting only the publisher and the log accepts the logged gateway, and refuses an unlogged key
+        attest = ["attest", "verify", "--publisher", pub_vkey, "--log", url, "--log-key", log_vkey, "--log-state",
+                  str(tmp_path / "client.json"), "--insecure-allow-simulated"]
+        r = veil(*attest, str(tmp_path / "bundle.json"))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "release: veil 1.0" in r.stdout and "index 1 of 2" in r.stdout
+        unlogged = SimulatedProvider().collect(encode_list([GatewayKey.generate(2).config]), config={"engine": "echo"})
+        (tmp_path / "unlogged.json").write_bytes(unlogged.to_json())
+        r = veil(*attest, str(tmp_path / "unlogged.json"))
+        assert r.returncode == 5 and "not in the log" in r.stderr, r.stdout + r.stderr
+        r = veil(*attest[:5], "http://127.0.0.1:9/", *attest[6:], str(tmp_path / "bundle.json"))
+        assert r.returncode == 5 and "unreachable" in r.stderr, r.stdout + r.stderr
         state = tmp_path / "monitor.json"
         r = veil("log", "monitor", "--log", url, "--log-key", log_vkey, "--publisher", pub_vkey, "--state",
                  str(state), "--once")
