@@ -200,7 +200,10 @@ class OhttpClient:
             if not configs:
                 raise VeilClientError("the gateway offers no key configuration this client supports")
             try:
-                verification, simulated = self._verifier(bundle, body)
+                if getattr(self._verifier, "blocking", False):  # e.g. one that fetches a transparency log
+                    verification, simulated = await asyncio.to_thread(self._verifier, bundle, body)
+                else:
+                    verification, simulated = self._verifier(bundle, body)
             except Exception as exc:  # fail closed: nothing is sent to keys that did not verify
                 self.keys = None  # nor to the keys verified before: their evidence is no longer what is served
                 raise VeilClientError(f"attestation refused: {exc}", 502, "veil_attestation_refused") from None

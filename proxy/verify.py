@@ -6,14 +6,24 @@ The verification itself lives in ``enclave.attestation`` (one implementation, sh
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
-from typing import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from enclave.attestation import AttestationError, Bundle, BundleError, Policy, Verdict, verify_bundle
 from enclave.attestation import evidence_expiry as bundle_expiry
 
+if TYPE_CHECKING:
+    from tlog import Verifier as NoteVerifier
+    from transparency.client import TrustedLog
+
 log = logging.getLogger("veil.client")
+
+#: Where ``veil proxy --log`` and ``veil attest verify --log`` keep the last checkpoint seen (rollback/fork check).
+DEFAULT_LOG_STATE = Path.home() / ".config" / "veil" / "log-state.json"
 
 
 class AttestationRefused(Exception):
@@ -42,15 +52,80 @@ def load_policy(policy: PolicyLike | None) -> Policy:
     return Policy.load(os.fspath(policy))
 
 
+@dataclass(frozen=True)
+class Transparency:
+    """Trust a publisher through a transparency log instead of naming measurements (``veil proxy --publisher VKEY
+    --log URL --log-key VKEY``): the policy is the publisher's unexpired releases included in the log, and the
+    gateway's key configuration must be logged (a key not in the log may be a split view: refused).
+
+    Keys are verifier keys (``name+hexid+base64``) as strings or parsed ``tlog.Verifier`` objects. ``state_file``
+    keeps the last checkpoint seen (a rolled-back or forked log is refused against it); None keeps none.
+    ``fetch`` replaces the HTTP fetch of the log's static paths (tests, a mirror)."""
+
+    publishers: Sequence[str | NoteVerifier]
+    log: str
+    log_key: str | NoteVerifier
+    witnesses: Sequence[str | NoteVerifier] = ()
+    min_witnesses: int = 0
+    state_file: str | os.PathLike[str] | None = DEFAULT_LOG_STATE
+    fetch: Callable[[str], bytes] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.publishers:
+            raise ValueError("transparency: at least one publisher key is needed")
+        self.trusted_log()  # bad keys fail here, not at the first request
+        self.publisher_keys()
+
+    def publisher_keys(self) -> list[NoteVerifier]:
+        from tlog import parse_verifier_key
+
+        return [parse_verifier_key(k) if isinstance(k, str) else k for k in self.publishers]
+
+    def trusted_log(self) -> TrustedLog:
+        from tlog import parse_verifier_key
+        from transparency.client import TrustedLog, http_fetcher
+
+        def key(k: str | NoteVerifier) -> NoteVerifier:
+            return parse_verifier_key(k) if isinstance(k, str) else k
+
+        return TrustedLog(key(self.log_key), self.fetch or http_fetcher(self.log),
+                          Path(self.state_file) if self.state_file is not None else None,
+                          [key(w) for w in self.witnesses], self.min_witnesses)
+
+
+def _log_refusal(exc: Exception) -> str:
+    """Which log check refused, in words (the message of the error says the details)."""
+    from tlog.errors import ConsistencyError, ProofError, StatementError
+    from transparency.client import LogUnavailableError
+
+    if isinstance(exc, LogUnavailableError):
+        kind = "log unreachable"
+    elif isinstance(exc, ConsistencyError):
+        kind = "log fork or rollback against the last checkpoint seen"
+    elif isinstance(exc, ProofError):
+        kind = "log proof does not verify"
+    elif isinstance(exc, StatementError):
+        kind = "not in the log"
+    else:
+        kind = "log checkpoint refused"
+    return f"refused by the transparency log ({kind}): {exc}"
+
+
 def make_verifier(
-    *, allow_simulated: bool, policy: PolicyLike | None = None
+    *, allow_simulated: bool, policy: PolicyLike | None = None, transparency: Transparency | None = None
 ) -> Callable[[bytes, bytes], tuple[object, bool]]:
     """A verifier for :class:`proxy.transport.OhttpClient`: ``(bundle_json, keys_body) -> (verdict, simulated)``.
 
     ``policy`` is a :class:`Policy` or the path of a policy file (loaded now: a bad file fails here, not at the first
     request). Without a policy, the default one applies: no measurement is allowed, so every real platform is refused
     until the user names the measurements they trust (fail closed).
+
+    With ``transparency``, the policy comes from the publisher's logged releases and the key configuration must be
+    in the log (see :class:`Transparency`); a local ``policy`` then narrows it: both must pass. That verifier fetches
+    the log (blocking I/O) and is marked ``blocking``, so :class:`~proxy.transport.OhttpClient` runs it in a thread.
     """
+    if transparency is not None:
+        return _log_verifier(allow_simulated, None if policy is None else load_policy(policy), transparency)
     pol = load_policy(policy)
 
     def verify(bundle_json: bytes, keys_body: bytes) -> tuple[object, bool]:
@@ -69,6 +144,52 @@ def make_verifier(
             log.warning("accepted SIMULATED attestation (--insecure-allow-simulated): no TEE protects this gateway")
         return verdict, verdict.simulated
 
+    return verify
+
+
+def _log_verifier(allow_simulated: bool, local: Policy | None, transparency: Transparency
+                  ) -> Callable[[bytes, bytes], tuple[object, bool]]:
+    from tlog import TlogError
+    from transparency.verify import verify_with_log
+
+    trusted = transparency.trusted_log()
+    publishers = transparency.publisher_keys()
+
+    def verify(bundle_json: bytes, keys_body: bytes) -> tuple[object, bool]:
+        try:
+            bundle = Bundle.from_json(bundle_json)
+        except BundleError as exc:
+            raise AttestationRefused(f"evidence unusable: {exc}") from None
+        now = dt.datetime.now(dt.timezone.utc)
+        try:
+            result = verify_with_log(bundle, trusted.open(), publishers, now=now, allow_simulated=allow_simulated)
+        except TlogError as exc:
+            raise AttestationRefused(_log_refusal(exc)) from None
+        except AttestationError as exc:
+            raise AttestationRefused(f"evidence unusable: {exc}") from None
+        if result.release is None:
+            failed = "; ".join(c.line() for c in result.verdict.failures[:3])
+            raise AttestationRefused(f"no logged release of the publisher admits this gateway: {failed}",
+                                     result.verdict)
+        # The same evidence again for the exact keys fetched, under the local policy when one narrows the release's.
+        try:
+            verdict = verify_bundle(bundle, keys_body, local or Policy.from_dict(result.release.policy), now=now,
+                                    allow_simulated=allow_simulated)
+        except AttestationError as exc:
+            raise AttestationRefused(f"evidence unusable: {exc}") from None
+        if not verdict.ok:
+            which = "the local policy (--policy)" if local is not None else f"release {result.release.name!r}"
+            failed = "; ".join(c.line() for c in verdict.failures[:3])
+            raise AttestationRefused(f"refused by {which}: {failed}", verdict)
+        verdict.add(f"logged: release {result.release.name!r}, key configuration at index {result.key_index} of "
+                    f"{result.log_size}", True, "inclusion proofs and checkpoint verified")
+        log.info("log: release %r, key configuration at index %d of %d", result.release.name, result.key_index,
+                 result.log_size)
+        if verdict.simulated:
+            log.warning("accepted SIMULATED attestation (--insecure-allow-simulated): no TEE protects this gateway")
+        return verdict, verdict.simulated
+
+    verify.blocking = True  # type: ignore[attr-defined]
     return verify
 
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from veil_cli import Option, add_options
 
 from ..transport import OhttpClient
-from ..verify import make_verifier
+from ..verify import DEFAULT_LOG_STATE, Transparency, make_verifier
 from .app import API_KEY_MODES, create_app
 from .guard import allowed_hosts
 from .tokens import TokenWallet
@@ -21,6 +21,17 @@ OPTIONS = [
     Option("listen", "HOST:PORT for the local OpenAI-compatible endpoint (keep it on loopback)", "127.0.0.1:8000"),
     Option("relay", "the relay's URL for one gateway, e.g. http://relay.example/NAME"),
     Option("policy", "attestation policy file (TOML); real-hardware verifiers use it"),
+    Option("publisher", "trust releases signed by this publisher key (verifier key name+id+base64; repeatable): "
+           "the policy comes from its unexpired releases in the --log, and --policy, if given, narrows it",
+           repeat=True, metavar="VKEY"),
+    Option("log", "the transparency log's tiles URL (with --publisher and --log-key); a gateway key configuration "
+           "not in the log is refused", metavar="URL"),
+    Option("log-key", "the transparency log's verifier key (checkpoint signatures)", metavar="VKEY"),
+    Option("witness", "a witness cosignature key the log's checkpoints may carry (repeatable)", repeat=True,
+           metavar="VKEY"),
+    Option("min-witnesses", "witness cosignatures a checkpoint needs", 0, type=int, metavar="N"),
+    Option("log-state", "where the last checkpoint seen is kept, to refuse a rolled-back or forked log "
+           "(default: ~/.config/veil/log-state.json)", metavar="FILE"),
     Option("insecure-allow-simulated", "accept SIMULATED attestation (development only; no TEE protects you)",
            False, flag=True),
     Option("api-key", "when the SDK's API key travels (inside the encapsulation): auto = only once the gateway "
@@ -54,6 +65,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser, "proxy", OPTIONS)
 
 
+def _transparency(args: argparse.Namespace) -> Transparency | None:
+    """``--publisher --log --log-key`` (all three, or none) as a :class:`Transparency`; bad keys exit here."""
+    given = [bool(args.publisher), bool(args.log), bool(args.log_key)]
+    if not any(given):
+        if args.witness or args.log_state or int(args.min_witnesses):
+            raise SystemExit("veil proxy: --witness, --min-witnesses and --log-state need --publisher, --log and "
+                             "--log-key")
+        return None
+    if not all(given):
+        raise SystemExit("veil proxy: --publisher, --log and --log-key go together")
+    from tlog import TlogError
+
+    try:
+        return Transparency(list(args.publisher), args.log, args.log_key, list(args.witness or ()),
+                            int(args.min_witnesses),
+                            Path(args.log_state).expanduser() if args.log_state else DEFAULT_LOG_STATE)
+    except (TlogError, ValueError) as exc:
+        raise SystemExit(f"veil proxy: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the client proxy until interrupted."""
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -72,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
             policy = Policy.load(args.policy)
         except AttestationError as exc:
             raise SystemExit(f"veil proxy: {exc}") from None
+    transparency = _transparency(args)
     wallet = None
     if args.issuer:
         try:
@@ -81,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.issuer_key:
         raise SystemExit("veil proxy: --issuer-key is for an issuer: give --issuer URL too")
     client = OhttpClient(
-        args.relay, verifier=make_verifier(allow_simulated=args.insecure_allow_simulated, policy=policy),
+        args.relay, verifier=make_verifier(allow_simulated=args.insecure_allow_simulated, policy=policy,
+                                             transparency=transparency),
         middlewares=(wallet.middleware(),) if wallet is not None else (),
     )
     web_dir = str(WEB_DIR) if (WEB_DIR / "index.html").is_file() else None
@@ -90,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
                      hosts=allowed_hosts(host, int(port), args.allowed_host or ()), tokens=wallet,
                      require_post_quantum=bool(policy is not None and policy.require_post_quantum))
     print(f"veil proxy: OpenAI base_url = http://{host}:{port}/v1 (relay {args.relay})", flush=True)
+    if transparency is not None:
+        print(f"veil proxy: policy from the releases of {len(transparency.publishers)} publisher key(s) in the log "
+              f"{args.log}" + (", narrowed by --policy" if policy is not None else ""), flush=True)
     if wallet is not None:
         print(f"veil proxy: spending Privacy Pass tokens of {wallet.issuer_url}", flush=True)
     if web_dir:

@@ -13,6 +13,12 @@ TOML file) and goes through the same :func:`~proxy.verify.make_verifier`; withou
 every real gateway. ``allow_simulated=True`` accepts simulated attestation (development only). ``verifier``
 replaces both with your own check (``(bundle_json, keys_body) -> (verification, simulated)``, raising to refuse).
 
+To trust a publisher instead of naming measurements (``veil proxy --publisher VKEY --log URL --log-key VKEY``), pass
+``publisher=VKEY, log=URL, log_key=VKEY`` (``publisher`` may be a list; optional ``witnesses``, ``min_witnesses``,
+``log_state``) or a ready ``transparency=Transparency(...)`` (:class:`proxy.verify.Transparency`): the policy is the
+publisher's unexpired logged releases (``policy`` then narrows it: both must pass) and a key configuration not in
+the log is refused; the log is fetched in a thread, never on the event loop.
+
 The host in ``base_url`` is never contacted: every request is encapsulated and sent to the relay. The SDK's API key
 stays on this machine unless ``send_api_key=True`` (then it travels inside the encapsulation only).
 
@@ -25,8 +31,9 @@ the transport is made, or at its first request when no event loop runs yet). The
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
-from typing import AsyncIterator, Awaitable, Iterator, TypeVar
+from typing import AsyncIterator, Awaitable, Iterator, Sequence, TypeVar
 
 import aiohttp
 
@@ -36,7 +43,7 @@ except ImportError:  # pragma: no cover - exercised only with an older SDK
     import httpx  # type: ignore[no-redef,import-not-found,unused-ignore]
 
 from ..transport import InnerResponse, OhttpClient, VeilClientError, Verifier, wants_stream
-from ..verify import PolicyLike, make_verifier
+from ..verify import DEFAULT_LOG_STATE, PolicyLike, Transparency, make_verifier
 from .tokens import TokenWallet
 
 T = TypeVar("T")
@@ -65,10 +72,19 @@ class VeilAsyncTransport(httpx.AsyncBaseTransport):
         attestation_url: str | None = None,
         send_api_key: bool = False,
         tokens: TokenWallet | None = None,
+        transparency: Transparency | None = None,
+        publisher: str | Sequence[str] | None = None,
+        log: str | None = None,
+        log_key: str | None = None,
+        witnesses: Sequence[str] = (),
+        min_witnesses: int = 0,
+        log_state: str | os.PathLike[str] | None = DEFAULT_LOG_STATE,
     ) -> None:
         self.client = OhttpClient(
             relay_url,
-            verifier=_verifier(policy, allow_simulated, verifier),
+            verifier=_verifier(policy, allow_simulated, verifier,
+                               _transparency(transparency, publisher, log, log_key, witnesses, min_witnesses,
+                                             log_state)),
             keys_url=keys_url,
             attestation_url=attestation_url,
             middlewares=(tokens.middleware(),) if tokens is not None else (),
@@ -122,13 +138,31 @@ class VeilAsyncTransport(httpx.AsyncBaseTransport):
             await self.tokens.close()
 
 
-def _verifier(policy: PolicyLike | None, allow_simulated: bool, verifier: Verifier | None) -> Verifier:
-    """``veil proxy``'s verifier (policy object or file, the insecure flag), or the caller's own instead of it."""
+def _transparency(transparency: Transparency | None, publisher: str | Sequence[str] | None, log: str | None,
+                  log_key: str | None, witnesses: Sequence[str], min_witnesses: int,
+                  log_state: str | os.PathLike[str] | None) -> Transparency | None:
+    """The ``transparency=`` object, or one built from ``publisher=, log=, log_key=`` (all three, or none)."""
+    given = [x is not None for x in (publisher, log, log_key)]
+    if not any(given):
+        return transparency
+    if transparency is not None:
+        raise TypeError("VeilTransport: pass transparency=, or publisher= / log= / log_key=, not both")
+    if not all(given):
+        raise TypeError("VeilTransport: publisher=, log= and log_key= go together")
+    assert publisher is not None and log is not None and log_key is not None
+    return Transparency([publisher] if isinstance(publisher, str) else list(publisher), log, log_key,
+                        list(witnesses), min_witnesses, log_state)
+
+
+def _verifier(policy: PolicyLike | None, allow_simulated: bool, verifier: Verifier | None,
+              transparency: Transparency | None = None) -> Verifier:
+    """``veil proxy``'s verifier (policy object or file, the insecure flag, a transparency log), or the caller's own
+    instead of it."""
     if verifier is not None:
-        if policy is not None or allow_simulated:
-            raise TypeError("VeilTransport: pass a verifier, or a policy / allow_simulated, not both")
+        if policy is not None or allow_simulated or transparency is not None:
+            raise TypeError("VeilTransport: pass a verifier, or a policy / allow_simulated / log, not both")
         return verifier
-    return make_verifier(allow_simulated=allow_simulated, policy=policy)
+    return make_verifier(allow_simulated=allow_simulated, policy=policy, transparency=transparency)
 
 
 class _AsyncStream(httpx.AsyncByteStream):
@@ -166,11 +200,20 @@ class VeilTransport(httpx.BaseTransport):
         attestation_url: str | None = None,
         send_api_key: bool = False,
         tokens: TokenWallet | None = None,
+        transparency: Transparency | None = None,
+        publisher: str | Sequence[str] | None = None,
+        log: str | None = None,
+        log_key: str | None = None,
+        witnesses: Sequence[str] = (),
+        min_witnesses: int = 0,
+        log_state: str | os.PathLike[str] | None = DEFAULT_LOG_STATE,
     ) -> None:
         # Built first: a bad policy file raises here, before a thread is started that nothing would stop.
         self._async = VeilAsyncTransport(relay_url, policy=policy, allow_simulated=allow_simulated, verifier=verifier,
                                          keys_url=keys_url, attestation_url=attestation_url,
-                                         send_api_key=send_api_key, tokens=tokens)
+                                         send_api_key=send_api_key, tokens=tokens, transparency=transparency,
+                                         publisher=publisher, log=log, log_key=log_key, witnesses=witnesses,
+                                         min_witnesses=min_witnesses, log_state=log_state)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="veil-transport", daemon=True)
         self._thread.start()
