@@ -59,13 +59,13 @@ def _other_key_entries(n: int) -> list[bytes]:
 
 async def _fetches(gw_base: str, log_url: str, log: Log, publisher: tlog.Signer, state: Path,
                    iterations: int) -> tuple[list[float], list[float]]:
-    urls = {"keys_url": gw_base + "/.well-known/ohttp-gateway",
-            "attestation_url": gw_base + "/.well-known/veil-attestation"}
-    base = OhttpClient(urls["keys_url"], verifier=make_verifier(allow_simulated=True,
-                                                                policy=Policy.from_dict(POLICY)), **urls)
-    logged = OhttpClient(urls["keys_url"], verifier=make_verifier(
+    keys_url = gw_base + "/.well-known/ohttp-gateway"
+    att_url = gw_base + "/.well-known/veil-attestation"
+    base = OhttpClient(keys_url, verifier=make_verifier(allow_simulated=True, policy=Policy.from_dict(POLICY)),
+                       keys_url=keys_url, attestation_url=att_url)
+    logged = OhttpClient(keys_url, verifier=make_verifier(
         allow_simulated=True, transparency=Transparency([publisher.verifier], log_url, log.signer.verifier,
-                                                        state_file=state)), **urls)
+                                                        state_file=state)), keys_url=keys_url, attestation_url=att_url)
     t_base: list[float] = []
     t_log: list[float] = []
     try:
