@@ -190,7 +190,7 @@ def summarize_collapsed(path: Path, top: int = 25) -> str:
     return "\n".join(out)
 
 
-async def profile_phase(client: Any, chain: Chain, tokens: int, seconds: float, outdir: Path) -> str:
+async def profile_phase(client: Any, chain: Chain, tokens: int, seconds: float, outdir: Path, kind: str = "stream") -> str:
     outdir.mkdir(parents=True, exist_ok=True)
     spy = str(Path(sys.executable).parent / "py-spy")
     recs = []
@@ -203,7 +203,10 @@ async def profile_phase(client: Any, chain: Chain, tokens: int, seconds: float, 
     res = PhaseResult()
     end = PERF() + seconds - 1.5
     while PERF() < end:
-        await stream_phase(client, 16, 1, tokens, {}, res)
+        if kind == "chat":
+            await chat_phase(client, 16, 200, {}, res)
+        else:
+            await stream_phase(client, 16, 1, tokens, {}, res)
     for _, p in recs:
         await asyncio.to_thread(p.wait, 30)
     return "\n\n".join(summarize_collapsed(out) for out, _ in recs if out.exists())
@@ -274,8 +277,9 @@ async def bench(args: argparse.Namespace, engine: Proc, chains: list[Chain]) -> 
             for name, client, pids in order:
                 await chat_phase(client, 16, args.chats, pids, chat_res[name])
         if args.profile:
-            print(f"profiling {chains[0].name} at 16 streams ...", file=sys.stderr, flush=True)
-            profile_text = await profile_phase(paths[1][1], chains[0], args.tokens, args.profile_seconds, args.profile)
+            print(f"profiling {chains[0].name} at 16 {args.profile_kind}s ...", file=sys.stderr, flush=True)
+            profile_text = await profile_phase(paths[1][1], chains[0], args.tokens, args.profile_seconds, args.profile,
+                                               args.profile_kind)
     finally:
         for _, client, _ in paths:
             await client.close()
@@ -353,7 +357,7 @@ async def bench(args: argparse.Namespace, engine: Proc, chains: list[Chain]) -> 
         for t in targets:
             print(t.line())
     if profile_text:
-        print(f"\n### py-spy profile of {chains[0].name} at 16 streams ({args.profile_seconds:.0f} s)\n")
+        print(f"\n### py-spy profile of {chains[0].name} at 16 concurrent {args.profile_kind}s ({args.profile_seconds:.0f} s)\n")
         print("```\n" + profile_text + "\n```")
     if failures:
         print(f"\nFAILED requests: {failures}")
@@ -385,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", type=Path, action="append", default=[])
     p.add_argument("--profile", type=Path)
     p.add_argument("--profile-seconds", type=float, default=12.0)
+    p.add_argument("--profile-kind", choices=("stream", "chat"), default="stream",
+                   help="what load runs while profiling: 16 streams, or non-streamed chats at concurrency 16")
     args = p.parse_args(argv)
     chains = [] if args.no_default else [Chain("chain", ROOT, shlex.split(args.gateway_args))]
     for v in args.variant:
