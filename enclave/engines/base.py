@@ -24,7 +24,8 @@ class InnerResponse:
     """An HTTP response inside the encapsulation, as the gateway encodes it into Binary HTTP.
 
     ``headers`` are lowercase ``(name, value)`` bytes pairs in the order they are sent. The content is either
-    ``body`` (whole) or, when ``events`` is set, a stream of SSE events, each ending in a blank line.
+    ``body`` (whole) or, when ``events`` is set, a stream of SSE events, each ending in a blank line; a piece may
+    hold several complete events (those that were available at once).
     """
 
     status: int

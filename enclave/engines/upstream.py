@@ -161,16 +161,25 @@ class UpstreamEngine:
 
 
 async def _sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """Split an SSE body into events (each ending in a blank line) as bytes arrive."""
+    """Split an SSE body into events (each ending in a blank line) as bytes arrive. The complete events that one
+    read brought are handed on together, as one piece: they are available already, so joining them delays none of
+    them, and the gateway seals and sends one chunk instead of one per event (the end of a stream, or an engine
+    that is ahead of the network)."""
     buf = b""
     complete = False
     try:
         async for piece in resp.content.iter_any():
             buf += piece.replace(b"\r\n", b"\n")
-            while (i := buf.find(b"\n\n")) >= 0:
-                event, buf = buf[: i + 2], buf[i + 2 :]
-                if event.strip():
-                    yield event
+            if (i := buf.rfind(b"\n\n")) < 0:
+                continue
+            ready, buf = buf[: i + 2], buf[i + 2 :]
+            if ready.count(b"\n\n") == 1:
+                if ready.strip():
+                    yield ready  # the usual case: exactly one event
+                continue
+            events = [e for e in ready.split(b"\n\n") if e.strip()]
+            if events:
+                yield b"\n\n".join(events) + b"\n\n"
         if buf.strip():
             yield buf if buf.endswith(b"\n\n") else buf.rstrip(b"\n") + b"\n\n"
         complete = True

@@ -264,14 +264,14 @@ async def _post_chunked(request: web.Request) -> web.StreamResponse:
             # A whole body (an error, or a route that does not stream) travels in the final chunk, padded as a
             # whole so that the one sealed chunk the relay sees has the bucket's size, not the body's.
             last = bhttp.encode_chunk(api_resp.body) if api_resp.body else b""
-        elif not pad and state.config.coalesce_ms <= 0:
-            # Padding and coalescing off: without _events in between, one generator hop less per token.
+        elif state.config.coalesce_ms <= 0:
+            # No coalescing window: without _events in between, one generator hop less per token.
             try:
                 async for piece in api_resp.events:
-                    await write(seal(frame(piece)))
+                    await write(seal(frame(_pad_event(piece, pad))))
                     sent()
             except EngineUnavailable as exc:
-                await write(seal(frame(_engine_failed_event(exc))))
+                await write(seal(frame(_pad_event(_engine_failed_event(exc), pad))))
                 sent()
         else:
             async for piece in _events(api_resp.events, pad, state.config.coalesce_ms / 1000):
