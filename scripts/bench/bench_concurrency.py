@@ -36,6 +36,7 @@ import asyncio
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -192,7 +193,9 @@ def summarize_collapsed(path: Path, top: int = 25) -> str:
 
 async def profile_phase(client: Any, chain: Chain, tokens: int, seconds: float, outdir: Path, kind: str = "stream") -> str:
     outdir.mkdir(parents=True, exist_ok=True)
-    spy = str(Path(sys.executable).parent / "py-spy")
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:
+        return "py-spy not installed (pip install -e '.[bench]'): no profile"
     recs = []
     for name in VEIL_PROCS:
         out = outdir / f"{name}.collapsed"
