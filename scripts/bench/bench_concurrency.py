@@ -133,6 +133,11 @@ async def stream_phase(client: Any, conc: int, per_worker: int, tokens: int, pid
             res.tokens += max(s.tokens, 0)
             res.streams += 1
 
+    await _run_measured(worker, conc, pids, res)
+
+
+async def _run_measured(worker: Any, conc: int, pids: dict[str, int], res: PhaseResult) -> None:
+    """``conc`` copies of ``worker`` at once; their wall time and each process's CPU time go into ``res``."""
     before = {k: cpu_seconds(p) for k, p in pids.items()}
     t0 = PERF()
     await asyncio.gather(*(worker() for _ in range(conc)))
@@ -155,12 +160,7 @@ async def chat_phase(client: Any, conc: int, count: int, pids: dict[str, int], r
                 res.errors += 1
                 print(f"  error: {e!r}"[:300], file=sys.stderr)
 
-    before = {k: cpu_seconds(p) for k, p in pids.items()}
-    t0 = PERF()
-    await asyncio.gather(*(worker() for _ in range(conc)))
-    res.wall += PERF() - t0
-    for k, p in pids.items():
-        res.cpu[k] = res.cpu.get(k, 0.0) + cpu_seconds(p) - before[k]
+    await _run_measured(worker, conc, pids, res)
 
 
 # ---------------------------------------------------------------------------------------------------------------
