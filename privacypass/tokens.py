@@ -163,16 +163,21 @@ class TokenRequest:
             UnsupportedError: a token type other than 0x0002.
             DecodeError: not 259 bytes.
         """
-        if len(data) < 2:
-            raise DecodeError(f"token request truncated: {len(data)} bytes")
-        token_type = int.from_bytes(data[:2], "big")
-        if token_type != TOKEN_TYPE_BLIND_RSA:
-            raise UnsupportedError(f"token type 0x{token_type:04x} is not supported")
+        _check_type(data, "token request")
         if len(data) != _REQUEST_LEN:
             error = DecodeError(f"token request must be {_REQUEST_LEN} bytes, got {len(data)}")
             error.status_hint = 422
             raise error
         return cls(truncated_token_key_id=data[2], blinded_msg=bytes(data[3:]))
+
+
+def _check_type(data: bytes, what: str) -> None:
+    """The leading token_type of a token or token request: 0x0002 (blind RSA) or an error naming it."""
+    if len(data) < 2:
+        raise DecodeError(f"{what} truncated: {len(data)} bytes")
+    token_type = int.from_bytes(data[:2], "big")
+    if token_type != TOKEN_TYPE_BLIND_RSA:
+        raise UnsupportedError(f"token type 0x{token_type:04x} is not supported")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -210,11 +215,7 @@ class Token:
             UnsupportedError: a token type other than 0x0002.
             DecodeError: not 354 bytes.
         """
-        if len(data) < 2:
-            raise DecodeError(f"token truncated: {len(data)} bytes")
-        token_type = int.from_bytes(data[:2], "big")
-        if token_type != TOKEN_TYPE_BLIND_RSA:
-            raise UnsupportedError(f"token type 0x{token_type:04x} is not supported")
+        _check_type(data, "token")
         if len(data) != _TOKEN_LEN:
             raise DecodeError(f"token must be {_TOKEN_LEN} bytes, got {len(data)}")
         return cls(nonce=bytes(data[2:34]), challenge_digest=bytes(data[34:66]), token_key_id=bytes(data[66:98]),

@@ -33,7 +33,9 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from typing import AsyncIterator, Awaitable, Iterator, Sequence, TypeVar
+from typing import AsyncIterator, Awaitable, Iterator, Sequence, TypedDict, TypeVar
+
+from typing_extensions import Unpack
 
 import aiohttp
 
@@ -56,6 +58,25 @@ def _response(inner: InnerResponse, client: OhttpClient, stream: httpx.SyncByteS
     if stream is None:
         return httpx.Response(inner.status, headers=headers, content=inner.body)
     return httpx.Response(inner.status, headers=headers, stream=stream)
+
+
+class TransportOptions(TypedDict, total=False):
+    """The keyword options of both transports (see :class:`VeilAsyncTransport`)."""
+
+    policy: PolicyLike | None
+    allow_simulated: bool
+    verifier: Verifier | None
+    keys_url: str | None
+    attestation_url: str | None
+    send_api_key: bool
+    tokens: TokenWallet | None
+    transparency: Transparency | None
+    publisher: str | Sequence[str] | None
+    log: str | None
+    log_key: str | None
+    witnesses: Sequence[str]
+    min_witnesses: int
+    log_state: str | os.PathLike[str] | None
 
 
 class VeilAsyncTransport(httpx.AsyncBaseTransport):
@@ -189,35 +210,14 @@ async def _await(aw: Awaitable[T]) -> T:
 class VeilTransport(httpx.BaseTransport):
     """For ``httpx.Client`` / ``openai.OpenAI``: runs the async client on a private event-loop thread."""
 
-    def __init__(
-        self,
-        relay_url: str,
-        *,
-        policy: PolicyLike | None = None,
-        allow_simulated: bool = False,
-        verifier: Verifier | None = None,
-        keys_url: str | None = None,
-        attestation_url: str | None = None,
-        send_api_key: bool = False,
-        tokens: TokenWallet | None = None,
-        transparency: Transparency | None = None,
-        publisher: str | Sequence[str] | None = None,
-        log: str | None = None,
-        log_key: str | None = None,
-        witnesses: Sequence[str] = (),
-        min_witnesses: int = 0,
-        log_state: str | os.PathLike[str] | None = DEFAULT_LOG_STATE,
-    ) -> None:
+    def __init__(self, relay_url: str, **options: Unpack[TransportOptions]) -> None:
+        """The same options as :class:`VeilAsyncTransport` (which it runs)."""
         # Built first: a bad policy file raises here, before a thread is started that nothing would stop.
-        self._async = VeilAsyncTransport(relay_url, policy=policy, allow_simulated=allow_simulated, verifier=verifier,
-                                         keys_url=keys_url, attestation_url=attestation_url,
-                                         send_api_key=send_api_key, tokens=tokens, transparency=transparency,
-                                         publisher=publisher, log=log, log_key=log_key, witnesses=witnesses,
-                                         min_witnesses=min_witnesses, log_state=log_state)
+        self._async = VeilAsyncTransport(relay_url, **options)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="veil-transport", daemon=True)
         self._thread.start()
-        if tokens is not None:  # fill the pool now, on the transport's loop, without waiting for it
+        if options.get("tokens") is not None:  # fill the pool now, on the transport's loop, without waiting for it
             self._loop.call_soon_threadsafe(self._async.start_prefetch)
 
     def _run(self, coro: Awaitable[T]) -> T:

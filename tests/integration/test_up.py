@@ -57,6 +57,13 @@ def children_of(pid: int) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
+def stops_cleanly(proc: subprocess.Popen[str], kids: list[int], timeout: float = 30) -> None:
+    """``veil up`` says it stopped, exits 0, and leaves none of its children behind."""
+    read_until(proc, "veil up: stopped.", timeout=timeout)
+    assert proc.wait(timeout=15) == 0
+    assert not [k for k in kids if os.path.exists(f"/proc/{k}")]
+
+
 def test_chat_in_a_terminal_answers_and_end_of_input_stops_everything() -> None:
     proc, tty = start_in_terminal()
     try:
@@ -66,9 +73,7 @@ def test_chat_in_a_terminal_answers_and_end_of_input_stops_everything() -> None:
         os.write(tty, b"the capital of France\n")
         assert "veil> the capital of France" in read_until(proc, "veil> ")
         os.write(tty, b"\x04")  # Ctrl-D at the start of a line: end of input
-        assert "veil up: stopped." in read_until(proc, "veil up: stopped.")
-        assert proc.wait(timeout=15) == 0
-        assert not [k for k in kids if os.path.exists(f"/proc/{k}")]
+        stops_cleanly(proc, kids)
     finally:
         os.close(tty)
         if proc.poll() is None:
@@ -98,10 +103,8 @@ def test_ctrl_c_while_waiting_for_input_exits_promptly() -> None:
         kids = children_of(proc.pid)
         time.sleep(0.5)  # the chat is now blocked reading stdin (which stays open)
         proc.send_signal(signal.SIGINT)
-        read_until(proc, "veil up: stopped.", timeout=30)
         # Before the fix the process then waited in input() until the next Enter.
-        assert proc.wait(timeout=10) == 0
-        assert not [k for k in kids if os.path.exists(f"/proc/{k}")]
+        stops_cleanly(proc, kids)
     finally:
         os.close(tty)
         if proc.poll() is None:
@@ -125,9 +128,7 @@ def test_without_a_terminal_it_serves_the_sdk_until_sigterm() -> None:
         r = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "still serving"}])
         assert r.choices[0].message.content == "still serving"
         proc.send_signal(signal.SIGTERM)
-        read_until(proc, "veil up: stopped.", timeout=30)
-        assert proc.wait(timeout=10) == 0
-        assert not [k for k in kids if os.path.exists(f"/proc/{k}")]
+        stops_cleanly(proc, kids)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -188,6 +188,15 @@ class TestRFC9458:
 # Chunked OHTTP draft-08 Appendix A
 
 
+
+def _split(data: bytes, parts: list[bytes], how: str) -> list[bytes]:
+    """The same bytes fed three ways (h11's reader test): as the vector's parts, whole, or one byte at a time."""
+    if how == "parts":
+        return parts
+    if how == "whole":
+        return [data]
+    return [data[i : i + 1] for i in range(len(data))]
+
 class TestChunkedDraft08:
     v = CHUNKED
 
@@ -241,13 +250,7 @@ class TestChunkedDraft08:
     @pytest.mark.parametrize("split", ["parts", "whole", "bytewise"])
     def test_gateway_decodes_request_incrementally(self, split: str) -> None:
         gw = ChunkedGatewayRequest(KeyRing([self.gateway_key()]))
-        data = h(self.v["encapsulated_request"])
-        if split == "parts":
-            pieces = self.request_parts()
-        elif split == "whole":
-            pieces = [data]
-        else:
-            pieces = [data[i : i + 1] for i in range(len(data))]
+        pieces = _split(h(self.v["encapsulated_request"]), self.request_parts(), split)
         chunks: list[Chunk] = []
         for i, piece in enumerate(pieces):
             gw.receive_data(piece)
@@ -302,13 +305,7 @@ class TestChunkedDraft08:
         client = self.client()
         client.encode_chunk(h(self.v["request_bhttp"]), final=True)
         dec = client.response()
-        data = h(self.v["encapsulated_response"])
-        if split == "parts":
-            pieces = self.response_parts()
-        elif split == "whole":
-            pieces = [data]
-        else:
-            pieces = [data[i : i + 1] for i in range(len(data))]
+        pieces = _split(h(self.v["encapsulated_response"]), self.response_parts(), split)
         chunks: list[Chunk] = []
         for i, piece in enumerate(pieces):
             dec.receive_data(piece)
