@@ -51,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     raw.add_argument("--gpu-chain", metavar="F", action="append", help="NVIDIA device certificate chain (PEM)")
     raw.add_argument("--rim", metavar="F", action="append", help="NVIDIA RIM (driver or VBIOS reference measurements, "
                      "SWID XML) for raw GPU evidence or added to a bundle's; repeat per file")
+    raw.add_argument("--switch-evidence", metavar="F", help="NVSwitch evidence of a protected-PCIe system (nvtrust JSON "
+                     "list, each switch's report and chain), with --gpu-evidence; checked against the same --nonce")
     raw.add_argument("--nonce", metavar="HEX", help="expected GPU nonce for raw GPU evidence")
     raw.add_argument("--azure-evidence", metavar="F", help="Azure CVM evidence (az-snp-vtpm / az-tdx-vtpm JSON: "
                      "HCL report, vTPM quote, PCRs, VCEK)")
@@ -284,6 +286,9 @@ def run(args: argparse.Namespace) -> int:
             policy = policy.auditing()
         now = parse_time(args.at)
         bundle = _load(args)
+        if args.switch_evidence and bundle.platform != "nvidia":
+            print("veil attest: --switch-evidence goes with raw --gpu-evidence", file=sys.stderr)
+            return 2
         if args.publisher or args.log:
             return _verify_with_log(args, bundle, now)
         if bundle.platform == "nvidia":  # raw GPU evidence only
@@ -291,8 +296,14 @@ def run(args: argparse.Namespace) -> int:
             from .nvidia.verify import verify_nvidia
 
             nonce = bytes.fromhex(args.nonce) if args.nonce else None
+            switches = None
+            if args.switch_evidence:
+                from .nvidia import load_nvtrust_evidence_list
+
+                switches = load_nvtrust_evidence_list(_read(args.switch_evidence))
             verdict = verify_nvidia(decode_gpu_evidence(bundle.gpu_evidence), policy.get(NvidiaPolicy), now=now,
-                                    expected_nonce=nonce, rims=[_read(f) for f in args.rim or []])
+                                    expected_nonce=nonce, rims=[_read(f) for f in args.rim or []],
+                                    switches=switches)
         else:
             if args.no_binding and bundle.platform not in policy.platforms and bundle.platform != "simulated":
                 # Auditing raw evidence of a platform the policy file does not list: check it anyway, and say so.

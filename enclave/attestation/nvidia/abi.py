@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -53,6 +54,9 @@ NONCE_SIZE: Final = 32
 SIGNATURE_SIZE: Final = 96  # ECDSA P-384: 48-byte r || 48-byte s
 FWID_SIZE: Final = 48  # SHA-384
 VBIOS_VERSION_SIZE: Final = 8
+#: NVSwitch (LS10) reports carry VBIOS_VERSION as NUL-free ASCII text, e.g. ``96.10.73.00.01`` (14 bytes).
+SWITCH_VBIOS_VERSION_SIZE: Final = 14
+MAX_SWITCHES: Final = 16
 DMTF_MEASUREMENT_SPEC: Final = 0x01
 ALL_MEASUREMENTS: Final = 0xFF
 # Bounds on what we are willing to parse: an H100 report is ~4.2 KB and its chain ~5 KB. Anything far larger is not a
@@ -201,6 +205,22 @@ def parse_gpu_report(data: bytes) -> GpuReport:
         EvidenceFormatError: wrong size, SPDM version or codes, reserved bits set, malformed measurement blocks or
             opaque TLVs, or non-zero bytes after the signature.
     """
+    return _parse_spdm_report(data, _vbios_version)
+
+
+def parse_switch_report(data: bytes) -> GpuReport:
+    """Parse one NVSwitch (LS10, protected-PCIe systems) attestation report: the same SPDM 1.1 layout as a GPU's,
+    with the switch's own field sizes: VBIOS_VERSION is 14 bytes of ASCII (``96.10.73.00.01``), not the GPU's 8-byte
+    binary form, and there is no FWID opaque field. GPU parsing is unchanged: :func:`parse_gpu_report` still refuses
+    a switch report.
+
+    Raises:
+        EvidenceFormatError: as :func:`parse_gpu_report`, or a VBIOS_VERSION that is not the switch's text form.
+    """
+    return _parse_spdm_report(data, _switch_vbios_version)
+
+
+def _parse_spdm_report(data: bytes, vbios: Callable[[bytes], str]) -> GpuReport:
     if not isinstance(data, bytes):
         raise EvidenceFormatError(f"GPU report must be bytes, not {type(data).__name__}")
     if len(data) > MAX_REPORT_SIZE:
@@ -271,7 +291,7 @@ def parse_gpu_report(data: bytes) -> GpuReport:
         opaque_fields=fields,
         signature=signature,
         driver_version=_opt(by_type, OpaqueFieldId.DRIVER_VERSION, _ascii),
-        vbios_version=_opt(by_type, OpaqueFieldId.VBIOS_VERSION, _vbios_version),
+        vbios_version=_opt(by_type, OpaqueFieldId.VBIOS_VERSION, vbios),
         fwid=_opt(by_type, OpaqueFieldId.FWID, _fwid),
         feature_flag=_opt(by_type, OpaqueFieldId.FEATURE_FLAG, _small_uint),
         protected_pcie_status=_opt(by_type, OpaqueFieldId.PROTECTED_PCIE_STATUS, _byte),
@@ -351,6 +371,19 @@ def _vbios_version(value: bytes) -> str:
     if any(value[5:]):
         raise EvidenceFormatError(f"upper bytes not zero: {value.hex()}")
     return ".".join(f"{value[i]:02X}" for i in (3, 2, 1, 0, 4))
+
+
+_SWITCH_VBIOS = re.compile(r"[0-9A-Fa-f]{2}(\.[0-9A-Fa-f]{2}){4}")
+
+
+def _switch_vbios_version(value: bytes) -> str:
+    """Fourteen ASCII bytes ``xx.xx.xx.xx.xx`` (hex pairs) -> upper case, e.g. ``96.10.73.00.01``."""
+    if len(value) != SWITCH_VBIOS_VERSION_SIZE:
+        raise EvidenceFormatError(f"{len(value)} bytes, expected {SWITCH_VBIOS_VERSION_SIZE}")
+    text = value.decode("ascii", errors="replace")
+    if not _SWITCH_VBIOS.fullmatch(text):
+        raise EvidenceFormatError(f"not a switch VBIOS version (xx.xx.xx.xx.xx): {value.hex()}")
+    return text.upper()
 
 
 def _fwid(value: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""The ``[nvidia]`` policy section: driver and VBIOS allow lists, RIM pins, GPU count, and the CC-mode caveat."""
+"""The ``[nvidia]`` policy section: driver and VBIOS allow lists, RIM pins, GPU and switch counts, and the CC-mode caveat."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ class NvidiaPolicy:
     allowed_rim_sha256: tuple[str, ...] = ()
     #: The number of GPUs the evidence must hold (None: any number, at least one).
     gpu_count: int | None = None
+    #: The number of NVSwitches (protected-PCIe systems) the switch evidence must hold (None: not checked).
+    switch_count: int | None = None
     #: Refuse a GPU whose device or RIM chain has no good stapled OCSP answer (revoked is refused regardless).
     require_ocsp: bool = False
 
@@ -37,6 +39,9 @@ class NvidiaPolicy:
         count = d.pop("gpu_count", None)
         if count is not None and (type(count) is not int or not 1 <= count <= 64):
             raise EvidenceFormatError(f"[nvidia] gpu_count must be an integer 1..64, not {count!r}")
+        switches = d.pop("switch_count", None)
+        if switches is not None and (type(switches) is not int or not 0 <= switches <= 16):
+            raise EvidenceFormatError(f"[nvidia] switch_count must be an integer 0..16, not {switches!r}")
         policy = cls(
             allowed_driver_versions=tuple(d.pop("allowed_driver_versions", [])),
             allowed_vbios_versions=tuple(d.pop("allowed_vbios_versions", [])),
@@ -44,6 +49,7 @@ class NvidiaPolicy:
             allowed_rim_ids=tuple(d.pop("allowed_rim_ids", [])),
             allowed_rim_sha256=tuple(str(x).lower() for x in d.pop("allowed_rim_sha256", [])),
             gpu_count=count,
+            switch_count=switches,
             require_ocsp=bool(d.pop("require_ocsp", False)),
         )
         if d:

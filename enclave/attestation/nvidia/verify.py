@@ -30,11 +30,14 @@ from ..result import Verdict
 from .abi import (
     MAX_CHAIN_TEXT,
     MAX_GPUS,
+    MAX_SWITCHES,
     NONCE_SIZE,
     GpuReport,
+    OpaqueFieldId,
     parse_cert_fwid,
     parse_dice_tcb_info_fwid,
     parse_gpu_report,
+    parse_switch_report,
 )
 from .rim import (
     NVIDIA_RIM_ROOT_SHA256,
@@ -60,6 +63,7 @@ NVDEC0_RIM_INDEX: Final = 35
 NVDEC0_DISABLED: Final = 0x55
 MAX_CHAIN_CERTS: Final = 8  # Hopper ships 5: FMC LF, BROM, Provisioner ICA, GH100 Identity, Device Identity CA
 NO_BINDING_DETAIL: Final = "nonce not checked (--no-binding)"
+SWITCH_NO_RIM_DETAIL: Final = "not compared: no LS10 RIM available"
 REVOCATION_NOTE: Final = "revocation status unknown (offline): OCSP for the device chain was not checked"
 
 _E = TypeVar("_E", bound=x509.ExtensionType)
@@ -229,6 +233,7 @@ def verify_nvidia(
     expected_nonce: bytes | None,
     rims: Sequence[bytes] = (),
     ocsp_responses: Sequence[OCSPResponse] = (),
+    switches: Sequence[tuple[bytes, str]] | None = None,
 ) -> Verdict:
     """Verify every GPU's evidence ``(report bytes, PEM chain)``; the verdict passes only if every check of every GPU
     passes. Checks are named ``gpu[i] <step>``; steps that span GPUs are named ``gpus <step>``.
@@ -247,7 +252,11 @@ def verify_nvidia(
     CC mode: reports carry no CC on/off/devtools field (FEATURE_FLAG is the multi-GPU mode). When RIMs are given, the
     check passes only if both RIMs are authentic and every measurement matches (NVIDIA's verifiers emit their
     secure-boot and debug-disabled claims on exactly that condition; those claims are added). Without RIMs the check
-    is recorded as not checkable (``ok=None``) unless the policy accepts that visibly. Revocation (OCSP) is never checked offline: it is listed in
+    is recorded as not checkable (``ok=None``) unless the policy accepts that visibly.
+
+    ``switches``: NVSwitch evidence ``(report bytes, PEM chain)`` of a protected-PCIe system, checked as
+    ``switch[i] <step>`` against the same ``expected_nonce`` (see :func:`_verify_switches`); ``policy.switch_count``,
+    when set, is checked even when no switch evidence is given (0 switches). Revocation (OCSP) is never checked offline: it is listed in
     ``claims["notes"]`` as unknown and is never a passing check.
 
     Raises:
@@ -309,7 +318,106 @@ def verify_nvidia(
             expected="one (FEATURE_FLAG, PROTECTED_PCIE_STATUS) for all GPUs",
             found=", ".join(sorted(f"{m}/{_hex(p)}" for m, p in distinct_modes)) or "none parsed",
         )
+    if switches is not None or policy.switch_count is not None:
+        _verify_switches(verdict, list(switches or ()), policy, now, expected_nonce, notes)
     return verdict
+
+
+def _verify_switches(
+    v: Verdict,
+    switches: list[tuple[bytes, str]],
+    policy: NvidiaPolicy,
+    now: datetime.datetime,
+    expected_nonce: bytes | None,
+    notes: list[str],
+) -> None:
+    """NVSwitch (LS10) evidence of a protected-PCIe system: per switch ``switch[i] <step>``: parse (switch field
+    sizes), chain to the pinned NVIDIA device root, validity, FWID (only when the report carries one: LS10 reports do
+    not), SPDM signature by the leaf key, nonce == ``expected_nonce`` (the same key-derived nonce as the GPUs).
+    Measurements are never compared (no LS10 RIM is available) and say so as a not-checked line, never a pass."""
+    switch_claims: list[dict[str, Any]] = []
+    v.claims["switches"] = switch_claims
+    if policy.switch_count is not None:
+        v.add("switches policy count", len(switches) == policy.switch_count, expected=str(policy.switch_count),
+              found=str(len(switches)), detail="[nvidia] switch_count")
+    if not switches:
+        return
+    if not v.add("switches count", len(switches) <= MAX_SWITCHES, expected=f"1..{MAX_SWITCHES}",
+                 found=str(len(switches))):
+        return
+    leaf_keys: list[bytes | None] = []
+    for i, (raw, pem) in enumerate(switches):
+        prefix = f"switch[{i}] "
+        claims: dict[str, Any] = {"revocation": "unknown"}
+        switch_claims.append(claims)
+        notes.append(f"switch[{i}] {REVOCATION_NOTE}; reported as unknown, never as good")
+        report: GpuReport | None = None
+        try:
+            report = parse_switch_report(raw)
+        except EvidenceFormatError as exc:
+            v.add(prefix + "parse", False, detail=str(exc))
+        else:
+            v.add(prefix + "parse", True, found=f"SPDM 1.1, {len(report.blocks)} measurement blocks, "
+                  f"{len(report.opaque_fields)} opaque fields")
+            pdi = report.opaque(OpaqueFieldId.SWITCH_PDI)
+            claims.update(vbios_version=report.vbios_version, nonce=report.nonce.hex(),
+                          switch_pdi=None if pdi is None else pdi.hex())
+        chain: ChainResult | None = None
+        try:
+            chain = check_chain(parse_cert_chain(pem), now)
+        except (EvidenceFormatError, UnsupportedAlgorithm, ValueError) as exc:
+            v.add(prefix + "cert chain", False, detail=str(exc))
+            v.add(prefix + "cert validity", False, detail="no chain")
+            v.add(prefix + "root pinned", False, expected=NVIDIA_DEVICE_ROOT_SHA256, detail="no chain")
+        else:
+            v.add(prefix + "cert chain", chain.signatures_ok, detail=chain.signatures_detail)
+            v.add(prefix + "cert validity", chain.validity_ok, detail=chain.validity_detail)
+            v.add(prefix + "root pinned", hmac.compare_digest(chain.root_fingerprint, NVIDIA_DEVICE_ROOT_SHA256),
+                  expected=NVIDIA_DEVICE_ROOT_SHA256, found=chain.root_fingerprint,
+                  detail="SHA-256 of the root certificate's DER")
+            claims["device"] = chain.leaf.subject.rfc4514_string()
+        if report is None:
+            leaf_keys.append(None)
+            continue
+        leaf_key: ec.EllipticCurvePublicKey | None = None
+        if chain is not None:
+            key = chain.leaf.public_key()
+            if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP384R1):
+                leaf_key = key
+        if report.fwid is not None:
+            if chain is None:
+                v.add(prefix + "fwid", False, detail="no leaf certificate")
+            else:
+                try:
+                    cfwid = cert_fwid(chain.leaf)
+                except EvidenceFormatError as exc:
+                    v.add(prefix + "fwid", False, found=report.fwid.hex(), detail=str(exc))
+                else:
+                    v.add(prefix + "fwid", hmac.compare_digest(cfwid, report.fwid), expected=cfwid.hex(),
+                          found=report.fwid.hex(), detail="leaf TcbInfo FWID vs report opaque FWID")
+        else:
+            notes.append(f"switch[{i}] fwid not compared: the report carries no FWID opaque field (LS10)")
+        if leaf_key is None:
+            v.add(prefix + "signature", False, detail="no usable P-384 leaf key")
+        else:
+            v.add(prefix + "signature", verify_report_signature(report, leaf_key),
+                  detail=f"ECDSA P-384/SHA-384 over {len(report.signed_bytes)} bytes (request || response - "
+                  "signature)")
+        if expected_nonce is None:
+            v.add(prefix + "nonce", True, found=report.nonce.hex(), detail=NO_BINDING_DETAIL)
+        else:
+            v.add(prefix + "nonce", len(expected_nonce) == NONCE_SIZE
+                  and hmac.compare_digest(expected_nonce, report.nonce), expected=expected_nonce.hex(),
+                  found=report.nonce.hex(), detail="requester nonce in GET_MEASUREMENTS (the GPUs' nonce)")
+        v.add(prefix + "measurements", None, found=f"{len(report.blocks)} blocks",
+              detail=SWITCH_NO_RIM_DETAIL)
+        leaf_keys.append(None if leaf_key is None
+                         else leaf_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+    if len(switches) > 1:
+        present = [k for k in leaf_keys if k is not None]
+        v.add("switches distinct devices", len(present) == len(switches) and len(set(present)) == len(present),
+              expected=f"{len(switches)} distinct device keys",
+              found=f"{len(set(present))} distinct of {len(present)} parsed")
 
 
 def _verify_one(
