@@ -15,6 +15,7 @@ than ``MAX_CHUNK_SIZE`` into several chunks, the size every peer must accept.
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Final
 
@@ -185,7 +186,7 @@ class _ResponseCipher:
         return self._aead.open(self._next_nonce(), ct, AAD_FINAL if final else b"")
 
 
-class _ChunkDecoder:
+class _ChunkDecoder(ABC):
     """What both chunk decoders share: the reader, feeding it, and staying failed after any error."""
 
     _reader: _ChunkReader
@@ -207,8 +208,9 @@ class _ChunkDecoder:
             r.failed = True
             raise
 
+    @abstractmethod
     def _next(self, r: _ChunkReader) -> Chunk | _NeedData:
-        raise NotImplementedError
+        """Decode the next chunk from ``r`` (each direction knows its header and its framing)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
