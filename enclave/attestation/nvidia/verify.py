@@ -323,6 +323,21 @@ def verify_nvidia(
     return verdict
 
 
+def _check_fwid(v: Verdict, prefix: str, chain: ChainResult | None, fwid: bytes | None) -> None:
+    """The leaf certificate's TcbInfo FWID against the report's: ties the leaf (the firmware identity it was issued
+    to) to the firmware that produced the report, so a leaf of another firmware build cannot vouch for it."""
+    if chain is None or fwid is None:
+        v.add(prefix + "fwid", False, detail="no leaf certificate")
+        return
+    try:
+        cfwid = cert_fwid(chain.leaf)
+    except EvidenceFormatError as exc:
+        v.add(prefix + "fwid", False, found=fwid.hex(), detail=str(exc))
+    else:
+        v.add(prefix + "fwid", hmac.compare_digest(cfwid, fwid), expected=cfwid.hex(), found=fwid.hex(),
+              detail="leaf TcbInfo FWID vs report opaque FWID")
+
+
 def _verify_switches(
     v: Verdict,
     switches: list[tuple[bytes, str]],
@@ -385,16 +400,7 @@ def _verify_switches(
             if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP384R1):
                 leaf_key = key
         if report.fwid is not None:
-            if chain is None:
-                v.add(prefix + "fwid", False, detail="no leaf certificate")
-            else:
-                try:
-                    cfwid = cert_fwid(chain.leaf)
-                except EvidenceFormatError as exc:
-                    v.add(prefix + "fwid", False, found=report.fwid.hex(), detail=str(exc))
-                else:
-                    v.add(prefix + "fwid", hmac.compare_digest(cfwid, report.fwid), expected=cfwid.hex(),
-                          found=report.fwid.hex(), detail="leaf TcbInfo FWID vs report opaque FWID")
+            _check_fwid(v, prefix, chain, report.fwid)
         else:
             notes.append(f"switch[{i}] fwid not compared: the report carries no FWID opaque field (LS10)")
         if leaf_key is None:
@@ -485,20 +491,10 @@ def _verify_one(
         if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP384R1):
             leaf_key = key
 
-    # FWID: ties the leaf certificate (the GSP firmware identity it was issued to) to the firmware that produced the
-    # report, so a leaf from another firmware build cannot vouch for these measurements.
-    if chain is None:
-        v.add(prefix + "fwid", False, detail="no leaf certificate")
-    elif report.fwid is None:
+    if chain is not None and report.fwid is None:
         v.add(prefix + "fwid", False, detail="report has no FWID opaque field")
     else:
-        try:
-            cfwid = cert_fwid(chain.leaf)
-        except EvidenceFormatError as exc:
-            v.add(prefix + "fwid", False, found=report.fwid.hex(), detail=str(exc))
-        else:
-            v.add(prefix + "fwid", hmac.compare_digest(cfwid, report.fwid), expected=cfwid.hex(),
-                  found=report.fwid.hex(), detail="leaf TcbInfo FWID vs report opaque FWID")
+        _check_fwid(v, prefix, chain, report.fwid)
 
     if leaf_key is None:
         v.add(prefix + "signature", False, detail="no usable P-384 leaf key")
