@@ -25,7 +25,7 @@ from pyhpke import CipherSuite, KEMKeyInterface, KEMKeyPair
 from pyhpke import KDFId as _PKDFId
 from pyhpke import KEMId as _PKEMId
 
-from . import _xwing
+from . import _hkdf, _xwing
 from .errors import DecryptError, LocalProtocolError, UnsupportedError
 
 __all__ = ["KemId", "KdfId", "AeadId"]
@@ -315,16 +315,9 @@ def hkdf_extract(kdf: KdfId, salt: bytes, ikm: bytes) -> bytes:
 def hkdf_expand(kdf: KdfId, prk: bytes, info: bytes, length: int) -> bytes:
     """Plain RFC 5869 HKDF-Expand."""
     name = _HASHES[kdf]
-    if length <= _HASH_LEN[kdf]:
+    if length <= _HASH_LEN[kdf]:  # one block: the common case, without the loop
         return hmac.digest(prk, info + b"\x01", name)[:length]
-    out = b""
-    block = b""
-    counter = 1
-    while len(out) < length:
-        block = hmac.digest(prk, block + info + bytes((counter,)), name)
-        out += block
-        counter += 1
-    return out[:length]
+    return _hkdf.expand(name, prk, info, length)
 
 
 class Aead:

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey, 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from . import _hkdf
 from .errors import DecryptError, LocalProtocolError, UnsupportedError
 
 __all__: list[str] = []
@@ -175,17 +176,6 @@ def suite_id(kdf: int, aead: int) -> bytes:
     return b"HPKE" + KEM_ID.to_bytes(2, "big") + kdf.to_bytes(2, "big") + aead.to_bytes(2, "big")
 
 
-def _hkdf_expand(name: str, prk: bytes, info: bytes, length: int) -> bytes:
-    out = b""
-    block = b""
-    counter = 1
-    while len(out) < length:
-        block = hmac.digest(prk, block + info + bytes((counter,)), name)
-        out += block
-        counter += 1
-    return out[:length]
-
-
 class _Kdf:
     """LabeledExtract/Expand (two-stage) or LabeledDerive (single-stage) under one suite id."""
 
@@ -208,7 +198,7 @@ class _Kdf:
 
     def expand(self, prk: bytes, label: bytes, info: bytes, length: int) -> bytes:
         labeled = length.to_bytes(2, "big") + _HPKE_V1 + self._sid + label + info
-        return _hkdf_expand(self._name, prk, labeled, length)
+        return _hkdf.expand(self._name, prk, labeled, length)
 
     def derive(self, ikm: bytes, label: bytes, context: bytes, length: int) -> bytes:
         return _labeled_derive(self._name, ikm, self._sid, label, context, length)
