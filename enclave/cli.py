@@ -192,8 +192,21 @@ def _with_attested_identity(config: GatewayConfig, args: argparse.Namespace,
         model_manifest_sha256=model.stats.manifest.sha256 if model is not None else None,
         model_key_origin=None if model is None else "file" if args.model_key_file else "broker",
         engine_launch=_engine_launch(engine, model),
+        key_broker=args.key_broker or None,
+        key_broker_policy_sha256=_file_sha256(args.key_broker_policy) if args.key_broker else None,
         **({} if provider is None else _gpu_check(provider)),  # type: ignore[arg-type]
     )
+
+
+def _file_sha256(path: str | None) -> str | None:
+    """SHA-256 (hex) of a file's bytes, None without one (the broker policy is checked, and read, by the KBS client
+    before this runs: a missing file has already stopped the gateway)."""
+    if not path:
+        return None
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def run(args: argparse.Namespace) -> int:

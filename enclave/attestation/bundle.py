@@ -68,6 +68,11 @@ CONFIG_FIELDS: Final[dict[str, tuple[type, ...]]] = {
     # How many GPUs NVML saw at start (null unless gpu_cc_checked is "nvml"): every one of them is in the evidence,
     # so a client sees a GPU left out of the evidence (the verifier compares it with the reports).
     "gpu_count": (int, type(None)),
+    # With key_origin "broker": which broker the OHTTP keys came from and under which policy its own evidence was
+    # accepted (SHA-256 of the --key-broker-policy file). Both are set by the host: bound, so a client policy can pin
+    # the broker policy and a host cannot point the gateway at a broker of its own choosing unseen.
+    "key_broker": (str, type(None)),
+    "key_broker_policy_sha256": (str, type(None)),
 }
 _MAX_JSON_INT: Final = 2**53 - 1
 #: ASCII names only: sorting them is the same in every language (JCS sorts by UTF-16 units, Python by code points)

@@ -55,6 +55,9 @@ class GatewayConfig:
     #: evidence) and how many GPUs NVML saw (None unless "nvml"); bound into the evidence
     gpu_cc_checked: str | None = None
     gpu_count: int | None = None
+    #: the key broker's URL and the SHA-256 of the policy its evidence had to pass (None without --key-broker)
+    key_broker: str | None = None
+    key_broker_policy_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.key_origin not in KEY_ORIGINS:
@@ -83,4 +86,6 @@ class GatewayConfig:
             "engine_launch": self.engine_launch,
             "gpu_cc_checked": self.gpu_cc_checked,
             "gpu_count": self.gpu_count,
+            "key_broker": self.key_broker,
+            "key_broker_policy_sha256": self.key_broker_policy_sha256,
         }

@@ -133,6 +133,12 @@ async def test_two_gateways_fetch_one_key_set_and_publish_identical_configs(
     for x in lines:
         assert list(x) == AUDIT_FIELDS and x["platform"] == "simulated" and x["measurement"] == MEASUREMENT.hex()
     assert len({x["session"] for x in lines}) == 2
+    # Which broker, under which policy of its evidence, is bound into each gateway's own evidence.
+    import hashlib
+
+    config = orjson.loads(await fetch(gws[0].base + "/.well-known/veil-attestation"))["config"]
+    assert config["key_origin"] == "broker" and config["key_broker"] == broker.base
+    assert config["key_broker_policy_sha256"] == hashlib.sha256((files.dir / "allow.toml").read_bytes()).hexdigest()
 
 
 async def test_audit_log_one_line_per_release_and_no_evidence(broker: BrokerProc, files: BrokerFiles) -> None:
