@@ -71,6 +71,7 @@ from .tiles import (
     parse_entry_bundle,
     parse_tile,
     parse_tile_path,
+    root_from_levels,
     tile_path,
     tiles_to_write,
 )
@@ -128,6 +129,7 @@ __all__ = [
     "parse_verifier_key",
     "root_from_inclusion",
     "root_from_leaf_hashes",
+    "root_from_levels",
     "sign_checkpoint",
     "sign_note",
     "tile_path",

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import MalformedError, ProofError
-from .merkle import HASH_SIZE, node_hash
+from .merkle import EMPTY_ROOT, HASH_SIZE, node_hash
 
 __all__ = [
     "TILE_WIDTH",
@@ -32,6 +32,7 @@ __all__ = [
     "generic_inclusion_proof",
     "generic_consistency_proof",
     "extend_levels",
+    "root_from_levels",
     "tiles_to_write",
 ]
 
@@ -279,28 +280,75 @@ def consistency_proof_from_tiles(tiles: Mapping[TileId, bytes], size1: int, size
 # --- the writer's side ------------------------------------------------------------------------------------------
 
 
-def extend_levels(levels: list[list[bytes]], new_leaf_hashes: Sequence[bytes]) -> None:
-    """Append leaves to ``levels`` (level l = the roots of full 256**l-leaf subtrees), in place."""
+def extend_levels(levels: list[list[bytes]], new_leaf_hashes: Sequence[bytes],
+                  starts: list[int] | None = None) -> None:
+    """Append leaves to ``levels`` (level l = the roots of full 256**l-leaf subtrees), in place.
+
+    ``starts[l]``, when given, is the index within level l of ``levels[l][0]``: a writer that keeps only the right
+    edge (each level from the first hash of its last, partial tile on) passes it, so an append costs the new leaves,
+    not the whole tree. A level this adds starts at 0 (it had no hash before)."""
+    if starts is None:
+        starts = [0] * len(levels)
+    if len(starts) != len(levels):
+        raise ValueError("extend_levels: one start per level")
     if not levels:
         levels.append([])
+        starts.append(0)
     levels[0].extend(new_leaf_hashes)
     lv = 0
-    while len(levels[lv]) >= TILE_WIDTH:
+    while starts[lv] + len(levels[lv]) >= TILE_WIDTH:
         if len(levels) == lv + 1:
             levels.append([])
+            starts.append(0)
         above = levels[lv + 1]
-        while (len(above) + 1) * TILE_WIDTH <= len(levels[lv]):
-            start = len(above) * TILE_WIDTH
-            chunk = levels[lv][start : start + TILE_WIDTH]
-            while len(chunk) > 1:
-                chunk = [node_hash(chunk[i], chunk[i + 1]) for i in range(0, len(chunk), 2)]
-            above.append(chunk[0])
+        while (starts[lv + 1] + len(above) + 1) * TILE_WIDTH <= starts[lv] + len(levels[lv]):
+            start = (starts[lv + 1] + len(above)) * TILE_WIDTH - starts[lv]
+            if start < 0:
+                raise ValueError(f"extend_levels: level {lv} does not hold its last tile")
+            above.append(_subtree_root(levels[lv][start : start + TILE_WIDTH]))
         lv += 1
 
 
-def tiles_to_write(levels: Sequence[Sequence[bytes]], old_size: int, new_size: int) -> dict[str, bytes]:
+def _subtree_root(chunk: Sequence[bytes]) -> bytes:
+    """The root over a power-of-two count of hashes of one level."""
+    level = list(chunk)
+    while len(level) > 1:
+        level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+    return level[0]
+
+
+def root_from_levels(levels: Sequence[Sequence[bytes]], size: int, starts: Sequence[int] = ()) -> bytes:
+    """The RFC 6962 root of a tree of ``size`` leaves from its tile levels (``starts`` as in ``extend_levels``).
+
+    The tree splits into perfect subtrees, one per set bit of ``size``, largest first; a subtree of height
+    8*l + r is the root of 2**r consecutive level-l hashes, all within level l's last tile (every bigger subtree
+    lies before it), so only the right edge is read. The root folds them from the right (RFC 6962 MTH)."""
+    if size == 0:
+        return EMPTY_ROOT
+    offs = list(starts) or [0] * len(levels)
+    roots: list[bytes] = []
+    offset = 0
+    for height in range(size.bit_length() - 1, -1, -1):
+        if not size >> height & 1:
+            continue
+        lv, r = divmod(height, TILE_HEIGHT)
+        i = (offset >> (TILE_HEIGHT * lv)) - offs[lv]
+        chunk = levels[lv][i : i + (1 << r)]
+        if i < 0 or len(chunk) != 1 << r:
+            raise ValueError(f"root_from_levels: level {lv} lacks hashes for a tree of size {size}")
+        roots.append(_subtree_root(chunk))
+        offset += 1 << height
+    root = roots[-1]
+    for left in reversed(roots[:-1]):
+        root = node_hash(left, root)
+    return root
+
+
+def tiles_to_write(levels: Sequence[Sequence[bytes]], old_size: int, new_size: int,
+                   starts: Sequence[int] = ()) -> dict[str, bytes]:
     """The tile files (path -> bytes) a log publishes when it grows from ``old_size`` to ``new_size``: every full
-    tile completed on the way, and the partial tiles of ``new_size``."""
+    tile completed on the way, and the partial tiles of ``new_size`` (``starts`` as in ``extend_levels``)."""
+    offs = list(starts) or [0] * len(levels)
     out: dict[str, bytes] = {}
     level = 0
     while level < len(levels) and (new_size >> (TILE_HEIGHT * level)) > 0:
@@ -313,6 +361,9 @@ def tiles_to_write(levels: Sequence[Sequence[bytes]], old_size: int, new_size: i
             lo, hi = n * TILE_WIDTH, min((n + 1) * TILE_WIDTH, count_new)
             if hi - lo == 0:
                 continue
-            out[tile_path(level, n, 0 if hi - lo == TILE_WIDTH else hi - lo)] = b"".join(hashes[lo:hi])
+            if lo < offs[level]:
+                raise ValueError(f"tiles_to_write: level {level} does not hold tile {n}")
+            out[tile_path(level, n, 0 if hi - lo == TILE_WIDTH else hi - lo)] = b"".join(
+                hashes[lo - offs[level] : hi - offs[level]])
         level += 1
     return out

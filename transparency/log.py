@@ -1,10 +1,13 @@
 """The log's sequencer: entries in SQLite, C2SP tlog-tiles (tiles, entry bundles, signed checkpoint) written as
 static files under ``<dir>/public``, which any web server, object store or CDN can serve.
 
-``<dir>/log.sqlite`` holds every entry and its leaf hash (the source of truth); ``<dir>/log.key`` the log's signer
-key. After each append the new full tiles, the partial tiles of the new size, the entry bundles and then the
+``<dir>/log.sqlite`` holds every entry and its leaf hash (the source of truth), the tile hashes above the leaves
+(``nodes``: level l >= 1 holds the roots of full 256**l-leaf subtrees, stored in the transaction that sequences
+their leaves) and the size whose files are all written (``published``); ``<dir>/log.key`` the log's signer key.
+After each append the new full tiles, the partial tiles of the new size, the entry bundles and then the
 checkpoint are written (each file atomically, the checkpoint last), so a reader never sees a checkpoint whose
-tiles are missing.
+tiles are missing. An append reads only the tree's right edge (each level's last tile), so it costs the entries it
+adds, not the size of the log; a log written before ``nodes`` existed gets them rebuilt once when it is opened.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from tlog import (
     extend_levels,
     generate_signer,
     leaf_hash,
-    root_from_leaf_hashes,
+    root_from_levels,
     sign_checkpoint,
     tiles_to_write,
 )
@@ -35,7 +38,10 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leaves (idx INTEGER PRIMARY KEY, data BLOB NOT NULL, hash BLOB NOT NULL UNIQUE,
                                    added REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+                                  PRIMARY KEY (level, idx)) WITHOUT ROWID;
 """
+_LEVEL_BITS = 8  # a tile is 256 hashes wide: level l hashes are roots of 256**l leaves
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -59,6 +65,7 @@ class Log:
         self.origin: str = row[0]
         self.signer = Signer.parse((self.dir / "log.key").read_text())
         self.public = self.dir / "public"
+        self._check_nodes()
 
     @classmethod
     def init(cls, directory: str | Path, origin: str) -> Log:
@@ -85,7 +92,8 @@ class Log:
         return self.signer.verifier.vkey()
 
     def size(self) -> int:
-        n: int = self.db.execute("SELECT COUNT(*) FROM leaves").fetchone()[0]
+        # indices are dense from 0, so MAX is the size and, unlike COUNT(*), reads one row of the primary key
+        n: int = self.db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM leaves").fetchone()[0]
         return n
 
     def leaf_hashes(self) -> list[bytes]:
@@ -93,9 +101,9 @@ class Log:
 
     def append(self, entries: Sequence[bytes]) -> list[int]:
         """Sequence entries (an entry already in the log keeps its index) and publish the new tree."""
-        old = self.size()
         indices: list[int] = []
         with self.db:
+            old = size = self.size()
             for data in entries:
                 if len(data) > 0xFFFF:
                     raise StatementError(f"entry of {len(data)} bytes exceeds 65535")
@@ -104,29 +112,81 @@ class Log:
                 if row is not None:
                     indices.append(int(row[0]))
                     continue
-                idx = self.size()
-                self.db.execute("INSERT INTO leaves VALUES (?, ?, ?, ?)", (idx, data, h, time.time()))
-                indices.append(idx)
-        self.publish(old)
+                self.db.execute("INSERT INTO leaves VALUES (?, ?, ?, ?)", (size, data, h, time.time()))
+                indices.append(size)
+                size += 1
+            self._store_nodes(old, size)
+        # from the last size whose files are all written: files a crash left unwritten are written now
+        self.publish(min(old, self._published()))
         return indices
+
+    def _published(self) -> int:
+        row = self.db.execute("SELECT v FROM meta WHERE k = 'published'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _edge(self, old_size: int, size: int) -> tuple[list[list[bytes]], list[int]]:
+        """Each level's hashes from the first of its tile that was partial (or absent) at ``old_size``, up to
+        ``size``, and the index each list starts at: all that tiles and the root of any size between need."""
+        levels: list[list[bytes]] = []
+        starts: list[int] = []
+        lv = 0
+        while lv == 0 or size >> (_LEVEL_BITS * lv):
+            start = (old_size >> (_LEVEL_BITS * lv)) >> _LEVEL_BITS << _LEVEL_BITS
+            end = size >> (_LEVEL_BITS * lv)
+            if lv == 0:
+                rows = self.db.execute("SELECT hash FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
+                                       (start, end))
+            else:
+                rows = self.db.execute("SELECT hash FROM nodes WHERE level = ? AND idx >= ? AND idx < ? ORDER BY idx",
+                                       (lv, start, end))
+            levels.append([bytes(r[0]) for r in rows])
+            starts.append(start)
+            if len(levels[-1]) != end - start:
+                raise RuntimeError(f"{self.dir}: level {lv} of the tree is incomplete in log.sqlite")
+            lv += 1
+        return levels, starts
+
+    def _store_nodes(self, old_size: int, size: int) -> None:
+        """Compute and store the tile hashes that the leaves ``old_size..size`` complete (inside the caller's
+        transaction, so leaves and nodes never disagree)."""
+        levels, starts = self._edge(old_size, old_size)
+        new = [bytes(r[0]) for r in self.db.execute("SELECT hash FROM leaves WHERE idx >= ? ORDER BY idx",
+                                                    (old_size,))]
+        extend_levels(levels, new, starts)
+        self.db.executemany("INSERT INTO nodes VALUES (?, ?, ?)",
+                            [(lv, i, levels[lv][i - starts[lv]]) for lv in range(1, len(levels))
+                             for i in range(old_size >> (_LEVEL_BITS * lv), starts[lv] + len(levels[lv]))])
+
+    def _check_nodes(self) -> None:
+        """Rebuild ``nodes`` from the leaves when it does not match them (a log written before it existed)."""
+        size = self.size()
+        have = dict(self.db.execute("SELECT level, COUNT(*) FROM nodes GROUP BY level").fetchall())
+        want = {lv: size >> (_LEVEL_BITS * lv) for lv in range(1, 9) if size >> (_LEVEL_BITS * lv)}
+        if have != want:
+            with self.db:
+                self.db.execute("DELETE FROM nodes")
+                self.db.execute("DELETE FROM meta WHERE k = 'published'")  # rewrite every file once, to be sure
+                self._store_nodes(0, size)
 
     def publish(self, old_size: int) -> bytes:
         """Write tiles, entry bundles and the checkpoint for the current size (files for sizes > old_size)."""
-        hashes = self.leaf_hashes()
-        size = len(hashes)
-        levels: list[list[bytes]] = []
-        extend_levels(levels, hashes)
-        for path, data in tiles_to_write(levels, old_size, size).items():
+        size = self.size()
+        levels, starts = self._edge(old_size, size)
+        for path, data in tiles_to_write(levels, old_size, size, starts).items():
             _atomic_write(self.public / path, data)
         if size:
-            rows = [bytes(r[0]) for r in self.db.execute("SELECT data FROM leaves ORDER BY idx")]
-            for n in range(old_size // 256, (size - 1) // 256 + 1):
-                chunk = rows[n * 256 : min((n + 1) * 256, size)]
+            first = old_size // 256
+            rows = [bytes(r[0]) for r in self.db.execute("SELECT data FROM leaves WHERE idx >= ? ORDER BY idx",
+                                                         (first * 256,))]
+            for n in range(first, (size - 1) // 256 + 1):
+                chunk = rows[(n - first) * 256 : min((n - first + 1) * 256, size - first * 256)]
                 _atomic_write(self.public / entries_path(n, 0 if len(chunk) == 256 else len(chunk)),
                               encode_entry_bundle(chunk))
-        cp = Checkpoint(self.origin, size, root_from_leaf_hashes(hashes))
+        cp = Checkpoint(self.origin, size, root_from_levels(levels, size, starts))
         note = sign_checkpoint(cp, self.signer)
         _atomic_write(self.public / "checkpoint", note)
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('published', ?)", (str(size),))
         return note
 
     def entries(self, start: int = 0) -> list[tuple[int, bytes]]:
