@@ -150,7 +150,7 @@ def make_verifier(
 def _log_verifier(allow_simulated: bool, local: Policy | None, transparency: Transparency
                   ) -> Callable[[bytes, bytes], tuple[object, bool]]:
     from tlog import TlogError
-    from transparency.verify import verify_with_log
+    from transparency.verify import bundle_proofs, verify_with_log, verify_with_proofs
 
     trusted = transparency.trusted_log()
     publishers = transparency.publisher_keys()
@@ -162,7 +162,13 @@ def _log_verifier(allow_simulated: bool, local: Policy | None, transparency: Tra
             raise AttestationRefused(f"evidence unusable: {exc}") from None
         now = dt.datetime.now(dt.timezone.utc)
         try:
-            result = verify_with_log(bundle, trusted.open(), publishers, now=now, allow_simulated=allow_simulated)
+            # The gateway's proofs when its evidence carries them (offline but for consistency with the kept
+            # checkpoint); else the whole log. A present but bad attachment is refused, never skipped.
+            if (proofs := bundle_proofs(bundle)) is not None:
+                result = verify_with_proofs(bundle, proofs, trusted, publishers, now=now,
+                                            allow_simulated=allow_simulated)
+            else:
+                result = verify_with_log(bundle, trusted.open(), publishers, now=now, allow_simulated=allow_simulated)
         except TlogError as exc:
             raise AttestationRefused(_log_refusal(exc)) from None
         except AttestationError as exc:
@@ -181,10 +187,8 @@ def _log_verifier(allow_simulated: bool, local: Policy | None, transparency: Tra
             which = "the local policy (--policy)" if local is not None else f"release {result.release.name!r}"
             failed = "; ".join(c.line() for c in verdict.failures[:3])
             raise AttestationRefused(f"refused by {which}: {failed}", verdict)
-        verdict.add(f"logged: release {result.release.name!r}, key configuration at index {result.key_index} of "
-                    f"{result.log_size}", True, "inclusion proofs and checkpoint verified")
-        log.info("log: release %r, key configuration at index %d of %d", result.release.name, result.key_index,
-                 result.log_size)
+        verdict.add(result.line(), True, "inclusion proofs and checkpoint verified")
+        log.info("log: %s", result.line())
         if verdict.simulated:
             log.warning("accepted SIMULATED attestation (--insecure-allow-simulated): no TEE protects this gateway")
         return verdict, verdict.simulated

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tlog import (
+    HASH_SIZE,
     Checkpoint,
     SignedCheckpoint,
     TileId,
@@ -38,11 +39,11 @@ from tlog import (
     parse_entry_bundle,
     verify_inclusion,
 )
-from tlog.errors import StatementError
+from tlog.errors import ConsistencyError, StatementError
 
 from .statements import KeyEntry, Release, entry_kind, open_release, parse_key_entry
 
-__all__ = ["LogUnavailableError", "LogView", "TrustedLog", "http_fetcher", "load_state", "save_state"]
+__all__ = ["LogUnavailableError", "LogView", "TrustedLog", "fetch_tiles", "http_fetcher", "load_state", "save_state"]
 
 Fetch = Callable[[str], bytes]
 
@@ -90,6 +91,20 @@ def save_state(path: Path, cp: Checkpoint, raw: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
+
+
+def fetch_tiles(fetch: Fetch, need: Sequence[TileId]) -> dict[TileId, bytes]:
+    """The tiles ``need`` names. A partial tile of a tree the log has since grown past may be gone (C2SP lets a log
+    delete partial tiles once the full one exists): then the full tile's prefix is the same hashes."""
+    out: dict[TileId, bytes] = {}
+    for t in need:
+        try:
+            out[t] = fetch(t.path())
+        except LogUnavailableError:
+            if t.width == 0:
+                raise
+            out[t] = fetch(TileId(t.level, t.index).path())[: t.width * HASH_SIZE]
+    return out
 
 
 @dataclass
@@ -190,3 +205,34 @@ class TrustedLog:
         if self.state_file is not None:
             save_state(self.state_file, cp, raw)
         return view
+
+    def accept(self, sc: SignedCheckpoint) -> None:
+        """A checkpoint handed over by someone else (a gateway, with its proofs), its signatures already verified:
+        refuse it unless it and the kept checkpoint are one tree, fetching only the O(log n) tiles of that
+        consistency proof, and keep it when it is newer. An older one than kept is accepted without going back: an
+        inclusion proof in a prefix of a tree this client accepted is still inclusion (a log whose *current*
+        checkpoint is older is refused by :meth:`open`)."""
+        if self.state_file is None:
+            return
+        cp = sc.checkpoint
+        old = load_state(self.state_file, cp.origin)
+        if old is not None and cp.size < old.size:
+            proof: list[bytes] = []
+            if cp.size > 0:
+                proof = consistency_proof_from_tiles(fetch_tiles(self.fetch, consistency_tiles(cp.size, old.size)),
+                                                     cp.size, old.size)
+            try:
+                check_successor(cp, old, proof)
+            except ConsistencyError as exc:
+                raise ConsistencyError(f"forked or rolled-back log: the gateway's checkpoint of size {cp.size} is "
+                                       f"not a prefix of the kept size {old.size}: {exc}") from exc
+            return
+        if old is not None:
+            proof = []
+            if 0 < old.size < cp.size:
+                proof = consistency_proof_from_tiles(fetch_tiles(self.fetch, consistency_tiles(old.size, cp.size)),
+                                                     old.size, cp.size)
+            check_successor(old, cp, proof)
+            if cp.size == old.size:
+                return
+        save_state(self.state_file, cp, sc.raw)

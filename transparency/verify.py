@@ -1,5 +1,9 @@
 """Verify a gateway's evidence with the policy a log gives: the unexpired releases a trusted publisher signed that
-are included in the log, and a logged key-configuration entry for the exact key configuration the evidence binds."""
+are included in the log, and a logged key-configuration entry for the exact key configuration the evidence binds.
+
+Two ways to the same verdict: :func:`verify_with_log` reads the whole log (``TrustedLog.open``);
+:func:`verify_with_proofs` checks the proofs the gateway served with its evidence (``transparency.proofs``),
+offline but for the consistency with the kept checkpoint."""
 
 from __future__ import annotations
 
@@ -11,10 +15,11 @@ from enclave.attestation import Bundle, Policy, Verdict, verify_bundle
 from tlog import Verifier
 from tlog.errors import StatementError
 
-from .client import LogView
+from .client import LogView, TrustedLog
+from .proofs import CERT_KEY, LogProofs, verify_proofs
 from .statements import KeyEntry, Release
 
-__all__ = ["LogVerdict", "verify_with_log"]
+__all__ = ["LogVerdict", "bundle_proofs", "verify_with_log", "verify_with_proofs"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,26 @@ class LogVerdict:
     key_entry: KeyEntry
     log_size: int
     skipped: tuple[str, ...]
+    #: where the entries and proofs came from: "log" (read from the log) or "gateway" (served with the evidence)
+    source: str = "log"
+
+    def line(self) -> str:
+        """What the verification document says about the log."""
+        name = self.release.name if self.release is not None else None
+        via = " (proofs from the gateway)" if self.source == "gateway" else ""
+        return f"logged: release {name!r}, key configuration at index {self.key_index} of {self.log_size}{via}"
+
+
+def _judge(bundle: Bundle, releases: Sequence[Release], skipped: tuple[str, ...], key_index: int,
+           key_entry: KeyEntry, size: int, source: str, now: dt.datetime, allow_simulated: bool) -> LogVerdict:
+    """The verdict under the first release whose policy the evidence satisfies (the last failing one when none)."""
+    verdict: Verdict | None = None
+    for rel in releases:
+        verdict = verify_bundle(bundle, None, Policy.from_dict(rel.policy), now=now, allow_simulated=allow_simulated)
+        if verdict.ok:
+            return LogVerdict(verdict, rel, key_index, key_entry, size, skipped, source)
+    assert verdict is not None
+    return LogVerdict(verdict, None, key_index, key_entry, size, skipped, source)
 
 
 def verify_with_log(bundle: Bundle, view: LogView, publishers: Sequence[Verifier], *, now: dt.datetime,
@@ -37,11 +62,23 @@ def verify_with_log(bundle: Bundle, view: LogView, publishers: Sequence[Verifier
         detail = f" ({'; '.join(skipped)})" if skipped else ""
         raise StatementError(f"no unexpired release signed by the publisher is in the log at size {view.size}{detail}")
     key_index, key_entry = view.key_entry(bundle.key_config, ts)
-    verdict: Verdict | None = None
-    for rel in releases:
-        policy = Policy.from_dict(rel.policy)
-        verdict = verify_bundle(bundle, None, policy, now=now, allow_simulated=allow_simulated)
-        if verdict.ok:
-            return LogVerdict(verdict, rel, key_index, key_entry, view.size, tuple(skipped))
-    assert verdict is not None
-    return LogVerdict(verdict, None, key_index, key_entry, view.size, tuple(skipped))
+    return _judge(bundle, releases, tuple(skipped), key_index, key_entry, view.size, "log", now, allow_simulated)
+
+
+def bundle_proofs(bundle: Bundle) -> LogProofs | None:
+    """The log proofs the bundle carries (``AttachmentError`` when malformed), or None: then read the log."""
+    text = bundle.certs.get(CERT_KEY)
+    return None if text is None else LogProofs.parse(text)
+
+
+def verify_with_proofs(bundle: Bundle, proofs: LogProofs, trusted: TrustedLog, publishers: Sequence[Verifier], *,
+                       now: dt.datetime, allow_simulated: bool = False) -> LogVerdict:
+    """:func:`verify_with_log` from the proofs the gateway served: checkpoint signatures, inclusion proofs and
+    statements offline (``verify_proofs``), then consistency with ``trusted``'s kept checkpoint (tiles fetched only
+    when the two differ in size)."""
+    proven = verify_proofs(proofs, bundle.key_config, log_key=trusted.log_key, publishers=publishers,
+                           now=now.timestamp(), witnesses=trusted.witnesses, min_witnesses=trusted.min_witnesses,
+                           origin=trusted.origin)
+    trusted.accept(proven.checkpoint)
+    return _judge(bundle, proven.releases, proven.skipped, proven.key_index, proven.key_entry, proven.size,
+                  "gateway", now, allow_simulated)
