@@ -1,8 +1,9 @@
-"""What the gateway publishes: CPU evidence, GPU evidence collected with the key-derived nonce, TDX collateral.
+"""What the gateway publishes: CPU evidence, GPU (and NVSwitch) evidence collected with the key-derived nonce, TDX
+collateral.
 
-``GatewayEvidence`` composes the pieces in the order the binding needs: GPU evidence first (its nonce is derived
-from the key configuration), then the CPU report over SHA-256 of those exact GPU bytes, then (TDX) the collateral
-a client needs to verify offline.
+``GatewayEvidence`` composes the pieces in the order the binding needs: GPU and switch evidence first (their nonce
+is derived from the key configuration), then the CPU report over SHA-256 of those exact bytes, then (TDX) the
+collateral a client needs to verify offline.
 """
 
 from __future__ import annotations
@@ -87,18 +88,29 @@ class GpuEvidenceSource(Protocol):
         ...
 
 
+class SwitchEvidenceSource(Protocol):
+    def collect(self, nonce: bytes) -> list[tuple[bytes, str]]:
+        """Every NVSwitch's ``(attestation report, PEM chain)``, each report collected with ``nonce``."""
+        ...
+
+
 class GatewayEvidence:
-    """An :class:`EvidenceProvider` that adds GPU evidence and TDX collateral around a CPU provider."""
+    """An :class:`EvidenceProvider` that adds GPU evidence (with the NVSwitch evidence of a protected-PCIe system)
+    and TDX collateral around a CPU provider."""
 
     def __init__(self, cpu: EvidenceProvider, *, gpu: GpuEvidenceSource | None = None,
                  pccs_url: str | None = None, gpu_rim_dir: Path | None = None, gpu_rim_url: str | None = None,
                  fetch: Fetch | None = None, gpu_ocsp_url: str | None = None,
-                 ocsp_fetch: OcspFetch | None = None) -> None:
+                 ocsp_fetch: OcspFetch | None = None, switches: SwitchEvidenceSource | None = None) -> None:
         from .nvidia.collect import RimCollector, RimDirectory, RimService, RimSource
         from .nvidia.staple import OcspStapler
 
+        if switches is not None and gpu is None:
+            raise ValueError("switch evidence needs GPU evidence (the switches answer the GPUs' nonce)")
         self.cpu = cpu
         self.gpu = gpu
+        #: NVSwitch evidence, collected with the GPUs' key-derived nonce into the same bound bytes (version 2)
+        self.switches = switches
         self.pccs_url = pccs_url
         #: the operator's folder of NVIDIA RIM files (``*.xml``, ``*.swidtag``) and/or NVIDIA's RIM service: the
         #: RIMs this machine's GPUs name travel in every bundle, so clients compare measurements offline
@@ -141,6 +153,13 @@ class GatewayEvidence:
                 config: Mapping[str, ConfigValue] | None = None) -> Bundle:
         if self.gpu is not None and not gpu_evidence:
             gpu_evidence = self.gpu.collect(gpu_nonce(key_config))
+            if self.switches is not None:
+                from .nvidia import decode_gpu_evidence, encode_gpu_evidence
+
+                # The switches answer the same key-derived nonce; their evidence joins the GPUs' bytes, so the one
+                # SHA-256 in REPORT_DATA binds both (no new bundle field, the page's binding is unchanged).
+                switches = self.switches.collect(gpu_nonce(key_config))
+                gpu_evidence = encode_gpu_evidence(decode_gpu_evidence(gpu_evidence), switches)
         bundle = self.cpu.collect(key_config, nonce, gpu_evidence, config)
         rims: list[bytes] = []
         if gpu_evidence and self.rims is not None:

@@ -6,7 +6,8 @@ Order (fail closed; every step is a check in the verdict):
 3. the CPU evidence verifies (the registry's verifier for the bundle's platform: chain, signature, TCB, policy,
    measurement) and its
    REPORT_DATA equals the binding recomputed here from the bytes received (key list, GPU evidence, nonce);
-4. GPU evidence, when present or required, verifies with the nonce derived from the key configuration;
+4. GPU evidence (with the NVSwitch evidence it carries), when present or required (``require_gpu``, ``[nvidia]
+   gpu_count`` or ``switch_count``), verifies with the nonce derived from the key configuration;
 5. the gateway's configuration (bound by REPORT_DATA with the keys) has every value the policy's ``[config]``
    requires; the document lists every value either way;
 6. with ``require_post_quantum``, the bound key list offers an X-Wing configuration; the verdict names the KEM of
@@ -24,6 +25,7 @@ import ohttp
 
 from .bundle import Bundle, gpu_nonce, report_data
 from .errors import EvidenceFormatError
+from .nvidia.policy import NvidiaPolicy
 from .policy import Policy
 from .registry import GPU, VERIFIERS
 from .result import Verdict
@@ -70,7 +72,9 @@ def verify_bundle(
     verdict.extend(cpu)
     verdict.measurement, verdict.report_data, verdict.claims = cpu.measurement, cpu.report_data, dict(cpu.claims)
 
-    if bundle.gpu_evidence or policy.require_gpu:
+    # A policy counting GPUs or switches needs their evidence as much as require_gpu does: without it, fail.
+    nvidia = policy.get(NvidiaPolicy)
+    if bundle.gpu_evidence or policy.require_gpu or nvidia.gpu_count is not None or nvidia.switch_count is not None:
         if not bundle.gpu_evidence:
             verdict.add("GPU evidence present", False, "NVIDIA CC evidence", "none")
         elif GPU.verify is not None:

@@ -1,23 +1,39 @@
 """NVSwitch (LS10) evidence of the shared 8x H100 protected-PCIe sample: parsed with the switch's field sizes, each
 switch's chain to the pinned NVIDIA device root, SPDM signature and nonce (the GPUs' nonce) checked; measurements are
-never compared (no LS10 RIM is available) and say so; the ``[nvidia] switch_count`` policy."""
+never compared (no LS10 RIM is available) and say so; the ``[nvidia] switch_count`` policy; switch evidence carried
+in bundles (version 2 of the GPU evidence encoding, bound by the same SHA-256) and checked by ``verify_bundle``."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
-from enclave.attestation import cli
+from enclave.attestation import SimulatedProvider, cli, gpu_nonce, report_data
+from enclave.attestation import verify as verify_module
+from enclave.attestation.bundle import Bundle
 from enclave.attestation.errors import EvidenceFormatError
-from enclave.attestation.nvidia import load_nvtrust_evidence_list, parse_gpu_report
+from enclave.attestation.gateway_evidence import GatewayEvidence
+from enclave.attestation.nvidia import (
+    decode_gpu_evidence,
+    decode_nvidia_evidence,
+    encode_gpu_evidence,
+    load_nvtrust_evidence_list,
+    parse_gpu_report,
+)
 from enclave.attestation.nvidia.abi import parse_switch_report
 from enclave.attestation.nvidia.policy import NvidiaPolicy
 from enclave.attestation.nvidia.verify import SWITCH_NO_RIM_DETAIL, verify_nvidia
+from enclave.attestation.policy import Policy
 from enclave.attestation.result import Verdict
+from enclave.attestation.verify import verify_bundle
 
 NOW = datetime.datetime(2026, 11, 26, tzinfo=datetime.UTC)
 HGX = "hgx-8gpu-ppcie-nvtrust"
@@ -184,3 +200,141 @@ def test_cli_raw_switch_evidence(evidence_dir: Path, capsys: pytest.CaptureFixtu
     assert "[PASS] switch[3] signature" in out and "[PASS] switches policy count" in out
     assert "[SKIP] switch[0] measurements" in out and "not compared: no LS10 RIM available" in out
     assert "[FAIL]" not in out
+
+
+# --- switch evidence in the bundle: bound by the same SHA-256 as the GPU evidence, verified by verify_bundle ---------
+
+KEYS = bytes.fromhex("0001") + b"recorded-switch-keys"
+BUNDLE_POLICY = NvidiaPolicy(allowed_driver_versions=("590.12",), allowed_vbios_versions=("96.00.A5.00.01",),
+                             gpu_count=8, switch_count=4)
+
+
+class _Recorded:
+    """A GPU source and a switch source answering with the recorded 8x H100 and 4x LS10 evidence; both record the
+    nonces they were asked for in one list."""
+
+    def __init__(self, nonces: list[bytes], evidence: list[tuple[bytes, str]], *, switches: bool) -> None:
+        self.nonces, self.evidence, self.switches = nonces, evidence, switches
+
+    def collect(self, nonce: bytes) -> Any:
+        self.nonces.append(nonce)
+        return self.evidence if self.switches else encode_gpu_evidence(self.evidence)
+
+
+def _bundle(root: Path, switches: list[tuple[bytes, str]] | None) -> Bundle:
+    evidence = encode_gpu_evidence(_gpus(root), switches or ())
+    return SimulatedProvider().collect(KEYS, gpu_evidence=evidence)
+
+
+def _verify_bundle(bundle: Bundle, policy: NvidiaPolicy = BUNDLE_POLICY, **kw: bool) -> Verdict:
+    return verify_bundle(bundle, KEYS, Policy(nvidia=policy), now=NOW, allow_simulated=True, **kw)
+
+
+@pytest.fixture
+def recorded_nonce(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The recorded reports answer the nonce of the session that recorded them, not ``gpu_nonce(KEYS)``: the
+    client's derivation is made to yield that nonce for KEYS (and only KEYS), so every other check runs as it
+    would on a gateway whose evidence answers its own key-derived nonce."""
+    asked: list[bytes] = []
+
+    def derived(key_config: bytes, boot_nonce: bytes = b"") -> bytes:
+        asked.append(key_config)
+        return NONCE if key_config == KEYS else gpu_nonce(key_config, boot_nonce)
+
+    monkeypatch.setattr(verify_module, "gpu_nonce", derived)
+    return asked
+
+
+def test_gpu_only_evidence_keeps_version_1_and_switches_make_version_2(evidence_dir: Path) -> None:
+    gpus, switches = _gpus(evidence_dir), _switches(evidence_dir)
+    v1 = encode_gpu_evidence(gpus)
+    assert json.loads(v1) == {"version": 1, "gpus": [{"report": r.hex(), "cert_chain": c} for r, c in gpus]}
+    v2 = encode_gpu_evidence(gpus, switches)
+    assert json.loads(v2)["version"] == 2 and len(json.loads(v2)["switches"]) == 4
+    assert decode_nvidia_evidence(v1) == (gpus, []) and decode_nvidia_evidence(v2) == (gpus, switches)
+    assert decode_gpu_evidence(v2) == gpus  # RIM and OCSP collection read the GPUs of either version
+    # One byte string per content: no switches key in version 1, no empty or missing list in version 2, canonical.
+    obj = json.loads(v2)
+    for bad, match in (({**obj, "version": 1}, "exactly gpus, version"),
+                       ({k: v for k, v in obj.items() if k != "switches"}, "exactly gpus, switches, version"),
+                       ({**obj, "switches": []}, "1..16"),
+                       ({**obj, "version": 3}, "unsupported GPU evidence version 3")):
+        with pytest.raises(EvidenceFormatError, match=match):
+            decode_nvidia_evidence(orjson.dumps(bad, option=orjson.OPT_SORT_KEYS))
+    with pytest.raises(EvidenceFormatError, match="canonical"):
+        decode_nvidia_evidence(v2.replace(switches[0][0].hex().encode(), switches[0][0].hex().upper().encode()))
+    with pytest.raises(ValueError, match="switches"):
+        encode_gpu_evidence(gpus, switches * 5)
+
+
+def test_gateway_collects_switches_with_the_key_nonce_into_the_bound_evidence(evidence_dir: Path) -> None:
+    nonces: list[bytes] = []
+    provider = GatewayEvidence(SimulatedProvider(), gpu=_Recorded(nonces, _gpus(evidence_dir), switches=False),
+                               switches=_Recorded(nonces, _switches(evidence_dir), switches=True))
+    bundle = provider.collect(KEYS)
+    # One nonce, derived from the key configuration, for the GPUs and the switches alike.
+    assert nonces == [gpu_nonce(KEYS)] * 2
+    assert bundle.gpu_evidence == encode_gpu_evidence(_gpus(evidence_dir), _switches(evidence_dir))
+    assert report_data(KEYS, bundle.gpu_evidence) in bundle.report
+    # Without the stand-in derivation the recorded reports answer another session's nonce: every GPU and every
+    # switch fails the binding, exactly what replayed evidence must get.
+    checks = _checks(_verify_bundle(bundle))
+    assert {n for n, ok in checks.items() if ok is False} == (
+        {f"gpu[{i}] nonce" for i in range(8)} | {f"switch[{i}] nonce" for i in range(4)})
+
+
+def test_a_bundle_with_switches_verifies_through_verify_bundle(evidence_dir: Path,
+                                                               recorded_nonce: list[bytes]) -> None:
+    v = _verify_bundle(_bundle(evidence_dir, _switches(evidence_dir)))
+    assert recorded_nonce == [KEYS]
+    checks = _checks(v)
+    for i in range(4):
+        for step in SWITCH_STEPS:
+            assert checks[f"switch[{i}] {step}"] is True, (i, step)
+    assert checks["switches policy count"] is True and checks["switches distinct devices"] is True
+    assert checks["switches gpus in protected-pcie mode"] is True and checks["simulated evidence signature and binding"]
+    # Only what cannot be checked without RIMs (GPU CC mode, LS10 measurements) is not a pass.
+    assert {k for k, ok in checks.items() if ok is not True} == (
+        {f"gpu[{i}] cc mode" for i in range(8)} | {f"switch[{i}] measurements" for i in range(4)})
+    assert len(v.claims["gpus"]["switches"]) == 4
+
+
+def test_a_switch_count_policy_refuses_bundles_without_switch_evidence(evidence_dir: Path,
+                                                                       recorded_nonce: list[bytes]) -> None:
+    gpu_only = _checks(_verify_bundle(_bundle(evidence_dir, None)))
+    assert gpu_only["switches policy count"] is False
+    assert not any(n.startswith("switch[") for n in gpu_only)
+    # A bundle without any GPU evidence: a policy counting switches demands it even without require_gpu.
+    bare = _checks(_verify_bundle(SimulatedProvider().collect(KEYS)))
+    assert bare["GPU evidence present"] is False
+    # Fewer switches than the policy counts: refused.
+    three = _checks(_verify_bundle(_bundle(evidence_dir, _switches(evidence_dir)[:3])))
+    assert three["switches policy count"] is False
+    # No switch_count: GPU-only bundles have no switch lines at all.
+    relaxed = NvidiaPolicy(allowed_driver_versions=("590.12",), allowed_vbios_versions=("96.00.A5.00.01",))
+    assert not any(n.startswith("switch") for n in _checks(_verify_bundle(_bundle(evidence_dir, None), relaxed)))
+
+
+def test_switch_evidence_swapped_after_the_fact_fails_the_binding(evidence_dir: Path,
+                                                                  recorded_nonce: list[bytes]) -> None:
+    switches = _switches(evidence_dir)
+    bundle = _bundle(evidence_dir, switches)
+    for other in (switches[::-1], switches[:3], [switches[0]] + switches[2:] + [switches[1]]):
+        swapped = replace(bundle, gpu_evidence=encode_gpu_evidence(_gpus(evidence_dir), other))
+        checks = _checks(_verify_bundle(swapped))
+        # Every switch report is genuine and answers the right nonce: only the REPORT_DATA binding catches it.
+        assert checks["simulated evidence"] is False
+        assert all(checks[f"switch[{i}] signature"] for i in range(len(other)))
+    stripped = replace(bundle, gpu_evidence=encode_gpu_evidence(_gpus(evidence_dir)))
+    assert _checks(_verify_bundle(stripped))["simulated evidence"] is False
+
+
+def test_switches_beside_gpus_not_in_protected_pcie_mode_fail(evidence_dir: Path) -> None:
+    # The Azure H100 (single GPU, CC mode, FEATURE_FLAG SPT) with the HGX switches: not one system.
+    recorded = json.loads((evidence_dir / "nvidia-gpu" / "hopper-595-azure-full-rim-match" / "gpu-evidence.json")
+                          .read_text())
+    azure = load_nvtrust_evidence_list(json.dumps(recorded["evidence_list"]).encode())
+    v = verify_nvidia(azure, NvidiaPolicy(any_version=True), now=NOW, expected_nonce=None,
+                      switches=_switches(evidence_dir))
+    line = next(c for c in v.checks if c.name == "switches gpus in protected-pcie mode")
+    assert line.ok is False and "PPCIE" not in line.found

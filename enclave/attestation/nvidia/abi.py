@@ -36,7 +36,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final, TypeVar
@@ -65,6 +65,8 @@ MAX_REPORT_SIZE: Final = 64 * 1024
 MAX_CHAIN_TEXT: Final = 64 * 1024
 MAX_GPUS: Final = 64
 GPU_EVIDENCE_VERSION: Final = 1
+#: GPU evidence with the NVSwitch evidence of a protected-PCIe system (``switches``)
+SWITCH_EVIDENCE_VERSION: Final = 2
 
 _T = TypeVar("_T")
 
@@ -505,28 +507,53 @@ def _der_expect(data: bytes, pos: int, tag: int, what: str, *, whole: bool = Fal
 # --- GPU evidence inside a Veil bundle, and nvtrust's evidence list ---------------------------------------------
 
 
-def encode_gpu_evidence(gpus: list[tuple[bytes, str]]) -> bytes:
+def encode_gpu_evidence(gpus: list[tuple[bytes, str]], switches: Sequence[tuple[bytes, str]] = ()) -> bytes:
     """The canonical bytes of a bundle's GPU evidence (what REPORT_DATA hashes)::
 
         {"gpus":[{"cert_chain":"<PEM text>","report":"<lower-case hex>"}, ...],"version":1}
 
-    Keys sorted, no whitespace (orjson ``OPT_SORT_KEYS``), GPUs in the given order. An empty list is refused: a
-    bundle without GPUs carries empty ``gpu_evidence`` instead.
+    and, with the NVSwitch evidence of a protected-PCIe system (``switches``), version 2, which adds the switches
+    in the same form (so SHA-256 of these bytes in REPORT_DATA binds every switch report and chain too)::
+
+        {"gpus":[...],"switches":[{"cert_chain":"<PEM text>","report":"<lower-case hex>"}, ...],"version":2}
+
+    Keys sorted, no whitespace (orjson ``OPT_SORT_KEYS``), GPUs and switches in the given order. GPU-only evidence
+    stays version 1, byte for byte. An empty GPU list is refused: a bundle without GPUs carries empty
+    ``gpu_evidence`` instead (switches without GPUs have no nonce of their own to be bound with).
     """
     if not gpus:
         raise ValueError("no GPU evidence to encode (use b'' for a bundle without GPUs)")
     if len(gpus) > MAX_GPUS:
         raise ValueError(f"{len(gpus)} GPUs (limit {MAX_GPUS})")
-    items: list[dict[str, str]] = []
-    for i, (report, chain) in enumerate(gpus):
+    if len(switches) > MAX_SWITCHES:
+        raise ValueError(f"{len(switches)} switches (limit {MAX_SWITCHES})")
+    obj: dict[str, Any] = {"version": GPU_EVIDENCE_VERSION, "gpus": _encode_items("gpu", gpus)}
+    if switches:
+        obj.update(version=SWITCH_EVIDENCE_VERSION, switches=_encode_items("switch", switches))
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+
+
+def _encode_items(kind: str, items: Sequence[tuple[bytes, str]]) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    for i, (report, chain) in enumerate(items):
         if not isinstance(report, bytes) or not report or not isinstance(chain, str) or not chain.isascii():
-            raise ValueError(f"gpu[{i}]: report must be non-empty bytes and cert_chain ASCII text")
-        items.append({"report": report.hex(), "cert_chain": chain})
-    return orjson.dumps({"version": GPU_EVIDENCE_VERSION, "gpus": items}, option=orjson.OPT_SORT_KEYS)
+            raise ValueError(f"{kind}[{i}]: report must be non-empty bytes and cert_chain ASCII text")
+        out.append({"report": report.hex(), "cert_chain": chain})
+    return out
 
 
 def decode_gpu_evidence(data: bytes) -> list[tuple[bytes, str]]:
-    """Parse :func:`encode_gpu_evidence` output; anything but its exact canonical bytes is refused.
+    """The GPUs of :func:`encode_gpu_evidence` output (version 1 or 2); see :func:`decode_nvidia_evidence`.
+
+    Raises:
+        EvidenceFormatError: as :func:`decode_nvidia_evidence`.
+    """
+    return decode_nvidia_evidence(data)[0]
+
+
+def decode_nvidia_evidence(data: bytes) -> tuple[list[tuple[bytes, str]], list[tuple[bytes, str]]]:
+    """Parse :func:`encode_gpu_evidence` output into ``(gpus, switches)`` (no switches in version 1); anything but
+    its exact canonical bytes is refused.
 
     Canonical-only means one GPU evidence list has exactly one byte string, so the hash in REPORT_DATA cannot be
     satisfied by a re-serialized (reordered, re-escaped, upper-case hex) variant carrying different content.
@@ -538,31 +565,41 @@ def decode_gpu_evidence(data: bytes) -> list[tuple[bytes, str]]:
         obj: Any = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise EvidenceFormatError(f"GPU evidence is not JSON: {exc}") from None
-    if not isinstance(obj, dict) or set(obj) != {"version", "gpus"}:
-        raise EvidenceFormatError("GPU evidence must be an object with exactly 'version' and 'gpus'")
-    if type(obj["version"]) is not int or obj["version"] != GPU_EVIDENCE_VERSION:
-        raise EvidenceFormatError(f"unsupported GPU evidence version {obj['version']!r}")
-    gpus = obj["gpus"]
-    if not isinstance(gpus, list) or not 1 <= len(gpus) <= MAX_GPUS:
-        raise EvidenceFormatError(f"'gpus' must be a list of 1..{MAX_GPUS} entries")
+    if not isinstance(obj, dict) or type(obj.get("version")) is not int:
+        raise EvidenceFormatError("GPU evidence must be an object with an integer 'version'")
+    version = obj["version"]
+    keys = {GPU_EVIDENCE_VERSION: {"version", "gpus"},
+            SWITCH_EVIDENCE_VERSION: {"version", "gpus", "switches"}}.get(version)
+    if keys is None:
+        raise EvidenceFormatError(f"unsupported GPU evidence version {version!r}")
+    if set(obj) != keys:
+        raise EvidenceFormatError(f"GPU evidence version {version} must have exactly {', '.join(sorted(keys))}")
+    gpus = _decode_items("gpus", obj["gpus"], MAX_GPUS)
+    switches = _decode_items("switches", obj["switches"], MAX_SWITCHES) if "switches" in obj else []
+    if encode_gpu_evidence(gpus, switches) != data:
+        raise EvidenceFormatError("GPU evidence is not in canonical form (sorted keys, no whitespace, lower-case hex)")
+    return gpus, switches
+
+
+def _decode_items(name: str, items: Any, limit: int) -> list[tuple[bytes, str]]:
+    if not isinstance(items, list) or not 1 <= len(items) <= limit:
+        raise EvidenceFormatError(f"'{name}' must be a list of 1..{limit} entries")
     out: list[tuple[bytes, str]] = []
-    for i, item in enumerate(gpus):
+    for i, item in enumerate(items):
         if not isinstance(item, dict) or set(item) != {"report", "cert_chain"}:
-            raise EvidenceFormatError(f"gpus[{i}] must have exactly 'report' and 'cert_chain'")
+            raise EvidenceFormatError(f"{name}[{i}] must have exactly 'report' and 'cert_chain'")
         report, chain = item["report"], item["cert_chain"]
         if not isinstance(report, str) or not isinstance(chain, str) or not chain.isascii():
-            raise EvidenceFormatError(f"gpus[{i}]: 'report' must be hex text and 'cert_chain' ASCII PEM text")
+            raise EvidenceFormatError(f"{name}[{i}]: 'report' must be hex text and 'cert_chain' ASCII PEM text")
         if len(chain) > MAX_CHAIN_TEXT:
-            raise EvidenceFormatError(f"gpus[{i}]: certificate chain longer than {MAX_CHAIN_TEXT} characters")
+            raise EvidenceFormatError(f"{name}[{i}]: certificate chain longer than {MAX_CHAIN_TEXT} characters")
         try:
             raw = bytes.fromhex(report)
         except ValueError:
-            raise EvidenceFormatError(f"gpus[{i}]: 'report' is not hex") from None
+            raise EvidenceFormatError(f"{name}[{i}]: 'report' is not hex") from None
         if not raw:
-            raise EvidenceFormatError(f"gpus[{i}]: 'report' is empty")
+            raise EvidenceFormatError(f"{name}[{i}]: 'report' is empty")
         out.append((raw, chain))
-    if encode_gpu_evidence(out) != data:
-        raise EvidenceFormatError("GPU evidence is not in canonical form (sorted keys, no whitespace, lower-case hex)")
     return out
 
 

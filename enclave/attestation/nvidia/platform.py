@@ -17,8 +17,10 @@ if TYPE_CHECKING:
 
 
 def _verify(bundle: Bundle, policy: Policy, now: dt.datetime, expected_nonce: bytes | None) -> Verdict:
-    """The bundle's GPU evidence; ``expected_nonce`` is :func:`gpu_nonce` of its key configuration."""
-    from .abi import decode_gpu_evidence
+    """The bundle's GPU evidence and, in version 2 of its encoding, the NVSwitch evidence of a protected-PCIe system
+    (both bound by the same SHA-256 in REPORT_DATA); ``expected_nonce`` is :func:`gpu_nonce` of its key configuration,
+    checked in every GPU's and every switch's report."""
+    from .abi import decode_nvidia_evidence
     from .rim import RIMS_CERT_KEY, decode_rim_list
     from .verify import verify_nvidia
 
@@ -27,9 +29,10 @@ def _verify(bundle: Bundle, policy: Policy, now: dt.datetime, expected_nonce: by
     from .ocsp import OCSP_CERT_KEY, decode_ocsp_list
 
     ocsp = decode_ocsp_list(bundle.certs[OCSP_CERT_KEY]) if OCSP_CERT_KEY in bundle.certs else []
-    gpus = decode_gpu_evidence(bundle.gpu_evidence)
+    gpus, switches = decode_nvidia_evidence(bundle.gpu_evidence)
+    # No switches: None, so GPU-only evidence has no switch lines unless [nvidia] switch_count asks for switches.
     verdict = verify_nvidia(gpus, policy.get(NvidiaPolicy), now=now, expected_nonce=expected_nonce, rims=rims,
-                            ocsp_responses=ocsp)
+                            ocsp_responses=ocsp, switches=switches or None)
     if expected_nonce is not None:  # the configuration is bound (else nothing it says is the gateway's word)
         _check_gateway_gpu_check(verdict, bundle, len(gpus))
     return verdict

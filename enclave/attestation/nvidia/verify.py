@@ -319,7 +319,7 @@ def verify_nvidia(
             found=", ".join(sorted(f"{m}/{_hex(p)}" for m, p in distinct_modes)) or "none parsed",
         )
     if switches is not None or policy.switch_count is not None:
-        _verify_switches(verdict, list(switches or ()), policy, now, expected_nonce, notes)
+        _verify_switches(verdict, list(switches or ()), policy, now, expected_nonce, notes, modes)
     return verdict
 
 
@@ -345,11 +345,14 @@ def _verify_switches(
     now: datetime.datetime,
     expected_nonce: bytes | None,
     notes: list[str],
+    gpu_modes: Sequence[tuple[str, int | None] | None] = (),
 ) -> None:
     """NVSwitch (LS10) evidence of a protected-PCIe system: per switch ``switch[i] <step>``: parse (switch field
     sizes), chain to the pinned NVIDIA device root, validity, FWID (only when the report carries one: LS10 reports do
     not), SPDM signature by the leaf key, nonce == ``expected_nonce`` (the same key-derived nonce as the GPUs).
-    Measurements are never compared (no LS10 RIM is available) and say so as a not-checked line, never a pass."""
+    Measurements are never compared (no LS10 RIM is available) and say so as a not-checked line, never a pass.
+    With switches, every GPU's signed FEATURE_FLAG (``gpu_modes``) must say protected PCIe: switch evidence beside
+    GPUs in another mode does not describe the system those GPUs run in."""
     switch_claims: list[dict[str, Any]] = []
     v.claims["switches"] = switch_claims
     if policy.switch_count is not None:
@@ -357,6 +360,9 @@ def _verify_switches(
               found=str(len(switches)), detail="[nvidia] switch_count")
     if not switches:
         return
+    found = [m[0] if m is not None else "unparsed" for m in gpu_modes]
+    v.add("switches gpus in protected-pcie mode", bool(found) and all(m == "PPCIE" for m in found),
+          expected="FEATURE_FLAG PPCIE in every GPU report", found=", ".join(sorted(set(found))) or "no GPUs")
     if not v.add("switches count", len(switches) <= MAX_SWITCHES, expected=f"1..{MAX_SWITCHES}",
                  found=str(len(switches))):
         return
