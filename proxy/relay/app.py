@@ -23,6 +23,7 @@ from .cors import preflight
 from .forward import forbidden_post, forward
 from .key_routes import attestation, keys
 from .pool import Replica
+from .shared import WorkerSpec
 from .state import STATE, RelayState
 from .tokens import setup_tokens
 from .vsock import VsockBridge, is_vsock_url, parse_vsock_url, vsock_connector
@@ -35,16 +36,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format; fixed labels only."""
-    resp = web.Response(body=generate_latest(request.app[STATE].metrics.registry))
+    resp = web.Response(body=generate_latest(request.app[STATE].metrics.exposition))
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp
 
 
-def create_app(config: RelayConfig) -> web.Application:
-    """Build the relay application."""
+def create_app(config: RelayConfig, worker: WorkerSpec | None = None) -> web.Application:
+    """Build the relay application (``worker``: as one of the processes of ``--workers N``)."""
     app = web.Application(client_max_size=config.max_request_bytes + 1,
                           middlewares=[_watch_writes] if config.write_timeout > 0 else [])
-    app[STATE] = RelayState(config=config)
+    app[STATE] = RelayState(config=config, worker=worker)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_route("OPTIONS", "/{tail:.*}", preflight)

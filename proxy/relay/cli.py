@@ -61,6 +61,12 @@ OPTIONS = [
     Option("token-origin", "origin name in the relay's token challenge (repeatable; none: tokens any relay trusting "
            "the issuer accepts)", repeat=True, metavar="NAME"),
     Option("cors-origin", "browser origin allowed to use the relay, or * (repeatable)", repeat=True, metavar="ORIGIN"),
+    Option("workers", "worker processes, each with its own SO_REUSEPORT socket on --listen (the kernel spreads "
+           "connections), under a supervisor that restarts one that dies (back-off 1-30 s) and stops all on "
+           "SIGTERM. The per-address caps, --rate-per-minute and --max-concurrent hold for the relay as a whole "
+           "(counted in shared memory; an address may be refused early, never late), spent tokens are shared as "
+           "--spent-store says, /metrics sums every worker; key caches and health checks are per worker", 1,
+           type=int),
     Option("shutdown-timeout", "on SIGTERM/SIGINT, seconds in-flight requests and streams may take to finish",
            30.0, type=float),
     Option("log-level", "logging level (no level but debug logs client addresses or bytes; debug may)", "info",
@@ -112,6 +118,19 @@ def run(args: argparse.Namespace) -> int:
         log.info("requests must spend a Privacy Pass token of %s (spent tokens: %s)", config.require_token,
                  "Redis" if config.spent_store.startswith(("redis://", "rediss://", "unix://")) else
                  config.spent_store)
+    if args.workers < 1:
+        raise SystemExit(f"veil relay: --workers must be 1 or more, got {args.workers}")
+    if args.workers > 1:
+        from .workers import Supervisor
+
+        try:
+            sup = Supervisor(config, host=host, port=int(port), workers=args.workers, log_level=args.log_level,
+                             idle_timeout=args.idle_timeout, shutdown_timeout=args.shutdown_timeout)
+        except OSError as exc:
+            raise SystemExit(f"veil relay: cannot listen on {args.listen}: {exc}") from None
+        print(f"veil relay listening on http://{host}:{sup.port} (gateways: {names}; {args.workers} workers)",
+              flush=True)
+        return sup.run()
     print(f"veil relay listening on http://{host}:{port} (gateways: {names})", flush=True)
     try:
         app = create_app(config)

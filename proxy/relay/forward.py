@@ -69,20 +69,20 @@ async def _admit(request: web.Request) -> web.StreamResponse:
     client = state.limits.client_key(request)
     if not state.limiter.allow(client):
         return refuse(metrics, "rate_limited", 429, "too many requests", "slow down", {"Retry-After": "60"})
-    if state.slots.locked():
+    slots = state.slots
+    if not slots.acquire():
         return refuse(metrics, "busy", 503, "relay busy", "too many concurrent requests", {"Retry-After": "1"})
     if not state.limits.enter(client):
+        slots.release()
         return refuse(metrics, "address_busy", 429, "too many requests at once",
                       "too many requests from this address are in flight", {"Retry-After": "1"})
+    metrics.in_flight.inc()
     try:
-        async with state.slots:
-            metrics.in_flight.inc()
-            try:
-                return await _forward(request, state, pool, ctype, clock)
-            finally:
-                metrics.in_flight.dec()
+        return await _forward(request, state, pool, ctype, clock)
     finally:
+        metrics.in_flight.dec()
         state.limits.leave(client)
+        slots.release()
 
 
 class _TooLarge(Exception):

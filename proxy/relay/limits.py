@@ -96,11 +96,14 @@ class RateLimiter:
 class ClientLimits:
     """Per-address connection and in-flight counts, under keyed digests of the addresses."""
 
-    def __init__(self, *, max_connections: int, max_in_flight: int, trusted_proxies: tuple[Network, ...] = ()) -> None:
+    def __init__(self, *, max_connections: int, max_in_flight: int, trusted_proxies: tuple[Network, ...] = (),
+                 secret: bytes | None = None) -> None:
         self.max_connections = max_connections
         self.max_in_flight = max_in_flight
         self.trusted = trusted_proxies
-        self._secret = os.urandom(32)
+        self._secret = secret if secret is not None else os.urandom(32)
+        #: counts every accepted connection (``--workers``: the ``veil_relay_worker_connections_total`` child)
+        self.accepted: Callable[[], None] | None = None
         self._connections: dict[bytes, int] = {}
         self._open: dict[object, bytes] = {}  # connection (aiohttp's handler) -> its address key
         self._in_flight: dict[bytes, int] = {}
@@ -157,20 +160,29 @@ class ClientLimits:
         """Count a new connection; ``False`` when its address already has ``max_connections`` open."""
         peer = transport.get_extra_info("peername")
         addr = _ip(peer[0] if isinstance(peer, (tuple, list)) and peer else None)
+        if self.accepted is not None:
+            self.accepted()
         if self._trusted(addr):
             return True  # a TLS terminator carries many clients; they are limited per request instead
         key = self.key(addr)
-        n = self._connections.get(key, 0)
-        if n >= self.max_connections:
+        if not self._count_connection(key):
             return False
-        self._connections[key] = n + 1
         self._open[conn] = key
         return True
 
     def closed(self, conn: object) -> None:
         key = self._open.pop(conn, None)
-        if key is None:
-            return
+        if key is not None:
+            self._uncount_connection(key)
+
+    def _count_connection(self, key: bytes) -> bool:
+        n = self._connections.get(key, 0)
+        if n >= self.max_connections:
+            return False
+        self._connections[key] = n + 1
+        return True
+
+    def _uncount_connection(self, key: bytes) -> None:
         n = self._connections.get(key, 1) - 1
         if n <= 0:
             self._connections.pop(key, None)
@@ -195,6 +207,23 @@ class ClientLimits:
         # hook in front of the HTTP parser.
         setattr(server, "connection_made", connection_made)  # noqa: B010
         setattr(server, "connection_lost", connection_lost)  # noqa: B010
+
+
+class Slots:
+    """``--max-concurrent``: requests forwarded at once by this process (503 beyond)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.taken = 0
+
+    def acquire(self) -> bool:
+        if self.taken >= self.limit:
+            return False
+        self.taken += 1
+        return True
+
+    def release(self) -> None:
+        self.taken -= 1
 
 
 class WriteWatchdog:
@@ -235,8 +264,10 @@ class WriteWatchdog:
 
 
 def serve(app: web.Application, host: str, port: int, *, shutdown_timeout: float, idle_timeout: float,
-          limits: ClientLimits | None) -> None:
-    """``web.run_app`` (signals, graceful shutdown) with ``limits`` counting every accepted connection."""
+          limits: ClientLimits | None, reuse_port: bool = False, on_ready: Callable[[], None] | None = None) -> None:
+    """``web.run_app`` (signals, graceful shutdown) with ``limits`` counting every accepted connection;
+    ``reuse_port``: the listening socket is bound with SO_REUSEPORT (a worker of ``--workers``); ``on_ready`` is
+    called once it listens."""
     loop = asyncio.new_event_loop()
 
     async def main() -> None:
@@ -248,7 +279,9 @@ def serve(app: web.Application, host: str, port: int, *, shutdown_timeout: float
         try:
             if limits is not None and runner.server is not None:
                 limits.install(runner.server)
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+            if on_ready is not None:
+                on_ready()
             await asyncio.Event().wait()
         finally:
             await runner.cleanup()

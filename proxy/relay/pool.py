@@ -21,8 +21,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from dataclasses import dataclass, field
+from typing import Any, Callable, Final
 
 import aiohttp
 from prometheus_client import Counter
@@ -54,6 +54,8 @@ class Replica:
     healthy: bool = True  # in rotation; optimistic until the first check says otherwise
     outstanding: int = 0
     checked_at: float = 0.0
+    #: told 1.0 / 0.0 when the replica enters / leaves the rotation (the gauge, with --workers)
+    on_change: Callable[[float], None] | None = field(default=None, repr=False)
 
     @property
     def healthz_url(self) -> str:
@@ -73,6 +75,8 @@ class Replica:
                 log.info("gateway %s replica %d is back in rotation", name, self.index)
             else:
                 log.warning("gateway %s replica %d is out of rotation: %s", name, self.index, why)
+            if self.on_change is not None:
+                self.on_change(1.0 if healthy else 0.0)
         self.healthy = healthy
         self.checked_at = time.monotonic()
 

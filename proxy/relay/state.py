@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -10,38 +9,50 @@ from aiohttp import web
 
 from .config import RelayConfig
 from .keycache import KeyCache
-from .limits import ClientLimits, RateLimiter, WriteWatchdog, parse_networks
+from .limits import ClientLimits, RateLimiter, Slots, WriteWatchdog, parse_networks
 from .metrics import RelayMetrics
 from .pool import ReplicaPool, split_urls
+from .shared import SharedClientLimits, SharedRateLimiter, SharedSlots, SharedTable, WorkerSpec
 from .vsock import VsockBridge
 
 
 @dataclass
 class RelayState:
-    """Per-app state; the client session and the vsock bridges are set up by ``create_app``'s cleanup contexts."""
+    """Per-app state; the client session and the vsock bridges are set up by ``create_app``'s cleanup contexts.
+    ``worker``: this process is one of ``--workers N``; the per-address limits are then the shared table's."""
 
     config: RelayConfig
+    worker: WorkerSpec | None = None
     session: aiohttp.ClientSession | None = None
     pools: dict[str, ReplicaPool] = field(init=False)
     metrics: RelayMetrics = field(init=False)
     keycache: KeyCache = field(init=False)
-    limiter: RateLimiter = field(init=False)
+    limiter: RateLimiter | SharedRateLimiter = field(init=False)
     limits: ClientLimits = field(init=False)
     watchdog: WriteWatchdog = field(init=False)
-    slots: asyncio.Semaphore = field(init=False)
+    slots: Slots | SharedSlots = field(init=False)
+    table: SharedTable | None = field(init=False, default=None)
     bridges: list[VsockBridge] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         cfg = self.config
         self.pools = {name: ReplicaPool(name, split_urls(urls)) for name, urls in cfg.gateways.items()}
-        self.metrics = RelayMetrics(self.pools.values())
+        self.metrics = RelayMetrics(self.pools.values(), worker=self.worker)
         self.keycache = KeyCache(cfg, self.metrics)
-        self.limiter = RateLimiter(cfg.rate_per_minute)
-        self.limits = ClientLimits(max_connections=cfg.max_connections_per_address,
-                                   max_in_flight=cfg.max_in_flight_per_address,
-                                   trusted_proxies=parse_networks(cfg.trusted_proxies))
+        trusted = parse_networks(cfg.trusted_proxies)
+        if self.worker is None:
+            self.limiter = RateLimiter(cfg.rate_per_minute)
+            self.limits = ClientLimits(max_connections=cfg.max_connections_per_address,
+                                       max_in_flight=cfg.max_in_flight_per_address, trusted_proxies=trusted)
+            self.slots = Slots(cfg.max_concurrent)
+        else:
+            self.table = table = SharedTable(self.worker.shared_path, self.worker.index)
+            self.limiter = SharedRateLimiter(table, cfg.rate_per_minute)
+            self.limits = SharedClientLimits(table, max_connections=cfg.max_connections_per_address,
+                                             max_in_flight=cfg.max_in_flight_per_address, trusted_proxies=trusted)
+            self.limits.accepted = self.metrics.worker_connections
+            self.slots = SharedSlots(table, cfg.max_concurrent)
         self.watchdog = WriteWatchdog(cfg.write_timeout)
-        self.slots = asyncio.Semaphore(cfg.max_concurrent)
 
     def target(self, name: str) -> ReplicaPool | None:
         """The allow-listed gateway ``name``; ``""`` (the path ``/``) names the only one of a one-gateway relay."""

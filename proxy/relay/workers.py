@@ -1,0 +1,271 @@
+"""``veil relay --workers N``: N worker processes on one address, and the supervisor that keeps them.
+
+* Sockets: the supervisor binds the address once with ``SO_REUSEPORT`` and never listens on it (it only holds the
+  port, so nobody else takes it while a worker restarts, and ``--listen HOST:0`` gets one port for all); each
+  worker binds its own listening socket there with ``SO_REUSEPORT``, and the kernel spreads new connections over
+  the listening ones (by a hash of the addresses and ports). One socket per worker rather than one shared socket:
+  no thundering herd, no one busy worker taking most accepts.
+* Workers are fresh interpreters (``python -m proxy.relay.workers``), not forks: ``PROMETHEUS_MULTIPROC_DIR`` is in
+  their environment before ``prometheus_client`` is imported, and nothing of the supervisor (event loop, random
+  keys, SQLite connections) is inherited. Each is in a process group of its own and gets SIGTERM if the
+  supervisor dies (PR_SET_PDEATHSIG): no orphans. Each says "ready" on a pipe once it listens.
+* Supervision: a worker that fails before its first "ready" stops the relay (exit status 1: a broken set-up would
+  fail again); one that dies later is restarted after a back-off (1 s, doubling to 30 s; back to 1 s once a worker
+  has run a minute), its shared limit counts and its live metrics forgotten first, while the others go on serving
+  (a supervisor outside would otherwise restart all of them and cut every client's stream). SIGTERM/SIGINT to the
+  supervisor: SIGTERM to every worker, each finishes its requests within ``--shutdown-timeout``, then it exits 0.
+* Shared between workers: the per-address limits (:mod:`.shared`), the metrics (multiprocess files), the spent-token
+  store (its own SQLite file or Redis, as replicas share it). Per worker: the key and evidence cache and the
+  health checks of replicas (each is correct on its own; the gateway sees N times the key fetches).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+from .config import RelayConfig
+from .shared import WORKER_ENV, WorkerSpec, clear_region, create_table
+
+log = logging.getLogger("veil.relay")
+
+BACKOFF_START: Final = 1.0
+BACKOFF_MAX: Final = 30.0
+#: a worker that ran this long resets the back-off
+STABLE_AFTER: Final = 60.0
+_TUPLES: Final = ("trusted_proxies", "cors_origins", "token_origin")
+
+
+@dataclass
+class _Worker:
+    index: int
+    popen: subprocess.Popen[bytes] | None = None
+    ready_fd: int = -1
+    ready: bool = False
+    ever_ready: bool = False
+    started: float = 0.0
+    backoff: float = BACKOFF_START
+    restart_at: float | None = None
+    pids: list[int] = field(default_factory=list)
+
+
+def config_to_json(config: RelayConfig) -> str:
+    d = asdict(config)
+    d["gateways"] = {k: list(v) if not isinstance(v, str) else v for k, v in config.gateways.items()}
+    return json.dumps(d)
+
+
+def config_from_json(text: str) -> RelayConfig:
+    d: dict[str, Any] = json.loads(text)
+    for name in _TUPLES:
+        d[name] = tuple(d[name])
+    return RelayConfig(**d)
+
+
+def reserve(host: str, port: int) -> socket.socket:
+    """Bind (never listen) ``host:port`` with SO_REUSEPORT: the port stays the workers' while one restarts."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(addr)
+    return sock
+
+
+class Supervisor:
+    """Starts, watches and stops the workers (see the module's docstring)."""
+
+    def __init__(self, config: RelayConfig, *, host: str, port: int, workers: int, log_level: str,
+                 idle_timeout: float, shutdown_timeout: float) -> None:
+        self.host, self.count = host, workers
+        self.shutdown_timeout = shutdown_timeout
+        self._reserved = reserve(host, port)
+        self.port: int = self._reserved.getsockname()[1]
+        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # memory, not disk, for the shared files
+        self.dir = Path(tempfile.mkdtemp(prefix="veil-relay-", dir=shm))
+        self.metrics_dir = self.dir / "metrics"
+        self.metrics_dir.mkdir()
+        self.table = str(self.dir / "limits")
+        create_table(self.table, workers)
+        (self.dir / "worker.json").write_text(json.dumps({
+            "config": config_to_json(config), "host": host, "port": self.port, "log_level": log_level,
+            "idle_timeout": idle_timeout, "shutdown_timeout": shutdown_timeout}))
+        self.workers = [_Worker(i) for i in range(workers)]
+        self._stop: int | None = None
+        self._sel = selectors.DefaultSelector()
+
+    # -- workers
+
+    def _spawn(self, w: _Worker) -> None:
+        from veil_cli import die_with_parent
+
+        r, wfd = os.pipe()
+        spec = WorkerSpec(index=w.index, count=self.count, shared_path=self.table, ready_fd=wfd)
+        env = {**os.environ, WORKER_ENV: spec.to_env(), "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
+               "_VEIL_RELAY_WORKER_SETUP": str(self.dir / "worker.json")}
+        try:
+            w.popen = subprocess.Popen([sys.executable, "-m", "proxy.relay.workers"], env=env, pass_fds=(wfd,),
+                                       process_group=0, preexec_fn=die_with_parent)
+        finally:
+            os.close(wfd)
+        w.ready_fd, w.ready, w.started, w.restart_at = r, False, time.monotonic(), None
+        w.pids.append(w.popen.pid)
+        self._sel.register(r, selectors.EVENT_READ, w)
+
+    def _ready_event(self, w: _Worker) -> None:
+        try:
+            data = os.read(w.ready_fd, 64)
+        except OSError:
+            data = b""
+        if data:
+            w.ready = w.ever_ready = True
+        else:  # the worker closed its end: it exited (reaped below)
+            self._sel.unregister(w.ready_fd)
+            os.close(w.ready_fd)
+            w.ready_fd = -1
+
+    def _reap(self, w: _Worker) -> int | None:
+        """The exit status of ``w`` if it has exited (its shared counts and live metrics are forgotten then)."""
+        if w.popen is None or (code := w.popen.poll()) is None:
+            return None
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(w.popen.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
+        clear_region(self.table, w.index)
+        if w.ready_fd >= 0:
+            self._sel.unregister(w.ready_fd)
+            os.close(w.ready_fd)
+            w.ready_fd = -1
+        w.popen = None
+        return code
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop = signum
+
+    def run(self) -> int:
+        """Until SIGTERM/SIGINT (0) or a worker that could not start (1)."""
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        old_wakeup = signal.set_wakeup_fd(wake_w)
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        handlers[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda s, f: None)  # wakes select via the fd
+        self._sel.register(wake_r, selectors.EVENT_READ, None)
+        code = 0
+        announced = False
+        try:
+            for w in self.workers:
+                self._spawn(w)
+            while self._stop is None:
+                now = time.monotonic()
+                due = [w.restart_at for w in self.workers if w.restart_at is not None]
+                timeout = max(0.0, min(due) - now) if due else None
+                for key, _ in self._sel.select(timeout):
+                    if key.data is None:
+                        while True:
+                            try:
+                                if not os.read(wake_r, 512):
+                                    break
+                            except BlockingIOError:
+                                break
+                    else:
+                        self._ready_event(key.data)
+                if not announced and all(w.ready for w in self.workers):
+                    announced = True
+                    log.info("%d workers listening on port %d (SO_REUSEPORT)", self.count, self.port)
+                for w in self.workers:
+                    status = self._reap(w)
+                    if status is None:
+                        continue
+                    if not w.ever_ready:
+                        print(f"veil relay: worker {w.index} exited with status {status} before it was ready; "
+                              "stopping", file=sys.stderr, flush=True)
+                        return 1
+                    ran = time.monotonic() - w.started
+                    if ran >= STABLE_AFTER:
+                        w.backoff = BACKOFF_START
+                    w.restart_at = time.monotonic() + w.backoff
+                    log.warning("relay worker %d exited with status %s after %.0f s; restarting it in %.0f s",
+                                w.index, status, ran, w.backoff)
+                    w.backoff = min(w.backoff * 2, BACKOFF_MAX)
+                now = time.monotonic()
+                for w in self.workers:
+                    if w.restart_at is not None and w.restart_at <= now and w.popen is None:
+                        self._spawn(w)
+            return code
+        finally:
+            self._stop_all()
+            self._sel.close()
+            signal.set_wakeup_fd(old_wakeup)
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            os.close(wake_r)
+            os.close(wake_w)
+            self._reserved.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _stop_all(self) -> None:
+        """SIGTERM to every worker; SIGKILL to any still there after ``shutdown_timeout`` + 5 s."""
+        alive = [w.popen for w in self.workers if w.popen is not None and w.popen.poll() is None]
+        for p in alive:
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.shutdown_timeout + 5.0
+        for p in alive:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for w in self.workers:
+            if w.popen is not None:
+                w.popen.wait()
+
+
+def worker_main() -> int:
+    """One worker (``python -m proxy.relay.workers``, started by :class:`Supervisor` only)."""
+    from veil_cli import install_event_loop
+
+    from ..logfilter import setup_logging
+    from .app import create_app
+    from .limits import serve
+    from .state import STATE
+
+    spec = WorkerSpec.from_env()
+    setup_path = os.environ.get("_VEIL_RELAY_WORKER_SETUP")
+    if spec is None or not setup_path:
+        raise SystemExit("proxy.relay.workers: started by `veil relay --workers N` only")
+    setup = json.loads(Path(setup_path).read_text())
+    setup_logging(setup["log_level"], "relay")
+    install_event_loop()
+    config = config_from_json(setup["config"])
+    try:
+        app = create_app(config, worker=spec)
+    except (OSError, sqlite3.Error) as exc:  # the spent-token store's file cannot be opened
+        raise SystemExit(f"veil relay: --spent-store {config.spent_store}: {exc}") from None
+
+    def ready() -> None:
+        os.write(spec.ready_fd, b"1")
+        os.close(spec.ready_fd)
+
+    serve(app, setup["host"], int(setup["port"]), shutdown_timeout=float(setup["shutdown_timeout"]),
+          idle_timeout=float(setup["idle_timeout"]), limits=app[STATE].limits, reuse_port=True, on_ready=ready)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
