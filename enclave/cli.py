@@ -86,6 +86,11 @@ OPTIONS = [
            "https://ocsp.ndis.nvidia.com): responses are stapled into the evidence and fetched again before they "
            "lapse; clients judge them at their own clock ([nvidia] require_ocsp)"),
     Option("pccs-url", "PCCS for TDX collateral (default: Intel PCS)"),
+    Option("transparency-log", "a transparency log's tiles URL (veil log serve): once the operator has logged this "
+           "gateway's key configuration, its evidence carries the inclusion proofs of the key entry and release and a "
+           "checkpoint, so clients check the log offline in the same fetch", metavar="URL"),
+    Option("transparency-refresh", "seconds between reads of --transparency-log (new entries only)", 60.0,
+           type=float),
     Option("max-request-bytes", "largest encapsulated request", 4 * 1024 * 1024, type=int),
     Option("body-timeout", "seconds a request body may take to arrive in full (408 beyond; keep it above the "
            "relays' --max-body-time)", 90.0, type=float),
@@ -251,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
     engine = make_engine(args)
     if args.require_date and args.allow_missing_date:
         raise SystemExit("veil gateway: give --require-date or --allow-missing-date, not both")
+    if args.transparency_refresh <= 0:
+        raise SystemExit("veil gateway: --transparency-refresh must be a positive number of seconds")
     config = GatewayConfig(
         max_request_bytes=args.max_request_bytes,
         body_timeout=args.body_timeout,
@@ -261,6 +268,8 @@ def run(args: argparse.Namespace) -> int:
         keys_max_age=args.keys_max_age,
         rotation_interval=args.rotation_interval,
         rotation_grace=args.rotation_grace,
+        transparency_log=args.transparency_log or None,
+        transparency_refresh=args.transparency_refresh,
     )
     config = _with_attested_identity(config, args, model, engine, provider)
     api = Api(engine, api_keys=api_keys, cache_salt=args.cache_salt)

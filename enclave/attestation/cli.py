@@ -231,34 +231,60 @@ def _load(args: argparse.Namespace) -> Bundle:
     return bundle
 
 
-def _verify_with_log(args: argparse.Namespace, bundle: Bundle, now: dt.datetime) -> int:
-    """``--publisher KEY --log URL --log-key VKEY``: the policy is the publisher's unexpired logged releases."""
+def _verify_with_log(args: argparse.Namespace, bundle: Bundle, now: dt.datetime, local: Policy | None) -> int:
+    """``--publisher KEY --log-key VKEY [--log URL]``: the policy is the publisher's unexpired logged releases
+    (``--policy`` narrows it). A bundle that carries the gateway's log proofs is checked from them, offline unless
+    ``--log-state`` keeps a checkpoint of another size (then only consistency tiles are fetched from ``--log``);
+    one without needs ``--log``, read whole."""
     from tlog import TlogError, parse_verifier_key
-    from transparency.client import TrustedLog, http_fetcher
-    from transparency.verify import verify_with_log
+    from transparency.client import LogUnavailableError, TrustedLog, http_fetcher
+    from transparency.verify import bundle_proofs, verify_with_log, verify_with_proofs
 
-    if not (args.publisher and args.log and args.log_key):
-        print("veil attest: --publisher, --log and --log-key go together", file=sys.stderr)
+    if not (args.publisher and args.log_key):
+        print("veil attest: --publisher and --log-key go together (with --log, or a bundle carrying log proofs)",
+              file=sys.stderr)
         return 2
-    state = Path(args.log_state) if args.log_state else Path.home() / ".config" / "veil" / "log-state.json"
+
+    def no_log(path: str) -> bytes:
+        raise LogUnavailableError(f"log unreachable: {path} is needed and no --log was given")
+
     try:
-        trusted = TrustedLog(parse_verifier_key(args.log_key), http_fetcher(args.log), state,
-                             [parse_verifier_key(w) for w in args.witness or []], args.min_witnesses)
-        result = verify_with_log(bundle, trusted.open(), [parse_verifier_key(k) for k in args.publisher], now=now,
-                                 allow_simulated=args.insecure_allow_simulated)
+        proofs = bundle_proofs(bundle)
+        if proofs is None and not args.log:
+            print("veil attest: the bundle carries no log proofs: give --log URL", file=sys.stderr)
+            return 2
+        # With proofs and no --log, a state file only when asked for: the check is then entirely offline.
+        default_state = Path.home() / ".config" / "veil" / "log-state.json" if args.log else None
+        state = Path(args.log_state) if args.log_state else default_state
+        trusted = TrustedLog(parse_verifier_key(args.log_key), http_fetcher(args.log) if args.log else no_log,
+                             state, [parse_verifier_key(w) for w in args.witness or []], args.min_witnesses)
+        publishers = [parse_verifier_key(k) for k in args.publisher]
+        if proofs is not None:
+            result = verify_with_proofs(bundle, proofs, trusted, publishers, now=now,
+                                        allow_simulated=args.insecure_allow_simulated)
+        else:
+            result = verify_with_log(bundle, trusted.open(), publishers, now=now,
+                                     allow_simulated=args.insecure_allow_simulated)
     except TlogError as exc:
         print(f"refused by the transparency log: {exc}", file=sys.stderr)
         return 5
+    verdict = result.verdict
+    if result.release is not None:
+        verdict.add(result.line(), True, "inclusion proofs and checkpoint verified")
+        if local is not None:  # the user's own policy narrows the release's: both must pass
+            verdict.extend(verify_bundle(bundle, None, local, now=now, allow_simulated=args.insecure_allow_simulated),
+                           "local policy: ")
     if args.json:
-        out = {**result.verdict.to_json(), "release": result.release.name if result.release else None,
-               "key_log_index": result.key_index, "log_size": result.log_size}
+        out = {**verdict.to_json(), "release": result.release.name if result.release else None,
+               "key_log_index": result.key_index, "log_size": result.log_size, "log_source": result.source}
         print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
     else:
         print(f"verified at: {now.isoformat()}")
-        print(f"log: key configuration at index {result.key_index} of {result.log_size}; release: "
+        via = " (proofs from the gateway)" if result.source == "gateway" else ""
+        print(f"log: key configuration at index {result.key_index} of {result.log_size}{via}; release: "
               f"{result.release.name if result.release else 'none matched'}")
-        print(result.verdict.document())
-    return 0 if result.verdict.ok else 4
+        print(verdict.document())
+    return 0 if verdict.ok else 4
 
 
 def run(args: argparse.Namespace) -> int:
@@ -289,8 +315,8 @@ def run(args: argparse.Namespace) -> int:
         if args.switch_evidence and bundle.platform != "nvidia":
             print("veil attest: --switch-evidence goes with raw --gpu-evidence", file=sys.stderr)
             return 2
-        if args.publisher or args.log:
-            return _verify_with_log(args, bundle, now)
+        if args.publisher or args.log or args.log_key:
+            return _verify_with_log(args, bundle, now, policy if args.policy else None)
         if bundle.platform == "nvidia":  # raw GPU evidence only
             from .nvidia import decode_gpu_evidence
             from .nvidia.verify import verify_nvidia

@@ -20,6 +20,7 @@ from ..engines import Engine
 from ..engines.selfcheck import EngineSelfCheckFailed
 from .app_state_keys import STATE
 from .config import GatewayConfig
+from .log_proofs import transparency_ctx
 from .ohttp_routes import get_attestation, get_keys, post_gateway
 from .state import GatewayState
 
@@ -66,6 +67,7 @@ def create_app(
     app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.append(_engine_ctx)
     app.cleanup_ctx.append(_rotation_ctx)
+    app.cleanup_ctx.append(transparency_ctx)
     return app
 
 

@@ -58,8 +58,15 @@ class GatewayConfig:
     #: the key broker's URL and the SHA-256 of the policy its evidence had to pass (None without --key-broker)
     key_broker: str | None = None
     key_broker_policy_sha256: str | None = None
+    #: a transparency log's tiles URL: the gateway attaches the inclusion proofs of its key entry and release to
+    #: its evidence (``certs["veil_log"]``), refreshed every ``transparency_refresh`` seconds. Not bound: it only
+    #: fetches material clients verify against their own log key, so whoever sets it can at worst leave it out
+    transparency_log: str | None = None
+    transparency_refresh: float = 60.0
 
     def __post_init__(self) -> None:
+        if not self.transparency_refresh > 0:
+            raise ValueError("transparency_refresh must be a positive number of seconds")
         if self.key_origin not in KEY_ORIGINS:
             raise ValueError(f"key_origin must be one of {', '.join(KEY_ORIGINS)}")
         if self.gpu_cc_checked is not None and self.gpu_cc_checked not in GPU_CC_CHECKS:

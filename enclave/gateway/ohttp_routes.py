@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import AsyncIterator, Final
 
@@ -137,7 +138,11 @@ async def get_attestation(request: web.Request) -> web.Response:
     nonce_hex = request.query.get("nonce")
     if nonce_hex is None:
         body = state.bundle_json
-        cache = f"max-age={_max_age(state)}"
+        age = _max_age(state)
+        if state.config.transparency_log is not None and state.log_proofs is None:
+            # the log's proofs are expected soon (the operator logs the key after start): let caches refetch
+            age = min(age, math.ceil(state.config.transparency_refresh))
+        cache = f"max-age={age}"
     else:
         try:
             nonce = bytes.fromhex(nonce_hex)
@@ -155,7 +160,7 @@ async def get_attestation(request: web.Request) -> web.Response:
         except AttestationError as exc:
             log.error("fresh evidence collection failed: %s", exc)
             return problem(503, "evidence unavailable", detail="the gateway could not collect fresh evidence")
-        body = bundle.to_json()
+        body = state.with_log_proofs(bundle).to_json()
         cache = "no-store"
     return web.Response(body=body, content_type="application/json", headers={"Cache-Control": cache})
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ohttp import Gateway, GatewayKey, KeyRing, encode_list
-
+from transparency.proofs import CERT_KEY as LOG_CERT_KEY
 
 from ..api import Api
 from ..attestation import Bundle, EvidenceProvider
@@ -38,12 +38,16 @@ class GatewayState:
     last_fresh_evidence: float = 0.0
     #: set when the engine failed to start or failed its self-check: the gateway stops and exits 1 with this reason
     engine_error: str | None = None
+    #: the transparency log's proofs (``certs["veil_log"]``) and the key configuration they are for
+    log_proofs: tuple[bytes, str] | None = None
 
     #: the configuration every bundle binds (:meth:`GatewayConfig.attested`)
     attested_config: dict[str, ConfigValue] = field(init=False)
 
     def __post_init__(self) -> None:
         self._refresh_lock = asyncio.Lock()
+        #: set when the published key configuration changes: the log follower looks for its entry at once
+        self.log_wake = asyncio.Event()
         self.attested_config = self.config.attested(engine=self.api.engine.kind,
                                                     api_keys_required=self.api.api_keys is not None,
                                                     cache_salt=self.api.cache_salt)
@@ -88,7 +92,26 @@ class GatewayState:
         return body != self.keys_body or self.bundle is None or self._evidence_stale()
 
     def _publish(self, body: bytes, bundle: Bundle) -> None:
+        if self.bundle is None or self.bundle.key_config != bundle.key_config:
+            self.log_wake.set()
+        bundle = self.with_log_proofs(bundle)
         self.keys_body, self.bundle, self.bundle_json = body, bundle, bundle.to_json()
+
+    def with_log_proofs(self, bundle: Bundle) -> Bundle:
+        """``bundle`` with the log proofs for its key configuration attached, or none attached: unsigned
+        attachments (``certs``), so the signed and bound parts stay as collected."""
+        certs = {k: v for k, v in bundle.certs.items() if k != LOG_CERT_KEY}
+        if self.log_proofs is not None and self.log_proofs[0] == bundle.key_config:
+            certs[LOG_CERT_KEY] = self.log_proofs[1]
+        return bundle if certs == bundle.certs else replace(bundle, certs=certs)
+
+    def set_log_proofs(self, key_config: bytes, proofs: str | None) -> None:
+        """Keep the log proofs for ``key_config`` (None: it has no unexpired entry) and republish the evidence with
+        them if it still binds that key configuration (a rotation meanwhile waits for the next round)."""
+        self.log_proofs = None if proofs is None else (key_config, proofs)
+        if self.bundle is not None and self.bundle.key_config == key_config:
+            self.bundle = self.with_log_proofs(self.bundle)
+            self.bundle_json = self.bundle.to_json()
 
     def refresh_due(self) -> float | None:
         """When the published evidence must be collected again (unix time), or None if only a key change will.
