@@ -77,6 +77,10 @@ OPTIONS = [
            "not in CC mode)", "none", choices=("none", "nvml")),
     Option("gpu-evidence-command", "command that prints NVIDIA GPU evidence (nvtrust JSON) for the nonce given as "
            "its last argument (instead of --gpu-evidence nvml)"),
+    Option("switch-evidence", "NVSwitch evidence of a protected-PCIe system (HGX 8-GPU): none, or nscq (in-process "
+           "through NVIDIA's NSCQ binding, pip install --no-deps nv-attestation-sdk, and libnvidia-nscq; refuses "
+           "switches not in locked TNVL mode; needs GPU evidence, whose nonce the switches answer; not yet run on "
+           "hardware)", "none", choices=("none", "nscq")),
     Option("gpu-rim-dir", "folder of NVIDIA RIM files (*.xml, *.swidtag): the ones the GPUs' driver and VBIOS name "
            "travel in the evidence so clients compare every measurement offline; a GPU without its RIMs stops the "
            "gateway at start"),
@@ -123,6 +127,7 @@ def make_provider(args: argparse.Namespace) -> EvidenceProvider:
     """The evidence provider ``--attestation`` names (:func:`enclave.attestation.make_provider`)."""
     options = ProviderOptions(tpm_tcti=args.tpm_tcti, azure_imds_url=args.azure_imds_url, maa_url=args.maa_url,
                               nsm_device=args.nsm_device, pccs_url=args.pccs_url, gpu_evidence=args.gpu_evidence,
+                              switch_evidence=args.switch_evidence,
                               gpu_evidence_command=args.gpu_evidence_command, gpu_rim_dir=args.gpu_rim_dir,
                               gpu_rim_url=args.gpu_rim_url, gpu_ocsp_url=args.gpu_ocsp_url)
     try:

@@ -13,7 +13,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .bundle import Bundle, ConfigValue, gpu_nonce
 from .errors import CollateralUnavailableError, EvidenceFormatError
@@ -88,6 +88,43 @@ class GpuEvidenceSource(Protocol):
         ...
 
 
+class NscqSwitchEvidence:
+    """Collects NVSwitch evidence in-process through NSCQ (NVIDIA's ``NSCQHandler``; see :mod:`.nvidia.nscq`).
+    Every collection first checks LS10, TNVL on and locked; after :meth:`check` it also refuses evidence for a
+    number of switches other than the one checked at start. ``nscq``: the module providing ``NSCQHandler``
+    (default: NVIDIA's)."""
+
+    def __init__(self, nscq: Any | None = None) -> None:
+        self.nscq = nscq
+        self.count: int | None = None
+
+    def check(self) -> int:
+        """The switch count, after NSCQ's checks (:func:`.nvidia.nscq.switch_uuids`); kept for later collections.
+
+        Raises:
+            CollateralUnavailableError: the switches must not be attested (the message says why).
+        """
+        from .nvidia.nscq import NscqEvidenceError, switch_uuids
+
+        try:
+            self.count = len(switch_uuids(self.nscq))
+        except NscqEvidenceError as exc:
+            raise CollateralUnavailableError(f"NVSwitch check: {exc}") from None
+        return self.count
+
+    def collect(self, nonce: bytes) -> list[tuple[bytes, str]]:
+        from .nvidia.nscq import NscqEvidenceError, collect_switch_evidence
+
+        try:
+            switches = collect_switch_evidence(nonce, self.nscq)
+        except NscqEvidenceError as exc:
+            raise CollateralUnavailableError(f"NVSwitch evidence: {exc}") from None
+        if self.count is not None and len(switches) != self.count:
+            raise CollateralUnavailableError(f"NVSwitch evidence: NSCQ now sees {len(switches)} switches, "
+                                             f"{self.count} at start; restart the gateway")
+        return switches
+
+
 class SwitchEvidenceSource(Protocol):
     def collect(self, nonce: bytes) -> list[tuple[bytes, str]]:
         """Every NVSwitch's ``(attestation report, PEM chain)``, each report collected with ``nonce``."""
@@ -130,9 +167,14 @@ class GatewayEvidence:
         the GPU count NVML sees now, after its CC checks), "command" (the operator's command; nothing checked here)
         or None (no GPU evidence), and ``gpu_count``.
 
+        With NSCQ switch evidence, the switches are checked here too (not bound: the configuration has no field for
+        them yet; the switch reports themselves are bound with the GPUs').
+
         Raises:
-            CollateralUnavailableError: NVML says the GPUs must not be attested.
+            CollateralUnavailableError: NVML says the GPUs must not be attested, or NSCQ the switches.
         """
+        if isinstance(self.switches, NscqSwitchEvidence):
+            self.switches.check()  # switches not in locked TNVL mode stop the gateway here, as GPUs with CC off do
         if isinstance(self.gpu, NvmlGpuEvidence):
             return {"gpu_cc_checked": "nvml", "gpu_count": self.gpu.check()}
         return {"gpu_cc_checked": None if self.gpu is None else "command", "gpu_count": None}

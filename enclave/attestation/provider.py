@@ -45,6 +45,8 @@ class ProviderOptions:
     #: GPU evidence: "nvml" collects it in-process; a command prints it; "none" without a command: no GPU evidence
     gpu_evidence: Literal["none", "nvml"] = "none"
     gpu_evidence_command: str | None = None
+    #: NVSwitch evidence of a protected-PCIe system: "nscq" collects it in-process (with GPU evidence); "none": none
+    switch_evidence: Literal["none", "nscq"] = "none"
     #: NVIDIA RIMs for the GPUs: the operator's folder of RIM files and/or NVIDIA's RIM service (or a mirror)
     gpu_rim_dir: str | None = None
     gpu_rim_url: str | None = None
@@ -104,7 +106,13 @@ def make_provider(kind: str, options: ProviderOptions | None = None) -> Evidence
 
 
 def _with_gpu(cpu: EvidenceProvider, opts: ProviderOptions) -> EvidenceProvider:
-    from .gateway_evidence import GatewayEvidence, GpuEvidenceCommand, GpuEvidenceSource, NvmlGpuEvidence
+    from .gateway_evidence import (
+        GatewayEvidence,
+        GpuEvidenceCommand,
+        GpuEvidenceSource,
+        NscqSwitchEvidence,
+        NvmlGpuEvidence,
+    )
 
     gpu: GpuEvidenceSource | None = None
     if opts.gpu_evidence_command and opts.gpu_evidence != "none":
@@ -113,6 +121,10 @@ def _with_gpu(cpu: EvidenceProvider, opts: ProviderOptions) -> EvidenceProvider:
         gpu = GpuEvidenceCommand(shlex.split(opts.gpu_evidence_command))
     elif opts.gpu_evidence == "nvml":
         gpu = NvmlGpuEvidence()
+    switches = NscqSwitchEvidence() if opts.switch_evidence == "nscq" else None
+    if switches is not None and gpu is None:
+        raise ProviderError("--switch-evidence nscq needs GPU evidence (--gpu-evidence nvml or "
+                            "--gpu-evidence-command): the switches answer the GPUs' nonce")
     if (opts.gpu_rim_dir or opts.gpu_rim_url or opts.gpu_ocsp_url) and gpu is None:
         raise ProviderError("--gpu-rim-dir/--gpu-rim-url/--gpu-ocsp-url need GPU evidence (--gpu-evidence nvml or "
                             "--gpu-evidence-command)")
@@ -125,4 +137,4 @@ def _with_gpu(cpu: EvidenceProvider, opts: ProviderOptions) -> EvidenceProvider:
         if url and not url.startswith(("https://", "http://")):
             raise ProviderError(f"{name} {url}: not an http(s) URL")
     return GatewayEvidence(cpu, gpu=gpu, pccs_url=opts.pccs_url, gpu_rim_dir=rim_dir, gpu_rim_url=opts.gpu_rim_url,
-                           gpu_ocsp_url=opts.gpu_ocsp_url)
+                           gpu_ocsp_url=opts.gpu_ocsp_url, switches=switches)
