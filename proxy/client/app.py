@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Final
+from typing import TYPE_CHECKING, AsyncIterator, Final
 
 import orjson
 from aiohttp import web
@@ -20,8 +20,20 @@ from enclave.attestation import Verdict
 
 from ..transport import ATTESTATION_HEADER, OhttpClient, VeilClientError, wants_stream
 from .guard import host_guard
-from .passthrough import PAGE_ISSUER_PATH, PAGE_RELAY_PATH, IssuerPassthrough, RelayPassthrough
+from .passthrough import (
+    PAGE_ISSUER_PATH,
+    PAGE_LOG_PATH,
+    PAGE_RELAY_PATH,
+    IssuerPassthrough,
+    LogPassthrough,
+    RelayPassthrough,
+)
 from .tokens import TokenUnavailable, TokenWallet
+
+if TYPE_CHECKING:
+    from tlog import Verifier as NoteVerifier
+
+    from ..verify import Transparency
 
 log = logging.getLogger("veil.proxy")
 
@@ -170,11 +182,14 @@ async def _prefetch(wallet: TokenWallet) -> None:
 def create_app(
     client: OhttpClient, *, api_key_mode: str = "auto", static_dir: str | None = None, allow_simulated: bool = False,
     hosts: frozenset[str] | None = None, tokens: TokenWallet | None = None, require_post_quantum: bool = False,
+    transparency: Transparency | None = None,
 ) -> web.Application:
     """Build the client proxy application; ``static_dir`` serves the browser chat page (``proxy/web``) at ``/``;
     ``hosts`` (``guard.allowed_hosts``) restricts the ``Host``/``Origin`` it answers (DNS rebinding); ``tokens`` is
     the wallet whose middleware ``client``'s session carries (filled before serving, closed with the app);
-    ``require_post_quantum`` (the policy's) tells the page to refuse gateways without an X-Wing key."""
+    ``require_post_quantum`` (the policy's) tells the page to refuse gateways without an X-Wing key;
+    ``transparency`` (``--publisher --log --log-key``) tells the page the same keys, so it requires the gateway's log
+    proofs, and serves the log's static files at ``/log`` for its consistency proofs."""
     app = web.Application(client_max_size=64 * 1024 * 1024,
                           middlewares=[host_guard(hosts)] if hosts is not None else [])
     app[STATE] = ProxyState(client=client, api_key_mode=api_key_mode, tokens=tokens)
@@ -184,7 +199,7 @@ def create_app(
     if static_dir is not None:
         app.router.add_get("/", _index(static_dir))
         app.router.add_get("/veil-config.json", _web_config(client.url, allow_simulated, tokens,
-                                                                  require_post_quantum))
+                                                                  require_post_quantum, transparency))
         app.router.add_static("/static/", static_dir)
         relay = RelayPassthrough(client.url)
         app.router.add_get(PAGE_RELAY_PATH, relay.forward)
@@ -193,21 +208,34 @@ def create_app(
         app.cleanup_ctx.append(relay.ctx)
         if tokens is not None:
             IssuerPassthrough(tokens.issuer_url, tokens.api_key).add_routes(app)
+        if transparency is not None:
+            LogPassthrough(transparency.log).add_routes(app)
     app.cleanup_ctx.append(_client_ctx)
     return app
 
 
 def _web_config(relay: str, allow_simulated: bool, tokens: TokenWallet | None,  # type: ignore[no-untyped-def]
-                require_post_quantum: bool = False):
+                require_post_quantum: bool = False, transparency: Transparency | None = None):
     """``GET /veil-config.json``: where the page sends its OHTTP requests (this proxy's same-origin relay path, so
     the relay needs no CORS rule for the page) and which relay they reach. The page encrypts in the browser. With
     ``--issuer``, ``tokens`` says where the page gets Privacy Pass tokens (the same-origin issuer path) and the
-    issuer's name in the relay's challenge; the page blinds and spends them itself."""
+    issuer's name in the relay's challenge; the page blinds and spends them itself. With ``--publisher --log
+    --log-key``, ``transparency`` gives the page the publisher, log and witness keys (it then requires the gateway's
+    log proofs) and the same-origin path to the log's tiles."""
     doc: dict[str, object] = {"relay": PAGE_RELAY_PATH, "relay_upstream": relay, "allow_simulated": allow_simulated,
                               "require_post_quantum": require_post_quantum}
     if tokens is not None:
         doc["tokens"] = {"issuer": PAGE_ISSUER_PATH, "issuer_name": tokens.challenge.issuer_name,
                          "issuer_upstream": tokens.issuer_url}
+    if transparency is not None:
+        def vkey(k: str | NoteVerifier) -> str:
+            return k if isinstance(k, str) else k.vkey()
+
+        doc["transparency"] = {"publishers": [vkey(k) for k in transparency.publishers],
+                               "log_key": vkey(transparency.log_key),
+                               "witnesses": [vkey(k) for k in transparency.witnesses],
+                               "min_witnesses": transparency.min_witnesses, "log": PAGE_LOG_PATH,
+                               "log_upstream": transparency.log}
     body = orjson.dumps(doc)
 
     async def web_config(request: web.Request) -> web.Response:

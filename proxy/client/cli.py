@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(client, api_key_mode=args.api_key, static_dir=web_dir,
                      allow_simulated=args.insecure_allow_simulated,
                      hosts=allowed_hosts(host, int(port), args.allowed_host or ()), tokens=wallet,
-                     require_post_quantum=bool(policy is not None and policy.require_post_quantum))
+                     require_post_quantum=bool(policy is not None and policy.require_post_quantum),
+                     transparency=transparency)
     print(f"veil proxy: OpenAI base_url = http://{host}:{port}/v1 (relay {args.relay})", flush=True)
     if transparency is not None:
         print(f"veil proxy: policy from the releases of {len(transparency.publishers)} publisher key(s) in the log "

@@ -23,7 +23,8 @@ from aiohttp import web
 
 log = logging.getLogger("veil.proxy")
 
-__all__ = ["PAGE_ISSUER_PATH", "PAGE_RELAY_PATH", "IssuerPassthrough", "RelayPassthrough"]
+__all__ = ["PAGE_ISSUER_PATH", "PAGE_LOG_PATH", "PAGE_RELAY_PATH", "IssuerPassthrough", "LogPassthrough",
+           "RelayPassthrough", "log_path_limit"]
 
 #: Where the page served by ``veil proxy`` sends its OHTTP requests (its ``veil-config.json`` says so).
 PAGE_RELAY_PATH: Final = "/relay"
@@ -159,3 +160,76 @@ class IssuerPassthrough:
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             log.warning("cannot reach the issuer at %s: %s", self.issuer_url, type(exc).__name__)
             raise web.HTTPBadGateway(text=f"veil proxy: cannot reach the issuer at {self.issuer_url}") from None
+
+
+#: Where the page served by ``veil proxy --log`` reads the transparency log's tiles (its ``veil-config.json`` says so).
+PAGE_LOG_PATH: Final = "/log"
+_MAX_CHECKPOINT: Final = 16 * 1024
+#: per leaf of a full tile: a 32-byte hash in a hash tile, a uint16 length and an entry of at most 65535 bytes
+_HASH_BYTES: Final = 32
+_ENTRY_BYTES: Final = 2 + 0xFFFF
+
+
+def log_path_limit(path: str) -> int | None:
+    """The most bytes the static tlog-tiles ``path`` (``checkpoint``, ``tile/L/N[.p/W]``, ``tile/entries/N[.p/W]``)
+    may hold, or None when it is not one, in its one canonical spelling: nothing else of the log's server is reachable
+    through the proxy."""
+    from tlog import entries_path, tile_path
+    from tlog.errors import MalformedError
+    from tlog.tiles import parse_tile_path
+
+    if path == "checkpoint":
+        return _MAX_CHECKPOINT
+    try:
+        if path.startswith("tile/entries/"):
+            _, index, width = parse_tile_path("0", path[len("tile/entries/"):])
+            return (width or 256) * _ENTRY_BYTES if entries_path(index, width) == path else None
+        if path.startswith("tile/"):
+            level, _, rest = path[len("tile/"):].partition("/")
+            lv, index, width = parse_tile_path(level, rest)
+            return (width or 256) * _HASH_BYTES if tile_path(lv, index, width) == path else None
+    except MalformedError:
+        return None
+    return None
+
+
+class LogPassthrough:
+    """``GET /log/<static tlog-tiles path>`` to the ``--log`` URL, so the page can prove a newer (or older) checkpoint
+    consistent with the one it kept: the log's server needs no CORS rule, and the page reaches only its static files
+    (checked by :func:`log_path_limit`, answers bounded by the path's size). The proxy already reads the same files
+    itself; nothing the page sends is forwarded but the path."""
+
+    def __init__(self, log_url: str) -> None:
+        self.log_url = log_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+
+    async def ctx(self, app: web.Application) -> AsyncIterator[None]:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
+                                              cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",))
+        yield
+        await self._session.close()
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get(PAGE_LOG_PATH + "/checkpoint", self.forward, allow_head=False)
+        app.router.add_get(PAGE_LOG_PATH + "/tile/{tail:[0-9a-z./]+}", self.forward, allow_head=False)
+        app.cleanup_ctx.append(self.ctx)
+
+    async def forward(self, request: web.Request) -> web.Response:
+        assert self._session is not None
+        path = request.path[len(PAGE_LOG_PATH) + 1:]
+        limit = log_path_limit(path)
+        if limit is None:
+            raise web.HTTPNotFound(text="veil proxy: not a tlog-tiles path")
+        try:
+            async with self._session.get(f"{self.log_url}/{path}") as upstream:
+                if upstream.status != 200:
+                    return web.Response(status=404 if upstream.status == 404 else 502,
+                                        text=f"veil proxy: the log answered HTTP {upstream.status}")
+                data = await upstream.content.read(limit + 1)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.warning("cannot reach the log at %s: %s", self.log_url, type(exc).__name__)
+            raise web.HTTPBadGateway(text=f"veil proxy: cannot reach the log at {self.log_url}") from None
+        if len(data) > limit:
+            raise web.HTTPBadGateway(text=f"veil proxy: the log's {path} exceeds {limit} bytes")
+        ctype = "text/plain; charset=utf-8" if path == "checkpoint" else "application/octet-stream"
+        return web.Response(body=data, headers={"Content-Type": ctype, "Cache-Control": "no-store"})
