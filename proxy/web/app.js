@@ -2,6 +2,7 @@
 // to the relay is OHTTP made by client.js; this file is the UI only. Model output is only ever set as text.
 
 import { VeilClient, VeilError } from "./client.js";
+import { parseTransparencyConfig } from "./transparency.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -10,6 +11,7 @@ const ui = {
   input: $("input"), send: $("send"), stop: $("stop"), panel: $("trust-panel"), verdict: $("trust-verdict"),
   platform: $("trust-platform"), measurement: $("trust-measurement"), keyId: $("trust-key-id"), kem: $("trust-kem"),
   suite: $("trust-suite"), expiry: $("trust-key-expiry"), issued: $("trust-issued"), relay: $("trust-relay"),
+  release: $("trust-release"), logPos: $("trust-log"),
   checks: $("trust-checks"), error: $("trust-error"), reverify: $("reverify"), closeTrust: $("close-trust"),
 };
 
@@ -58,6 +60,19 @@ function renderTrust(client, pendingText) {
   setText(ui.expiry, t.maxAge === null
     ? "no max-age: fetched again before each request"
     : `max-age ${t.maxAge} s (Cache-Control)\nfetched again after ${time(t.expiresAt)}`);
+  // With a publisher configured: the release that admitted the gateway and where its key sits in the log.
+  const lg = t.log;
+  if (!client.transparency) {
+    setText(ui.release, "no publisher configured");
+    setText(ui.logPos, "no log configured");
+  } else {
+    const rel = lg && lg.release;
+    setText(ui.release, rel ? `${rel.name}\nvalid ${date(rel.notBefore * 1000)} – ${date(rel.notAfter * 1000)}` +
+      `\npublisher ${rel.publisher}` : "–");
+    const cp = lg && lg.checkpoint;
+    setText(ui.logPos, cp ? (lg.keyIndex !== null ? `key configuration at index ${lg.keyIndex} of ${cp.size}\n` : "") +
+      `${cp.origin} · size ${cp.size}` : "–");
+  }
   setText(ui.issued, v && v.issuedAt ? `issued ${date(v.issuedAt * 1000)}\nfetched ${time(t.fetchedAt)}`
     : `fetched ${time(t.fetchedAt)}`);
   ui.checks.replaceChildren(...(v ? v.checks : []).map((c) => {
@@ -321,8 +336,18 @@ async function boot() {
     tokens = new TokenWallet({ issuer: config.tokens.issuer, issuerName: config.tokens.issuer_name });
     tokens.prefetch().catch((err) => console.warn(`no Privacy Pass tokens yet: ${err.message}`));
   }
+  // transparency (veil proxy --publisher --log --log-key): the gateway's evidence must carry valid log proofs.
+  let transparency = null;
+  if (config.transparency) {
+    try {
+      transparency = await parseTransparencyConfig(config.transparency);
+    } catch (err) {
+      showFatal(`The transparency settings in veil-config.json are invalid: ${err.message}`);
+      return;
+    }
+  }
   state.client = new VeilClient({ relay: config.relay, allowSimulated: Boolean(config.allow_simulated),
-    requirePostQuantum: config.require_post_quantum === true, tokens });
+    requirePostQuantum: config.require_post_quantum === true, tokens, transparency });
   if (!(await verify())) return;
   try {
     await loadModels();

@@ -18,6 +18,7 @@ import {
   encapsulateRequest, suiteName,
 } from "./ohttp.js";
 import { verifyBundle } from "./attestation.js";
+import { LogError, checkpointStore, memoryStore, verifyLog } from "./transparency.js";
 
 /** A failure on the way to or from the gateway (API errors are responses, not VeilErrors). */
 export class VeilError extends Error {
@@ -56,10 +57,13 @@ export class VeilClient {
    * relay: the relay's URL for one gateway (http://relay.example/NAME); allowSimulated: accept SIMULATED
    * evidence (only when the user asked for it); requirePostQuantum: refuse a gateway that offers no X-Wing key
    * configuration (otherwise X-Wing is still preferred); tokens: a TokenWallet for a relay that requires Privacy
-   * Pass tokens (veil relay --require-token); fetch: injectable for tests; now: clock in ms.
+   * Pass tokens (veil relay --require-token); transparency: the parsed log settings (transparency.js
+   * parseTransparencyConfig) when a publisher is configured: then the gateway's evidence must carry valid log proofs
+   * (verifyLog), checked against the checkpoint kept in logStore (localStorage by default); fetch: injectable for
+   * tests; now: clock in ms.
    */
-  constructor({ relay, allowSimulated = false, requirePostQuantum = false, tokens = null, fetch: fetchImpl,
-    now = () => Date.now() }) {
+  constructor({ relay, allowSimulated = false, requirePostQuantum = false, tokens = null, transparency = null,
+    logStore = null, fetch: fetchImpl, now = () => Date.now() }) {
     if (!relay) throw new VeilError("no relay URL configured");
     /** A TokenWallet (tokens.js) when the relay requires Privacy Pass tokens: each POST spends one. */
     this.tokens = tokens;
@@ -68,6 +72,8 @@ export class VeilClient {
     this.requirePostQuantum = requirePostQuantum;
     this._fetchImpl = fetchImpl || globalThis.fetch.bind(globalThis);
     this._now = now;
+    this.transparency = transparency;
+    this.logStore = logStore || (transparency ? defaultLogStore() : null);
     /** What was fetched and verified (also when it was refused): shown by the trust panel. */
     this.trust = null;
     this._refreshing = null;
@@ -138,8 +144,35 @@ export class VeilClient {
       trust.error = "refused: no post-quantum key configuration, and this page requires one (require_post_quantum)";
       throw new VeilError(trust.error, { code: "veil_attestation_refused" });
     }
+    if (this.transparency) { // a publisher is configured: the log's proofs are required (fail closed)
+      const t = this.transparency;
+      trust.log = await verifyLog(bundle, keysBody, trust.verdict, {
+        ...t, store: this.logStore, allowSimulated: this.allowSimulated, now: this._now() / 1000,
+        fetchTile: t.log ? (path) => this._fetchLogFile(path) : null,
+      });
+      trust.verdict.checks.push(...trust.log.checks);
+      if (!trust.log.accepted) {
+        trust.error = `attestation refused: ${trust.log.refusal}`;
+        throw new VeilError(trust.error, { code: "veil_attestation_refused" });
+      }
+    }
     trust.accepted = true;
     return trust;
+  }
+
+  /** One static file of the log through the serving proxy's same-origin path (veil proxy --log): for consistency
+   * proofs, checked against signed checkpoints, so the proxy is trusted for nothing. */
+  async _fetchLogFile(path) {
+    const url = `${this.transparency.log.replace(/\/+$/, "")}/${path}`;
+    let res;
+    try {
+      res = await this._fetchImpl(url, { credentials: "omit", cache: "no-store", referrerPolicy: "no-referrer",
+        redirect: "error" });
+    } catch (err) {
+      throw new LogError("unreachable", `cannot fetch ${url}: ${err && err.message || err}`);
+    }
+    if (res.status !== 200) throw new LogError("unreachable", `GET ${url}: HTTP ${res.status}`);
+    return new Uint8Array(await res.arrayBuffer());
   }
 
   /** Verified, unexpired keys (refreshing when needed). */
@@ -236,6 +269,13 @@ export class VeilClient {
     const type = mediaType(res);
     if (type !== expected) throw new VeilError(`unexpected response media type "${type}", wanted ${expected}`);
   }
+}
+
+function defaultLogStore() {
+  try {
+    if (globalThis.localStorage) return checkpointStore(globalThis.localStorage);
+  } catch { /* storage disabled: keep the checkpoint for this page's life only */ }
+  return memoryStore();
 }
 
 /** Read a chunked OHTTP response: returns {status, headers, pieces} once the BHTTP head has arrived. */

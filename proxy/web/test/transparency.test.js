@@ -339,3 +339,53 @@ test("checkAgainstKept: without a kept checkpoint the first one is kept", async 
   const cp = { origin: F.origin, size: 5, root: b64(F.root_small) };
   assert.equal((await checkAgainstKept(null, cp, null)).keep, cp);
 });
+
+// ---------------------------------------------------------------------------------------------------------------
+// VeilClient with a publisher configured
+
+function fakeRelay(bundleB64) {
+  const seen = [];
+  const fetch = async (url, init = {}) => {
+    seen.push(`${init.method || "GET"} ${url}`);
+    if ((init.method || "GET") !== "GET") throw new Error("nothing may be sent");
+    if (url === "http://relay.test/gw") return new Response(keys, { headers: { "Content-Type": "application/ohttp-keys" } });
+    if (url === "http://relay.test/gw/attestation") return new Response(b64(bundleB64), { headers: { "Content-Type": "application/json" } });
+    const m = /^\/log\/(.+)$/.exec(url);
+    if (m && m[1] in F.tiles) return new Response(b64(F.tiles[m[1]]));
+    return new Response("no", { status: 404 });
+  };
+  return { fetch, seen };
+}
+
+test("VeilClient with a publisher: accepts the logged gateway, proves growth through /log tiles, refuses an unlogged key", async () => {
+  const { VeilClient } = await import("../client.js");
+  const transparency = await settings();
+  const logStore = memoryStore();
+  const now = () => F.now * 1000;
+  let relay = fakeRelay(F.bundle_small);
+  let client = new VeilClient({ relay: "http://relay.test/gw", allowSimulated: true, transparency, logStore, fetch: relay.fetch, now });
+  const trust = await client.refresh();
+  assert.equal(trust.log.release.name, "veil-gateway 1.0");
+  assert.ok(trust.verdict.checks.some((c) => c.name === "Key in the log" && c.status === "pass"));
+
+  relay = fakeRelay(F.bundle_large);
+  client = new VeilClient({ relay: "http://relay.test/gw", allowSimulated: true, transparency, logStore, fetch: relay.fetch, now });
+  assert.equal((await client.refresh()).log.checkpoint.size, 300);
+  assert.ok(relay.seen.includes("GET /log/tile/0/001.p/44"), relay.seen.join(", "));
+  assert.equal(logStore.get(F.origin).size, 300);
+
+  relay = fakeRelay(F.bundle_wrong_key);
+  client = new VeilClient({ relay: "http://relay.test/gw", allowSimulated: true, transparency, logStore, fetch: relay.fetch, now });
+  await assert.rejects(client.request("POST", "/v1/chat/completions", { body: "{}" }), (err) => {
+    assert.equal(err.code, "veil_attestation_refused");
+    assert.match(err.message, /^attestation refused: refused by the transparency log \(not in the log\)/);
+    return true;
+  });
+  // the keys, the evidence and the tiles proving its size-5 checkpoint a prefix of the kept 300; no POST
+  assert.deepEqual(relay.seen, ["GET http://relay.test/gw", "GET http://relay.test/gw/attestation",
+    "GET /log/tile/0/000", "GET /log/tile/0/001.p/44"]);
+
+  relay = fakeRelay(F.bundle); // no proofs at all
+  client = new VeilClient({ relay: "http://relay.test/gw", allowSimulated: true, transparency, logStore, fetch: relay.fetch, now });
+  await assert.rejects(client.refresh(), /carries no transparency-log proofs/);
+});
