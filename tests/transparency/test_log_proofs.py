@@ -43,7 +43,8 @@ def _recording(public: Path, seen: list[str]) -> Callable[[str], bytes]:
 
     def fetch(path: str) -> bytes:
         seen.append(path)
-        return inner(path)
+        data: bytes = inner(path)
+        return data
 
     return fetch
 
