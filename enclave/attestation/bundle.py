@@ -68,6 +68,10 @@ CONFIG_FIELDS: Final[dict[str, tuple[type, ...]]] = {
     # How many GPUs NVML saw at start (null unless gpu_cc_checked is "nvml"): every one of them is in the evidence,
     # so a client sees a GPU left out of the evidence (the verifier compares it with the reports).
     "gpu_count": (int, type(None)),
+    # What the gateway itself checked of its NVSwitches (protected PCIe): "nscq" (through NVIDIA's NSCQ, inside the
+    # TEE, at start and at every collection: every switch LS10, TNVL on and locked), null (no switch evidence). Like
+    # CC mode for GPUs, the LS10 report does not carry TNVL mode: this is the TEE's own word for it.
+    "switch_tnvl_checked": (str, type(None)),
     # With key_origin "broker": which broker the OHTTP keys came from and under which policy its own evidence was
     # accepted (SHA-256 of the --key-broker-policy file). Both are set by the host: bound, so a client policy can pin
     # the broker policy and a host cannot point the gateway at a broker of its own choosing unseen.

@@ -163,21 +163,21 @@ class GatewayEvidence:
         self.platform = cpu.platform
 
     def gpu_check(self) -> dict[str, ConfigValue]:
-        """What the gateway checks of its GPUs itself, for the bound configuration: ``gpu_cc_checked`` "nvml" (with
-        the GPU count NVML sees now, after its CC checks), "command" (the operator's command; nothing checked here)
-        or None (no GPU evidence), and ``gpu_count``.
-
-        With NSCQ switch evidence, the switches are checked here too (not bound: the configuration has no field for
-        them yet; the switch reports themselves are bound with the GPUs').
+        """What the gateway checks of its GPUs and switches itself, for the bound configuration: ``gpu_cc_checked``
+        "nvml" (with the GPU count NVML sees now, after its CC checks), "command" (the operator's command; nothing
+        checked here) or None (no GPU evidence), ``gpu_count``, and ``switch_tnvl_checked`` "nscq" (every switch
+        LS10 in locked TNVL mode, checked through NSCQ) or None (no switch evidence).
 
         Raises:
             CollateralUnavailableError: NVML says the GPUs must not be attested, or NSCQ the switches.
         """
+        switch: dict[str, ConfigValue] = {"switch_tnvl_checked": None}
         if isinstance(self.switches, NscqSwitchEvidence):
             self.switches.check()  # switches not in locked TNVL mode stop the gateway here, as GPUs with CC off do
+            switch = {"switch_tnvl_checked": "nscq"}
         if isinstance(self.gpu, NvmlGpuEvidence):
-            return {"gpu_cc_checked": "nvml", "gpu_count": self.gpu.check()}
-        return {"gpu_cc_checked": None if self.gpu is None else "command", "gpu_count": None}
+            return {"gpu_cc_checked": "nvml", "gpu_count": self.gpu.check(), **switch}
+        return {"gpu_cc_checked": None if self.gpu is None else "command", "gpu_count": None, **switch}
 
     def evidence_expiry(self, bundle: Bundle) -> float | None:
         """When the bundle stops verifying (None: it does not expire by itself): the CPU evidence's expiry, or the

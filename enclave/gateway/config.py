@@ -12,6 +12,8 @@ from ..attestation.bundle import ConfigValue
 KEY_ORIGINS: Final = ("generated", "broker", "file")
 #: What the gateway itself checked of its GPUs (``CONFIG_FIELDS["gpu_cc_checked"]``; None: no GPU evidence).
 GPU_CC_CHECKS: Final = ("nvml", "command")
+#: What the gateway itself checked of its NVSwitches (``CONFIG_FIELDS["switch_tnvl_checked"]``; None: no switches).
+SWITCH_CHECKS: Final = ("nscq",)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +57,9 @@ class GatewayConfig:
     #: evidence) and how many GPUs NVML saw (None unless "nvml"); bound into the evidence
     gpu_cc_checked: str | None = None
     gpu_count: int | None = None
+    #: what the gateway checked of its NVSwitches (:data:`SWITCH_CHECKS`: LS10, TNVL on and locked, through NSCQ;
+    #: None: no switch evidence); bound into the evidence
+    switch_tnvl_checked: str | None = None
     #: the key broker's URL and the SHA-256 of the policy its evidence had to pass (None without --key-broker)
     key_broker: str | None = None
     key_broker_policy_sha256: str | None = None
@@ -73,6 +78,8 @@ class GatewayConfig:
             raise ValueError(f"gpu_cc_checked must be None or one of {', '.join(GPU_CC_CHECKS)}")
         if self.gpu_count is not None and (self.gpu_cc_checked != "nvml" or self.gpu_count < 1):
             raise ValueError("gpu_count is the number of GPUs NVML saw: a positive count with gpu_cc_checked nvml")
+        if self.switch_tnvl_checked is not None and self.switch_tnvl_checked not in SWITCH_CHECKS:
+            raise ValueError(f"switch_tnvl_checked must be None or one of {', '.join(SWITCH_CHECKS)}")
 
     def attested(self, *, engine: str, api_keys_required: bool, cache_salt: str) -> dict[str, ConfigValue]:
         """The security-relevant configuration the evidence binds (bundle ``config``; see
@@ -93,6 +100,7 @@ class GatewayConfig:
             "engine_launch": self.engine_launch,
             "gpu_cc_checked": self.gpu_cc_checked,
             "gpu_count": self.gpu_count,
+            "switch_tnvl_checked": self.switch_tnvl_checked,
             "key_broker": self.key_broker,
             "key_broker_policy_sha256": self.key_broker_policy_sha256,
         }

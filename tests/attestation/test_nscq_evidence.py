@@ -27,8 +27,9 @@ from enclave.attestation.nvidia import nscq as nscq_module
 from enclave.attestation.nvidia.nscq import NscqEvidenceError, collect_switch_evidence, switch_uuids
 from enclave.attestation.nvidia.policy import NvidiaPolicy
 from enclave.attestation.nvidia.verify import verify_nvidia
-from enclave.attestation.policy import Policy
+from enclave.attestation.policy import ConfigPolicy, Policy
 from enclave.attestation.verify import verify_bundle
+from enclave.gateway import GatewayConfig
 
 HGX = "nvidia-gpu/hgx-8gpu-ppcie-nvtrust"
 NONCE = bytes.fromhex("4760e30534a0621357d458b1a7936551b5dc4cd1e69718adf7ed9fb0252a537e")  # the recorded reports'
@@ -179,13 +180,23 @@ def test_the_gateway_checks_the_switches_at_start_and_binds_their_evidence(
     handler = FakeNscqHandler(_recorded(evidence_dir))
     provider = GatewayEvidence(SimulatedProvider(), gpu=_RecordedGpus(_gpus(evidence_dir)),
                                switches=NscqSwitchEvidence(_module(handler)))
-    assert provider.gpu_check() == {"gpu_cc_checked": "command", "gpu_count": None}
-    bundle = provider.collect(KEYS)
+    found = provider.gpu_check()
+    assert found == {"gpu_cc_checked": "command", "gpu_count": None, "switch_tnvl_checked": "nscq"}
+    # The TNVL check goes into the bound configuration (the LS10 report does not carry TNVL mode), so a client
+    # policy can require that the TEE itself checked it.
+    config = GatewayConfig(**found).attested(engine="echo", api_keys_required=False, cache_salt="tenant")
+    bundle = provider.collect(KEYS, config=config)
     assert handler.nonces == [NONCE] * 4
-    v = verify_bundle(bundle, KEYS, Policy(nvidia=POLICY), now=NOW, allow_simulated=True)
+    require_tnvl = ConfigPolicy(require={"switch_tnvl_checked": "nscq"})
+    v = verify_bundle(bundle, KEYS, Policy(nvidia=POLICY, config=require_tnvl), now=NOW, allow_simulated=True)
     checks = {c.name: c.ok for c in v.checks}
     assert checks["switches policy count"] is True and all(checks[f"switch[{i}] nonce"] for i in range(4))
+    assert checks["gateway configuration switch_tnvl_checked"] is True
     assert not [n for n, ok in checks.items() if ok is False]
+    # Evidence from a gateway that did not check its switches (the same reports, from a command) fails that policy.
+    unchecked = provider.collect(KEYS, config={**config, "switch_tnvl_checked": None})
+    v = verify_bundle(unchecked, KEYS, Policy(nvidia=POLICY, config=require_tnvl), now=NOW, allow_simulated=True)
+    assert {c.name: c.ok for c in v.checks}["gateway configuration switch_tnvl_checked"] is False and not v.ok
     # The gateway's own keys would ask for another nonce: the recorded (stale) reports are refused at collection.
     with pytest.raises(CollateralUnavailableError, match="answers nonce"):
         provider.collect(b"\x00\x01other keys")
