@@ -3,10 +3,10 @@ static files under ``<dir>/public``, which any web server, object store or CDN c
 
 ``<dir>/log.sqlite`` holds every entry and its leaf hash (the source of truth), the tile hashes above the leaves
 (``nodes``: level l >= 1 holds the roots of full 256**l-leaf subtrees, stored in the transaction that sequences
-their leaves) and the size whose files are all written (``published``); ``<dir>/log.key`` the log's signer key.
-After each append the new full tiles, the partial tiles of the new size, the entry bundles and then the
-checkpoint are written (each file atomically, the checkpoint last), so a reader never sees a checkpoint whose
-tiles are missing. An append reads only the tree's right edge (each level's last tile), so it costs the entries it
+their leaves); ``<dir>/log.key`` the log's signer key. After each append the new full tiles, the partial tiles of
+the new size, the entry bundles and then the checkpoint are written (each file atomically, the checkpoint last),
+so a reader never sees a checkpoint whose tiles are missing, and the checkpoint on disk names the size whose files
+are all written: the next append writes from there, so files a crash left unwritten are written then. An append reads only the tree's right edge (each level's last tile), so it costs the entries it
 adds, not the size of the log; a log written before ``nodes`` existed gets them rebuilt once when it is opened.
 """
 
@@ -24,8 +24,10 @@ from tlog import (
     encode_entry_bundle,
     entries_path,
     extend_levels,
+    TlogError,
     generate_signer,
     leaf_hash,
+    open_checkpoint,
     root_from_levels,
     sign_checkpoint,
     tiles_to_write,
@@ -116,13 +118,18 @@ class Log:
                 indices.append(size)
                 size += 1
             self._store_nodes(old, size)
-        # from the last size whose files are all written: files a crash left unwritten are written now
         self.publish(min(old, self._published()))
         return indices
 
     def _published(self) -> int:
-        row = self.db.execute("SELECT v FROM meta WHERE k = 'published'").fetchone()
-        return 0 if row is None else int(row[0])
+        """The size of the checkpoint on disk (0 if there is none we signed): all files up to it are written, as
+        the checkpoint is written last. Read from the file, not SQLite, to spare a second commit (an fsync) per
+        append."""
+        try:
+            cp = open_checkpoint((self.public / "checkpoint").read_bytes(), self.signer.verifier, origin=self.origin)
+        except (OSError, TlogError):
+            return 0
+        return cp.checkpoint.size
 
     def _edge(self, old_size: int, size: int) -> tuple[list[list[bytes]], list[int]]:
         """Each level's hashes from the first of its tile that was partial (or absent) at ``old_size``, up to
@@ -165,7 +172,6 @@ class Log:
         if have != want:
             with self.db:
                 self.db.execute("DELETE FROM nodes")
-                self.db.execute("DELETE FROM meta WHERE k = 'published'")  # rewrite every file once, to be sure
                 self._store_nodes(0, size)
 
     def publish(self, old_size: int) -> bytes:
@@ -185,8 +191,6 @@ class Log:
         cp = Checkpoint(self.origin, size, root_from_levels(levels, size, starts))
         note = sign_checkpoint(cp, self.signer)
         _atomic_write(self.public / "checkpoint", note)
-        with self.db:
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('published', ?)", (str(size),))
         return note
 
     def entries(self, start: int = 0) -> list[tuple[int, bytes]]:
