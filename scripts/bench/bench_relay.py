@@ -10,7 +10,8 @@ Set-up, all on loopback, started by this script (free ports, a temporary directo
 * the relay: ``veil relay --gateway gw=<upstream>`` with ``--rate-per-minute`` raised (every request comes from
   127.0.0.1) and one ``--loop`` each (``VEIL_EVENT_LOOP``; default: both asyncio and uvloop when installed);
 * nginx as the reverse proxy under comparison, with its own ``nginx.conf`` written by this script:
-  ``worker_processes 1`` because the relay is one process (same CPU allowance), keep-alive to the upstream (the
+  ``worker_processes N`` for each ``veil relay --workers N`` measured (``--workers``, default 1 and 2: same CPU
+  allowance), keep-alive to the upstream (the
   relay pools its connections too), ``proxy_buffering off`` and ``proxy_request_buffering off`` (the relay streams
   both ways), and only the content type forwarded (``proxy_pass_request_headers off``: the relay rebuilds every
   request from scratch), only ``/gw`` allowed, no access log (the relay keeps none);
@@ -23,11 +24,13 @@ are the median over rounds, latencies the median of the per-round percentiles. "
 latency minus the latency straight to the upstream at the same concurrency. CPU per request of the relay and of
 the nginx worker comes from ``/proc/<pid>/stat``.
 
-Target (the issue): relay requests/s >= 0.5x nginx's at 64 connections.
+Target (the issue): relay requests/s >= 0.5x nginx's at 64 connections, for 1 and 2 workers each; and how each
+scales from 1 to 2 workers (printed as the ratio of their requests/s).
 
 Usage::
 
-    scripts/bench/bench_relay.py [--quick] [--duration S] [--rounds N] [--loops asyncio,uvloop] [--json PATH]
+    scripts/bench/bench_relay.py [--quick] [--duration S] [--rounds N] [--loops asyncio,uvloop] [--workers 1,2]
+                                 [--json PATH]
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from _bench_env import prepare
 
 ROOT = prepare(__file__, 'aiohttp')
 
-from _common import RELAY_UNCAPPED, command_line, cpu_seconds, machine_info, version_of
+from _common import RELAY_UNCAPPED, command_line, machine_info, tree_cpu_seconds, version_of
 
 from tests.harness import Proc, free_port, http_ok, start_process, start_veil, stop_all
 
@@ -105,6 +108,15 @@ def start(name: str, argv: list[str], port: int, tmp: Path, *, ready_path: str =
                          **kw)
 
 
+def wait_all_workers(relay: Proc, n: int, bound: float = 60.0) -> None:
+    """``veil relay --workers n``: until its supervisor says every worker listens (/healthz is any one of them)."""
+    deadline = time.monotonic() + bound
+    while n > 1 and "workers listening" not in relay.log():
+        if time.monotonic() > deadline or relay.popen.poll() is not None:
+            raise RuntimeError(f"{relay.name}: not every worker started:\n{relay.log_tail()}")
+        time.sleep(0.1)
+
+
 def nginx_worker(master: int) -> int:
     """The single worker of an nginx master (``worker_processes 1``)."""
     deadline = time.monotonic() + 5
@@ -120,7 +132,7 @@ def nginx_worker(master: int) -> int:
 
 
 NGINX_COMMON = """
-{user}worker_processes 1;
+{user}worker_processes {workers};
 daemon off;
 pid {tmp}/{name}.pid;
 error_log {tmp}/{name}.error.log warn;
@@ -173,12 +185,12 @@ NGINX_PROXY = """
 """
 
 
-def start_nginx(name: str, body: str, port: int, ready: str, tmp: Path) -> tuple[Proc, int]:
+def start_nginx(name: str, body: str, port: int, ready: str, tmp: Path, workers: int = 1) -> tuple[Proc, int]:
     """nginx with ``body`` as its http block's servers, ready when a POST to ``ready`` answers 200; and its worker."""
     conf = tmp / f"{name}.conf"
     # As root, nginx would switch its worker to "nobody", which cannot enter the private temporary directory.
     user = "user root;\n" if os.geteuid() == 0 else ""
-    conf.write_text(NGINX_COMMON.format(user=user, tmp=tmp, name=name, body=body))
+    conf.write_text(NGINX_COMMON.format(user=user, tmp=tmp, name=name, body=body, workers=workers))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     proc = start(name, [nginx, "-p", str(tmp), "-c", str(conf)], port, tmp, ready_path=ready, stop_signal=signal.SIGTERM)
     return proc, nginx_worker(proc.pid)
@@ -248,12 +260,12 @@ class Run:
 
 
 def wrk(url: str, connections: int, duration: float, script: Path, cpu_pid: int | None) -> Run:
-    before = cpu_seconds(cpu_pid) if cpu_pid else 0.0
+    before = tree_cpu_seconds(cpu_pid) if cpu_pid else 0.0
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s", "-s", str(script), url],
         capture_output=True, text=True, check=True,
     ).stdout
-    after = cpu_seconds(cpu_pid) if cpu_pid else 0.0
+    after = tree_cpu_seconds(cpu_pid) if cpu_pid else 0.0
     m = re.search(r"WRKJSON (\{.*\})", out)
     if m is None:
         raise RuntimeError(f"wrk printed no result:\n{out}")
@@ -283,6 +295,7 @@ def tool_version(argv: list[str]) -> str:
 class Series:
     key: str
     label: str
+    workers: int = 1
     runs: dict[int, list[Run]] = field(default_factory=dict)
 
     def med(self, c: int, attr: str) -> float:
@@ -307,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream", choices=("nginx", "aiohttp"), default="nginx")
     parser.add_argument("--loops", default=None,
                         help="relay event loops to measure, comma-separated (default: asyncio,uvloop if installed)")
+    parser.add_argument("--workers", default="1,2",
+                        help="veil relay --workers (and nginx worker_processes) counts to measure, comma-separated")
     parser.add_argument("--veil-root", type=Path, default=ROOT,
                         help="run the relay from this checkout (before/after comparisons)")
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the results as JSON to PATH")
@@ -322,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         loops = ["asyncio", "uvloop"] if version_of("uvloop") != "not installed" else ["asyncio"]
     else:
         loops = [x.strip() for x in args.loops.split(",") if x.strip()]
+    counts = [int(x) for x in args.workers.split(",") if x.strip()]
     ensure_tools()
 
     req, resp = payloads()
@@ -339,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{date}; load average at start {info['loadavg_start'][0]:.2f}")
     print(f"Load: wrk, 1 thread, POST {len(req)} B message/ohttp-req, answer {len(resp)} B message/ohttp-res; "
           f"{args.connections} and 1 connections, {duration:g} s each, {rounds} interleaved round(s); upstream: "
-          f"{args.upstream}; nginx worker_processes 1 = the relay's 1 process"
+          f"{args.upstream}; nginx worker_processes N next to veil relay --workers N for N in {counts}"
           + (f"; relay code from {veil_root}" if veil_root != ROOT else "") + "; command: "
           + command_line(__file__, argv if argv is not None else sys.argv[1:]), flush=True)
 
@@ -357,24 +373,30 @@ def main(argv: list[str] | None = None) -> int:
                 up = start("upstream", [sys.executable, __file__, "--_serve-upstream", str(up_port), "--_answer",
                                         resp.hex()], up_port, tmp, health="/")
             procs.append(up)
-            ng_port = free_port()
-            ng, ng_worker = start_nginx("nginx-proxy", NGINX_PROXY.format(port=ng_port, upstream=up_port), ng_port,
-                                        "/gw", tmp)
-            procs.append(ng)
             targets: list[tuple[Series, str, int | None]] = [
-                (Series("direct", "direct to the upstream (no proxy)"), f"http://127.0.0.1:{up_port}/.well-known/ohttp-gateway",
-                 None),
-                (Series("nginx", "nginx reverse proxy (1 worker)"), f"http://127.0.0.1:{ng_port}/gw", ng_worker),
-            ]
-            for loop in loops:
-                port = free_port()
-                relay = start_veil(["relay", "--listen", f"127.0.0.1:{port}", "--rate-per-minute", "1000000000",
-                                    "--log-level", "warning", "--gateway",
-                                    f"gw=http://127.0.0.1:{up_port}/.well-known/ohttp-gateway"],
-                                   port, name=f"relay-{loop}", env=relay_env | RELAY_UNCAPPED | {"VEIL_EVENT_LOOP": loop}, cwd=veil_root,
-                                   log_path=tmp / f"relay-{loop}.log", die_with_parent=True, stop_timeout=15.0)
-                procs.append(relay)
-                targets.append((Series(f"relay-{loop}", f"veil relay ({loop})"), f"http://127.0.0.1:{port}/gw", relay.pid))
+                (Series("direct", "direct to the upstream (no proxy)"),
+                 f"http://127.0.0.1:{up_port}/.well-known/ohttp-gateway", None)]
+            for n in counts:
+                ng_port = free_port()
+                ng, _ = start_nginx(f"nginx-proxy-{n}", NGINX_PROXY.format(port=ng_port, upstream=up_port), ng_port,
+                                    "/gw", tmp, workers=n)
+                procs.append(ng)
+                targets.append((Series(f"nginx-w{n}", f"nginx reverse proxy ({n} worker{'s' if n > 1 else ''})",
+                                       workers=n), f"http://127.0.0.1:{ng_port}/gw", ng.pid))
+            for n in counts:
+                for loop in loops:
+                    port = free_port()
+                    name = f"relay-{loop}-w{n}"
+                    relay = start_veil(["relay", "--listen", f"127.0.0.1:{port}", "--rate-per-minute", "1000000000",
+                                        "--workers", str(n), "--log-level", "warning", "--gateway",
+                                        f"gw=http://127.0.0.1:{up_port}/.well-known/ohttp-gateway"],
+                                       port, name=name, env=relay_env | RELAY_UNCAPPED | {"VEIL_EVENT_LOOP": loop},
+                                       cwd=veil_root, log_path=tmp / f"{name}.log", die_with_parent=True,
+                                       stop_timeout=15.0)
+                    procs.append(relay)
+                    wait_all_workers(relay, n)
+                    targets.append((Series(name, f"veil relay ({loop}, {n} worker{'s' if n > 1 else ''})", workers=n),
+                                    f"http://127.0.0.1:{port}/gw", relay.pid))
             # warm-up
             for s, url, pid in targets:
                 wrk(url, args.connections, 1, script, pid)
@@ -389,14 +411,16 @@ def main(argv: list[str] | None = None) -> int:
     info["loadavg_end"] = os.getloadavg()
 
     series = [s for s, _, _ in targets]
-    direct, nginx = series[0], series[1]
+    direct = series[0]
+    nginx = {s.workers: s for s in series if s.key.startswith("nginx")}
     c = args.connections
     print()
-    print(f"| target | req/s c={c} | vs nginx | p50 ms c={c} | p99 ms c={c} | added p50 ms c={c} | added p99 ms c={c} "
-          "| p50 ms c=1 | p99 ms c=1 | added p50 ms c=1 | added p99 ms c=1 | CPU µs/request (c=" + str(c) + ") |")
+    print(f"| target | req/s c={c} | vs nginx, same workers | p50 ms c={c} | p99 ms c={c} | added p50 ms c={c} "
+          f"| added p99 ms c={c} | p50 ms c=1 | p99 ms c=1 | added p50 ms c=1 | added p99 ms c=1 "
+          f"| CPU µs/request (c={c}, all processes) |")
     print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for s in series:
-        vs = f"{s.med(c, 'rps') / nginx.med(c, 'rps'):.2f}x" if s is not direct else "–"
+        vs = f"{s.med(c, 'rps') / nginx[s.workers].med(c, 'rps'):.2f}x" if s is not direct else "–"
         added = [s.med(cc, a) - direct.med(cc, a) for cc in (c, 1) for a in ("p50_ms", "p99_ms")]
         print(f"| {s.label} | {s.med(c, 'rps'):.0f} | {vs} | {f(s.med(c, 'p50_ms'))} | {f(s.med(c, 'p99_ms'))} "
               f"| {f(added[0]) if s is not direct else '–'} | {f(added[1]) if s is not direct else '–'} "
@@ -407,12 +431,23 @@ def main(argv: list[str] | None = None) -> int:
     print("Per round, req/s at c=" + str(c) + ": " + "; ".join(
         f"{s.key} " + ", ".join(f"{r.rps:.0f}" for r in s.runs[c]) for s in series))
     print()
+    if len(counts) > 1:
+        lo, hi = min(counts), max(counts)
+        for key in ["nginx", *(f"relay-{loop}" for loop in loops)]:
+            a = next(s for s in series if s.key in (f"{key}-w{lo}",))
+            b = next(s for s in series if s.key in (f"{key}-w{hi}",))
+            print(f"Scaling {key}: {hi} workers / {lo} = {b.med(c, 'rps') / a.med(c, 'rps'):.2f}x "
+                  f"(per round: " + ", ".join(f"{y.rps / x.rps:.2f}" for x, y in zip(a.runs[c], b.runs[c])) + ")")
+        print()
     lines = []
-    for s in series[2:]:
-        ratio = s.med(c, "rps") / nginx.med(c, "rps")
+    for s in series:
+        if not s.key.startswith("relay"):
+            continue
+        base = nginx[s.workers]
+        ratio = s.med(c, "rps") / base.med(c, "rps")
         lines.append((ratio >= TARGET_RATIO,
-                      f"{s.label} throughput >= {TARGET_RATIO}x nginx at {c} connections: "
-                      f"{s.med(c, 'rps'):.0f} vs {nginx.med(c, 'rps'):.0f} req/s = {ratio:.2f}x"))
+                      f"{s.label} throughput >= {TARGET_RATIO}x nginx ({s.workers} worker(s)) at {c} connections: "
+                      f"{s.med(c, 'rps'):.0f} vs {base.med(c, 'rps'):.0f} req/s = {ratio:.2f}x"))
     errors = sum(s.errors() for s in series)
     for ok, text in lines:
         print(f"{'PASS' if ok else 'MISS'}: {text}")
