@@ -187,7 +187,8 @@ class Supervisor:
                         self._ready_event(key.data)
                 if not announced and all(w.ready for w in self.workers):
                     announced = True
-                    log.info("%d workers listening on port %d (SO_REUSEPORT)", self.count, self.port)
+                    print(f"veil relay: {self.count} workers listening on port {self.port} (SO_REUSEPORT)",
+                          flush=True)
                 for w in self.workers:
                     status = self._reap(w)
                     if status is None:
