@@ -56,7 +56,8 @@ def create_app(config: RelayConfig, worker: WorkerSpec | None = None) -> web.App
     app.router.add_post("/{name}", forward)
     app.router.add_route("POST", "/{tail:.*}", forbidden_post)
     if (policy := config.token_policy()) is not None:
-        # Before forwarding: a request without an acceptable token never reaches a gateway.
+        # Spent right before forwarding (forward.py), after every cheaper refusal: a request without an acceptable
+        # token never reaches a gateway, and one refused for anything else keeps its token.
         setup_tokens(app, policy, config.spent_store, app[STATE].metrics.registry)
     app.cleanup_ctx.append(_vsock_ctx)
     app.cleanup_ctx.append(_session_ctx)

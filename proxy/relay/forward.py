@@ -167,6 +167,8 @@ async def _forward(request: web.Request, state: RelayState, pool: ReplicaPool, c
         except asyncio.TimeoutError:
             return _too_slow(state)
         first += data[:1]
+    if state.redeem is not None and (refused := await state.redeem(request)) is not None:
+        return refused  # --require-token: spent only now, for a request that passed everything else
     t0 = time.perf_counter()
     try:
         # Another replica is tried only when nothing was sent (connection refused or timed out); never after.

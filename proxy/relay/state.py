@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -33,6 +34,8 @@ class RelayState:
     slots: Slots | SharedSlots = field(init=False)
     table: SharedTable | None = field(init=False, default=None)
     bridges: list[VsockBridge] = field(default_factory=list)
+    #: ``--require-token``: spends the request's token right before it is forwarded, or gives the refusal
+    redeem: Callable[[web.Request], Awaitable[web.Response | None]] | None = None
 
     def __post_init__(self) -> None:
         cfg = self.config

@@ -3,7 +3,8 @@
 The relay is the Origin of RFC 9576 (deployment "model B" in the notes): a client spends one token per request in
 an outer ``Authorization: PrivateToken token="..."`` header, which the relay checks offline against the issuer's
 keys (its directory, cached as its Cache-Control says, refetched when a token names a key the relay has not seen)
-and records in a spent-token store before forwarding. The challenge is the relay's fixed one (token type 2, the
+and records in a spent-token store right before forwarding (after every cheaper refusal: allow list, media type,
+size, rate and concurrency limits, the body's arrival; so a refused request keeps its token). The challenge is the relay's fixed one (token type 2, the
 issuer's name, an empty redemption context, ``--token-origin`` names or none), so clients fetch tokens ahead of
 need and spending adds no round trip (RFC 9577 §2.1.4). Every refusal carries the challenge again with the issuer's
 current key.
@@ -28,7 +29,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, Counter
 
 import privacypass
@@ -263,11 +263,16 @@ TOKENS: Final = web.AppKey("TOKENS", TokenVerifier)
 
 
 def setup_tokens(app: web.Application, policy: TokenPolicy, store_spec: str, registry: CollectorRegistry) -> None:
-    """Require a token on every forwarded request (every ``POST``) of the relay ``app``: a middleware, the verifier
-    under :data:`TOKENS` and a cleanup context for its session and store. Call before the app starts."""
+    """Require a token on every forwarded request of the relay ``app`` (made by ``create_app``): the verifier under
+    :data:`TOKENS`, a cleanup context for its session and store, and :func:`redeem` as the state's ``redeem``, which
+    the forwarding handler calls once the request has passed every cheaper check (allow list, media type, size,
+    rate, slots, in flight) and its body is in hand, right before it is forwarded: a request refused for anything
+    else keeps its token. Call before the app starts."""
+    from .state import STATE  # here: state -> config, which imports this module's policy lazily
+
     verifier = TokenVerifier(policy, open_spent_store(store_spec), TokenMetrics(registry))
     app[TOKENS] = verifier
-    app.middlewares.append(_require_token)
+    app[STATE].redeem = redeem
     app.cleanup_ctx.append(_tokens_ctx)
 
 
@@ -284,12 +289,9 @@ async def _tokens_ctx(app: web.Application) -> AsyncIterator[None]:
     await verifier.store.close()
 
 
-@web.middleware
-async def _require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A POST (a request to forward) spends one token or is refused here, before a byte goes to a gateway. The
-    token travels in the outer Authorization header, which the relay never forwards."""
-    if request.method != "POST":
-        return await handler(request)
+async def redeem(request: web.Request) -> web.Response | None:
+    """Spend the token of ``request`` (a request about to be forwarded), or the refusal to answer with. The token
+    travels in the outer Authorization header, which the relay never forwards."""
     verifier = request.app[TOKENS]
     try:
         await verifier.check(request.headers.get("Authorization"), request.app[_SESSION])
@@ -307,4 +309,4 @@ async def _require_token(request: web.Request, handler: Handler) -> web.StreamRe
         if "Access-Control-Allow-Origin" in resp.headers:
             resp.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate"
         return resp
-    return await handler(request)
+    return None

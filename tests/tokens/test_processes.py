@@ -37,6 +37,8 @@ class Chain:
     issuer: Proc
     relays: list[Proc]
     proxy: Proc
+    #: the spent-token store both relays share
+    store: Path
     #: Authorization values the test spent itself: none may appear in a log
     spent: list[str] = field(default_factory=list)
 
@@ -61,7 +63,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
         procs.append(proxy := start_veil(["proxy", "--listen", f"127.0.0.1:{pp}", "--relay", relays[0].base + "/gw",
                                           "--issuer", issuer.base, "--insecure-allow-simulated"], pp,
                                          env={"VEIL_PROXY_ISSUER_KEY": KEY}))
-        yield Chain(gateway, issuer, relays, proxy)
+        yield Chain(gateway, issuer, relays, proxy, tmp / "spent.sqlite")
     finally:
         stop_all(procs, remove_logs=True)
 
@@ -133,6 +135,41 @@ async def test_a_token_spent_at_one_relay_process_is_refused_at_the_other(
             assert privacypass.parse_private_token_challenges(r.headers["WWW-Authenticate"])
             assert (await r.json())["error"] == "token double spend"
     assert await _metric(client_session, b, "veil_relay_token_double_spends_total") == doubles + 1
+
+
+async def test_a_request_refused_by_the_rate_limit_keeps_its_token(
+        chain: Chain, client_session: aiohttp.ClientSession) -> None:
+    """The rate limit is checked before the token is redeemed: a 429 spends nothing. A third relay process with
+    ``--rate-per-minute 1`` shares the chain's spent store: its second request (a fresh token) is refused with 429,
+    and that token is then accepted by another relay of the same store, while the first one's is refused there."""
+    rp = free_port()
+    limited = start_veil(["relay", "--listen", f"127.0.0.1:{rp}", "--gateway", f"gw={chain.gateway.base}{WELL_KNOWN}",
+                          "--require-token", chain.issuer.base, "--spent-store", str(chain.store),
+                          "--rate-per-minute", "1"], rp)
+    wallet = TokenWallet(chain.issuer.base, KEY, batch=3)
+    try:
+        first, refused, spare = [await wallet.take(client_session) for _ in range(3)]
+        chain.spent += [first.header, refused.header, spare.header]
+        post = {"Content-Type": "message/ohttp-req"}
+        async with client_session.post(limited.base + "/gw", data=b"not ohttp",
+                                       headers={**post, "Authorization": first.header}) as r:
+            assert r.status not in (401, 403, 429, 503)  # spent and forwarded; the gateway refused the bytes
+        for auth in (refused.header, spare.header):  # the window's one request is taken
+            async with client_session.post(limited.base + "/gw", data=b"not ohttp",
+                                           headers={**post, "Authorization": auth}) as r:
+                assert r.status == 429 and r.headers["Retry-After"] == "60"
+        assert await _metric(client_session, limited, "veil_relay_tokens_redeemed_total") == 1
+        other = chain.relays[1]
+        async with client_session.post(other.base + "/gw", data=b"not ohttp",
+                                       headers={**post, "Authorization": first.header}) as r:
+            assert r.status == 403 and (await r.json())["error"] == "token double spend"  # one store
+        for auth in (refused.header, spare.header):
+            async with client_session.post(other.base + "/gw", data=b"not ohttp",
+                                           headers={**post, "Authorization": auth}) as r:
+                assert r.status not in (401, 403, 429, 503), r.status  # never spent by the 429
+    finally:
+        await wallet.close()
+        stop_all([limited], remove_logs=True)
 
 
 def _raw(port: int, payload: bytes) -> None:
