@@ -198,8 +198,15 @@ async def _forward(request: web.Request, state: RelayState, pool: ReplicaPool, c
 
 async def _stream_back(request: web.Request, state: RelayState,
                        upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-    """The gateway's answer, with only :data:`PASS_RESPONSE` headers, cut off past ``max_response_bytes``."""
+    """The gateway's answer, with only :data:`PASS_RESPONSE` headers, cut off past ``max_response_bytes``: one whose
+    ``Content-Length`` says it is too large is a 502 before anything is sent; one that grows past the limit, or that
+    the gateway breaks off, has its client connection closed short of the body's end."""
     metrics = state.metrics
+    limit = state.config.max_response_bytes
+    if upstream.content_length is not None and upstream.content_length > limit:
+        metrics.outcome("response_too_large").inc()
+        upstream.close()
+        return bad_gateway("the gateway's answer is larger than this relay forwards")
     out_headers = {k: upstream.headers[k] for k in PASS_RESPONSE if k in upstream.headers}
     out_headers["Cache-Control"] = "no-store"
     resp = _Response(status=upstream.status, headers=out_headers)
@@ -210,20 +217,31 @@ async def _stream_back(request: web.Request, state: RelayState,
     cors.allow(request, resp)
     await resp.prepare(request)
     down = metrics.bytes_down
-    limit = state.config.max_response_bytes
     total = 0
     try:
+        # iter_any: whatever the socket has delivered, in one piece (never split by lines or a fixed size); the
+        # relay never looks inside it.
         async for piece in upstream.content.iter_any():
             total += len(piece)
             if total > limit:
                 metrics.outcome("response_too_large").inc()
                 upstream.close()
-                return resp  # cut off: the client sees a truncated body, never a silent success
+                return _cut(request, resp)
             down.inc(len(piece))
             await resp.write(piece)
     except (aiohttp.ClientError, asyncio.TimeoutError):
         metrics.outcome("gateway_broke").inc()
-        return resp  # the stream ends without its final chunk; the client detects truncation
+        return _cut(request, resp)
     await resp.write_eof()
     metrics.outcome("ok" if upstream.status == 200 else f"gateway_{upstream.status // 100}xx").inc()
+    return resp
+
+
+def _cut(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+    """End a response that has started but cannot be completed: the connection is closed (after the bytes already
+    written), so the client sees the body end short of its Content-Length or without its final HTTP chunk, never a
+    silent success, and never waits on a kept-alive connection for bytes that will not come."""
+    resp.force_close()
+    if request.transport is not None:
+        request.transport.close()
     return resp

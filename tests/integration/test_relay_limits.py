@@ -303,3 +303,83 @@ async def test_gateway_cuts_off_a_slow_body(veil_process: Callable[..., Proc], m
         assert reply.startswith(b"HTTP/1.1 408"), reply[:60]
     finally:
         writer.close()
+
+
+# -- answers over --max-response-bytes end; the client is never left waiting -------------------------------------------
+
+
+@pytest.fixture
+async def big_answers() -> AsyncIterator[str]:
+    """A stand-in gateway answering POST /whole with 5,000 bytes and a Content-Length, /chunked with 5,000 bytes in
+    chunks of 1,000 (no length), /incremental the same marked ``Incremental: ?1``, /broken 1,000 bytes of a
+    promised 3,000 (within the limit) before it hangs up."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        kind = request.match_info["kind"]
+        if kind == "whole":
+            return web.Response(body=bytes(5000), content_type="message/ohttp-res")
+        resp = web.StreamResponse(headers={"Content-Type": "message/ohttp-chunked-res",
+                                           **({"Incremental": "?1"} if kind == "incremental" else {})})
+        if kind == "broken":
+            resp.content_length = 3000
+        else:
+            resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for _ in range(1 if kind == "broken" else 5):
+            await resp.write(bytes(1000))
+            await asyncio.sleep(0.01)  # separate reads at the relay
+        if kind == "broken":
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/{kind}", answer)
+    server = TestServer(app, host="127.0.0.1", port=free_port())
+    await server.start_server()
+    yield f"http://127.0.0.1:{server.port}"
+    await server.close()
+
+
+def _exchange(port: int, path: str) -> bytes:
+    """One keep-alive request on a raw socket; everything the relay sends until it closes the connection (a relay
+    that leaves it open past the bound fails the test, rather than hanging it)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: message/ohttp-req\r\nContent-Length: 1\r\n"
+                  "\r\n\x00".encode())
+        got = b""
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except TimeoutError:
+            pytest.fail(f"the relay left the connection open after {got[:40]!r}... ({len(got)} bytes)")
+        return got
+
+
+async def test_answers_over_max_response_bytes_end_cleanly(veil_process: Callable[..., Proc],
+                                                           big_answers: str) -> None:
+    """A whole answer whose Content-Length is over the limit is a 502 (nothing was sent yet); one that grows past the
+    limit, or that the gateway breaks off, ends with the connection closed short of its final chunk or length."""
+    rp = free_port()
+    r = veil_process(["relay", "--listen", f"127.0.0.1:{rp}", "--max-response-bytes", "4096",
+                      *(a for k in ("whole", "chunked", "incremental", "broken")
+                        for a in ("--gateway", f"{k}={big_answers}/{k}"))], rp)
+    async with aiohttp.ClientSession() as s:
+        async with s.post(r.base + "/whole", data=b"\x00", headers={"Content-Type": "message/ohttp-req"},
+                          timeout=aiohttp.ClientTimeout(total=30)) as resp:
+            assert resp.status == 502 and (await resp.json())["title"] == "bad gateway"
+    for kind in ("chunked", "incremental"):
+        got = await asyncio.to_thread(_exchange, rp, f"/{kind}")
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower(), head
+        assert 0 < body.count(bytes(1000)) <= 4 and not body.endswith(b"0\r\n\r\n"), (kind, len(body))
+    got = await asyncio.to_thread(_exchange, rp, "/broken")
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"content-length: 3000" in head.lower() and len(body) < 3000
+    async with aiohttp.ClientSession() as s, s.get(r.base + "/metrics") as resp:
+        text = await resp.text()
+    assert 'veil_relay_requests_total{outcome="response_too_large"} 3.0' in text
+    assert 'veil_relay_requests_total{outcome="gateway_broke"} 1.0' in text
