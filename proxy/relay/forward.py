@@ -39,8 +39,11 @@ async def forward(request: web.Request) -> web.StreamResponse:
 
 
 async def forbidden_post(request: web.Request) -> web.Response:
-    """``POST`` to any other path: not a gateway of the allow list."""
-    return forbidden(request.app[STATE].metrics)
+    """``POST`` to any other path (``/a/b``, ``/gw/x``): not a gateway of the allow list; readable by allowed pages
+    as every other refusal is (without CORS headers a browser shows the page a network error instead)."""
+    resp = forbidden(request.app[STATE].metrics)
+    cors.allow(request, resp)
+    return resp
 
 
 def _too_large(state: RelayState) -> web.Response:

@@ -44,10 +44,16 @@ async def test_every_kind_of_answer_carries_cors(relay: MakeRelay, gateway: Stan
         await client.get("/nope", headers=origin),  # 404
         await client.post("/gw", data=b"\x01", headers={"Content-Type": MEDIA_REQ, **origin}),  # forwarded
         await client.post("/nope", data=b"\x01", headers={"Content-Type": MEDIA_REQ, **origin}),  # 403
+        await client.post("/gw/more", data=b"\x01", headers={"Content-Type": MEDIA_REQ, **origin}),  # 403 (two
+        await client.post("/a/b/c", data=b"\x01", headers={"Content-Type": MEDIA_REQ, **origin}),  # segments, three)
         await client.post("/gw", data=b"\x01", headers={"Content-Type": "text/plain", **origin}),  # 415
     ]
-    assert [r.status for r in answers] == [200, 200, 404, 200, 403, 415]
+    assert [r.status for r in answers] == [200, 200, 404, 200, 403, 403, 403, 415]
     assert all(r.headers["Access-Control-Allow-Origin"] == PAGE for r in answers)
+    for path in ("/gw", "/a/b"):
+        resp = await client.post(path, data=b"\x01", headers={"Content-Type": MEDIA_REQ,
+                                                               "Origin": "https://evil.example"})
+        assert "Access-Control-Allow-Origin" not in resp.headers
     resp = await client.get("/gw", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in resp.headers
 
