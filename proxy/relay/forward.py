@@ -70,13 +70,13 @@ async def _admit(request: web.Request) -> web.StreamResponse:
         return _too_large(state)
     clock = BodyClock(cfg.body_timeout, cfg.min_rate, cfg.max_body_time)  # from the end of the request head
     client = state.limits.client_key(request)
-    if not state.limiter.allow(client):
+    admission = state.admission
+    refused = admission.admit(client)  # rate, then slots, then the address's in flight (one lock with workers)
+    if refused == "rate_limited":
         return refuse(metrics, "rate_limited", 429, "too many requests", "slow down", {"Retry-After": "60"})
-    slots = state.slots
-    if not slots.acquire():
+    if refused == "busy":
         return refuse(metrics, "busy", 503, "relay busy", "too many concurrent requests", {"Retry-After": "1"})
-    if not state.limits.enter(client):
-        slots.release()
+    if refused is not None:
         return refuse(metrics, "address_busy", 429, "too many requests at once",
                       "too many requests from this address are in flight", {"Retry-After": "1"})
     metrics.in_flight.inc()
@@ -84,8 +84,7 @@ async def _admit(request: web.Request) -> web.StreamResponse:
         return await _forward(request, state, pool, ctype, clock)
     finally:
         metrics.in_flight.dec()
-        state.limits.leave(client)
-        slots.release()
+        admission.release(client)
 
 
 class _TooLarge(Exception):

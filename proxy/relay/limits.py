@@ -226,6 +226,31 @@ class Slots:
         self.taken -= 1
 
 
+class Admission:
+    """The per-request limits in the order :func:`.forward._admit` applies them: the rate, ``--max-concurrent``, the
+    address's requests in flight. :meth:`admit` takes a slot and an in-flight unit (or nothing, and says which
+    refusal); :meth:`release` gives both back. ``shared.SharedAdmission`` does the same over all workers under one
+    lock."""
+
+    def __init__(self, limiter: RateLimiter, slots: Slots, limits: ClientLimits) -> None:
+        self.limiter, self.slots, self.limits = limiter, slots, limits
+
+    def admit(self, key: bytes) -> str | None:
+        """None: admitted; else the refusal's outcome (``rate_limited``, ``busy``, ``address_busy``)."""
+        if not self.limiter.allow(key):
+            return "rate_limited"
+        if not self.slots.acquire():
+            return "busy"
+        if not self.limits.enter(key):
+            self.slots.release()
+            return "address_busy"
+        return None
+
+    def release(self, key: bytes) -> None:
+        self.limits.leave(key)
+        self.slots.release()
+
+
 class WriteWatchdog:
     """Drops connections whose unsent response bytes have waited ``timeout`` seconds (checked every second)."""
 

@@ -10,10 +10,11 @@ from aiohttp import web
 
 from .config import RelayConfig
 from .keycache import KeyCache
-from .limits import ClientLimits, RateLimiter, Slots, WriteWatchdog, parse_networks
+from .limits import Admission, ClientLimits, RateLimiter, Slots, WriteWatchdog, parse_networks
 from .metrics import RelayMetrics
 from .pool import ReplicaPool, split_urls
-from .shared import SharedClientLimits, SharedRateLimiter, SharedSlots, SharedTable, WorkerSpec
+from .shared import (SharedAdmission, SharedClientLimits, SharedRateLimiter, SharedSlots, SharedTable,
+                     WorkerSpec)
 from .vsock import VsockBridge
 
 
@@ -32,6 +33,8 @@ class RelayState:
     limits: ClientLimits = field(init=False)
     watchdog: WriteWatchdog = field(init=False)
     slots: Slots | SharedSlots = field(init=False)
+    #: the per-request checks of ``limiter``, ``slots`` and ``limits`` in one call (with workers: one lock)
+    admission: Admission | SharedAdmission = field(init=False)
     table: SharedTable | None = field(init=False, default=None)
     bridges: list[VsockBridge] = field(default_factory=list)
     #: ``--require-token``: spends the request's token right before it is forwarded, or gives the refusal
@@ -48,6 +51,7 @@ class RelayState:
             self.limits = ClientLimits(max_connections=cfg.max_connections_per_address,
                                        max_in_flight=cfg.max_in_flight_per_address, trusted_proxies=trusted)
             self.slots = Slots(cfg.max_concurrent)
+            self.admission = Admission(self.limiter, self.slots, self.limits)
         else:
             self.table = table = SharedTable(self.worker.shared_path, self.worker.index)
             self.limiter = SharedRateLimiter(table, cfg.rate_per_minute)
@@ -55,6 +59,8 @@ class RelayState:
                                              max_in_flight=cfg.max_in_flight_per_address, trusted_proxies=trusted)
             self.limits.accepted = self.metrics.worker_connections
             self.slots = SharedSlots(table, cfg.max_concurrent)
+            self.admission = SharedAdmission(table, per_minute=cfg.rate_per_minute, max_concurrent=cfg.max_concurrent,
+                                             max_in_flight=cfg.max_in_flight_per_address)
         self.watchdog = WriteWatchdog(cfg.write_timeout)
 
     def target(self, name: str) -> ReplicaPool | None:

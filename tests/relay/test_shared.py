@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.relay.shared import (BUCKETS, SharedClientLimits, SharedRateLimiter, SharedSlots, SharedTable,
-                                clear_region, create_table)
+from proxy.relay.shared import (BUCKETS, SharedAdmission, SharedClientLimits, SharedRateLimiter, SharedSlots,
+                                SharedTable, clear_region, create_table)
 
 
 @pytest.fixture
@@ -80,3 +80,29 @@ def test_collisions_only_make_a_cap_stricter(tables: list[SharedTable]) -> None:
     assert a.enter(bytes(other)) and a.enter(bytes(other))
     assert a.enter(victim) and a.enter(victim) and not a.enter(victim)
     assert 0 <= b0 < BUCKETS <= b1 < 2 * BUCKETS
+
+
+def test_one_lock_admission_applies_rate_then_slots_then_in_flight_over_both_workers(path: str,
+                                                                                     tables: list[SharedTable]) -> None:
+    """SharedAdmission (one flock per request) refuses exactly as the three separate checks did: the rate first, then
+    all requests in flight, then the address's; a refusal takes nothing, a release gives both units back."""
+    a, b = (SharedAdmission(t, per_minute=6, max_concurrent=3, max_in_flight=2) for t in tables)
+    key, other, third = os.urandom(16), os.urandom(16), os.urandom(16)
+    now = 600.0
+    assert a.admit(key, now) is None and b.admit(key, now) is None
+    assert a.admit(key, now) == "address_busy"  # 2 of this address in flight, over both workers
+    assert b.admit(other, now) is None
+    assert a.admit(third, now) == "busy"  # 3 in flight in all
+    assert tables[0].in_flight() == 3  # the refusals took no slot
+    b.release(key)
+    assert a.admit(key, now) is None  # its unit and the slot came back
+    a.release(key)
+    b.release(other)
+    for _ in range(6 - 4):  # key's window: 4 counted (refusals count, as in one process), 2 left
+        assert a.admit(key, now) is None
+        a.release(key)
+    assert b.admit(key, now) == "rate_limited" and a.admit(key, now) == "rate_limited"
+    assert a.admit(key, now + 60) is None  # the next minute
+    assert tables[1].in_flight() == 2 and b.admit(key, now + 60) == "address_busy"  # worker 0 holds key's two
+    clear_region(path, 0)  # worker 0 died
+    assert tables[1].in_flight() == 0 and b.admit(key, now + 60) is None
