@@ -22,6 +22,7 @@ from .config import RelayConfig
 from .cors import preflight
 from .forward import forbidden_post, forward
 from .key_routes import attestation, keys
+from .metrics import FLUSH_SECONDS
 from .pool import Replica
 from .shared import WorkerSpec
 from .state import STATE, RelayState
@@ -35,8 +36,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format; fixed labels only."""
-    resp = web.Response(body=generate_latest(request.app[STATE].metrics.exposition))
+    """Prometheus text format; fixed labels only (with workers: this worker's batched counts written first)."""
+    state_metrics = request.app[STATE].metrics
+    state_metrics.flush()
+    resp = web.Response(body=generate_latest(state_metrics.exposition))
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp
 
@@ -63,6 +66,8 @@ def create_app(config: RelayConfig, worker: WorkerSpec | None = None) -> web.App
     app.cleanup_ctx.append(_session_ctx)
     app.cleanup_ctx.append(_health_ctx)
     app.cleanup_ctx.append(_watchdog_ctx)
+    if app[STATE].metrics.batched:
+        app.cleanup_ctx.append(_flush_ctx)
     return app
 
 
@@ -131,6 +136,21 @@ async def _watchdog_ctx(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(app[STATE].watchdog.run())
     yield
     await _cancel(task)
+
+
+async def _flush_ctx(app: web.Application) -> AsyncIterator[None]:
+    """With workers: this worker's batched metric updates reach the shared files every FLUSH_SECONDS, and at exit."""
+    metrics = app[STATE].metrics
+
+    async def run() -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            metrics.flush()
+
+    task = asyncio.create_task(run())
+    yield
+    await _cancel(task)
+    metrics.flush()
 
 
 async def _cancel(*tasks: asyncio.Task[None]) -> None:

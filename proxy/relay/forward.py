@@ -16,11 +16,11 @@ from typing import AsyncIterator, Final
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import Counter
 
 from . import cors
 from .errors import bad_gateway, forbidden, gateway_timeout, refuse
 from .limits import BodyClock
+from .metrics import Inc
 from .pool import ReplicaPool
 from .state import STATE, RelayState
 
@@ -99,7 +99,7 @@ class _Response(web.StreamResponse):
     _send_headers_immediately = False
 
 
-def _count(piece: bytes, limit: int, counter: Counter, clock: BodyClock) -> None:
+def _count(piece: bytes, limit: int, counter: Inc, clock: BodyClock) -> None:
     """Account for one piece of a request body: its deadline grows with it, and past ``limit`` it is refused."""
     clock.received += len(piece)
     if clock.received > limit:
@@ -107,7 +107,7 @@ def _count(piece: bytes, limit: int, counter: Counter, clock: BodyClock) -> None
     counter.inc(len(piece))
 
 
-async def _body(request: web.Request, limit: int, timeout: float, counter: Counter,
+async def _body(request: web.Request, limit: int, timeout: float, counter: Inc,
                 clock: BodyClock, first: bytearray) -> AsyncIterator[bytes]:
     """A streamed ``message/ohttp-chunked-req`` body; its first byte (the key id) is kept in ``first``, and a body
     that misses its deadline sets ``clock.timed_out``."""
@@ -127,7 +127,7 @@ async def _body(request: web.Request, limit: int, timeout: float, counter: Count
         yield piece
 
 
-async def _whole_body(request: web.Request, limit: int, timeout: float, counter: Counter, clock: BodyClock) -> bytes:
+async def _whole_body(request: web.Request, limit: int, timeout: float, counter: Inc, clock: BodyClock) -> bytes:
     """A ``message/ohttp-req`` body: the same limits and deadlines as :func:`_body`, but what has arrived already
     is taken without waiting (the common case: the whole small body came with the headers)."""
     content = request.content

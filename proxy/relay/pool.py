@@ -22,10 +22,12 @@ import logging
 import time
 from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Final
+from typing import TYPE_CHECKING, Any, Callable, Final
 
 import aiohttp
-from prometheus_client import Counter
+
+if TYPE_CHECKING:
+    from .metrics import Inc
 
 log = logging.getLogger("veil.relay")
 
@@ -136,7 +138,7 @@ class ReplicaPool:
             task.cancel()
 
     async def post(self, session: aiohttp.ClientSession, data: Any, headers: dict[str, str],
-                   retries: Counter | None = None) -> tuple[aiohttp.ClientResponse, Replica]:
+                   retries: Inc | None = None) -> tuple[aiohttp.ClientResponse, Replica]:
         """POST to the best replica; on a failure before any byte was sent, to the next one. The caller must
         :meth:`Replica.release` the replica when the response is done."""
         tried: set[Replica] = set()

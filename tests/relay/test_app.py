@@ -6,11 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import privacypass
 import proxy.relay
 from proxy.relay import RelayConfig
+from proxy.relay.metrics import RelayMetrics
 
 from .conftest import MEDIA_REQ, WELL_KNOWN, MakeRelay, StandInGateway
 
@@ -95,3 +97,43 @@ async def test_require_token_refuses_before_forwarding(relay: MakeRelay, gateway
     assert (await client.get("/gw")).status == 200
     text = await (await client.get("/metrics")).text()
     assert 'veil_relay_tokens_rejected_total{reason="missing"} 1.0' in text
+
+
+def _samples(m: RelayMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of ``m``'s registry but the creation times (which differ between two registries)."""
+    return {(x.name, tuple(sorted(x.labels.items()))): x.value
+            for fam in text_string_to_metric_families(generate_latest(m.registry).decode())
+            for x in fam.samples if not x.name.endswith("_created")}
+
+
+def test_batched_metrics_write_exactly_what_direct_updates_do_once_flushed() -> None:
+    """With workers the per-request updates are added up in the process and written by flush(): before it the
+    registry shows none of them; after it, exactly what the same updates made one by one show."""
+    direct, batched = RelayMetrics([], batch=False), RelayMetrics([], batch=True)
+    assert batched.batched and not direct.batched
+
+    def updates(m: RelayMetrics) -> None:
+        for i, seconds in enumerate((0.0001, 0.0005, 0.003, 0.003, 0.7, 31.0, 1e-9)):
+            m.in_flight.inc()
+            m.bytes_up.inc(100 + i)
+            m.latency.observe(seconds)
+            m.bytes_down.inc(1000)
+            m.outcome("ok" if i % 3 else "gateway_4xx").inc()
+            if i < 5:
+                m.in_flight.dec()
+        m.retries.inc()
+
+    updates(direct)
+    updates(batched)
+    assert set(_samples(batched).values()) == {0.0}  # nothing written yet
+    batched.flush()
+    assert _samples(batched) == _samples(direct)
+    assert _samples(direct)[("veil_relay_in_flight", ())] == 2.0
+    assert _samples(direct)[("veil_relay_upstream_seconds_bucket", (("le", "0.0005"),))] == 3.0
+    batched.flush()  # nothing new: nothing written twice
+    assert _samples(batched) == _samples(direct)
+    for m in (direct, batched):
+        m.in_flight.dec(2)
+        m.outcome("ok").inc()
+    batched.flush()
+    assert _samples(batched) == _samples(direct)
