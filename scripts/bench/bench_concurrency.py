@@ -20,13 +20,19 @@ phase's CPU, set-up included, over the tokens it streamed) and per stream; and, 
 concurrency 16, the CPU per request summed over the three. Then the issue's PASS/MISS lines, and a plot of added
 TTFT against concurrency (``--plot``; ``--compare JSON`` draws an earlier run's curve next to it).
 
+``--transport`` adds, per chain, a path with the in-process client (``proxy.transport.OhttpClient``, what
+``VeilTransport`` runs, in this process) straight to the chain's relay, and reports the client side of both ways in:
+CPU per chunk and per non-streamed request of ``veil proxy`` plus the aiohttp client in front of it, against this
+process with the OhttpClient (each minus the plain client's own CPU on ``direct``). Every path also reports this
+process's CPU (the ``client`` column).
+
 ``--profile DIR`` runs ``py-spy record`` on the three processes of the first chain during an extra 16-stream phase
 and writes each one's collapsed stacks plus a summary of the functions holding the most samples (own and total).
 
 Usage::
 
     scripts/bench/bench_concurrency.py [--rounds N] [--concurrency 1,4,16,64] [--tokens 100] [--token-delay 0.01]
-        [--variant NAME=DIR[@ARGS]] [--client raw|sdk] [--json PATH] [--plot PATH] [--compare JSON] [--profile DIR]
+        [--variant NAME=DIR[@ARGS]] [--client raw|sdk] [--transport] [--json PATH] [--plot PATH] [--compare JSON] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ ROOT = prepare(__file__, 'aiohttp', 'openai')
 
 import bench_chain  # noqa: E402 - after prepare()
 from _common import RELAY_UNCAPPED, Target, command_line, cpu_seconds, machine_info, pct  # noqa: E402
-from bench_chain import BENCH_PROC, BenchError, RawClient, SdkClient, StreamSample  # noqa: E402
+from bench_chain import BENCH_PROC, BenchError, OhttpPathClient, RawClient, SdkClient, StreamSample  # noqa: E402
 
 from tests.harness import Proc, free_port, start_process, start_veil, stop_all  # noqa: E402
 
@@ -82,6 +88,9 @@ class PhaseResult:
     wall: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
     errors: int = 0
+    #: CPU (utime + stime) of this benchmark process during the phase: the client itself (with ``--transport``,
+    #: the in-process OhttpClient's encapsulation and decryption as well)
+    client_cpu: float = 0.0
 
     @property
     def tps(self) -> float:
@@ -139,11 +148,17 @@ async def stream_phase(client: Any, conc: int, per_worker: int, tokens: int, pid
 async def _run_measured(worker: Any, conc: int, pids: dict[str, int], res: PhaseResult) -> None:
     """``conc`` copies of ``worker`` at once; their wall time and each process's CPU time go into ``res``."""
     before = {k: cpu_seconds(p) for k, p in pids.items()}
-    t0 = PERF()
+    t0, c0 = PERF(), _own_cpu()
     await asyncio.gather(*(worker() for _ in range(conc)))
     res.wall += PERF() - t0
+    res.client_cpu += _own_cpu() - c0
     for k, p in pids.items():
         res.cpu[k] = res.cpu.get(k, 0.0) + cpu_seconds(p) - before[k]
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 async def chat_phase(client: Any, conc: int, count: int, pids: dict[str, int], res: PhaseResult) -> None:
@@ -258,6 +273,10 @@ async def bench(args: argparse.Namespace, engine: Proc, chains: list[Chain]) -> 
     paths: list[tuple[str, Any, dict[str, int]]] = [("direct", make(engine.base), {})]
     for c in chains:
         paths.append((c.name, make(c.procs["proxy"].base), {k: c.procs[k].pid for k in VEIL_PROCS}))
+    if args.transport:  # the in-process client (OhttpClient, what VeilTransport runs) straight to each relay
+        for c in chains:
+            paths.append((f"{c.name}/transport", OhttpPathClient(c.procs["relay"].base + "/gw"),
+                          {k: c.procs[k].pid for k in VEIL_PROCS if k != "proxy"}))
     concs = [int(x) for x in args.concurrency.split(",")]
     res: dict[str, dict[int, PhaseResult]] = {p[0]: {c: PhaseResult() for c in concs} for p in paths}
     chat_res: dict[str, PhaseResult] = {p[0]: PhaseResult() for p in paths}
@@ -309,30 +328,58 @@ async def bench(args: argparse.Namespace, engine: Proc, chains: list[Chain]) -> 
     rows = {k: v for k, v in rows.items() if v}
 
     print("\n### CPU per streamed chunk (µs; the whole phase's utime+stime / content tokens, set-up included)\n")
-    print("| path | concurrent streams | " + " | ".join(VEIL_PROCS) + " | sum | CPU per stream, sum (ms) |")
-    print("|---|--:|" + "--:|" * (len(VEIL_PROCS) + 2))
-    for c in chains:
+    print("The client column is this benchmark process (the aiohttp client; on a `/transport` path also the "
+          "in-process OhttpClient).\n")
+    print("| path | concurrent streams | " + " | ".join(VEIL_PROCS) + " | sum | CPU per stream, sum (ms) | client |")
+    print("|---|--:|" + "--:|" * (len(VEIL_PROCS) + 3))
+    for name, _, _ in paths:
         for conc in concs:
-            r = res[c.name][conc]
+            r = res[name][conc]
+            client_us = r.client_cpu / max(r.tokens, 1) * 1e6
+            if name == "direct":
+                print(f"| direct | {conc} |" + " |" * (len(VEIL_PROCS) + 2) + f" {f(client_us)} |")
+                continue
             per = {k: r.cpu.get(k, 0.0) / max(r.tokens, 1) * 1e6 for k in VEIL_PROCS}
-            rows[c.name][conc].update({f"cpu_chunk_us_{k}": v for k, v in per.items()})
-            print(f"| {c.name} | {conc} | " + " | ".join(f(per[k]) for k in VEIL_PROCS) + f" | {f(sum(per.values()))} | "
-                  f"{f(sum(r.cpu.values()) / max(r.streams, 1) * 1e3, 2)} |")
+            rows[name][conc].update({f"cpu_chunk_us_{k}": v for k, v in per.items()})
+            rows[name][conc]["cpu_chunk_us_client"] = client_us
+            print(f"| {name} | {conc} | " + " | ".join(f(per[k]) if k in r.cpu else "" for k in VEIL_PROCS)
+                  + f" | {f(sum(per.values()))} | {f(sum(r.cpu.values()) / max(r.streams, 1) * 1e3, 2)} | "
+                  f"{f(client_us)} |")
 
     print("\n### Non-streamed chats at concurrency 16\n")
     print("| path | requests | requests/s | ratio to direct | CPU per request (ms): " + " | ".join(VEIL_PROCS)
-          + " | sum |")
-    print("|---|--:|--:|--:|" + "--:|" * (len(VEIL_PROCS) + 1))
+          + " | sum | client (ms) |")
+    print("|---|--:|--:|--:|" + "--:|" * (len(VEIL_PROCS) + 2))
     dr = chat_res["direct"]
     chat_cpu: dict[str, float] = {}
+    client_ms: dict[str, float] = {}
     for name, _, _ in paths:
         r = chat_res[name]
         rps = r.streams / r.wall if r.wall else float("nan")
         per = {k: r.cpu.get(k, 0.0) / max(r.streams, 1) * 1e3 for k in VEIL_PROCS}
         chat_cpu[name] = sum(per.values())
-        cells = " | ".join(f(per[k], 3) if name != "direct" else "" for k in VEIL_PROCS)
+        client_ms[name] = r.client_cpu / max(r.streams, 1) * 1e3
+        cells = " | ".join(f(per[k], 3) if name != "direct" and k in r.cpu else "" for k in VEIL_PROCS)
         print(f"| {name} | {r.streams} | {f(rps, 0)} | {f(rps / (dr.streams / dr.wall), 3)} | {cells} | "
-              f"{f(chat_cpu[name], 3) if name != 'direct' else ''} |")
+              f"{f(chat_cpu[name], 3) if name != 'direct' else ''} | {f(client_ms[name], 3)} |")
+    if args.transport:
+        print("\n### Client path: veil proxy vs the in-process transport (client side only: the proxy process plus "
+              "this process's aiohttp client, against this process with OhttpClient; minus direct's client)\n")
+        print("| chain | concurrent streams | CPU per chunk, veil proxy path (µs) | in-process transport (µs) "
+              "| transport / proxy |")
+        print("|---|--:|--:|--:|--:|")
+        for c in chains:
+            tname = f"{c.name}/transport"
+            for conc in concs:
+                base = res["direct"][conc].client_cpu / max(res["direct"][conc].tokens, 1) * 1e6
+                px = rows[c.name][conc]["cpu_chunk_us_proxy"] + rows[c.name][conc]["cpu_chunk_us_client"] - base
+                tr = rows[tname][conc]["cpu_chunk_us_client"] - base
+                print(f"| {c.name} | {conc} | {f(px)} | {f(tr)} | {f(tr / px, 2) if px > 0 else 'n/a'} |")
+            proxy_ms = chat_res[c.name].cpu.get("proxy", 0.0) / max(chat_res[c.name].streams, 1) * 1e3
+            px_r = proxy_ms + client_ms[c.name] - client_ms["direct"]
+            tr_r = client_ms[tname] - client_ms["direct"]
+            print(f"| {c.name} | non-streamed chat (ms per request) | {f(px_r, 3)} | {f(tr_r, 3)} | "
+                  f"{f(tr_r / px_r, 2) if px_r > 0 else 'n/a'} |")
 
     print()
     for c in chains:
@@ -383,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--streams", type=int, default=16, help="streams per path per round at the lowest concurrency")
     p.add_argument("--chats", type=int, default=200, help="non-streamed chats per path per round")
     p.add_argument("--client", choices=("raw", "sdk"), default="raw")
+    p.add_argument("--transport", action="store_true",
+                   help="also a path per chain with the in-process client (proxy.transport.OhttpClient, what "
+                        "VeilTransport runs) straight to its relay, and the client side of both compared")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=DIR[@GATEWAY ARGS]")
     p.add_argument("--gateway-args", default="", help="extra gateway arguments for the default chain")
     p.add_argument("--no-default", action="store_true", help="only the --variant chains")
