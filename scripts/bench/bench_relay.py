@@ -324,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="veil relay --workers (and nginx worker_processes) counts to measure, comma-separated")
     parser.add_argument("--veil-root", type=Path, default=ROOT,
                         help="run the relay from this checkout (before/after comparisons)")
+    parser.add_argument("--baseline-root", type=Path, default=None,
+                        help="also run the relay from this checkout (e.g. a git worktree of an older commit) in the "
+                             "same interleaved rounds: series *-base, and the ratio to it per round")
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the results as JSON to PATH")
     parser.add_argument("--_serve-upstream", dest="serve_upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--_answer", dest="answer", help=argparse.SUPPRESS)
@@ -383,20 +386,25 @@ def main(argv: list[str] | None = None) -> int:
                 procs.append(ng)
                 targets.append((Series(f"nginx-w{n}", f"nginx reverse proxy ({n} worker{'s' if n > 1 else ''})",
                                        workers=n), f"http://127.0.0.1:{ng_port}/gw", ng.pid))
+            roots = [(veil_root, relay_env, "", "")]
+            if args.baseline_root is not None:
+                base_root = args.baseline_root.resolve()
+                roots.append((base_root, {"PYTHONPATH": str(base_root)}, "-base", f", baseline {base_root}"))
             for n in counts:
                 for loop in loops:
-                    port = free_port()
-                    name = f"relay-{loop}-w{n}"
-                    relay = start_veil(["relay", "--listen", f"127.0.0.1:{port}", "--rate-per-minute", "1000000000",
-                                        "--workers", str(n), "--log-level", "warning", "--gateway",
-                                        f"gw=http://127.0.0.1:{up_port}/.well-known/ohttp-gateway"],
-                                       port, name=name, env=relay_env | RELAY_UNCAPPED | {"VEIL_EVENT_LOOP": loop},
-                                       cwd=veil_root, log_path=tmp / f"{name}.log", die_with_parent=True,
-                                       stop_timeout=15.0)
-                    procs.append(relay)
-                    wait_all_workers(relay, n)
-                    targets.append((Series(name, f"veil relay ({loop}, {n} worker{'s' if n > 1 else ''})", workers=n),
-                                    f"http://127.0.0.1:{port}/gw", relay.pid))
+                    for root, env, suffix, note in roots:
+                        port = free_port()
+                        name = f"relay-{loop}-w{n}{suffix}"
+                        relay = start_veil(["relay", "--listen", f"127.0.0.1:{port}", "--rate-per-minute",
+                                            "1000000000", "--workers", str(n), "--log-level", "warning", "--gateway",
+                                            f"gw=http://127.0.0.1:{up_port}/.well-known/ohttp-gateway"],
+                                           port, name=name, env=env | RELAY_UNCAPPED | {"VEIL_EVENT_LOOP": loop},
+                                           cwd=root, log_path=tmp / f"{name}.log", die_with_parent=True,
+                                           stop_timeout=15.0)
+                        procs.append(relay)
+                        wait_all_workers(relay, n)
+                        targets.append((Series(name, f"veil relay ({loop}, {n} worker{'s' if n > 1 else ''}{note})",
+                                               workers=n), f"http://127.0.0.1:{port}/gw", relay.pid))
             # warm-up
             for s, url, pid in targets:
                 wrk(url, args.connections, 1, script, pid)
@@ -438,6 +446,17 @@ def main(argv: list[str] | None = None) -> int:
             b = next(s for s in series if s.key in (f"{key}-w{hi}",))
             print(f"Scaling {key}: {hi} workers / {lo} = {b.med(c, 'rps') / a.med(c, 'rps'):.2f}x "
                   f"(per round: " + ", ".join(f"{y.rps / x.rps:.2f}" for x, y in zip(a.runs[c], b.runs[c])) + ")")
+        print()
+    if args.baseline_root is not None:
+        for s in series:
+            base = next((b for b in series if b.key == s.key + "-base"), None)
+            if base is None:
+                continue
+            print(f"{s.key} / {base.key}: req/s {s.med(c, 'rps') / base.med(c, 'rps'):.3f}x (per round: "
+                  + ", ".join(f"{x.rps / y.rps:.3f}" for x, y in zip(s.runs[c], base.runs[c]))
+                  + f"); CPU µs/request {s.med(c, 'cpu_us_per_request'):.1f} vs {base.med(c, 'cpu_us_per_request'):.1f}"
+                  + " (per round: " + ", ".join(f"{x.cpu_us_per_request:.1f}/{y.cpu_us_per_request:.1f}"
+                                                for x, y in zip(s.runs[c], base.runs[c])) + ")")
         print()
     lines = []
     for s in series:
