@@ -72,6 +72,9 @@ CONFIG_FIELDS: Final[dict[str, tuple[type, ...]]] = {
     # TEE, at start and at every collection: every switch LS10, TNVL on and locked), null (no switch evidence). Like
     # CC mode for GPUs, the LS10 report does not carry TNVL mode: this is the TEE's own word for it.
     "switch_tnvl_checked": (str, type(None)),
+    # How many NVSwitches NSCQ saw at start (null unless switch_tnvl_checked is "nscq"): the verifier compares it with
+    # the switch reports, so a switch left out of the evidence is seen without a client-side switch_count.
+    "switch_count": (int, type(None)),
     # With key_origin "broker": which broker the OHTTP keys came from and under which policy its own evidence was
     # accepted (SHA-256 of the --key-broker-policy file). Both are set by the host: bound, so a client policy can pin
     # the broker policy and a host cannot point the gateway at a broker of its own choosing unseen.

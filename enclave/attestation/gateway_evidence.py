@@ -165,16 +165,16 @@ class GatewayEvidence:
     def gpu_check(self) -> dict[str, ConfigValue]:
         """What the gateway checks of its GPUs and switches itself, for the bound configuration: ``gpu_cc_checked``
         "nvml" (with the GPU count NVML sees now, after its CC checks), "command" (the operator's command; nothing
-        checked here) or None (no GPU evidence), ``gpu_count``, and ``switch_tnvl_checked`` "nscq" (every switch
-        LS10 in locked TNVL mode, checked through NSCQ) or None (no switch evidence).
+        checked here) or None (no GPU evidence), ``gpu_count``, ``switch_tnvl_checked`` "nscq" (every switch
+        LS10 in locked TNVL mode, checked through NSCQ) or None (no switch evidence), and ``switch_count``.
 
         Raises:
             CollateralUnavailableError: NVML says the GPUs must not be attested, or NSCQ the switches.
         """
-        switch: dict[str, ConfigValue] = {"switch_tnvl_checked": None}
+        switch: dict[str, ConfigValue] = {"switch_tnvl_checked": None, "switch_count": None}
         if isinstance(self.switches, NscqSwitchEvidence):
-            self.switches.check()  # switches not in locked TNVL mode stop the gateway here, as GPUs with CC off do
-            switch = {"switch_tnvl_checked": "nscq"}
+            # switches not in locked TNVL mode stop the gateway here, as GPUs with CC off do
+            switch = {"switch_tnvl_checked": "nscq", "switch_count": self.switches.check()}
         if isinstance(self.gpu, NvmlGpuEvidence):
             return {"gpu_cc_checked": "nvml", "gpu_count": self.gpu.check(), **switch}
         return {"gpu_cc_checked": None if self.gpu is None else "command", "gpu_count": None, **switch}

@@ -60,6 +60,8 @@ class GatewayConfig:
     #: what the gateway checked of its NVSwitches (:data:`SWITCH_CHECKS`: LS10, TNVL on and locked, through NSCQ;
     #: None: no switch evidence); bound into the evidence
     switch_tnvl_checked: str | None = None
+    #: how many NVSwitches NSCQ saw at start (None unless ``switch_tnvl_checked``); bound into the evidence
+    switch_count: int | None = None
     #: the key broker's URL and the SHA-256 of the policy its evidence had to pass (None without --key-broker)
     key_broker: str | None = None
     key_broker_policy_sha256: str | None = None
@@ -80,6 +82,10 @@ class GatewayConfig:
             raise ValueError("gpu_count is the number of GPUs NVML saw: a positive count with gpu_cc_checked nvml")
         if self.switch_tnvl_checked is not None and self.switch_tnvl_checked not in SWITCH_CHECKS:
             raise ValueError(f"switch_tnvl_checked must be None or one of {', '.join(SWITCH_CHECKS)}")
+        if (self.switch_count is not None) != (self.switch_tnvl_checked is not None) or (
+                self.switch_count is not None and self.switch_count < 1):
+            raise ValueError("switch_count is the number of NVSwitches NSCQ saw: a positive count exactly when "
+                             "switch_tnvl_checked is set")
 
     def attested(self, *, engine: str, api_keys_required: bool, cache_salt: str) -> dict[str, ConfigValue]:
         """The security-relevant configuration the evidence binds (bundle ``config``; see
@@ -101,6 +107,7 @@ class GatewayConfig:
             "gpu_cc_checked": self.gpu_cc_checked,
             "gpu_count": self.gpu_count,
             "switch_tnvl_checked": self.switch_tnvl_checked,
+            "switch_count": self.switch_count,
             "key_broker": self.key_broker,
             "key_broker_policy_sha256": self.key_broker_policy_sha256,
         }

@@ -223,7 +223,7 @@ def test_the_gateway_binds_the_configuration_it_runs_with() -> None:
                         model_manifest_sha256="ab" * 32, model_key_origin="broker", coalesce_ms=20.0,
                         engine_launch="/venv/bin/python -m vllm.entrypoints.openai.api_server --dtype float32",
                         key_broker="https://broker:8443", key_broker_policy_sha256="cd" * 32,
-                        switch_tnvl_checked="nscq")
+                        switch_tnvl_checked="nscq", switch_count=4)
     app = create_app(engine=engine, keyring=ohttp.KeyRing([ohttp.GatewayKey.generate(0)]),
                      provider=SimulatedProvider(), config=cfg, api=Api(engine, cache_salt="request"))
     state = app[STATE]
@@ -232,7 +232,8 @@ def test_the_gateway_binds_the_configuration_it_runs_with() -> None:
         "key_origin": "broker", "pad_to": 512, "replay_window_ms": 2500, "require_date": True,
         "api_keys_required": False, "cache_salt": "request", "coalesce_ms": 20,
         "engine_launch": "/venv/bin/python -m vllm.entrypoints.openai.api_server --dtype float32",
-        "gpu_cc_checked": None, "gpu_count": None, "switch_tnvl_checked": "nscq", "key_broker": "https://broker:8443",
+        "gpu_cc_checked": None, "gpu_count": None, "switch_tnvl_checked": "nscq", "switch_count": 4,
+        "key_broker": "https://broker:8443",
         "key_broker_policy_sha256": "cd" * 32}
     assert verify_bundle(state.bundle, state.keys_body, Policy(), allow_simulated=True).ok
     fresh = state.collect(state.keys_body, b"\x01" * 32)

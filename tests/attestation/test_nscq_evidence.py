@@ -22,7 +22,7 @@ from enclave.attestation import gateway_evidence as gateway_module
 from enclave.attestation import verify as verify_module
 from enclave.attestation.errors import CollateralUnavailableError
 from enclave.attestation.gateway_evidence import GatewayEvidence, NscqSwitchEvidence
-from enclave.attestation.nvidia import encode_gpu_evidence, load_nvtrust_evidence_list
+from enclave.attestation.nvidia import decode_nvidia_evidence, encode_gpu_evidence, load_nvtrust_evidence_list
 from enclave.attestation.nvidia import nscq as nscq_module
 from enclave.attestation.nvidia.nscq import NscqEvidenceError, collect_switch_evidence, switch_uuids
 from enclave.attestation.nvidia.policy import NvidiaPolicy
@@ -181,7 +181,7 @@ def test_the_gateway_checks_the_switches_at_start_and_binds_their_evidence(
     provider = GatewayEvidence(SimulatedProvider(), gpu=_RecordedGpus(_gpus(evidence_dir)),
                                switches=NscqSwitchEvidence(_module(handler)))
     found = provider.gpu_check()
-    assert found == {"gpu_cc_checked": "command", "gpu_count": None, "switch_tnvl_checked": "nscq"}
+    assert found == {"gpu_cc_checked": "command", "gpu_count": None, "switch_tnvl_checked": "nscq", "switch_count": 4}
     # The TNVL check goes into the bound configuration (the LS10 report does not carry TNVL mode), so a client
     # policy can require that the TEE itself checked it.
     config = GatewayConfig(**found).attested(engine="echo", api_keys_required=False, cache_salt="tenant")
@@ -192,9 +192,20 @@ def test_the_gateway_checks_the_switches_at_start_and_binds_their_evidence(
     checks = {c.name: c.ok for c in v.checks}
     assert checks["switches policy count"] is True and all(checks[f"switch[{i}] nonce"] for i in range(4))
     assert checks["gateway configuration switch_tnvl_checked"] is True
+    assert checks["switches tnvl checked in the TEE"] is True and checks["switches bound count"] is True
     assert not [n for n, ok in checks.items() if ok is False]
+    # A switch left out of the evidence (bound count 4, three reports) fails without any client switch_count.
+    gpus, switches = decode_nvidia_evidence(bundle.gpu_evidence)
+    short = SimulatedProvider().collect(KEYS, gpu_evidence=encode_gpu_evidence(gpus, switches[:3]), config=config)
+    v = verify_bundle(short, KEYS, Policy(nvidia=POLICY), now=NOW, allow_simulated=True)
+    assert {c.name: c.ok for c in v.checks}["switches bound count"] is False and not v.ok
+    # A count without the check it comes from is not the gateway's word: refused.
+    odd = SimulatedProvider().collect(KEYS, gpu_evidence=bundle.gpu_evidence,
+                                      config={**config, "switch_tnvl_checked": None})
+    v = verify_bundle(odd, KEYS, Policy(nvidia=POLICY), now=NOW, allow_simulated=True)
+    assert {c.name: c.ok for c in v.checks}["switches bound count"] is False
     # Evidence from a gateway that did not check its switches (the same reports, from a command) fails that policy.
-    unchecked = provider.collect(KEYS, config={**config, "switch_tnvl_checked": None})
+    unchecked = provider.collect(KEYS, config={**config, "switch_tnvl_checked": None, "switch_count": None})
     v = verify_bundle(unchecked, KEYS, Policy(nvidia=POLICY, config=require_tnvl), now=NOW, allow_simulated=True)
     assert {c.name: c.ok for c in v.checks}["gateway configuration switch_tnvl_checked"] is False and not v.ok
     # The gateway's own keys would ask for another nonce: the recorded (stale) reports are refused at collection.

@@ -183,7 +183,7 @@ def test_the_nvml_check_is_bound_and_the_client_sees_it(recorded: tuple[bytes, b
     install(FakeLibNvml(*recorded, gpus=2))
     provider = _gateway()
     found = provider.gpu_check()
-    assert found == {"gpu_cc_checked": "nvml", "gpu_count": 2, "switch_tnvl_checked": None}
+    assert found == {"gpu_cc_checked": "nvml", "gpu_count": 2, "switch_tnvl_checked": None, "switch_count": None}
     engine = EchoEngine()
     app = create_app(engine=engine, keyring=ohttp.KeyRing([ohttp.GatewayKey.generate(0)]), provider=provider,
                      config=GatewayConfig(**found), api=Api(engine))
@@ -216,9 +216,9 @@ def test_a_command_source_binds_command_and_a_policy_demanding_nvml_refuses_it(r
     from enclave.attestation.verify import verify_bundle
 
     assert GatewayEvidence(SimulatedProvider(), gpu=GpuEvidenceCommand(["true"])).gpu_check() == {
-        "gpu_cc_checked": "command", "gpu_count": None, "switch_tnvl_checked": None}
+        "gpu_cc_checked": "command", "gpu_count": None, "switch_tnvl_checked": None, "switch_count": None}
     assert GatewayEvidence(SimulatedProvider()).gpu_check() == {"gpu_cc_checked": None, "gpu_count": None,
-                                                                "switch_tnvl_checked": None}
+                                                                "switch_tnvl_checked": None, "switch_count": None}
     keys = ohttp.encode_list([ohttp.GatewayKey.generate(1).config])
     bundle = SimulatedProvider().collect(keys, gpu_evidence=encode_gpu_evidence([(recorded[0], recorded[1].decode())]),
                                          config={"gpu_cc_checked": "command", "gpu_count": None})
@@ -239,7 +239,7 @@ def test_gpus_that_fail_the_check_stop_the_gateway_and_a_changed_count_is_refuse
         _gpu_check(_gateway())
     lib = install(FakeLibNvml(*recorded, gpus=2))
     provider = _gateway()
-    assert _gpu_check(provider) == {"gpu_cc_checked": "nvml", "gpu_count": 2, "switch_tnvl_checked": None}
+    assert _gpu_check(provider) == {"gpu_cc_checked": "nvml", "gpu_count": 2, "switch_tnvl_checked": None, "switch_count": None}
     lib.gpus = 1
     with pytest.raises(CollateralUnavailableError, match="NVML now sees 1 GPUs, 2 at start"):
         provider.gpu.collect(NONCE)

@@ -35,6 +35,7 @@ def _verify(bundle: Bundle, policy: Policy, now: dt.datetime, expected_nonce: by
                             ocsp_responses=ocsp, switches=switches or None)
     if expected_nonce is not None:  # the configuration is bound (else nothing it says is the gateway's word)
         _check_gateway_gpu_check(verdict, bundle, len(gpus))
+        _check_gateway_switch_check(verdict, bundle, len(switches))
     return verdict
 
 
@@ -53,6 +54,23 @@ def _check_gateway_gpu_check(verdict: Verdict, bundle: Bundle, n_gpus: int) -> N
     if isinstance(count, int) and not isinstance(count, bool):
         verdict.add("gpus bound count", count == n_gpus, expected=f"{count} (GPUs NVML saw in the TEE, bound "
                     "gpu_count)", found=f"{n_gpus} GPU reports")
+
+
+def _check_gateway_switch_check(verdict: Verdict, bundle: Bundle, n_switches: int) -> None:
+    """What the TEE itself checked of its NVSwitches (bound ``switch_tnvl_checked``, ``switch_count``): NSCQ's
+    count must be the number of switch reports (a switch left out of the evidence fails)."""
+    checked, count = bundle.config.get("switch_tnvl_checked"), bundle.config.get("switch_count")
+    if checked is None and count is None:
+        return
+    if checked != "nscq" or not isinstance(count, int) or isinstance(count, bool):
+        verdict.add("switches bound count", False, expected="switch_count (an integer) with switch_tnvl_checked nscq",
+                    found=f"switch_tnvl_checked={checked!r}, switch_count={count!r}")
+        return
+    verdict.add("switches tnvl checked in the TEE", True, expected="gateway's NSCQ check (bound switch_tnvl_checked)",
+                found="nscq", detail="every switch LS10 with TNVL on and locked: the gateway's word inside the TEE, "
+                "checked before every collection (the LS10 report does not carry TNVL mode)")
+    verdict.add("switches bound count", count == n_switches, expected=f"{count} (NVSwitches NSCQ saw in the TEE, "
+                "bound switch_count)", found=f"{n_switches} switch reports")
 
 
 PLATFORM = Platform(
