@@ -24,7 +24,7 @@ from aiohttp import web
 log = logging.getLogger("veil.proxy")
 
 __all__ = ["PAGE_ISSUER_PATH", "PAGE_LOG_PATH", "PAGE_RELAY_PATH", "IssuerPassthrough", "LogPassthrough",
-           "RelayPassthrough", "log_path_limit"]
+           "RelayPassthrough", "log_path_limit", "read_bounded"]
 
 #: Where the page served by ``veil proxy`` sends its OHTTP requests (its ``veil-config.json`` says so).
 PAGE_RELAY_PATH: Final = "/relay"
@@ -193,6 +193,20 @@ def log_path_limit(path: str) -> int | None:
     return None
 
 
+async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, read until its end or ``limit + 1`` bytes (one ``read(n)`` returns as soon as any bytes
+    arrived: a body written in pieces would come back cut short)."""
+    parts: list[bytes] = []
+    got = 0
+    while got <= limit:
+        piece = await stream.read(limit + 1 - got)
+        if not piece:
+            break
+        parts.append(piece)
+        got += len(piece)
+    return b"".join(parts)
+
+
 class LogPassthrough:
     """``GET /log/<static tlog-tiles path>`` to the ``--log`` URL, so the page can prove a newer (or older) checkpoint
     consistent with the one it kept: the log's server needs no CORS rule, and the page reaches only its static files
@@ -221,11 +235,17 @@ class LogPassthrough:
         if limit is None:
             raise web.HTTPNotFound(text="veil proxy: not a tlog-tiles path")
         try:
-            async with self._session.get(f"{self.log_url}/{path}") as upstream:
+            # No redirects: the log's operator must not make the proxy fetch any other URL.
+            async with self._session.get(f"{self.log_url}/{path}", allow_redirects=False) as upstream:
                 if upstream.status != 200:
                     return web.Response(status=404 if upstream.status == 404 else 502,
                                         text=f"veil proxy: the log answered HTTP {upstream.status}")
-                data = await upstream.content.read(limit + 1)
+                if upstream.content_length is not None and upstream.content_length > limit:
+                    raise web.HTTPBadGateway(text=f"veil proxy: the log's {path} exceeds {limit} bytes")
+                data = await read_bounded(upstream.content, limit)
+                if upstream.content_length is not None and len(data) != upstream.content_length:
+                    raise web.HTTPBadGateway(text=f"veil proxy: the log's {path} ended after {len(data)} of "
+                                                  f"{upstream.content_length} bytes")
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             log.warning("cannot reach the log at %s: %s", self.log_url, type(exc).__name__)
             raise web.HTTPBadGateway(text=f"veil proxy: cannot reach the log at {self.log_url}") from None

@@ -5,15 +5,18 @@ canonical spelling, GET only, answers bounded by the path's size. Real processes
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
-from proxy.client.passthrough import log_path_limit
+from proxy.client.passthrough import LogPassthrough, log_path_limit
 from tests.harness import Proc, free_port, start_veil
 from tlog import generate_signer
 from transparency.log import Log
@@ -109,3 +112,99 @@ def test_without_a_log_there_is_no_log_path() -> None:
     finally:
         p.stop()
         p.log_path.unlink(missing_ok=True)
+
+
+# --- the /log path against a log server that answers in pieces, lies about its length, or redirects --------------
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def _through_proxy(upstream: web.Application, path: str) -> tuple[int, bytes]:
+    """GET /log/<path> on an in-process LogPassthrough whose log is ``upstream`` (also on loopback)."""
+    up_runner, up_url = await _serve(upstream)
+    lp = LogPassthrough(up_url)
+    app = web.Application()
+    lp.add_routes(app)
+    runner, url = await _serve(app)
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"{url}/log/{path}", allow_redirects=False) as r:
+            return r.status, await r.read()
+    finally:
+        await runner.cleanup()
+        await up_runner.cleanup()
+
+
+TILE = bytes(range(256)) * 32  # a full hash tile: 8192 bytes
+
+
+async def test_a_tile_written_in_delayed_pieces_comes_back_whole() -> None:
+    async def pieces(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(0, len(TILE), 3000):
+            await resp.write(TILE[i:i + 3000])
+            await asyncio.sleep(0.05)
+        await resp.write_eof()
+        return resp
+
+    upstream = web.Application()
+    upstream.router.add_get("/tile/0/000", pieces)
+    status, body = await _through_proxy(upstream, "tile/0/000")
+    assert status == 200 and body == TILE
+
+
+async def test_an_oversized_answer_in_pieces_is_refused() -> None:
+    async def too_much(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for _ in range(3):
+            await resp.write(TILE)
+            await asyncio.sleep(0.05)
+        await resp.write_eof()
+        return resp
+
+    upstream = web.Application()
+    upstream.router.add_get("/tile/0/000", too_much)
+    status, body = await _through_proxy(upstream, "tile/0/000")
+    assert status == 502 and b"exceeds 8192 bytes" in body
+
+
+async def test_an_answer_shorter_than_its_content_length_is_refused() -> None:
+    async def short(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": str(len(TILE))})
+        await resp.prepare(request)
+        await resp.write(TILE[:3000])
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+    upstream = web.Application()
+    upstream.router.add_get("/tile/0/000", short)
+    status, _ = await _through_proxy(upstream, "tile/0/000")
+    assert status == 502
+
+
+async def test_a_redirect_is_not_followed() -> None:
+    fetched: list[str] = []
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        fetched.append(request.path)
+        return web.Response(body=TILE)
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/elsewhere")
+
+    upstream = web.Application()
+    upstream.router.add_get("/tile/0/000", redirect)
+    upstream.router.add_get("/elsewhere", elsewhere)
+    status, _ = await _through_proxy(upstream, "tile/0/000")
+    assert status == 502 and fetched == []
