@@ -468,7 +468,17 @@ export async function consistencyProofFromTiles(fetchTile, size1, size2) {
   }, size1, size2);
   const tiles = new Map();
   for (const [path, width] of need) {
-    const data = await fetchTile(path);
+    let data;
+    try {
+      data = await fetchTile(path);
+    } catch (err) {
+      if (!width) throw err;
+      // A partial tile of a tree the log has since grown past may be gone (C2SP lets a log delete partial tiles
+      // once the full one exists): the full tile's prefix is the same hashes (as transparency/client.py fetch_tiles).
+      const full = await fetchTile(path.slice(0, path.lastIndexOf(".p/")));
+      data = full instanceof Uint8Array && full.length === TILE_WIDTH * HASH_SIZE ? full.slice(0, width * HASH_SIZE)
+        : full;
+    }
     const want = (width || TILE_WIDTH) * HASH_SIZE;
     if (!(data instanceof Uint8Array) || data.length !== want) {
       throw fail("proof", `tile ${path} is ${data && data.length} bytes, expected ${want}`);

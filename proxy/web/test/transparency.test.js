@@ -8,7 +8,7 @@ import { test } from "node:test";
 
 import { verifyBundle } from "../attestation.js";
 import {
-  checkAgainstKept, consistencyProofFromTiles, cosignatureMessage, fromBase64, keyId, leafHash, memoryStore,
+  LogError, checkAgainstKept, consistencyProofFromTiles, cosignatureMessage, fromBase64, keyId, leafHash, memoryStore,
   nodeHash, openCheckpoint, openNote, parseCheckpoint, parseNote, parseTransparencyConfig, parseVerifierKey,
   tilePath, toBase64, verifyConsistency, verifyCosignature, verifyInclusion, verifyLog,
 } from "../transparency.js";
@@ -144,6 +144,26 @@ test("consistency proof from 5 to 300 computed from the log's tiles (a full and 
   bad["tile/0/000"] = toBase64(t0);
   const proof2 = await consistencyProofFromTiles(async (p) => b64(bad[p]), 5, 300);
   await rejects(verifyConsistency(5, 300, b64(F.root_small), b64(F.root_large), proof2), /does not lead/);
+});
+
+test("consistency proof from tiles: a partial tile the log has deleted is read as the full tile's prefix", async () => {
+  // the log grew past 300 and dropped tile/0/001.p/44: its full tile starts with the same 44 hashes
+  const partial = b64(F.tiles["tile/0/001.p/44"]);
+  const full = new Uint8Array(256 * 32).fill(7);
+  full.set(partial);
+  const files = { "tile/0/000": b64(F.tiles["tile/0/000"]), "tile/0/001": full };
+  const fetched = [];
+  const fetchTile = async (p) => {
+    fetched.push(p);
+    if (!(p in files)) throw new LogError("unreachable", `GET /log/${p}: HTTP 404`);
+    return files[p];
+  };
+  const proof = await consistencyProofFromTiles(fetchTile, 5, 300);
+  await verifyConsistency(5, 300, b64(F.root_small), b64(F.root_large), proof);
+  assert.ok(fetched.includes("tile/0/001.p/44") && fetched.includes("tile/0/001"), fetched.join(" "));
+  // a full tile that is gone as well stays a refusal
+  delete files["tile/0/001"];
+  await rejects(consistencyProofFromTiles(fetchTile, 5, 300), /HTTP 404/);
 });
 
 // ---------------------------------------------------------------------------------------------------------------
