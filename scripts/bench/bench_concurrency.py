@@ -43,6 +43,7 @@ import json
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -91,6 +92,21 @@ class PhaseResult:
     #: CPU (utime + stime) of this benchmark process during the phase: the client itself (with ``--transport``,
     #: the in-process OhttpClient's encapsulation and decryption as well)
     client_cpu: float = 0.0
+
+    def merge(self, other: PhaseResult) -> None:
+        self.ttft += other.ttft
+        self.tokens += other.tokens
+        self.streams += other.streams
+        self.wall += other.wall
+        self.errors += other.errors
+        self.client_cpu += other.client_cpu
+        for k, v in other.cpu.items():
+            self.cpu[k] = self.cpu.get(k, 0.0) + v
+
+    def chunk_us(self, proc: str) -> float:
+        """CPU per content token of ``proc`` (or ``client``: this process), in µs."""
+        cpu = self.client_cpu if proc == "client" else self.cpu.get(proc, 0.0)
+        return cpu / max(self.tokens, 1) * 1e6
 
     @property
     def tps(self) -> float:
@@ -279,6 +295,7 @@ async def bench(args: argparse.Namespace, engine: Proc, chains: list[Chain]) -> 
                           {k: c.procs[k].pid for k in VEIL_PROCS if k != "proxy"}))
     concs = [int(x) for x in args.concurrency.split(",")]
     res: dict[str, dict[int, PhaseResult]] = {p[0]: {c: PhaseResult() for c in concs} for p in paths}
+    per_round: dict[str, dict[int, list[PhaseResult]]] = {p[0]: {c: [] for c in concs} for p in paths}
     chat_res: dict[str, PhaseResult] = {p[0]: PhaseResult() for p in paths}
     profile_text = ""
     failures = 0
@@ -295,7 +312,10 @@ async def bench(args: argparse.Namespace, engine: Proc, chains: list[Chain]) -> 
                 for name, client, pids in order:
                     print(f"round {rnd + 1}/{args.rounds} c={conc:<3d} x{per_worker:<2d} {name} ...", file=sys.stderr,
                           flush=True)
-                    await stream_phase(client, conc, per_worker, args.tokens, pids, res[name][conc])
+                    one = PhaseResult()
+                    await stream_phase(client, conc, per_worker, args.tokens, pids, one)
+                    res[name][conc].merge(one)
+                    per_round[name][conc].append(one)
             for name, client, pids in order:
                 await chat_phase(client, 16, args.chats, pids, chat_res[name])
         if args.profile:
@@ -346,6 +366,27 @@ async def bench(args: argparse.Namespace, engine: Proc, chains: list[Chain]) -> 
                   + f" | {f(sum(per.values()))} | {f(sum(r.cpu.values()) / max(r.streams, 1) * 1e3, 2)} | "
                   f"{f(client_us)} |")
 
+    rounds_json = {name: {str(conc): [{k: r.chunk_us(k) for k in (*VEIL_PROCS, "client") if k == "client" or k in pids}
+                                      for r in per_round[name][conc]] for conc in concs} for name, _, pids in paths}
+    if args.rounds > 1:
+        print("\n### CPU per streamed chunk per round (µs): median [min-max] over the rounds\n")
+        print("| path | concurrent streams | " + " | ".join(VEIL_PROCS) + " | sum | client |")
+        print("|---|--:|" + "--:|" * (len(VEIL_PROCS) + 2))
+        for name, _, pids in paths:
+            procs = [k for k in VEIL_PROCS if k in pids]
+            for conc in concs:
+                rs = per_round[name][conc]
+                cells = []
+                for k in VEIL_PROCS:
+                    vals = [r.chunk_us(k) for r in rs]
+                    cells.append(f"{f(statistics.median(vals))} [{f(min(vals), 0)}-{f(max(vals), 0)}]"
+                                 if k in procs else "")
+                sums = [sum(r.chunk_us(k) for k in procs) for r in rs]
+                cl = [r.chunk_us("client") for r in rs]
+                print(f"| {name} | {conc} | " + " | ".join(cells)
+                      + (f" | {f(statistics.median(sums))} [{f(min(sums), 0)}-{f(max(sums), 0)}]" if procs else " | ")
+                      + f" | {f(statistics.median(cl))} [{f(min(cl), 0)}-{f(max(cl), 0)}] |")
+
     print("\n### Non-streamed chats at concurrency 16\n")
     print("| path | requests | requests/s | ratio to direct | CPU per request (ms): " + " | ".join(VEIL_PROCS)
           + " | sum | client (ms) |")
@@ -359,8 +400,8 @@ async def bench(args: argparse.Namespace, engine: Proc, chains: list[Chain]) -> 
         per = {k: r.cpu.get(k, 0.0) / max(r.streams, 1) * 1e3 for k in VEIL_PROCS}
         chat_cpu[name] = sum(per.values())
         client_ms[name] = r.client_cpu / max(r.streams, 1) * 1e3
-        cells = " | ".join(f(per[k], 3) if name != "direct" and k in r.cpu else "" for k in VEIL_PROCS)
-        print(f"| {name} | {r.streams} | {f(rps, 0)} | {f(rps / (dr.streams / dr.wall), 3)} | {cells} | "
+        chat_cells = " | ".join(f(per[k], 3) if name != "direct" and k in r.cpu else "" for k in VEIL_PROCS)
+        print(f"| {name} | {r.streams} | {f(rps, 0)} | {f(rps / (dr.streams / dr.wall), 3)} | {chat_cells} | "
               f"{f(chat_cpu[name], 3) if name != 'direct' else ''} | {f(client_ms[name], 3)} |")
     if args.transport:
         print("\n### Client path: veil proxy vs the in-process transport (client side only: the proxy process plus "
@@ -412,7 +453,8 @@ async def bench(args: argparse.Namespace, engine: Proc, chains: list[Chain]) -> 
     if failures:
         print(f"\nFAILED requests: {failures}")
     if args.json:
-        args.json.write_text(json.dumps({"label": args.label, "rows": rows, "chat_cpu_ms": chat_cpu}, indent=1))
+        args.json.write_text(json.dumps({"label": args.label, "rows": rows, "chat_cpu_ms": chat_cpu,
+                                         "chunk_us_per_round": rounds_json}, indent=1))
     if args.plot:
         title = (f"added TTFT p50 vs direct, {args.tokens} tokens at {args.token_delay * 1e3:.0f} ms/token "
                  f"({datetime.now(timezone.utc):%Y-%m-%d}, shared 2-core VM)")
