@@ -95,6 +95,11 @@ OPTIONS = [
            "checkpoint, so clients check the log offline in the same fetch", metavar="URL"),
     Option("transparency-refresh", "seconds between reads of --transparency-log (new entries only)", 60.0,
            type=float),
+    Option("transparency-log-key", "the --transparency-log's verifier key: a checkpoint is used (and its size "
+           "believed: how much is fetched) only once its signature verifies", metavar="VKEY"),
+    Option("transparency-publisher", "a publisher's verifier key (repeatable): when the logged key entry names no "
+           "release, attach only releases these publishers signed (in a log shared by publishers, others' newer "
+           "releases would push this gateway's out)", repeat=True, metavar="VKEY"),
     Option("max-request-bytes", "largest encapsulated request", 4 * 1024 * 1024, type=int),
     Option("body-timeout", "seconds a request body may take to arrive in full (408 beyond; keep it above the "
            "relays' --max-body-time)", 90.0, type=float),
@@ -224,6 +229,17 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     refuse_operator_input("gateway", args, OPTIONS, {"key-file": "Let the gateway generate its key (the default) "
                                                                  "or fetch the shared key set with --key-broker"})
+    if (args.transparency_log_key or args.transparency_publisher) and not args.transparency_log:
+        raise SystemExit("veil gateway: --transparency-log-key and --transparency-publisher need --transparency-log")
+    from tlog import TlogError, parse_verifier_key
+
+    for name, key in [("transparency-log-key", args.transparency_log_key),
+                      *(("transparency-publisher", k) for k in args.transparency_publisher or ())]:
+        if key:
+            try:
+                parse_verifier_key(key)
+            except TlogError as exc:
+                raise SystemExit(f"veil gateway: --{name}: not a verifier key: {exc}") from None
     from .gateway.vsock import is_vsock, parse_listen, vsock_event_loop, vsock_socket
 
     sock = None
@@ -275,6 +291,8 @@ def run(args: argparse.Namespace) -> int:
         rotation_grace=args.rotation_grace,
         transparency_log=args.transparency_log or None,
         transparency_refresh=args.transparency_refresh,
+        transparency_log_key=args.transparency_log_key or None,
+        transparency_publishers=tuple(args.transparency_publisher or ()),
     )
     config = _with_attested_identity(config, args, model, engine, provider)
     api = Api(engine, api_keys=api_keys, cache_salt=args.cache_salt)

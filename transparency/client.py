@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import os
 import time
@@ -23,6 +24,7 @@ from typing import Any
 
 from tlog import (
     HASH_SIZE,
+    TILE_WIDTH,
     Checkpoint,
     SignedCheckpoint,
     TileId,
@@ -43,7 +45,8 @@ from tlog.errors import ConsistencyError, StatementError
 
 from .statements import KeyEntry, Release, entry_kind, open_release, parse_key_entry
 
-__all__ = ["LogUnavailableError", "LogView", "TrustedLog", "fetch_tiles", "http_fetcher", "load_state", "save_state"]
+__all__ = ["LogUnavailableError", "LogView", "TrustedLog", "fetch_tiles", "http_fetcher", "load_state", "max_bytes",
+           "save_state"]
 
 Fetch = Callable[[str], bytes]
 
@@ -52,16 +55,55 @@ class LogUnavailableError(TlogError):
     """The log could not be reached (no checkpoint, a missing tile)."""
 
 
+#: the most bytes of a checkpoint note (a few signature lines; proofs.py takes at most as many characters)
+MAX_CHECKPOINT_BYTES = 16 * 1024
+#: per leaf of a tile: a 32-byte hash, or in an entry bundle a uint16 length and an entry of at most 65535 bytes
+_ENTRY_BYTES = 2 + 0xFFFF
+
+
+def max_bytes(path: str) -> int:
+    """The most bytes the static tlog-tiles ``path`` may hold: a hash tile 8 KiB, an entry bundle 256 * (2 + 65535)
+    bytes (less when partial), a checkpoint (and anything else) :data:`MAX_CHECKPOINT_BYTES`."""
+    width = 0
+    if path.startswith("tile/") and ".p/" in path:
+        try:
+            width = int(path.rsplit(".p/", 1)[1])
+        except ValueError:
+            width = 0
+    width = width if 0 < width < TILE_WIDTH else TILE_WIDTH
+    if path.startswith("tile/entries/"):
+        return width * _ENTRY_BYTES
+    if path.startswith("tile/"):
+        return width * HASH_SIZE
+    return MAX_CHECKPOINT_BYTES
+
+
 def http_fetcher(base_url: str, timeout: float = 10.0) -> Fetch:
+    """GETs of ``base_url/<path>``, each answer read to at most :func:`max_bytes` (a log claiming more is refused
+    before it is kept), a short answer refused against its Content-Length."""
     base = base_url.rstrip("/") + "/"
 
     def fetch(path: str) -> bytes:
+        url = base + path
+        limit = max_bytes(path)
         try:
-            with urllib.request.urlopen(base + path, timeout=timeout) as r:
-                data: bytes = r.read()
-                return data
-        except (urllib.error.URLError, OSError) as exc:
-            raise LogUnavailableError(f"log unreachable: GET {base + path}: {exc}") from None
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                length = r.headers.get("Content-Length")
+                if length is not None and length.isdigit() and int(length) > limit:
+                    raise LogUnavailableError(f"log answer too large: GET {url}: {length} bytes, at most {limit}")
+                parts: list[bytes] = []
+                got = 0
+                while got <= limit:
+                    piece: bytes = r.read(limit + 1 - got)
+                    if not piece:
+                        break
+                    parts.append(piece)
+                    got += len(piece)
+                if got > limit:
+                    raise LogUnavailableError(f"log answer too large: GET {url}: more than {limit} bytes")
+                return b"".join(parts)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise LogUnavailableError(f"log unreachable: GET {url}: {exc}") from None
 
     return fetch
 

@@ -3,34 +3,43 @@ gateway serves, the proofs its evidence carries (``transparency.proofs``).
 
 Blocking I/O through a ``fetch(path) -> bytes`` callable (run it in a worker thread from a server). Entries already
 read are kept: each update fetches the checkpoint, the entry bundles of new entries only (the last partial bundle
-again), and the O(log n) tiles of the proofs. The gateway holds no log key: it checks that every proof it builds
-leads to the checkpoint's root (a broken mirror is noticed here, not only by clients), and clients check the rest.
+again, at most ``max_bundles`` per update: a large log is read over several rounds), and the O(log n) tiles of the
+proofs. It checks that every proof it builds leads to the checkpoint's root (a broken mirror is noticed here, not
+only by clients), and clients check the rest. Given the log's key (``veil gateway --transparency-log-key``), it
+believes a checkpoint's size only once the log's signature on it verifies; given publishers
+(``--transparency-publisher``), the releases it attaches when the key entry names none are theirs only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tlog import (
     TILE_WIDTH,
     TileId,
+    Verifier,
     entries_path,
     inclusion_proof_from_tiles,
     inclusion_tiles,
     leaf_hash,
+    open_checkpoint,
     parse_checkpoint,
     parse_entry_bundle,
     parse_note,
 )
-from tlog.errors import MalformedError, TlogError
+from tlog.errors import MalformedError, StatementError, TlogError
 
 from .client import Fetch, LogUnavailableError, fetch_tiles
 from .proofs import MAX_RELEASES, InclusionProof, LogProofs
-from .statements import entry_kind, parse_key_entry
+from .statements import entry_kind, open_release, parse_key_entry
 
-__all__ = ["LogFollower"]
+__all__ = ["MAX_BUNDLES_PER_UPDATE", "LogFollower"]
+
+#: entry bundles (256 entries each) read per update: a log claiming a huge size is read a bounded part at a time
+MAX_BUNDLES_PER_UPDATE = 64
 
 
 def _release_window(raw: bytes) -> tuple[int, int] | None:
@@ -49,12 +58,19 @@ class LogFollower:
 
     fetch: Fetch
     max_releases: int = MAX_RELEASES
+    #: the log's verifier key: checkpoints are used only once its signature verifies (None: unsigned size believed)
+    log_key: Verifier | None = None
+    #: publishers whose releases are attached when the key entry names none (empty: any publisher's)
+    publishers: Sequence[Verifier] = ()
+    max_bundles: int = MAX_BUNDLES_PER_UPDATE
     entries: list[bytes] = field(default_factory=list)
-    #: key_config_sha256 -> indices of its key entries; release index -> validity window; leaf hash -> index
+    #: key_config_sha256 -> indices of its key entries; release index -> validity window (of the releases that may
+    #: be attached unnamed); leaf hash -> index (of every release, so a named one is found whoever signed it)
     _keys: dict[str, list[int]] = field(default_factory=dict)
     _releases: dict[int, tuple[int, int]] = field(default_factory=dict)
     _leaves: dict[bytes, int] = field(default_factory=dict)
     _root: bytes = b""
+    _size: int = 0
 
     def _reset(self, keep: int = 0) -> None:
         """Forget the entries from index ``keep`` on."""
@@ -77,8 +93,14 @@ class LogFollower:
                 except TlogError:
                     continue  # not a valid key entry: never served
             elif kind == "release" and (window := _release_window(raw)) is not None:
-                self._releases[idx] = window
                 self._leaves[leaf_hash(raw)] = idx
+                if self.publishers:
+                    try:
+                        rel = open_release(raw, self.publishers)
+                    except StatementError:
+                        continue  # another publisher's: attached only when a key entry names it
+                    window = (rel.not_before, rel.not_after)
+                self._releases[idx] = window
 
     def _bundle(self, n: int, width: int) -> list[bytes]:
         try:
@@ -89,29 +111,46 @@ class LogFollower:
             # the partial bundle of a size the log has since grown past may be gone: the full one starts alike
             return parse_entry_bundle(self.fetch(entries_path(n)))[:width]
 
+    @property
+    def behind(self) -> bool:
+        """Whether the last update left entries of its checkpoint unread (the next one reads on)."""
+        return len(self.entries) < self._size
+
     def update(self) -> tuple[str, int, bytes]:
-        """Fetch the checkpoint and the new entries; (checkpoint text as served, size, root)."""
+        """Fetch the checkpoint and the new entries (at most ``max_bundles`` bundles of them); (checkpoint text as
+        served, size, root)."""
         raw = self.fetch("checkpoint")
         try:
             text = raw.decode()
-            cp = parse_checkpoint(parse_note(text).text)
-        except (UnicodeDecodeError, TlogError) as exc:
-            raise MalformedError(f"the log's checkpoint is malformed: {exc}") from None
+        except UnicodeDecodeError:
+            raise MalformedError("the log's checkpoint is malformed: not UTF-8") from None
+        if self.log_key is not None:
+            # signature errors propagate as themselves: a checkpoint not signed by the log's key is never believed
+            cp = open_checkpoint(text, self.log_key).checkpoint
+        else:
+            try:
+                cp = parse_checkpoint(parse_note(text).text)
+            except TlogError as exc:
+                raise MalformedError(f"the log's checkpoint is malformed: {exc}") from None
         have = len(self.entries)
         if cp.size < have or (cp.size == have and cp.root != self._root):
             self._reset()  # a smaller or different tree than the one read: read it again (clients judge it)
         keep = len(self.entries) - len(self.entries) % TILE_WIDTH  # a partial last bundle is read again
         self._reset(keep)
-        for n in range(keep // TILE_WIDTH, (cp.size + TILE_WIDTH - 1) // TILE_WIDTH):
+        first = keep // TILE_WIDTH
+        for n in range(first, min((cp.size + TILE_WIDTH - 1) // TILE_WIDTH, first + self.max_bundles)):
             width = min(TILE_WIDTH, cp.size - n * TILE_WIDTH)
             self.entries += self._bundle(n, 0 if width == TILE_WIDTH else width)
         self._index(keep)
-        self._root = cp.root
+        # the root of the entries read, once they are the whole tree (a same-size, other-root tree is read again)
+        self._size = cp.size
+        self._root = cp.root if len(self.entries) == cp.size else b""
         return text, cp.size, cp.root
 
     def proofs_for(self, key_config: bytes, now: float) -> LogProofs | None:
         """Update, then the proofs for the latest unexpired key entry of these exact key-configuration bytes and
-        the release it names (or, naming none, the latest unexpired releases); None while no such entry is logged.
+        the release it names (or, naming none, the latest unexpired releases, of ``publishers`` when given); None
+        while no such entry is logged (or read: a log read over several updates is searched as far as read).
         ``ProofError`` when a proof does not lead to the checkpoint's root (the entries are read again next time)."""
         text, size, root = self.update()
         digest = hashlib.sha256(key_config).hexdigest()

@@ -70,10 +70,27 @@ class GatewayConfig:
     #: fetches material clients verify against their own log key, so whoever sets it can at worst leave it out
     transparency_log: str | None = None
     transparency_refresh: float = 60.0
+    #: the log's verifier key (``name+hexid+base64``): the follower believes a checkpoint (its size: how much it
+    #: fetches) only once this key's signature on it verifies; None believes the unsigned size
+    transparency_log_key: str | None = None
+    #: publishers' verifier keys: when the gateway's key entry names no release, only their releases are attached
+    #: (in a log shared by publishers, others' newer releases would push this gateway's out); empty: anyone's
+    transparency_publishers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.transparency_refresh > 0:
             raise ValueError("transparency_refresh must be a positive number of seconds")
+        keys = [("transparency_publishers", k) for k in self.transparency_publishers]
+        if self.transparency_log_key is not None:
+            keys.insert(0, ("transparency_log_key", self.transparency_log_key))
+        if keys:
+            from tlog import TlogError, parse_verifier_key
+
+            for what, key in keys:
+                try:
+                    parse_verifier_key(key)
+                except TlogError as exc:
+                    raise ValueError(f"{what}: not a verifier key: {exc}") from None
         if self.key_origin not in KEY_ORIGINS:
             raise ValueError(f"key_origin must be one of {', '.join(KEY_ORIGINS)}")
         if self.gpu_cc_checked is not None and self.gpu_cc_checked not in GPU_CC_CHECKS:

@@ -4,7 +4,11 @@ that its key configuration (and the release it runs) are logged, so clients chec
 Until the operator logs the key (``veil log append --evidence``) the evidence carries none; after a rotation the
 new key's proofs are looked for at once and then every ``--transparency-refresh`` seconds. A log that cannot be
 read is logged as a warning and the gateway keeps serving: the proofs it has go stale (clients check a stale
-checkpoint's consistency with their own) or stay absent (clients read the log themselves)."""
+checkpoint's consistency with their own) or stay absent (clients read the log themselves).
+
+A large log is read a bounded number of entry bundles per round (``transparency.follow.MAX_BUNDLES_PER_UPDATE``).
+With ``--transparency-log-key`` a checkpoint is used only once the log's signature on it verifies; with
+``--transparency-publisher`` the releases attached for a key entry naming none are those publishers' only."""
 
 from __future__ import annotations
 
@@ -55,7 +59,13 @@ async def transparency_ctx(app: web.Application) -> AsyncIterator[None]:
     if url is None:
         yield
         return
-    follower = LogFollower(http_fetcher(url))
+    from tlog import parse_verifier_key
+
+    cfg = state.config
+    follower = LogFollower(http_fetcher(url),
+                           log_key=None if cfg.transparency_log_key is None else parse_verifier_key(
+                               cfg.transparency_log_key),
+                           publishers=[parse_verifier_key(k) for k in cfg.transparency_publishers])
 
     async def follow() -> None:
         while True:
