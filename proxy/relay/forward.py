@@ -68,6 +68,11 @@ async def _admit(request: web.Request) -> web.StreamResponse:
     cfg = state.config
     if request.content_length is not None and request.content_length > cfg.max_request_bytes:
         return _too_large(state)
+    # --require-token: a missing, malformed or forged token is refused here, before the request takes a slot or an
+    # in-flight unit or its body is read (else tokenless requests with slow bodies could hold every slot); the
+    # token is spent only later (redeem), so a request refused by the limits below keeps it.
+    if state.check_token is not None and (refused_token := await state.check_token(request)) is not None:
+        return refused_token
     clock = BodyClock(cfg.body_timeout, cfg.min_rate, cfg.max_body_time)  # from the end of the request head
     client = state.limits.client_key(request)
     admission = state.admission
@@ -170,7 +175,7 @@ async def _forward(request: web.Request, state: RelayState, pool: ReplicaPool, c
             return _too_slow(state)
         first += data[:1]
     if state.redeem is not None and (refused := await state.redeem(request)) is not None:
-        return refused  # --require-token: spent only now, for a request that passed everything else
+        return refused  # --require-token: verified before admission, spent only now (the double-spend check)
     t0 = time.perf_counter()
     try:
         # Another replica is tried only when nothing was sent (connection refused or timed out); never after.

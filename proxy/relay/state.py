@@ -37,6 +37,9 @@ class RelayState:
     admission: Admission | SharedAdmission = field(init=False)
     table: SharedTable | None = field(init=False, default=None)
     bridges: list[VsockBridge] = field(default_factory=list)
+    #: ``--require-token``: verifies (without spending) the request's token before it is admitted, or gives the
+    #: refusal
+    check_token: Callable[[web.Request], Awaitable[web.Response | None]] | None = None
     #: ``--require-token``: spends the request's token right before it is forwarded, or gives the refusal
     redeem: Callable[[web.Request], Awaitable[web.Response | None]] | None = None
 

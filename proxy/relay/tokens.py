@@ -3,10 +3,11 @@
 The relay is the Origin of RFC 9576 (deployment "model B" in the notes): a client spends one token per request in
 an outer ``Authorization: PrivateToken token="..."`` header, which the relay checks offline against the issuer's
 keys (its directory, cached as its Cache-Control says, refetched when a token names a key the relay has not seen)
-and records in a spent-token store right before forwarding (after every cheaper refusal: allow list, media type,
-size, rate and concurrency limits, the body's arrival; so a refused request keeps its token). The challenge is the relay's fixed one (token type 2, the
-issuer's name, an empty redemption context, ``--token-origin`` names or none), so clients fetch tokens ahead of
-need and spending adds no round trip (RFC 9577 §2.1.4). Every refusal carries the challenge again with the issuer's
+before the request takes a concurrency slot or its body is read (so a request without a valid token holds nothing),
+and records in a spent-token store right before forwarding (after every other refusal: rate and concurrency limits,
+the body's arrival and size; so a refused request keeps its token). The challenge is the relay's fixed one (token
+type 2, the issuer's name, an empty redemption context, ``--token-origin`` names or none), so clients fetch tokens
+ahead of need and spending adds no round trip (RFC 9577 §2.1.4). Every refusal carries the challenge again with the issuer's
 current key.
 
 Spent-token stores (:class:`SqliteSpentStore` by default, :class:`RedisSpentStore` for ``redis://``) key each token
@@ -211,22 +212,49 @@ class TokenVerifier:
             [PrivateTokenChallenge(challenge=self.challenge.encode(), token_key=self._preferred.spki)])
 
     async def check(self, authorization: str | None, session: aiohttp.ClientSession) -> None:
-        """Accept and spend the token in ``authorization``, or raise.
+        """Accept and spend the token in ``authorization``, or raise: :meth:`verify`, then :meth:`spend`.
 
         Raises:
             TokenRejected: 401 for a missing, malformed, unknown-key, expired-key, wrong-challenge or forged token;
                 403 for one already spent; 503 when no issuer key is known or the store cannot be reached.
         """
+        await self.spend(await self.verify(authorization, session))
+
+    async def verify(self, authorization: str | None, session: aiohttp.ClientSession) -> Token:
+        """The token in ``authorization`` if it is one this relay accepts (syntax, a known issuer key, the fixed
+        challenge, the signature: one RSA verification), without spending it; the relay asks this before a request
+        takes a slot or its body is read, so a request without a valid token is refused at once.
+
+        Raises:
+            TokenRejected: 401 for a missing, malformed, unknown-key, expired-key, wrong-challenge or forged token;
+                503 when no issuer key is known.
+        """
         try:
-            await self._check(authorization, session)
+            return await self._verify(authorization, session)
         except TokenRejected as exc:
             self.metrics.rejected.labels(exc.reason).inc()
-            if exc.reason == "double_spend":
-                self.metrics.double_spends.inc()
             raise
+
+    async def spend(self, token: Token) -> None:
+        """Record ``token`` (verified by :meth:`verify`) as spent: the double-spend check, right before forwarding.
+
+        Raises:
+            TokenRejected: 403 for a token already spent; 503 when the store cannot be reached.
+        """
+        spent_key = hashlib.sha256(token.authenticator_input()).digest()
+        try:
+            fresh = await self.store.spend(spent_key, time.time() + self.policy.retention)
+        except Exception as exc:  # the store is down: refuse rather than accept a possible replay
+            log.error("spent-token store unavailable (%s); refusing tokens", type(exc).__name__)
+            self.metrics.rejected.labels("store_unavailable").inc()
+            raise TokenRejected(503, "store_unavailable") from None
+        if not fresh:
+            self.metrics.rejected.labels("double_spend").inc()
+            self.metrics.double_spends.inc()
+            raise TokenRejected(403, "double_spend")
         self.metrics.redeemed.inc()
 
-    async def _check(self, authorization: str | None, session: aiohttp.ClientSession) -> None:
+    async def _verify(self, authorization: str | None, session: aiohttp.ClientSession) -> Token:
         if not authorization:
             raise TokenRejected(401, "missing")
         await self.refresh(session)
@@ -249,14 +277,7 @@ class TokenVerifier:
         except privacypass.VerifyError as exc:
             reason = "wrong_challenge" if "challenge" in str(exc) else "bad_signature"
             raise TokenRejected(401, reason) from None
-        spent_key = hashlib.sha256(token.authenticator_input()).digest()
-        try:
-            fresh = await self.store.spend(spent_key, time.time() + self.policy.retention)
-        except Exception as exc:  # the store is down: refuse rather than accept a possible replay
-            log.error("spent-token store unavailable (%s); refusing tokens", type(exc).__name__)
-            raise TokenRejected(503, "store_unavailable") from None
-        if not fresh:
-            raise TokenRejected(403, "double_spend")
+        return token
 
 
 TOKENS: Final = web.AppKey("TOKENS", TokenVerifier)
@@ -264,19 +285,24 @@ TOKENS: Final = web.AppKey("TOKENS", TokenVerifier)
 
 def setup_tokens(app: web.Application, policy: TokenPolicy, store_spec: str, registry: CollectorRegistry) -> None:
     """Require a token on every forwarded request of the relay ``app`` (made by ``create_app``): the verifier under
-    :data:`TOKENS`, a cleanup context for its session and store, and :func:`redeem` as the state's ``redeem``, which
-    the forwarding handler calls once the request has passed every cheaper check (allow list, media type, size,
-    rate, slots, in flight) and its body is in hand, right before it is forwarded: a request refused for anything
+    :data:`TOKENS`, a cleanup context for its session and store, :func:`check_token` as the state's ``check_token``
+    and :func:`redeem` as its ``redeem``. The forwarding handler checks the token (present, well formed, under a
+    known issuer key, correctly signed) before the request takes a slot or its body is read, so a request without a
+    valid token holds nothing; and it spends the token only once the request has passed every other check (rate,
+    slots, in flight, the body's arrival and size), right before it is forwarded: a request refused for anything
     else keeps its token. Call before the app starts."""
     from .state import STATE  # here: state -> config, which imports this module's policy lazily
 
     verifier = TokenVerifier(policy, open_spent_store(store_spec), TokenMetrics(registry))
     app[TOKENS] = verifier
+    app[STATE].check_token = check_token
     app[STATE].redeem = redeem
     app.cleanup_ctx.append(_tokens_ctx)
 
 
 _SESSION: Final = web.AppKey("TOKENS_SESSION", aiohttp.ClientSession)
+#: the request's verified, not yet spent token, between :func:`check_token` and :func:`redeem`
+_TOKEN: Final = web.RequestKey("TOKEN", Token)
 
 
 async def _tokens_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -289,24 +315,41 @@ async def _tokens_ctx(app: web.Application) -> AsyncIterator[None]:
     await verifier.store.close()
 
 
-async def redeem(request: web.Request) -> web.Response | None:
-    """Spend the token of ``request`` (a request about to be forwarded), or the refusal to answer with. The token
-    travels in the outer Authorization header, which the relay never forwards."""
+async def check_token(request: web.Request) -> web.Response | None:
+    """Verify, without spending, the token of ``request`` (before it is admitted), or the refusal to answer with.
+    The token travels in the outer Authorization header, which the relay never forwards."""
     verifier = request.app[TOKENS]
     try:
-        await verifier.check(request.headers.get("Authorization"), request.app[_SESSION])
+        request[_TOKEN] = await verifier.verify(request.headers.get("Authorization"), request.app[_SESSION])
     except TokenRejected as exc:
-        headers = {"Cache-Control": "no-store"}
-        if exc.status in (401, 403):
-            headers["WWW-Authenticate"] = verifier.www_authenticate()
-        if exc.status == 503:
-            headers["Retry-After"] = "5"
-        resp = web.json_response({"error": f"token {exc.reason.replace('_', ' ')}"}, status=exc.status,
-                                 headers=headers)
-        from .cors import allow  # here: cors -> state -> config, which imports this module's policy lazily
-
-        allow(request, resp)
-        if "Access-Control-Allow-Origin" in resp.headers:
-            resp.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate"
-        return resp
+        return _refusal(request, verifier, exc)
     return None
+
+
+async def redeem(request: web.Request) -> web.Response | None:
+    """Spend the token :func:`check_token` verified for ``request`` (a request about to be forwarded), or the
+    refusal to answer with."""
+    verifier = request.app[TOKENS]
+    token = request.get(_TOKEN)
+    try:
+        if token is None:  # never: check_token runs first; refuse rather than forward unpaid
+            raise TokenRejected(401, "missing")
+        await verifier.spend(token)
+    except TokenRejected as exc:
+        return _refusal(request, verifier, exc)
+    return None
+
+
+def _refusal(request: web.Request, verifier: TokenVerifier, exc: TokenRejected) -> web.Response:
+    headers = {"Cache-Control": "no-store"}
+    if exc.status in (401, 403):
+        headers["WWW-Authenticate"] = verifier.www_authenticate()
+    if exc.status == 503:
+        headers["Retry-After"] = "5"
+    resp = web.json_response({"error": f"token {exc.reason.replace('_', ' ')}"}, status=exc.status, headers=headers)
+    from .cors import allow  # here: cors -> state -> config, which imports this module's policy lazily
+
+    allow(request, resp)
+    if "Access-Control-Allow-Origin" in resp.headers:
+        resp.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate"
+    return resp

@@ -9,6 +9,8 @@ address in a log is a leak."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +23,7 @@ import openai
 import pytest
 
 import privacypass
-from privacypass import Directory
+from privacypass import Directory, Token
 from proxy.client.tokens import TokenWallet
 from tests.harness import Proc, free_port, start_veil, stop_all
 
@@ -170,6 +172,72 @@ async def test_a_request_refused_by_the_rate_limit_keeps_its_token(
     finally:
         await wallet.close()
         stop_all([limited], remove_logs=True)
+
+
+async def _until_metric(session: aiohttp.ClientSession, proc: Proc, names: tuple[str, ...], at_least: float) -> None:
+    """Wait until one of the metric rows ``names`` reaches ``at_least`` (the relay has read a request's head)."""
+    for _ in range(400):
+        values = [await _metric(session, proc, name) for name in names]
+        if max(values) >= at_least:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"none of {names} reached {at_least}")
+
+
+def _status(sock: socket.socket) -> int:
+    """The status of the response on ``sock`` (its head only)."""
+    sock.settimeout(30)
+    head = b""
+    while b"\r\n" not in head:
+        piece = sock.recv(4096)
+        assert piece, "the relay closed the connection without an answer"
+        head += piece
+    return int(head.split(b" ", 2)[1])
+
+
+async def test_a_request_without_a_valid_token_holds_no_slot_while_its_body_trickles(
+        chain: Chain, client_session: aiohttp.ClientSession) -> None:
+    """Tokens are verified before admission (and spent only after it): with ``--max-concurrent 1``, requests with
+    no token and with a forged one (a real token with its signature altered) that send their headers and then only
+    part of their body are refused with 401 and the challenge at once; they take no slot, so a token holder's
+    request, sent while their connections still hang open, is forwarded rather than refused as busy (503). Before
+    the fix they held the one slot for the body's deadline, and the relay read their bodies."""
+    rp = free_port()
+    relay = start_veil(["relay", "--listen", f"127.0.0.1:{rp}", "--gateway", f"gw={chain.gateway.base}{WELL_KNOWN}",
+                        "--require-token", chain.issuer.base, "--spent-store", str(chain.store),
+                        "--rate-per-minute", "100000", "--max-concurrent", "1"], rp)
+    wallet = TokenWallet(chain.issuer.base, KEY, batch=2)
+    socks: list[socket.socket] = []
+    try:
+        held, forged = [await wallet.take(client_session) for _ in range(2)]
+        chain.spent += [held.header, forged.header]
+        raw = Token.decode(privacypass.parse_authorization(forged.header))
+        bad = dataclasses.replace(raw, authenticator=bytes([raw.authenticator[0] ^ 1]) + raw.authenticator[1:])
+        forged_header = privacypass.build_authorization(bad.encode())
+        assert forged_header != forged.header
+        for auth in (None, forged_header):
+            sock = socket.create_connection(("127.0.0.1", rp), timeout=10, source_address=(CLIENT, 0))
+            socks.append(sock)
+            head = ("POST /gw HTTP/1.1\r\nHost: relay\r\nContent-Type: message/ohttp-req\r\n"
+                    "Content-Length: 65536\r\n" + (f"Authorization: {auth}\r\n" if auth else "") + "\r\n")
+            sock.sendall(head.encode() + b"x" * 16)  # then nothing more: a body that trickles, or never comes
+        # Both heads have been read: refused for their tokens (now), or holding the slot (before the fix).
+        await _until_metric(client_session, relay, ('veil_relay_tokens_rejected_total{reason="missing"}',
+                                                    "veil_relay_in_flight"), 1)
+        await _until_metric(client_session, relay, ('veil_relay_tokens_rejected_total{reason="bad_signature"}',
+                                                    "veil_relay_in_flight"), 1)
+        async with client_session.post(relay.base + "/gw", data=b"not ohttp",
+                                       headers={"Content-Type": "message/ohttp-req",
+                                                "Authorization": held.header}) as r:
+            assert r.status not in (401, 403, 429, 503), r.status  # forwarded; the gateway refused the bytes
+        for sock in socks:
+            assert _status(sock) == 401
+        assert await _metric(client_session, relay, "veil_relay_tokens_redeemed_total") == 1
+    finally:
+        for sock in socks:
+            sock.close()
+        await wallet.close()
+        stop_all([relay], remove_logs=True)
 
 
 def _raw(port: int, payload: bytes) -> None:
