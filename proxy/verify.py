@@ -150,7 +150,7 @@ def make_verifier(
 def _log_verifier(allow_simulated: bool, local: Policy | None, transparency: Transparency
                   ) -> Callable[[bytes, bytes], tuple[object, bool]]:
     from tlog import TlogError
-    from transparency.verify import bundle_proofs, verify_with_log, verify_with_proofs
+    from transparency.verify import bundle_proofs, verify_with_log, verify_with_proofs_or_log
 
     trusted = transparency.trusted_log()
     publishers = transparency.publisher_keys()
@@ -163,10 +163,11 @@ def _log_verifier(allow_simulated: bool, local: Policy | None, transparency: Tra
         now = dt.datetime.now(dt.timezone.utc)
         try:
             # The gateway's proofs when its evidence carries them (offline but for consistency with the kept
-            # checkpoint); else the whole log. A present but bad attachment is refused, never skipped.
+            # checkpoint); else the whole log. A present but bad attachment is refused, never skipped; valid proofs
+            # without a release that admits the gateway send the client to the whole log (the line says so).
             if (proofs := bundle_proofs(bundle)) is not None:
-                result = verify_with_proofs(bundle, proofs, trusted, publishers, now=now,
-                                            allow_simulated=allow_simulated)
+                result = verify_with_proofs_or_log(bundle, proofs, trusted, publishers, now=now,
+                                                   allow_simulated=allow_simulated, read_log=True)
             else:
                 result = verify_with_log(bundle, trusted.open(), publishers, now=now, allow_simulated=allow_simulated)
         except TlogError as exc:

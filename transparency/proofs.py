@@ -31,7 +31,7 @@ from tlog.errors import ProofError, StatementError
 from .statements import KeyEntry, Release, entry_kind, open_release, parse_key_entry
 
 __all__ = ["CERT_KEY", "MAX_ATTACHMENT_CHARS", "MAX_RELEASES", "AttachmentError", "InclusionProof", "LogProofs",
-           "ProvenEntries", "verify_proofs"]
+           "NoReleaseInProofs", "ProvenEntries", "verify_proofs"]
 
 #: the bundle ``certs`` key that carries the proofs
 CERT_KEY: Final = "veil_log"
@@ -46,6 +46,11 @@ _MAX_PROOF: Final = 64
 
 class AttachmentError(ProofError):
     """A ``veil_log`` attachment that breaks the format: refused like a proof that does not verify."""
+
+
+class NoReleaseInProofs(StatementError):
+    """The proofs verify (checkpoint, inclusion) but carry no unexpired release of a trusted publisher: the log may
+    still hold one (a client that can read the log reads it whole)."""
 
 
 @dataclass(frozen=True)
@@ -177,8 +182,8 @@ def verify_proofs(proofs: LogProofs, key_config: bytes, *, log_key: Verifier, pu
         releases.append(rel)
     if not releases:
         detail = f" ({'; '.join(skipped)})" if skipped else ""
-        raise StatementError(f"no unexpired release signed by the publisher is in the log at size {size}{detail} "
-                             "(among the releases the gateway's proofs carry)")
+        raise NoReleaseInProofs(f"no unexpired release signed by the publisher is in the log at size {size}{detail} "
+                                "(among the releases the gateway's proofs carry)")
     digest = hashlib.sha256(key_config).hexdigest()
     entry = parse_key_entry(proofs.key.entry) if entry_kind(proofs.key.entry) == "key" else None
     if entry is None or entry.key_config_sha256 != digest or not entry.valid_at(now):

@@ -7,6 +7,7 @@ offline but for the consistency with the kept checkpoint."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,10 +17,10 @@ from tlog import Verifier
 from tlog.errors import StatementError
 
 from .client import LogView, TrustedLog
-from .proofs import CERT_KEY, LogProofs, verify_proofs
+from .proofs import CERT_KEY, LogProofs, NoReleaseInProofs, verify_proofs
 from .statements import KeyEntry, Release
 
-__all__ = ["LogVerdict", "bundle_proofs", "verify_with_log", "verify_with_proofs"]
+__all__ = ["LogVerdict", "bundle_proofs", "verify_with_log", "verify_with_proofs", "verify_with_proofs_or_log"]
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,22 @@ class LogVerdict:
     skipped: tuple[str, ...]
     #: where the entries and proofs came from: "log" (read from the log) or "gateway" (served with the evidence)
     source: str = "log"
+    #: why the whole log was read although the gateway served proofs (None: it was not)
+    fallback: str | None = None
+
+    @property
+    def via(self) -> str:
+        """Where the entries came from, in words (empty for the plain full-log path)."""
+        if self.source == "gateway":
+            return " (proofs from the gateway)"
+        if self.fallback is not None:
+            return f" (read from the log: {self.fallback})"
+        return ""
 
     def line(self) -> str:
         """What the verification document says about the log."""
         name = self.release.name if self.release is not None else None
-        via = " (proofs from the gateway)" if self.source == "gateway" else ""
-        return f"logged: release {name!r}, key configuration at index {self.key_index} of {self.log_size}{via}"
+        return f"logged: release {name!r}, key configuration at index {self.key_index} of {self.log_size}{self.via}"
 
 
 def _judge(bundle: Bundle, releases: Sequence[Release], skipped: tuple[str, ...], key_index: int,
@@ -82,3 +93,23 @@ def verify_with_proofs(bundle: Bundle, proofs: LogProofs, trusted: TrustedLog, p
     trusted.accept(proven.checkpoint)
     return _judge(bundle, proven.releases, proven.skipped, proven.key_index, proven.key_entry, proven.size,
                   "gateway", now, allow_simulated)
+
+
+def verify_with_proofs_or_log(bundle: Bundle, proofs: LogProofs, trusted: TrustedLog, publishers: Sequence[Verifier],
+                              *, now: dt.datetime, allow_simulated: bool = False, read_log: bool) -> LogVerdict:
+    """:func:`verify_with_proofs`; when its proofs verify but carry no release that admits the gateway (in a log
+    shared by publishers, a gateway may attach others' releases) and ``read_log`` (a log URL is configured), the
+    verdict of :func:`verify_with_log` on the whole log instead, its line saying so. Any other failure of the proofs
+    (signature, inclusion, consistency, key entry) is a refusal, never a reason to look elsewhere."""
+    try:
+        result = verify_with_proofs(bundle, proofs, trusted, publishers, now=now, allow_simulated=allow_simulated)
+    except NoReleaseInProofs:
+        if not read_log:
+            raise
+        why = "the gateway's proofs carry no unexpired release of the publisher"
+    else:
+        if result.release is not None or not read_log:
+            return result
+        why = "no release among the gateway's proofs admits it"
+    full = verify_with_log(bundle, trusted.open(), publishers, now=now, allow_simulated=allow_simulated)
+    return dataclasses.replace(full, fallback=why)

@@ -238,7 +238,7 @@ def _verify_with_log(args: argparse.Namespace, bundle: Bundle, now: dt.datetime,
     one without needs ``--log``, read whole."""
     from tlog import TlogError, parse_verifier_key
     from transparency.client import LogUnavailableError, TrustedLog, http_fetcher
-    from transparency.verify import bundle_proofs, verify_with_log, verify_with_proofs
+    from transparency.verify import bundle_proofs, verify_with_log, verify_with_proofs_or_log
 
     if not (args.publisher and args.log_key):
         print("veil attest: --publisher and --log-key go together (with --log, or a bundle carrying log proofs)",
@@ -260,8 +260,9 @@ def _verify_with_log(args: argparse.Namespace, bundle: Bundle, now: dt.datetime,
                              state, [parse_verifier_key(w) for w in args.witness or []], args.min_witnesses)
         publishers = [parse_verifier_key(k) for k in args.publisher]
         if proofs is not None:
-            result = verify_with_proofs(bundle, proofs, trusted, publishers, now=now,
-                                        allow_simulated=args.insecure_allow_simulated)
+            result = verify_with_proofs_or_log(bundle, proofs, trusted, publishers, now=now,
+                                               allow_simulated=args.insecure_allow_simulated,
+                                               read_log=bool(args.log))
         else:
             result = verify_with_log(bundle, trusted.open(), publishers, now=now,
                                      allow_simulated=args.insecure_allow_simulated)
@@ -276,12 +277,12 @@ def _verify_with_log(args: argparse.Namespace, bundle: Bundle, now: dt.datetime,
                            "local policy: ")
     if args.json:
         out = {**verdict.to_json(), "release": result.release.name if result.release else None,
-               "key_log_index": result.key_index, "log_size": result.log_size, "log_source": result.source}
+               "key_log_index": result.key_index, "log_size": result.log_size, "log_source": result.source,
+               "log_fallback": result.fallback}
         print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
     else:
         print(f"verified at: {now.isoformat()}")
-        via = " (proofs from the gateway)" if result.source == "gateway" else ""
-        print(f"log: key configuration at index {result.key_index} of {result.log_size}{via}; release: "
+        print(f"log: key configuration at index {result.key_index} of {result.log_size}{result.via}; release: "
               f"{result.release.name if result.release else 'none matched'}")
         print(verdict.document())
     return 0 if verdict.ok else 4
