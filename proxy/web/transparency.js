@@ -619,6 +619,12 @@ export function policyRefusal(policy, facts, { allowSimulated = false } = {}) {
   if (policy.require_gpu === true || facts.gpuEvidence) {
     return "it would check NVIDIA GPU evidence, which this page cannot verify";
   }
+  // A policy counting GPUs or switches needs their evidence as much as require_gpu does (verify.py: "GPU evidence
+  // present" fails without it).
+  const nvidia = policy.nvidia;
+  if (nvidia && typeof nvidia === "object" && (nvidia.gpu_count != null || nvidia.switch_count != null)) {
+    return "its [nvidia] gpu_count or switch_count needs NVIDIA GPU evidence, and the gateway presents none";
+  }
   if (policy.require_post_quantum === true && !facts.postQuantum) {
     return "it requires a post-quantum (X-Wing) key configuration and the gateway offers none";
   }

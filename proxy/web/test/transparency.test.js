@@ -9,7 +9,7 @@ import { test } from "node:test";
 import { verifyBundle } from "../attestation.js";
 import {
   LogError, checkAgainstKept, consistencyProofFromTiles, cosignatureMessage, fromBase64, keyId, leafHash, memoryStore,
-  nodeHash, openCheckpoint, openNote, parseCheckpoint, parseNote, parseTransparencyConfig, parseVerifierKey,
+  nodeHash, openCheckpoint, openNote, parseCheckpoint, policyRefusal, parseNote, parseTransparencyConfig, parseVerifierKey,
   tilePath, toBase64, verifyConsistency, verifyCosignature, verifyInclusion, verifyLog,
 } from "../transparency.js";
 import { h, hex, loadVector, utf8 } from "./helpers.js";
@@ -164,6 +164,18 @@ test("consistency proof from tiles: a partial tile the log has deleted is read a
   // a full tile that is gone as well stays a refusal
   delete files["tile/0/001"];
   await rejects(consistencyProofFromTiles(fetchTile, 5, 300), /HTTP 404/);
+});
+
+test("release policy: [nvidia] gpu_count or switch_count without GPU evidence is refused (as verify.py)", () => {
+  const facts = { platform: "simulated", simulated: true, config: { engine: "echo" }, postQuantum: false,
+    gpuEvidence: false };
+  const base = { platforms: ["simulated"] };
+  assert.equal(policyRefusal(base, facts, { allowSimulated: true }), null);
+  assert.equal(policyRefusal({ ...base, nvidia: {} }, facts, { allowSimulated: true }), null);
+  for (const nvidia of [{ gpu_count: 1 }, { switch_count: 0 }, { gpu_count: 8, switch_count: 4 }]) {
+    assert.match(policyRefusal({ ...base, nvidia }, facts, { allowSimulated: true }) || "",
+      /gpu_count or switch_count needs NVIDIA GPU evidence/, JSON.stringify(nvidia));
+  }
 });
 
 // ---------------------------------------------------------------------------------------------------------------
