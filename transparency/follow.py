@@ -47,7 +47,7 @@ def _release_window(raw: bytes) -> tuple[int, int] | None:
     try:
         obj = json.loads(parse_note(raw).text.split("\n")[1])
         nb, na = obj["not_before"], obj["not_after"]
-    except (TlogError, ValueError, IndexError, KeyError, TypeError):
+    except (TlogError, ValueError, RecursionError, IndexError, KeyError, TypeError):
         return None
     return (nb, na) if isinstance(nb, int) and isinstance(na, int) else None
 

@@ -98,6 +98,8 @@ class LogProofs:
             obj = json.loads(text)
         except ValueError as exc:
             raise AttachmentError(f"veil_log attachment is not JSON: {exc}") from None
+        except RecursionError:  # '[' * 100000: nested deeper than the parser goes
+            raise AttachmentError("veil_log attachment is nested too deeply") from None
         _fields(obj, {"checkpoint", "key", "releases"}, "veil_log")
         cp = obj["checkpoint"]
         if not isinstance(cp, str) or not cp or len(cp) > _MAX_CHECKPOINT_CHARS:

@@ -72,6 +72,8 @@ def _parse_tagged(text: str, tag: str) -> dict[str, Any]:
         obj = json.loads(lines[1])
     except ValueError as exc:
         raise StatementError(f"{tag}: body is not JSON") from exc
+    except RecursionError:  # nested deeper than the parser goes
+        raise StatementError(f"{tag}: body is nested too deeply") from None
     if not isinstance(obj, dict) or canonical_json(obj) != lines[1]:
         raise StatementError(f"{tag}: body is not canonical JSON")
     return obj
