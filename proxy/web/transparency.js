@@ -650,13 +650,22 @@ export function policyRefusal(policy, facts, { allowSimulated = false } = {}) {
 
 /** A checkpoint store over localStorage (or any object with getItem/setItem): get(origin), set(origin, cp, raw). */
 export function checkpointStore(storage) {
+  // Unreadable kept checkpoints are refused, never forgotten (then overwritten): forgetting them would accept a
+  // forked or rolled-back log as if first seen (as transparency/client.py load_state refuses).
+  const unreadable = (why) => fail("consistency", `the kept log checkpoints (this site's localStorage item ` +
+    `"${STATE_KEY}") are unreadable (${why}); refusing rather than forgetting them. To start over, trusting the ` +
+    "next checkpoint as on first use, remove that item (or clear this site's data) and reload");
   const read = () => {
+    const text = storage.getItem(STATE_KEY);
+    if (text === null || text === undefined) return {};
+    let v;
     try {
-      const v = JSON.parse(storage.getItem(STATE_KEY) || "{}");
-      return v && typeof v === "object" ? v : {};
-    } catch {
-      return {};
+      v = JSON.parse(text);
+    } catch (err) {
+      throw unreadable(`not JSON: ${err.message}`);
     }
+    if (!v || typeof v !== "object" || Array.isArray(v)) throw unreadable("not an object");
+    return v;
   };
   return {
     get(origin) {

@@ -8,7 +8,7 @@ import { test } from "node:test";
 
 import { verifyBundle } from "../attestation.js";
 import {
-  LogError, checkAgainstKept, consistencyProofFromTiles, cosignatureMessage, fromBase64, keyId, leafHash, memoryStore,
+  LogError, STATE_KEY, checkAgainstKept, checkpointStore, consistencyProofFromTiles, cosignatureMessage, fromBase64, keyId, leafHash, memoryStore,
   nodeHash, openCheckpoint, openNote, parseCheckpoint, policyRefusal, parseNote, parseTransparencyConfig, parseVerifierKey,
   tilePath, toBase64, verifyConsistency, verifyCosignature, verifyInclusion, verifyLog,
 } from "../transparency.js";
@@ -420,4 +420,21 @@ test("VeilClient with a publisher: accepts the logged gateway, proves growth thr
   relay = fakeRelay(F.bundle); // no proofs at all
   client = new VeilClient({ relay: "http://relay.test/gw", allowSimulated: true, transparency, logStore, fetch: relay.fetch, now });
   await assert.rejects(client.refresh(), /carries no transparency-log proofs/);
+});
+
+test("kept checkpoints that do not parse are refused, never forgotten and overwritten", async () => {
+  for (const stored of ["{not json", "[]", "null", "7"]) {
+    const items = new Map([[STATE_KEY, stored]]);
+    const store = checkpointStore({ getItem: (k) => items.get(k) ?? null, setItem: (k, v) => items.set(k, v) });
+    const r = await run(F.bundle_large, { store });
+    assert.equal(r.accepted, false, stored);
+    assert.equal(r.kind, "consistency");
+    assert.match(r.refusal, /kept log checkpoints .* are unreadable.*remove that item/, r.refusal);
+    assert.equal(items.get(STATE_KEY), stored); // left as it was
+  }
+  // nothing kept yet: the first checkpoint is kept
+  const items = new Map();
+  const store = checkpointStore({ getItem: (k) => items.get(k) ?? null, setItem: (k, v) => items.set(k, v) });
+  assert.ok((await run(F.bundle_large, { store })).accepted);
+  assert.ok(JSON.parse(items.get(STATE_KEY))[F.origin]);
 });
