@@ -10,10 +10,13 @@ The checks are ``tlog``'s pure functions; this module only fetches (through a ``
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import http.client
 import json
 import os
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -123,16 +126,40 @@ def load_state(path: Path, origin: str) -> Checkpoint | None:
 
 
 def save_state(path: Path, cp: Checkpoint, raw: bytes) -> None:
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
-    data[cp.origin] = {"size": cp.size, "root": base64.b64encode(cp.root).decode(), "checkpoint": raw.decode(),
-                       "seen": int(time.time())}
+    """Keep ``cp`` as the last checkpoint of its origin, unless a larger one is kept already (verifiers run
+    concurrently: the one that saves last must not take the state back). The read-modify-write holds an exclusive
+    ``flock`` on ``<path>.lock``; the file is replaced whole from a temporary file of its own in the same folder.
+    Raises ``TlogError`` when the kept file is unreadable (refused, never forgotten) and ``ConsistencyError`` when
+    another tree of the same size was kept meanwhile."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+        try:
+            data: Any = json.loads(path.read_text())
+        except FileNotFoundError:
+            data = {}
+        except (OSError, ValueError) as exc:
+            raise TlogError(f"log state file {path} is unreadable: {exc}") from None
+        if not isinstance(data, dict):
+            raise TlogError(f"log state file {path} is unreadable: not a JSON object")
+        root = base64.b64encode(cp.root).decode()
+        kept = data.get(cp.origin)
+        if isinstance(kept, dict) and isinstance(kept.get("size"), int):
+            if kept["size"] == cp.size and kept.get("root") != root:
+                raise ConsistencyError(f"forked log: two checkpoints of size {cp.size} with different roots "
+                                       f"(another was kept meanwhile in {path})")
+            if kept["size"] >= cp.size:
+                return
+        data[cp.origin] = {"size": cp.size, "root": root, "checkpoint": raw.decode(), "seen": int(time.time())}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(data, indent=1))
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 def fetch_tiles(fetch: Fetch, need: Sequence[TileId]) -> dict[TileId, bytes]:
