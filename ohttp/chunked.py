@@ -111,6 +111,8 @@ class _ChunkReader:
             self._pos = len(self._buf)
             self.done = True
             return sealed, True
+        if self._pos >= len(self._buf) and not self.eof:
+            return None  # nothing buffered (after every chunk): no varint to try
         out = decode_varint(self._buf, self._pos)
         if out is None:
             if self.eof:
@@ -173,11 +175,11 @@ class _ResponseCipher:
         self._limit = 1 << (8 * len(base_nonce))
 
     def _next_nonce(self) -> bytes:
-        if self._counter >= self._limit:
+        counter = self._counter
+        if counter >= self._limit:
             raise ChunkError("too many chunks: the nonce would wrap")
-        nonce = (self._nonce ^ self._counter).to_bytes(12, "big")
-        self._counter += 1
-        return nonce
+        self._counter = counter + 1
+        return (self._nonce ^ counter).to_bytes(12, "big")
 
     def seal(self, pt: bytes, final: bool) -> bytes:
         return self._aead.seal(self._next_nonce(), pt, AAD_FINAL if final else b"")
@@ -245,12 +247,16 @@ class ChunkedClientRequest:
             raise LocalProtocolError("chunk encoded after the final chunk")
         if not data and not final:
             raise LocalProtocolError("a non-final chunk cannot be empty")
-        out = bytearray(self._prefix or b"")
-        self._prefix = None
-        for piece, fin in _split(data, final):
-            out += _frame(self._ctx.seal(piece, AAD_FINAL if fin else b""), fin)
+        if len(data) <= MAX_CHUNK_SIZE:  # one chunk (the usual case): no list, no intermediate buffer
+            out = _frame(self._ctx.seal(data, AAD_FINAL if final else b""), final)
+        else:
+            out = b"".join(_frame(self._ctx.seal(piece, AAD_FINAL if fin else b""), fin)
+                           for piece, fin in _split(data, final))
+        if self._prefix is not None:
+            out = self._prefix + out
+            self._prefix = None
         self._finished = final
-        return bytes(out)
+        return out
 
     def response(self, *, max_chunk_size: int = MAX_CHUNK_SIZE) -> ChunkedClientResponse:
         """The decoder for this request's chunked response."""
@@ -393,9 +399,12 @@ class ChunkedGatewayResponse:
             raise LocalProtocolError("chunk encoded after the final chunk")
         if not data and not final:
             raise LocalProtocolError("a non-final chunk cannot be empty")
-        out = bytearray(self._prefix or b"")
-        self._prefix = None
-        for piece, fin in _split(data, final):
-            out += _frame(self._cipher.seal(piece, fin), fin)
+        if len(data) <= MAX_CHUNK_SIZE:  # one chunk per token (the usual case): no list, no intermediate buffer
+            out = _frame(self._cipher.seal(data, final), final)
+        else:
+            out = b"".join(_frame(self._cipher.seal(piece, fin), fin) for piece, fin in _split(data, final))
+        if self._prefix is not None:
+            out = self._prefix + out
+            self._prefix = None
         self._finished = final
-        return bytes(out)
+        return out

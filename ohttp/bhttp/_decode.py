@@ -330,10 +330,13 @@ class BHTTPDecoder:
             return Data(data)
         # Indeterminate: chunks until a zero length.
         if self._content_left <= 0:
-            if self._content_left < 0 and self._peek_eof_here():
-                # Content may be omitted only if nothing of it was sent.
-                self._state = _State.TRAILERS
-                return None
+            if self._pos >= len(self._buf):
+                if not self._eof:
+                    return None  # between chunks with nothing buffered (every streamed piece): wait
+                if self._content_left < 0:
+                    # Content may be omitted only if nothing of it was sent.
+                    self._state = _State.TRAILERS
+                    return None
             n = self._varint()
             if n is None:
                 return None
