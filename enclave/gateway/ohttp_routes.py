@@ -270,10 +270,11 @@ async def _post_chunked(request: web.Request) -> web.StreamResponse:
             # whole so that the one sealed chunk the relay sees has the bucket's size, not the body's.
             last = bhttp.encode_chunk(api_resp.body) if api_resp.body else b""
         elif state.config.coalesce_ms <= 0:
-            # No coalescing window: without _events in between, one generator hop less per token.
+            # No coalescing window: without _events in between, one generator hop less per token; each piece is
+            # padded and framed in one join (the bytes of frame(_pad_event(piece, pad))).
             try:
                 async for piece in api_resp.events:
-                    await write(seal(frame(_pad_event(piece, pad))))
+                    await write(seal(_padded_chunk(piece, pad) if pad > 0 else frame(piece)))
                     sent()
             except EngineUnavailable as exc:
                 await write(seal(frame(_pad_event(_engine_failed_event(exc), pad))))
@@ -376,6 +377,24 @@ def _engine_failed_event(exc: EngineUnavailable) -> bytes:
     err = {"error": {"message": f"The inference engine failed mid-stream ({exc}).", "type": "server_error",
                      "param": None, "code": "engine_unavailable"}}
     return b"data: " + orjson.dumps(err) + b"\n\n"
+
+
+_PAD_LINES: dict[int, bytes] = {}
+
+
+def _padded_chunk(event: bytes, pad: int) -> bytes:
+    """``bhttp.encode_chunk(_pad_event(event, pad))`` for ``pad > 0``, built with one join: the padding line comes
+    from a cache (one per length), so a token costs no ``b"p" * n`` and no intermediate copies."""
+    n = -(len(event) + 2) % pad
+    line = _PAD_LINES.get(n)
+    if line is None:
+        line = b":" + b"p" * n + b"\n"
+        if n < 1024:  # bounded: at most 1024 lines of at most 1 KiB, whatever --pad-to is
+            _PAD_LINES[n] = line
+    size = len(line) + len(event)
+    if not 0x40 <= size < 0x4000:  # outside the two-byte varint's range (the usual padded token is in it)
+        return bhttp.encode_chunk(line + event)
+    return b"".join(((size | 0x4000).to_bytes(2, "big"), line, event))
 
 
 def _pad_event(event: bytes, pad: int) -> bytes:
