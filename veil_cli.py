@@ -38,9 +38,14 @@ SERVERS: Final = frozenset({"gateway", "relay", "proxy", "issuer"})
 EVENT_LOOPS: Final = ("auto", "uvloop", "asyncio")
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int | None = None) -> None:
     """For ``preexec_fn``: the child gets SIGTERM when its parent dies, even by SIGKILL (Linux PR_SET_PDEATHSIG),
-    so no orphan outlives the process that supervises it (vLLM under the gateway, the chain under ``veil up``)."""
+    so no orphan outlives the process that supervises it (vLLM under the gateway, the chain under ``veil up``, the
+    relay's workers).
+
+    ``parent`` is the pid the child must still have as its parent once the signal is set (:func:`dies_with_me` binds
+    the caller's): a parent that died between the fork and ``prctl`` sends no signal (the child has been handed to
+    another process already), so the child leaves at once (``os._exit(1)``) instead of serving on unsupervised."""
     try:
         import ctypes
         import signal
@@ -48,6 +53,16 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
+
+
+def dies_with_me() -> Callable[[], None]:
+    """A ``preexec_fn`` for a child of this process: :func:`die_with_parent` bound to this process's pid (taken
+    here, before the fork; in the child ``os.getppid()`` is only what the parent is by then)."""
+    import functools
+
+    return functools.partial(die_with_parent, os.getpid())
 
 
 def event_loop_kind() -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from veil_cli import Option, add_options, die_with_parent
+from veil_cli import Option, add_options, dies_with_me
 
 OPTIONS = [
     Option("engine", "inference engine of the gateway", "vllm", choices=("vllm", "echo")),
@@ -68,7 +68,7 @@ async def _start(child: Child) -> None:
     child.proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "veil_cli", *child.args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, process_group=0, preexec_fn=die_with_parent,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, process_group=0, preexec_fn=dies_with_me(),
     )
     asyncio.create_task(_pump(child))
 

@@ -134,9 +134,11 @@ def _preexec(die_with_parent: bool, cpus: set[int] | None) -> Callable[[], None]
     if not die_with_parent and not cpus:
         return None
 
+    parent = os.getpid()  # here, before the fork
+
     def run() -> None:
         if die_with_parent:
-            _pdeathsig()
+            _pdeathsig(parent)
         if cpus:
             os.sched_setaffinity(0, cpus)
 

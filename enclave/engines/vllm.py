@@ -21,7 +21,7 @@ from typing import Final
 
 import aiohttp
 
-from veil_cli import die_with_parent
+from veil_cli import dies_with_me
 
 from .base import EngineUnavailable, InnerResponse
 from .selfcheck import EngineSelfCheckFailed
@@ -184,7 +184,7 @@ class VllmEngine(UpstreamEngine):
             *self.command(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
             # If the gateway dies (even by SIGKILL) the engine gets SIGTERM: no orphaned vLLM keeps a model (and
             # possibly plaintext state) alive without its gateway.
-            start_new_session=True, preexec_fn=die_with_parent,
+            start_new_session=True, preexec_fn=dies_with_me(),
         )
         self._log_task = asyncio.create_task(self._relay_log(self._proc))
         t0 = time.monotonic()

@@ -17,18 +17,25 @@
 * Shared between workers: the per-address limits (:mod:`.shared`), the metrics (multiprocess files), the spent-token
   store (its own SQLite file or Redis, as replicas share it). Per worker: the key and evidence cache and the
   health checks of replicas (each is correct on its own; the gateway sees N times the key fetches).
+* The shared files live in ``/dev/shm/veil-relay-PID-XXXX`` (mode 0700; it holds the configuration), removed when
+  the supervisor stops. One killed outright (SIGKILL) cannot remove it, so each supervisor, on start, removes the
+  directories of this user whose supervisor is gone: each holds an exclusive ``flock`` on its directory's
+  ``supervisor.lock`` while it runs (the kernel drops it when the process dies, whatever its pid namespace).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import re
 import selectors
 import shutil
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import tempfile
@@ -48,6 +55,12 @@ BACKOFF_MAX: Final = 30.0
 #: a worker that ran this long resets the back-off
 STABLE_AFTER: Final = 60.0
 _TUPLES: Final = ("trusted_proxies", "cors_origins", "token_origin")
+#: the supervisor's shared directory: ``veil-relay-<supervisor pid>-<random>``
+_DIR_RE: Final = re.compile(r"veil-relay-(\d+)-[A-Za-z0-9_]+")
+#: held (flock, exclusive) by the supervisor for as long as it runs
+_LOCK: Final = "supervisor.lock"
+#: a directory without its lock file (its supervisor died right after creating it) is left alone this long
+_UNLOCKED_GRACE: Final = 60.0
 
 
 @dataclass
@@ -87,6 +100,72 @@ def reserve(host: str, port: int) -> socket.socket:
     return sock
 
 
+def shared_root() -> str:
+    """Where supervisors put their shared directories: ``/dev/shm`` (memory, not disk), else the temp directory."""
+    return "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+def make_shared_dir(root: str) -> tuple[Path, int]:
+    """A fresh ``veil-relay-PID-XXXX`` directory (0700) under ``root`` and the fd of its lock file, locked
+    exclusively for as long as this process keeps the fd (close it after removing the directory)."""
+    path = Path(tempfile.mkdtemp(prefix=f"veil-relay-{os.getpid()}-", dir=root))
+    fd = os.open(path / _LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return path, fd
+
+
+def _owner_gone(path: Path, pid: int, mtime: float) -> bool:
+    """Whether the supervisor of ``path`` is gone: its lock can be taken; or, with no lock file, the pid in the
+    name is not a live process (of this pid namespace) and the directory is older than the grace period."""
+    try:
+        fd = os.open(path / _LOCK, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        if time.time() - mtime < _UNLOCKED_GRACE:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # alive, another user's
+            return False
+        return False
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: its supervisor is alive
+        return False
+    finally:
+        os.close(fd)  # drops the lock taken, if any
+    return True
+
+
+def remove_stale_dirs(root: str) -> list[str]:
+    """Remove the ``veil-relay-PID-XXXX`` directories under ``root`` that this user owns and whose supervisor is
+    gone (killed outright, so it could not remove its own); their names. Nothing of another user, no link, no
+    directory of a running supervisor is touched."""
+    removed = []
+    uid = os.getuid()
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return []
+    for entry in entries:
+        m = _DIR_RE.fullmatch(entry.name)
+        if m is None:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+            continue
+        if _owner_gone(Path(entry.path), int(m.group(1)), st.st_mtime):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
+
+
 class Supervisor:
     """Starts, watches and stops the workers (see the module's docstring)."""
 
@@ -96,8 +175,10 @@ class Supervisor:
         self.shutdown_timeout = shutdown_timeout
         self._reserved = reserve(host, port)
         self.port: int = self._reserved.getsockname()[1]
-        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # memory, not disk, for the shared files
-        self.dir = Path(tempfile.mkdtemp(prefix="veil-relay-", dir=shm))
+        root = shared_root()
+        if stale := remove_stale_dirs(root):  # left by supervisors killed outright
+            log.warning("removed %d shared directories of relay supervisors that are gone", len(stale))
+        self.dir, self._lock_fd = make_shared_dir(root)
         self.metrics_dir = self.dir / "metrics"
         self.metrics_dir.mkdir()
         self.table = str(self.dir / "limits")
@@ -112,7 +193,7 @@ class Supervisor:
     # -- workers
 
     def _spawn(self, w: _Worker) -> None:
-        from veil_cli import die_with_parent
+        from veil_cli import dies_with_me
 
         r, wfd = os.pipe()
         spec = WorkerSpec(index=w.index, count=self.count, shared_path=self.table, ready_fd=wfd)
@@ -120,7 +201,7 @@ class Supervisor:
                "_VEIL_RELAY_WORKER_SETUP": str(self.dir / "worker.json")}
         try:
             w.popen = subprocess.Popen([sys.executable, "-m", "proxy.relay.workers"], env=env, pass_fds=(wfd,),
-                                       process_group=0, preexec_fn=die_with_parent)
+                                       process_group=0, preexec_fn=dies_with_me())
         finally:
             os.close(wfd)
         w.ready_fd, w.ready, w.started, w.restart_at = r, False, time.monotonic(), None
@@ -219,6 +300,7 @@ class Supervisor:
             os.close(wake_w)
             self._reserved.close()
             shutil.rmtree(self.dir, ignore_errors=True)
+            os.close(self._lock_fd)
 
     def _stop_all(self) -> None:
         """SIGTERM to every worker; SIGKILL to any still there after ``shutdown_timeout`` + 5 s."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -204,3 +205,79 @@ def test_a_worker_that_cannot_start_stops_the_relay(tmp_path: Path) -> None:
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     assert "--spent-store" in out.stderr and "before it was ready" in out.stderr, out.stderr
+
+
+_ORPHAN = """
+import os, sys, time
+from veil_cli import die_with_parent
+out, orphan = int(sys.argv[1]), sys.argv[2] == "orphan"
+parent = os.getpid()
+child = os.fork()
+if child == 0:
+    if orphan:  # the supervisor dies between the fork and prctl: wait until this process has been handed on
+        deadline = time.monotonic() + 60
+        while os.getppid() == parent and time.monotonic() < deadline:
+            time.sleep(0.01)
+    die_with_parent(parent)
+    os.write(out, b"serving")  # what a worker would go on to do
+    os._exit(0)
+if not orphan:
+    os.waitpid(child, 0)
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("orphan", [False, True])
+def test_a_child_whose_parent_died_before_prctl_leaves_at_once(orphan: bool) -> None:
+    """PR_SET_PDEATHSIG only covers a parent that dies after it is set: a worker whose supervisor died between the
+    fork and the prctl would serve on, unsupervised, on the SO_REUSEPORT port. die_with_parent(expected parent)
+    checks getppid() after the prctl and exits; a child whose parent is still there goes on."""
+    r, w = os.pipe()
+    try:
+        proc = subprocess.run([sys.executable, "-c", _ORPHAN, str(w), "orphan" if orphan else "supervised"],
+                              cwd=REPO, pass_fds=(w,), timeout=60)
+        assert proc.returncode == 0
+        os.close(w)
+        w = -1
+        out = b""
+        while piece := os.read(r, 64):  # until the child's end closes too: it has exited
+            out += piece
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    assert out == (b"" if orphan else b"serving")
+
+
+async def test_a_killed_supervisors_shared_dir_is_removed_by_the_next_one(veil_process: Callable[..., Proc]) -> None:
+    """A supervisor killed with SIGKILL cannot remove its /dev/shm/veil-relay-* directory (0700; the configuration
+    is in it): the next supervisor to start removes it, and leaves alone the directory of a supervisor that still
+    runs (here one this test holds) and its own."""
+    from proxy.relay.workers import make_shared_dir, shared_root
+
+    gw = gateway(veil_process)
+    first = relay(veil_process, gw, "--rate-per-minute", "100000")
+    pids = await wait_workers(first)
+    env = dict(item.split(b"=", 1) for item in Path(f"/proc/{pids[0]}/environ").read_bytes().split(b"\0") if item)
+    stale = Path(env[b"PROMETHEUS_MULTIPROC_DIR"].decode()).parent
+    assert stale.parent == Path(shared_root()) and (stale / "worker.json").is_file()
+    live, lock_fd = make_shared_dir(shared_root())  # a running supervisor's (this process holds its lock)
+    try:
+        os.kill(first.pid, signal.SIGKILL)
+        first.popen.wait(30)
+        deadline = time.monotonic() + 60
+        while any(Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[-1][:3]
+                  for p in pids):  # the workers get SIGTERM from PR_SET_PDEATHSIG
+            assert time.monotonic() < deadline, "the workers outlived their supervisor"
+            await asyncio.sleep(0.1)
+        assert stale.is_dir()  # left behind
+        second = relay(veil_process, gw, "--rate-per-minute", "100000")
+        pids = await wait_workers(second)
+        env = dict(item.split(b"=", 1) for item in Path(f"/proc/{pids[0]}/environ").read_bytes().split(b"\0")
+                   if item)
+        own = Path(env[b"PROMETHEUS_MULTIPROC_DIR"].decode()).parent
+        assert not stale.exists()
+        assert live.is_dir() and own.is_dir() and own.name.startswith(f"veil-relay-{second.pid}-")
+    finally:
+        shutil.rmtree(live, ignore_errors=True)
+        os.close(lock_fd)
