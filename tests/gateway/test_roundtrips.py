@@ -4,6 +4,7 @@ and what the outer one shows (nothing of the inner)."""
 from __future__ import annotations
 
 import orjson
+import pytest
 
 import ohttp
 from ohttp import bhttp
@@ -85,3 +86,14 @@ async def test_a_stream_asked_over_plain_ohttp_comes_whole(gateway: Gateway) -> 
     assert resp.status == 200 and resp.header(b"content-type") == b"text/event-stream"
     events = [e for e in resp.content.split(b"\n\n") if e]
     assert events[-1] == b"data: [DONE]"
+
+
+@pytest.mark.parametrize("pad", [1, 7, 64, 256, 1000, 2048, 20000])
+def test_a_streamed_piece_is_padded_and_framed_as_before(pad: int) -> None:
+    # The gateway's one-join padding (_padded_chunk) must give exactly the bytes of the plain construction, at
+    # every size around the varint's steps (64, 16384) and past the padding line cache (1024).
+    from enclave.gateway.ohttp_routes import _pad_event, _padded_chunk
+
+    for n in [*range(1, 300), 1021, 1022, 1023, 1024, 1025, 16380, 16381, 16382, 16383, 16384, 40000]:
+        event = bytes(i % 251 for i in range(n))
+        assert _padded_chunk(event, pad) == bhttp.encode_chunk(_pad_event(event, pad)), (pad, n)
