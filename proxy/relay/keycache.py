@@ -38,6 +38,25 @@ MAX_PUBLISHED_BYTES: Final = 1024 * 1024
 What = Literal["keys", "attestation"]
 
 
+async def read_whole(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body of ``resp``, read until its end (``content.read(n)`` returns as soon as any bytes have
+    arrived: a body in several TCP writes would be cut short); None if it is longer than ``limit`` or shorter than
+    its ``Content-Length`` (when that counts the bytes read: no ``Content-Encoding``)."""
+    length = None if resp.headers.get("Content-Encoding", "identity") != "identity" else resp.content_length
+    if length is not None and length > limit:
+        return None
+    parts: list[bytes] = []
+    total = 0
+    while piece := await resp.content.read(limit + 1 - total):
+        parts.append(piece)
+        total += len(piece)
+        if total > limit:
+            return None
+    if length is not None and total != length:
+        return None
+    return b"".join(parts)
+
+
 @dataclass
 class Cached:
     body: bytes
@@ -135,9 +154,11 @@ class KeyCache:
         accept = MEDIA_KEYS if what == "keys" else "application/json"
         try:
             async with session.get(url, headers={"Accept": accept}, allow_redirects=False) as r:
-                body = await r.content.read(MAX_PUBLISHED_BYTES + 1)
-                if r.status != 200 or len(body) > MAX_PUBLISHED_BYTES:
+                if r.status != 200:
                     return bad_gateway(f"the gateway answered {r.status} for its {what}")
+                body = await read_whole(r, MAX_PUBLISHED_BYTES)
+                if body is None:
+                    return bad_gateway(f"the gateway's {what} is too large or incomplete")
                 cc = r.headers.get("Cache-Control", "")
                 ctype = r.headers.get("Content-Type", accept).split(";")[0]
         except asyncio.TimeoutError:

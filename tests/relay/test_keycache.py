@@ -5,8 +5,10 @@ rule: only a 422 for a key id the cache holds drops keys and evidence, at most o
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from proxy.relay.keycache import key_ids
@@ -119,3 +121,63 @@ async def test_drops_are_rate_limited(relay: MakeRelay, gateway: StandInGateway)
         await _rejected(client, gateway, 1)
     await client.get("/gw")
     assert gateway.fetches(WELL_KNOWN) == 2  # the first 422 dropped the entry; the next two did not
+
+
+class _Trickling:
+    """A stand-in gateway that writes its key list and evidence in several TCP writes, a pause between each;
+    ``short`` bytes fewer than its Content-Length says, then the connection is closed."""
+
+    def __init__(self, keys: bytes, evidence: bytes, short: int = 0) -> None:
+        self.keys, self.evidence, self.short = keys, evidence, short
+
+    async def _send(self, request: web.Request, body: bytes, ctype: str) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": ctype, "Cache-Control": "max-age=60"})
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        sent = body[:len(body) - self.short]
+        step = -(-len(sent) // 4)
+        for i in range(0, len(sent), step):
+            await resp.write(sent[i:i + step])
+            await asyncio.sleep(0.2)  # the relay has read what came so far before the next piece arrives
+        if self.short:
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        await resp.write_eof()
+        return resp
+
+    async def keys_route(self, request: web.Request) -> web.StreamResponse:
+        return await self._send(request, self.keys, "application/ohttp-keys")
+
+    async def evidence_route(self, request: web.Request) -> web.StreamResponse:
+        return await self._send(request, self.evidence, "application/json")
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get(WELL_KNOWN, self.keys_route)
+        app.router.add_get(ATTESTATION, self.evidence_route)
+        return app
+
+
+async def test_keys_and_evidence_written_in_pieces_are_read_whole(relay: MakeRelay, aiohttp_server: Any) -> None:
+    """content.read(n) returns whatever has arrived: the relay read only a gateway's first TCP write of its key list
+    or evidence bundle and cached that. It reads to the end now."""
+    keys = keys_list(*range(1, 60))
+    evidence = json.dumps({"evidence": "x" * 6000}).encode()
+    server = await aiohttp_server(_Trickling(keys, evidence).app())
+    client = await relay(gateways={"gw": str(server.make_url(WELL_KNOWN))})
+    resp = await client.get("/gw")
+    assert resp.status == 200 and await resp.read() == keys
+    resp = await client.get("/gw/attestation")
+    assert resp.status == 200 and await resp.read() == evidence
+
+
+async def test_keys_and_evidence_short_of_their_content_length_are_502(relay: MakeRelay, aiohttp_server: Any) -> None:
+    keys = keys_list(*range(1, 60))
+    evidence = json.dumps({"evidence": "x" * 6000}).encode()
+    server = await aiohttp_server(_Trickling(keys, evidence, short=10).app())
+    client = await relay(gateways={"gw": str(server.make_url(WELL_KNOWN))})
+    for path in ("/gw", "/gw/attestation"):
+        resp = await client.get(path)
+        assert resp.status == 502, path
+        assert await resp.read() not in (keys[:-10], evidence[:-10])
