@@ -164,8 +164,8 @@ async def test_client_that_never_reads_its_response_is_dropped(veil_process: Cal
         config = ohttp.decode_list(await resp.read())[0]
     words = "ab " * 150_000  # echoed one SSE event per word: tens of MB
     inner = bhttp.encode_request(bhttp.Request(
-        method="POST", path="/v1/chat/completions",
-        headers=[("content-type", "application/json"), ("date", formatdate(usegmt=True))],
+        method=b"POST", path=b"/v1/chat/completions",
+        headers=((b"content-type", b"application/json"), (b"date", formatdate(usegmt=True).encode())),
         content=orjson.dumps({"model": "echo", "stream": True, "messages": [{"role": "user", "content": words}]})))
     wire = ohttp.ChunkedClientRequest(config).encode_chunk(inner, final=True)
     sock = socket.socket()
