@@ -91,7 +91,7 @@ async def test_sdk_through_a_relay_that_requires_tokens(gateway: Proc, tmp_path:
             async with s.post(relay.make_url("/gw"), data=b"x", headers={"Content-Type": "message/ohttp-req"}) as r:
                 assert r.status == 401
                 (ch,) = privacypass.parse_private_token_challenges(r.headers["WWW-Authenticate"])
-                assert ch.decode().issuer_name == issuer.make_url("").host + f":{issuer.port}"
+                assert ch.decode().issuer_name == f"{issuer.make_url('').host}:{issuer.port}"
         wallet = TokenWallet(issuer_url, KEY, batch=8, low_water=4)
         await wallet.prefetch()
         assert len(wallet) == 8
