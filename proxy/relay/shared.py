@@ -136,6 +136,21 @@ class SharedTable:
         c[own + b0] += n
         c[own + b1] += n
 
+    def take(self, table: int, key: bytes, cap: int) -> bool:
+        """One unit of ``key`` in sketch ``table`` if its count over all workers is under ``cap`` (checked and taken
+        under the lock)."""
+        b0, b1 = SharedTable.buckets(key)
+        with self.locked():
+            if self.count(table, b0, b1) >= cap:
+                return False
+            self.add(table, b0, b1, 1)
+        return True
+
+    def give(self, table: int, key: bytes) -> None:
+        """Give back a unit of ``take``: lowering a count needs no lock (a concurrent reader sees it a little high)."""
+        b0, b1 = SharedTable.buckets(key)
+        self.add(table, b0, b1, -1)
+
     # -- the rate window
 
     def rate(self, b0: int, b1: int, window: int) -> int:
@@ -231,30 +246,16 @@ class SharedClientLimits(ClientLimits):
         self.table = table
 
     def enter(self, key: bytes) -> bool:
-        b0, b1 = SharedTable.buckets(key)
-        t = self.table
-        with t.locked():
-            if t.count(_FLIGHT, b0, b1) >= self.max_in_flight:
-                return False
-            t.add(_FLIGHT, b0, b1, 1)
-        return True
+        return self.table.take(_FLIGHT, key, self.max_in_flight)
 
     def leave(self, key: bytes) -> None:
-        b0, b1 = SharedTable.buckets(key)
-        self.table.add(_FLIGHT, b0, b1, -1)
+        self.table.give(_FLIGHT, key)
 
     def _count_connection(self, key: bytes) -> bool:
-        b0, b1 = SharedTable.buckets(key)
-        t = self.table
-        with t.locked():
-            if t.count(_CONN, b0, b1) >= self.max_connections:
-                return False
-            t.add(_CONN, b0, b1, 1)
-        return True
+        return self.table.take(_CONN, key, self.max_connections)
 
     def _uncount_connection(self, key: bytes) -> None:
-        b0, b1 = SharedTable.buckets(key)
-        self.table.add(_CONN, b0, b1, -1)
+        self.table.give(_CONN, key)
 
 
 class SharedAdmission:
