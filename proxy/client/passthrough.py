@@ -105,7 +105,20 @@ _DIRECTORY: Final = "/.well-known/private-token-issuer-directory"
 MAX_TOKEN_REQUEST: Final = 1024
 
 
-class IssuerPassthrough:
+class _SmallFetches:
+    """What the issuer's and the log's passthroughs share: one session (30 s a fetch, no cookies, no User-Agent)."""
+
+    _session: aiohttp.ClientSession | None = None
+
+    async def ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """aiohttp ``cleanup_ctx``: the session for the app's life."""
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
+                                              cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",))
+        yield
+        await self._session.close()
+
+
+class IssuerPassthrough(_SmallFetches):
     """``GET /issuer/.well-known/private-token-issuer-directory`` and ``POST /issuer/<request path>`` (token requests
     only, by media type and size) to the issuer, with the proxy's own ``--issuer-key``.
 
@@ -120,14 +133,6 @@ class IssuerPassthrough:
     def __init__(self, issuer_url: str, api_key: str | None) -> None:
         self.issuer_url = issuer_url.rstrip("/")
         self._api_key = api_key
-        self._session: aiohttp.ClientSession | None = None
-
-    async def ctx(self, app: web.Application) -> AsyncIterator[None]:
-        """aiohttp ``cleanup_ctx``: one session to the issuer (no cookies) for the app's life."""
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
-                                              cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",))
-        yield
-        await self._session.close()
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(PAGE_ISSUER_PATH + _DIRECTORY, self.forward)
@@ -207,7 +212,7 @@ async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
     return b"".join(parts)
 
 
-class LogPassthrough:
+class LogPassthrough(_SmallFetches):
     """``GET /log/<static tlog-tiles path>`` to the ``--log`` URL, so the page can prove a newer (or older) checkpoint
     consistent with the one it kept: the log's server needs no CORS rule, and the page reaches only its static files
     (checked by :func:`log_path_limit`, answers bounded by the path's size). The proxy already reads the same files
@@ -215,13 +220,6 @@ class LogPassthrough:
 
     def __init__(self, log_url: str) -> None:
         self.log_url = log_url.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
-
-    async def ctx(self, app: web.Application) -> AsyncIterator[None]:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
-                                              cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",))
-        yield
-        await self._session.close()
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(PAGE_LOG_PATH + "/checkpoint", self.forward, allow_head=False)
