@@ -46,7 +46,7 @@ from tlog import (
 )
 from tlog.errors import ConsistencyError, StatementError
 
-from .statements import KeyEntry, Release, entry_kind, open_release, parse_key_entry
+from .statements import KeyEntry, Release, entry_kind, parse_key_entry, usable_release
 
 __all__ = ["LogUnavailableError", "LogView", "TrustedLog", "fetch_tiles", "http_fetcher", "load_state", "max_bytes",
            "save_state"]
@@ -208,13 +208,9 @@ class LogView:
         for i, raw in enumerate(self.entries):
             if entry_kind(raw) != "release":
                 continue
-            try:
-                rel = open_release(raw, publishers)
-            except StatementError as exc:
-                skipped.append(f"entry {i}: {exc}")
-                continue
-            if not rel.valid_at(now):
-                skipped.append(f"entry {i}: release {rel.name!r} is outside its validity window")
+            rel = usable_release(raw, publishers, now)
+            if isinstance(rel, str):
+                skipped.append(f"entry {i}: {rel}")
                 continue
             self.prove(i)
             out.append(rel)

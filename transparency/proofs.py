@@ -28,7 +28,7 @@ from typing import Any, Final
 from tlog import HASH_SIZE, SignedCheckpoint, Verifier, leaf_hash, open_checkpoint, verify_inclusion
 from tlog.errors import ProofError, StatementError
 
-from .statements import KeyEntry, Release, entry_kind, open_release, parse_key_entry
+from .statements import KeyEntry, Release, entry_kind, parse_key_entry, usable_release
 
 __all__ = ["CERT_KEY", "MAX_ATTACHMENT_CHARS", "MAX_RELEASES", "AttachmentError", "InclusionProof", "LogProofs",
            "NoReleaseInProofs", "ProvenEntries", "verify_proofs"]
@@ -170,16 +170,9 @@ def verify_proofs(proofs: LogProofs, key_config: bytes, *, log_key: Verifier, pu
     releases: list[Release] = []
     skipped: list[str] = []
     for p in proofs.releases:
-        if entry_kind(p.entry) != "release":
-            skipped.append(f"entry {p.index}: not a release")
-            continue
-        try:
-            rel = open_release(p.entry, publishers)
-        except StatementError as exc:
-            skipped.append(f"entry {p.index}: {exc}")
-            continue
-        if not rel.valid_at(now):
-            skipped.append(f"entry {p.index}: release {rel.name!r} is outside its validity window")
+        rel = usable_release(p.entry, publishers, now)
+        if isinstance(rel, str):
+            skipped.append(f"entry {p.index}: {rel}")
             continue
         releases.append(rel)
     if not releases:

@@ -215,6 +215,20 @@ def entry_kind(raw: bytes) -> str:
     return "other"
 
 
+def usable_release(raw: bytes, publishers: Iterable[Verifier], now: float) -> Release | str:
+    """The release entry ``raw`` holds if it is one, signed by one of ``publishers`` and valid at ``now``; else why
+    it is skipped."""
+    if entry_kind(raw) != "release":
+        return "not a release"
+    try:
+        rel = open_release(raw, publishers)
+    except StatementError as exc:
+        return str(exc)
+    if not rel.valid_at(now):
+        return f"release {rel.name!r} is outside its validity window"
+    return rel
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
