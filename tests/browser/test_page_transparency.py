@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,28 +19,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from .conftest import REPO, PageLog, Proc, assistant_texts, free_port, send, start_veil, wait_ready
+from tests.transparency._chain import ORIGIN, gateway_requests, get, release_and_log, veil, wait_for_log_proofs
 
-ORIGIN = "log.veil.example/test"
-
-
-def veil(*args: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "veil_cli", *args], capture_output=True, text=True, timeout=60,
-                       cwd=REPO)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout
-
-
-def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        data: bytes = r.read()
-        return data
-
-
-def _gateway_requests(base: str) -> float:
-    text = _get(base + "/metrics").decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("veil_gateway_requests_total{"))
+from .conftest import PageLog, Proc, assistant_texts, free_port, send, start_veil, wait_ready
 
 
 @dataclass
@@ -58,12 +35,7 @@ class LogChain:
 @pytest.fixture(scope="module")
 def log_chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LogChain]:
     tmp: Path = tmp_path_factory.mktemp("page-log")
-    policy = tmp / "release.toml"
-    policy.write_text('platforms = ["simulated"]\n[config]\nrequire = { engine = "echo" }\n')
-    pub = veil("release", "keygen", "--name", "releases.veil.example", "--out", str(tmp / "pub.key")).strip()
-    veil("release", "create", "--name", "veil-gateway 1.0", "--policy", str(policy), "--out", str(tmp / "rel.txt"))
-    veil("release", "sign", str(tmp / "rel.txt"), "--key", str(tmp / "pub.key"), "--out", str(tmp / "rel.note"))
-    log_key = veil("log", "init", "--dir", str(tmp / "log"), "--origin", ORIGIN).strip()
+    pub, log_key = release_and_log(tmp, "veil-gateway 1.0")
     lp, ga, gb, rp, pa, pb = (free_port() for _ in range(6))
     procs: list[Proc] = []
     try:
@@ -78,13 +50,10 @@ def log_chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LogChain]:
                             "--gateway", f"other=http://127.0.0.1:{gb}/.well-known/ohttp-gateway"], rp)
         procs.append(relay)
         # the operator logs the release and gateway A's key configuration, from the evidence it serves
-        (tmp / "gw.json").write_bytes(_get(gw.base + "/.well-known/veil-attestation"))
+        (tmp / "gw.json").write_bytes(get(gw.base + "/.well-known/veil-attestation"))
         veil("log", "append", "--dir", str(tmp / "log"), str(tmp / "rel.note"), "--evidence", str(tmp / "gw.json"),
              "--gateway", "gw-1")
-        deadline = time.monotonic() + 60
-        while "veil_log" not in json.loads(_get(f"{relay.base}/gw/attestation")).get("certs", {}):
-            assert time.monotonic() < deadline, "the gateway never attached its log proofs:\n" + gw.log_tail()
-            time.sleep(0.2)
+        wait_for_log_proofs(f"{relay.base}/gw/attestation", gw)
         trust = ["--publisher", pub, "--log", log.base, "--log-key", log_key, "--insecure-allow-simulated"]
         procs.append(start_veil(["proxy", "--listen", f"127.0.0.1:{pa}", "--relay", f"{relay.base}/gw",
                                  "--log-state", str(tmp / "a.json"), *trust], pa, health="/veil-config.json"))
@@ -126,7 +95,7 @@ def test_page_checks_the_log_shows_release_and_position_and_chats(log_chain: Log
     other = base64.b64encode(b"\x01" * 32).decode()
     pg.evaluate("s => localStorage.setItem('veil-log-state', s)",
                 json.dumps({ORIGIN: {**state[ORIGIN], "root": other}}))
-    before = _gateway_requests(log_chain.gw.base)
+    before = gateway_requests(log_chain.gw.base)
     pg.click("#reverify")
     expect(pg.locator("#trust-verdict")).to_have_text("Refused", timeout=15000)
     expect(pg.locator("#trust-error")).to_contain_text(
@@ -134,12 +103,12 @@ def test_page_checks_the_log_shows_release_and_position_and_chats(log_chain: Log
     expect(pg.locator("#trust-error")).to_contain_text("two checkpoints of size 2 with different roots")
     assert _check_status(pg, "Log consistency") == "fail"
     expect(pg.locator("#input")).to_be_disabled()
-    assert _gateway_requests(log_chain.gw.base) == before
+    assert gateway_requests(log_chain.gw.base) == before
 
 
 def test_page_refuses_a_gateway_whose_key_is_not_in_the_log(log_chain: LogChain, page: tuple[Page, PageLog]) -> None:
     pg, log = page
-    before = _gateway_requests(log_chain.unlogged.base)
+    before = gateway_requests(log_chain.unlogged.base)
     pg.goto(log_chain.proxy_unlogged.base + "/")
     expect(pg.locator("#trust-verdict")).to_have_text("Refused", timeout=15000)
     expect(pg.locator("#trust-error")).to_contain_text("carries no transparency-log proofs")
@@ -150,4 +119,4 @@ def test_page_refuses_a_gateway_whose_key_is_not_in_the_log(log_chain: LogChain,
     relay_path = log_chain.proxy_unlogged.base + "/relay"
     sent = [(r.method, r.url) for r in log.requests if r.url.startswith(relay_path)]
     assert sent == [("GET", relay_path), ("GET", relay_path + "/attestation")], sent
-    assert _gateway_requests(log_chain.unlogged.base) == before
+    assert gateway_requests(log_chain.unlogged.base) == before

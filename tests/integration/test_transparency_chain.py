@@ -8,39 +8,18 @@ SIMULATED attestation throughout (``veil gateway --engine echo``, ``--insecure-a
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import openai
-import pytest
 
-from tests.harness import REPO, free_port, start_veil, stop_all
-
-
-def veil(*args: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "veil_cli", *args], capture_output=True, text=True, timeout=60,
-                       cwd=REPO)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout
-
-
-def _gateway_requests(base: str) -> float:
-    text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("veil_gateway_requests_total{"))
+from tests.harness import free_port, start_veil, stop_all
+from tests.transparency._chain import gateway_requests, refused_chat, release_and_log, veil
 
 
 def test_publisher_flow_through_the_chain_and_an_unlogged_gateway_is_refused(tmp_path: Path) -> None:
-    policy = tmp_path / "release.toml"
-    policy.write_text('platforms = ["simulated"]\n[config]\nrequire = { engine = "echo" }\n')
-    pub_vkey = veil("release", "keygen", "--name", "releases.veil.example", "--out", str(tmp_path / "pub.key")).strip()
-    veil("release", "create", "--name", "veil 1.0", "--policy", str(policy), "--out", str(tmp_path / "rel.txt"))
-    veil("release", "sign", str(tmp_path / "rel.txt"), "--key", str(tmp_path / "pub.key"), "--out",
-         str(tmp_path / "rel.note"))
+    pub_vkey, log_vkey = release_and_log(tmp_path, "veil 1.0")
     log_dir = tmp_path / "log"
-    log_vkey = veil("log", "init", "--dir", str(log_dir), "--origin", "log.veil.example/test").strip()
 
     lp, ga, gb, rp, pa, pb = (free_port() for _ in range(6))
     procs = []
@@ -72,14 +51,12 @@ def test_publisher_flow_through_the_chain_and_an_unlogged_gateway_is_refused(tmp
         proxy_b = start_veil(["proxy", "--listen", f"127.0.0.1:{pb}", "--relay", f"http://127.0.0.1:{rp}/other",
                               "--log-state", str(tmp_path / "b.json"), *trust], pb, health="/veil-config.json")
         procs.append(proxy_b)
-        before = _gateway_requests(f"http://127.0.0.1:{gb}")
-        client_b = openai.OpenAI(base_url=proxy_b.base + "/v1", api_key="unused", max_retries=0)
-        with pytest.raises(openai.APIStatusError) as err:
-            client_b.chat.completions.create(model="echo", messages=[{"role": "user", "content": "split view"}])
-        assert err.value.status_code == 502
-        assert "refused by the transparency log (not in the log)" in str(err.value)
-        assert "split view" in str(err.value)
-        assert _gateway_requests(f"http://127.0.0.1:{gb}") == before == 0
-        assert _gateway_requests(f"http://127.0.0.1:{ga}") >= 1  # the count does move for the logged gateway
+        before = gateway_requests(f"http://127.0.0.1:{gb}")
+        err = refused_chat(proxy_b.base, "split view")
+        assert err.status_code == 502
+        assert "refused by the transparency log (not in the log)" in str(err)
+        assert "split view" in str(err)
+        assert gateway_requests(f"http://127.0.0.1:{gb}") == before == 0
+        assert gateway_requests(f"http://127.0.0.1:{ga}") >= 1  # the count does move for the logged gateway
     finally:
         stop_all(procs, remove_logs=True)

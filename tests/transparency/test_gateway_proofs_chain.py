@@ -12,10 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,28 +20,10 @@ import openai
 import pytest
 
 from enclave.attestation import Bundle
-from tests.harness import REPO, Proc, free_port, start_veil, stop_all
+from tests.harness import Proc, free_port, start_veil, stop_all
+from tests.transparency._chain import (gateway_requests, get, refused_chat, release_and_log, veil_run,
+                                       wait_for_log_proofs)
 from transparency import CERT_KEY, LogProofs
-
-
-def veil(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([sys.executable, "-m", "veil_cli", *args], capture_output=True, text=True, timeout=60,
-                       cwd=REPO)
-    if ok:
-        assert r.returncode == 0, r.stdout + r.stderr
-    return r
-
-
-def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        data: bytes = r.read()
-        return data
-
-
-def _gateway_requests(base: str) -> float:
-    text = _get(base + "/metrics").decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("veil_gateway_requests_total{"))
 
 
 @dataclass
@@ -60,7 +38,7 @@ class World:
     procs: list[Proc]
 
     def bundle(self, name: str = "gw") -> bytes:
-        return _get(f"{self.relay.base}/{name}/attestation")
+        return get(f"{self.relay.base}/{name}/attestation")
 
     def proxy(self, name: str, state: Path, *extra: str, health: str = "/veil-config.json") -> Proc:
         port = free_port()
@@ -73,13 +51,8 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("proofs-chain")
-    policy = tmp / "release.toml"
-    policy.write_text('platforms = ["simulated"]\n[config]\nrequire = { engine = "echo" }\n')
-    pub = veil("release", "keygen", "--name", "releases.veil.example", "--out", str(tmp / "pub.key")).stdout.strip()
-    veil("release", "create", "--name", "veil 1.0", "--policy", str(policy), "--out", str(tmp / "rel.txt"))
-    veil("release", "sign", str(tmp / "rel.txt"), "--key", str(tmp / "pub.key"), "--out", str(tmp / "rel.note"))
+    pub, log_key = release_and_log(tmp, "veil 1.0")
     log_dir = tmp / "log"
-    log_key = veil("log", "init", "--dir", str(log_dir), "--origin", "log.veil.example/test").stdout.strip()
     lp, ga, gb, rp = (free_port() for _ in range(4))
     procs: list[Proc] = []
     try:
@@ -98,16 +71,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                   ["--publisher", pub, "--log", log.base, "--log-key", log_key, "--insecure-allow-simulated"], procs)
         assert CERT_KEY not in Bundle.from_json(w.bundle()).certs  # nothing logged yet: no proofs
         # the operator logs the release and both gateways' key configurations, from the evidence they serve
-        (tmp / "gw.json").write_bytes(_get(gw.base + "/.well-known/veil-attestation"))
-        (tmp / "plain.json").write_bytes(_get(plain.base + "/.well-known/veil-attestation"))
-        veil("log", "append", "--dir", str(log_dir), str(tmp / "rel.note"), "--evidence", str(tmp / "gw.json"),
-             "--gateway", "gw-1")
-        veil("log", "append", "--dir", str(log_dir), "--evidence", str(tmp / "plain.json"), "--gateway", "gw-2")
-        # until the gateway has read its entry the relay may serve the bundle without proofs (at most a second)
-        deadline = time.monotonic() + 60
-        while CERT_KEY not in Bundle.from_json(w.bundle()).certs:
-            assert time.monotonic() < deadline, "the gateway never attached its log proofs:\n" + gw.log_tail()
-            time.sleep(0.2)
+        (tmp / "gw.json").write_bytes(get(gw.base + "/.well-known/veil-attestation"))
+        (tmp / "plain.json").write_bytes(get(plain.base + "/.well-known/veil-attestation"))
+        veil_run("log", "append", "--dir", str(log_dir), str(tmp / "rel.note"), "--evidence", str(tmp / "gw.json"),
+                 "--gateway", "gw-1")
+        veil_run("log", "append", "--dir", str(log_dir), "--evidence", str(tmp / "plain.json"), "--gateway", "gw-2")
+        wait_for_log_proofs(f"{relay.base}/gw/attestation", gw)
         yield w
     finally:
         stop_all(procs, remove_logs=True)
@@ -135,33 +104,29 @@ def test_a_forked_log_is_refused_through_the_chain_and_nothing_is_sent(world: Wo
     state = world.tmp / "forked.json"
     _forked_state(state, world.bundle())  # this client saw another tree of the size the gateway's proofs use
     proxy = world.proxy("gw", state)
-    before = _gateway_requests(world.gw.base)
-    client = openai.OpenAI(base_url=proxy.base + "/v1", api_key="unused", max_retries=0)
-    with pytest.raises(openai.APIStatusError) as err:
-        client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "forked"}])
-    assert err.value.status_code == 502
-    assert "refused by the transparency log (log fork or rollback against the last checkpoint seen)" in str(err.value)
-    assert _gateway_requests(world.gw.base) == before
+    before = gateway_requests(world.gw.base)
+    err = refused_chat(proxy.base, "forked")
+    assert err.status_code == 502
+    assert "refused by the transparency log (log fork or rollback against the last checkpoint seen)" in str(err)
+    assert gateway_requests(world.gw.base) == before
 
 
 def test_a_rolled_back_log_is_refused_through_the_chain_and_nothing_is_sent(world: World) -> None:
     checkpoint = world.log_dir / "public" / "checkpoint"
     old = checkpoint.read_bytes()
-    veil("log", "append", "--dir", str(world.log_dir), str(world.tmp / "rel.note"), "--evidence",
-         str(world.tmp / "plain.json"), "--gateway", "gw-2", "--days", "29")  # the log grows by one entry
+    veil_run("log", "append", "--dir", str(world.log_dir), str(world.tmp / "rel.note"), "--evidence",
+             str(world.tmp / "plain.json"), "--gateway", "gw-2", "--days", "29")  # the log grows by one entry
     new = checkpoint.read_bytes()
     state = world.tmp / "rolled.json"
-    veil("attest", "verify", str(world.tmp / "plain.json"), *world.trust, "--log-state", str(state))
+    veil_run("attest", "verify", str(world.tmp / "plain.json"), *world.trust, "--log-state", str(state))
     try:
         checkpoint.write_bytes(old)  # the log serves its older (validly signed) checkpoint again
         proxy = world.proxy("other", state)
-        client = openai.OpenAI(base_url=proxy.base + "/v1", api_key="unused", max_retries=0)
-        with pytest.raises(openai.APIStatusError) as err:
-            client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "rolled back"}])
-        assert err.value.status_code == 502
-        assert "(log fork or rollback against the last checkpoint seen)" in str(err.value)
-        assert "rolled-back" in str(err.value)
-        assert _gateway_requests(world.plain.base) == 0
+        err = refused_chat(proxy.base, "rolled back")
+        assert err.status_code == 502
+        assert "(log fork or rollback against the last checkpoint seen)" in str(err)
+        assert "rolled-back" in str(err)
+        assert gateway_requests(world.plain.base) == 0
     finally:
         checkpoint.write_bytes(new)
 
@@ -171,22 +136,23 @@ def test_the_client_verifies_from_the_proofs_with_the_log_server_stopped(world: 
     bundle = world.bundle()  # what the relay serves (and keeps serving: cached for the keys' max-age)
     (world.tmp / "served.json").write_bytes(bundle)
     state = world.tmp / "offline.json"
-    r = veil("attest", "verify", str(world.tmp / "served.json"), *world.trust, "--log-state", str(state))
+    r = veil_run("attest", "verify", str(world.tmp / "served.json"), *world.trust, "--log-state", str(state))
     assert "(proofs from the gateway)" in r.stdout  # the state now holds the bundle's checkpoint
     world.log.stop()
     with pytest.raises(OSError):
-        _get(world.log.base + "/checkpoint")
+        get(world.log.base + "/checkpoint")
     # veil attest verify without --log and without a state file: entirely offline
     no_log = [a for a in world.trust if a not in ("--log", world.log.base)]
-    r = veil("attest", "verify", str(world.tmp / "served.json"), *no_log)
+    r = veil_run("attest", "verify", str(world.tmp / "served.json"), *no_log)
     assert "(proofs from the gateway)" in r.stdout and "RESULT: PASS" in r.stdout
     proxy = world.proxy("gw", state, health="/healthz")
     client = openai.OpenAI(base_url=proxy.base + "/v1", api_key="unused", max_retries=0)
     r2 = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "offline"}])
     assert r2.choices[0].message.content == "offline"
-    doc = _get(proxy.base + "/v1/veil/attestation").decode()
+    doc = get(proxy.base + "/v1/veil/attestation").decode()
     assert "logged: release 'veil 1.0', key configuration at index 1 of" in doc
     assert "(proofs from the gateway)" in doc
     # and a bundle without proofs needs the log, which is gone: refused, never accepted unchecked
-    r3 = veil("attest", "verify", str(world.tmp / "plain.json"), *world.trust, "--log-state", str(state), ok=False)
+    r3 = veil_run("attest", "verify", str(world.tmp / "plain.json"), *world.trust, "--log-state", str(state),
+                  ok=False)
     assert r3.returncode == 5 and "log unreachable" in r3.stderr
