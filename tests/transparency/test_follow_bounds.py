@@ -22,8 +22,8 @@ from transparency.follow import LogFollower
 from transparency.log import Log
 from transparency.log_cli import key_entry_for_bundle
 
-from .test_log_proofs import _gateway, _recording
-from .test_publisher_flow import _dir_fetch, _release
+from .test_log_proofs import _recording
+from .test_publisher_flow import _dir_fetch, _gateway, _release
 
 
 def _huge_checkpoint(signer: tlog.Signer) -> bytes:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import tlog
-from enclave.attestation import Bundle, SimulatedProvider
+from enclave.attestation import Bundle
 from ohttp import GatewayKey, encode_list
 from proxy.verify import AttestationRefused, Transparency, make_verifier
 from tlog.errors import ProofError, StatementError
@@ -28,14 +28,9 @@ from transparency.log import Log
 from transparency.log_cli import key_entry_for_bundle
 from transparency.verify import verify_with_proofs
 
-from .test_publisher_flow import _dir_fetch, _release
+from .test_publisher_flow import _dir_fetch, _gateway, _log_world, _release
 
 DAY = 86400
-
-
-def _gateway(engine: str = "echo") -> tuple[bytes, bytes]:
-    keys = encode_list([GatewayKey.generate(7).config])
-    return SimulatedProvider().collect(keys, config={"engine": engine}).to_json(), keys
 
 
 def _recording(public: Path, seen: list[str]) -> Callable[[str], bytes]:
@@ -55,10 +50,7 @@ def _offline(path: str) -> bytes:
 
 @pytest.fixture
 def world(tmp_path: Path):  # type: ignore[no-untyped-def]
-    publisher = tlog.generate_signer("releases.veil.example")
-    log = Log.init(tmp_path / "log", "log.veil.example/test")
-    bundle, keys = _gateway()
-    rel = _release(publisher)
+    publisher, log, bundle, keys, rel = _log_world(tmp_path)
     log.append([_release(publisher, "older"), rel, key_entry_for_bundle(bundle, "gw-1", 1, None)])
     return publisher, log, bundle, keys, tmp_path
 

@@ -23,8 +23,8 @@ from transparency.proofs import NoReleaseInProofs
 from transparency.statements import release_text, sign_release
 from transparency.verify import verify_with_proofs_or_log
 
-from .test_log_proofs import _gateway, _offline, _tamper_proof
-from .test_publisher_flow import _dir_fetch, _release
+from .test_log_proofs import _offline, _tamper_proof
+from .test_publisher_flow import _dir_fetch, _gateway, _release
 
 
 def _with_proofs(bundle: bytes, follower: LogFollower) -> bytes:

@@ -13,27 +13,19 @@ from pathlib import Path
 import pytest
 
 import tlog
-from enclave.attestation import Policy, SimulatedProvider
+from enclave.attestation import Policy
 from ohttp import GatewayKey, encode_list
 from proxy.client import Transparency, VeilAsyncTransport
 from proxy.verify import AttestationRefused, make_verifier
 from transparency.log import Log
 from transparency.log_cli import key_entry_for_bundle
 
-from .test_publisher_flow import _dir_fetch, _release
-
-
-def _gateway(engine: str = "echo") -> tuple[bytes, bytes]:
-    keys = encode_list([GatewayKey.generate(7).config])
-    return SimulatedProvider().collect(keys, config={"engine": engine}).to_json(), keys
+from .test_publisher_flow import _dir_fetch, _gateway, _log_world, _release
 
 
 @pytest.fixture
 def world(tmp_path: Path):  # type: ignore[no-untyped-def]
-    publisher = tlog.generate_signer("releases.veil.example")
-    log = Log.init(tmp_path / "log", "log.veil.example/test")
-    bundle, keys = _gateway()
-    rel = _release(publisher)
+    publisher, log, bundle, keys, rel = _log_world(tmp_path)
     log.append([rel, key_entry_for_bundle(bundle, "gw-1", 30, tlog.leaf_hash(rel).hex())])
     return publisher, log, bundle, keys, tmp_path
 

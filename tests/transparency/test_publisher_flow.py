@@ -45,6 +45,21 @@ def _gateway_bundle(config: dict[str, ConfigValue] | None = None) -> bytes:
     return SimulatedProvider().collect(keys, config=config or {"engine": "echo"}).to_json()
 
 
+def _gateway(engine: str = "echo") -> tuple[bytes, bytes]:
+    """A simulated gateway's evidence bundle and its key configurations."""
+    keys = encode_list([GatewayKey.generate(7).config])
+    return SimulatedProvider().collect(keys, config={"engine": engine}).to_json(), keys
+
+
+def _log_world(tmp_path: Path) -> tuple[tlog.Signer, Log, bytes, bytes, bytes]:
+    """A publisher, an empty log (``tmp_path/log``), a simulated gateway (bundle, keys) and the publisher's release
+    ``veil 1.0``, not yet logged."""
+    publisher = tlog.generate_signer("releases.veil.example")
+    log = Log.init(tmp_path / "log", "log.veil.example/test")
+    bundle, keys = _gateway()
+    return publisher, log, bundle, keys, _release(publisher)
+
+
 @pytest.fixture
 def world(tmp_path: Path):  # type: ignore[no-untyped-def]
     publisher = tlog.generate_signer("releases.veil.example")
