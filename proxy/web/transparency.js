@@ -24,6 +24,8 @@
 // key), key id = SHA-256(name || 0x0A || type || key)[:4]; entries are "TAG\n<canonical JSON>\n" (sorted keys, no
 // whitespace, no floats), a release being such a text signed as a note.
 
+import { concat } from "./bhttp.js";
+
 const DASH = "\u2014 ";
 const ALG_ED25519 = 0x01;
 const ALG_COSIGNATURE_V1 = 0x04;
@@ -66,18 +68,6 @@ const malformed = (what) => fail("malformed", `malformed note: ${what}`);
 // Bytes
 
 const enc = new TextEncoder();
-
-function concat(...parts) {
-  let n = 0;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  let pos = 0;
-  for (const p of parts) {
-    out.set(p, pos);
-    pos += p.length;
-  }
-  return out;
-}
 
 export function equalBytes(a, b) {
   if (a.length !== b.length) return false;
