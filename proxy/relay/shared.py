@@ -163,6 +163,13 @@ class SharedTable:
                 s1 += c[base + _RATE + b1]
         return s0 if s0 < s1 else s1
 
+    def count_request(self, b0: int, b1: int, window: int) -> int:
+        """Count one request in ``window`` (a refused request counts too, as in one process) and return the window's
+        count over all workers; the caller holds the lock."""
+        self.start_window(window)
+        self.add(_RATE, b0, b1, 1)
+        return self.rate(b0, b1, window)
+
     def start_window(self, window: int) -> None:
         own = self._own
         if self._c[own] != window:
@@ -212,9 +219,7 @@ class SharedRateLimiter:
         b0, b1 = SharedTable.buckets(key)
         t = self.table
         with t.locked():
-            t.start_window(window)
-            t.add(_RATE, b0, b1, 1)  # a refused request counts too, as in one process
-            return t.rate(b0, b1, window) <= self.per_minute
+            return t.count_request(b0, b1, window) <= self.per_minute
 
 
 class SharedSlots:
@@ -272,9 +277,7 @@ class SharedAdmission:
         b0, b1 = SharedTable.buckets(key)
         t = self.table
         with t.locked():
-            t.start_window(window)
-            t.add(_RATE, b0, b1, 1)  # a refused request counts too, as in one process
-            if t.rate(b0, b1, window) > self.per_minute:
+            if t.count_request(b0, b1, window) > self.per_minute:
                 return "rate_limited"
             if t.in_flight() >= self.max_concurrent:
                 return "busy"
