@@ -81,19 +81,21 @@ def max_bytes(path: str) -> int:
     return MAX_CHECKPOINT_BYTES
 
 
-def http_fetcher(base_url: str, timeout: float = 10.0) -> Fetch:
-    """GETs of ``base_url/<path>``, each answer read to at most :func:`max_bytes` (a log claiming more is refused
-    before it is kept), a short answer refused against its Content-Length."""
+def http_fetcher(base_url: str, timeout: float = 10.0, *, limit_of: Callable[[str], int] = max_bytes,
+                 what: str = "log") -> Fetch:
+    """GETs of ``base_url/<path>``, each answer read to at most ``limit_of(path)`` bytes (:func:`max_bytes`: a log
+    claiming more is refused before it is kept), a short answer refused against its Content-Length. ``what`` names
+    the source in errors."""
     base = base_url.rstrip("/") + "/"
 
     def fetch(path: str) -> bytes:
         url = base + path
-        limit = max_bytes(path)
+        limit = limit_of(path)
         try:
             with urllib.request.urlopen(url, timeout=timeout) as r:
                 length = r.headers.get("Content-Length")
                 if length is not None and length.isdigit() and int(length) > limit:
-                    raise LogUnavailableError(f"log answer too large: GET {url}: {length} bytes, at most {limit}")
+                    raise LogUnavailableError(f"{what} answer too large: GET {url}: {length} bytes, at most {limit}")
                 parts: list[bytes] = []
                 got = 0
                 while got <= limit:
@@ -103,10 +105,10 @@ def http_fetcher(base_url: str, timeout: float = 10.0) -> Fetch:
                     parts.append(piece)
                     got += len(piece)
                 if got > limit:
-                    raise LogUnavailableError(f"log answer too large: GET {url}: more than {limit} bytes")
+                    raise LogUnavailableError(f"{what} answer too large: GET {url}: more than {limit} bytes")
                 return b"".join(parts)
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            raise LogUnavailableError(f"log unreachable: GET {url}: {exc}") from None
+            raise LogUnavailableError(f"{what} unreachable: GET {url}: {exc}") from None
 
     return fetch
 
