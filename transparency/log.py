@@ -8,10 +8,17 @@ the new size, the entry bundles and then the checkpoint are written (each file a
 so a reader never sees a checkpoint whose tiles are missing, and the checkpoint on disk names the size whose files
 are all written: the next append writes from there, so files a crash left unwritten are written then. An append reads only the tree's right edge (each level's last tile), so it costs the entries it
 adds, not the size of the log; a log written before ``nodes`` existed gets them rebuilt once when it is opened.
+
+``public/evidence/<sha256 hex>`` holds the exact evidence bundle each key entry names by ``evidence_sha256``
+(:meth:`Log.store_evidence`, written before the checkpoint that includes the entry; content-addressed, so immutable),
+for monitors to re-verify: a key entry holds only the digest (entries are at most 64 KiB, bundles up to a MiB).
+Attestation bundles are public (every client fetches them). This is Veil's addition, not tlog-tiles: other logs need
+not carry it (a monitor then reports the evidence as not available).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import time
@@ -34,7 +41,12 @@ from tlog import (
 )
 from tlog.errors import StatementError
 
-__all__ = ["Log"]
+__all__ = ["EVIDENCE_DIR", "Log", "MAX_EVIDENCE_BYTES", "evidence_path"]
+
+#: the folder under ``public/`` of the evidence bundles key entries name, each at ``evidence/<sha256 hex>``
+EVIDENCE_DIR = "evidence"
+#: the most bytes of an evidence bundle the log stores and a monitor fetches (GPU evidence makes them ~1 MiB)
+MAX_EVIDENCE_BYTES = 2 * 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -44,6 +56,11 @@ CREATE TABLE IF NOT EXISTS nodes (level INTEGER NOT NULL, idx INTEGER NOT NULL, 
                                   PRIMARY KEY (level, idx)) WITHOUT ROWID;
 """
 _LEVEL_BITS = 8  # a tile is 256 hashes wide: level l hashes are roots of 256**l leaves
+
+
+def evidence_path(sha256_hex: str) -> str:
+    """The static path (under ``public/``) of the evidence bundle whose SHA-256 is ``sha256_hex``."""
+    return f"{EVIDENCE_DIR}/{sha256_hex}"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -120,6 +137,22 @@ class Log:
             self._store_nodes(old, size)
         self.publish(min(old, self._published()))
         return indices
+
+    def store_evidence(self, bundle: bytes) -> str:
+        """Write ``bundle`` to ``public/evidence/<its SHA-256 hex>`` (atomically; left alone when that file already
+        holds these bytes) and return its path. Call it before :meth:`append` of the key entry naming it, so no
+        checkpoint includes an entry whose evidence is not yet served."""
+        if len(bundle) > MAX_EVIDENCE_BYTES:
+            raise StatementError(f"evidence bundle of {len(bundle)} bytes exceeds {MAX_EVIDENCE_BYTES}")
+        rel = evidence_path(hashlib.sha256(bundle).hexdigest())
+        path = self.public / rel
+        try:
+            if path.read_bytes() == bundle:
+                return rel
+        except FileNotFoundError:
+            pass
+        _atomic_write(path, bundle)
+        return rel
 
     def _published(self) -> int:
         """The size of the checkpoint on disk (0 if there is none we signed): all files up to it are written, as

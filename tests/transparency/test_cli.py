@@ -72,7 +72,7 @@ def test_publisher_and_log_operator_flow(tmp_path: Path) -> None:
         assert r.returncode == 5 and "unreachable" in r.stderr, r.stdout + r.stderr
         state = tmp_path / "monitor.json"
         r = veil("log", "monitor", "--log", url, "--log-key", log_vkey, "--publisher", pub_vkey, "--state",
-                 str(state), "--once")
+                 str(state), "--once", "--insecure-allow-simulated")
         assert r.returncode == 0, r.stdout + r.stderr
         assert "release 'veil 1.0'" in r.stdout and "consistent" in r.stdout
         # a release by another publisher is reported
@@ -82,7 +82,7 @@ def test_publisher_and_log_operator_flow(tmp_path: Path) -> None:
                     str(tmp_path / "evil.note")).returncode == 0
         assert veil("log", "append", "--dir", str(log_dir), str(tmp_path / "evil.note")).returncode == 0
         r = veil("log", "monitor", "--log", url, "--log-key", log_vkey, "--publisher", pub_vkey, "--state",
-                 str(state), "--once")
+                 str(state), "--once", "--insecure-allow-simulated")
         assert r.returncode == 4 and "ALERT entry 2" in r.stdout
     finally:
         server.terminate()
