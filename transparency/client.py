@@ -226,7 +226,11 @@ class LogView:
         for i, raw in enumerate(self.entries):
             if entry_kind(raw) != "key":
                 continue
-            entry = parse_key_entry(raw)
+            try:
+                entry = parse_key_entry(raw)
+            except TlogError:
+                continue  # a malformed key entry admits nothing; refusing the whole log for it would let one bad
+                # entry in a log shared by many appenders (any tlog-tiles log) lock every client out
             if entry.key_config_sha256 == digest and entry.valid_at(now):
                 found = (i, entry)
         if found is None:

@@ -185,7 +185,12 @@ def _monitor_once(args: argparse.Namespace, seen: int) -> tuple[int, int]:
                 problems += 1
                 print(f"ALERT entry {i}: release not signed by an expected publisher: {exc}")
         elif kind == "key":
-            entry = parse_key_entry(raw)
+            try:
+                entry = parse_key_entry(raw)
+            except TlogError as exc:
+                problems += 1
+                print(f"ALERT entry {i}: malformed key entry: {exc}")
+                continue
             if entry.release is not None and entry.release not in releases:
                 problems += 1
                 print(f"ALERT entry {i}: key entry of {entry.gateway} names a release not in the log")

@@ -166,6 +166,11 @@ def test_monitor_alerts_on_missing_altered_or_mismatched_evidence(world: World) 
     huge = b"x" * (MAX_EVIDENCE_BYTES + 1)
     (evidence / hashlib.sha256(huge).hexdigest()).write_bytes(huge)  # store_evidence refuses it: placed by hand
     too_large = _craft(world, huge, key_config=key_config, key_ids=(4,), store=False)
+    log = Log(world.log_dir)
+    try:  # an entry that says it is a key entry and does not parse: an alert, and the monitor goes on
+        malformed = log.append([b"veil/key/v1\n{not json"])[0]
+    finally:
+        log.close()
 
     rc, lines, out = world.monitor()
     assert rc == 4, out
@@ -177,6 +182,7 @@ def test_monitor_alerts_on_missing_altered_or_mismatched_evidence(world: World) 
     assert "binds key ids [4], the entry names [5]" in lines[other_ids], out
     assert "is not an evidence bundle" in lines[not_bundle], out
     assert "evidence answer too large" in lines[too_large], out
+    assert lines[malformed].startswith(f"ALERT entry {malformed}: malformed key entry: "), out
 
     # the log stores no evidence over the bound (nor logs its key entry)
     big = world.tmp / "big.json"

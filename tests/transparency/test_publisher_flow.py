@@ -121,6 +121,15 @@ def test_key_not_in_the_log_is_refused(world) -> None:  # type: ignore[no-untype
         _verify(log, tmp / "state.json", publisher.verifier, _gateway_bundle())
 
 
+def test_a_malformed_key_entry_does_not_lock_every_client_out(world) -> None:  # type: ignore[no-untyped-def]
+    # In a log many parties append to (any tlog-tiles log), one entry that says it is a key entry but does not parse
+    # admits nothing; the client skips it instead of refusing the whole log.
+    publisher, log, bundle, tmp = world
+    log.append([b"veil/key/v1\n{not json", b"veil/key/v1\n{\"gateway\": 1}"])
+    result = _verify(log, tmp / "state.json", publisher.verifier, bundle)
+    assert result.verdict.ok and (result.key_index, result.log_size) == (1, 4)
+
+
 def test_release_signed_by_another_key_is_refused(world) -> None:  # type: ignore[no-untyped-def]
     _, log, bundle, tmp = world
     impostor = tlog.generate_signer("releases.veil.example")
