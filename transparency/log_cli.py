@@ -134,7 +134,7 @@ def check_key_evidence(entry: KeyEntry, fetch: Callable[[str], bytes], releases:
     # No client nonce and no fetched keys (a fresh, nonce-free verification): the bundle is the one the gateway
     # serves everyone, and the keys it binds were compared with the entry above.
     when = min(max(float(entry.not_before), bundle.issued_at), float(entry.not_after - 1))
-    at = dt.datetime.fromtimestamp(when, dt.timezone.utc)
+    at = dt.datetime.fromtimestamp(when, dt.timezone.utc)  # windows are bounded when parsed (statements.MAX_TIME)
     stamp = at.isoformat(timespec="seconds")
     if entry.release is not None:
         try:

@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from tlog import Signer, TlogError, Verifier, leaf_hash, open_note, sign_note
 from tlog.errors import StatementError
@@ -69,20 +69,29 @@ def _parse_tagged(text: str, tag: str) -> dict[str, Any]:
     if len(lines) != 3 or lines[0] != tag or lines[2] != "":
         raise StatementError(f"not a {tag} entry")
     try:
-        obj = json.loads(lines[1])
+        obj: Any = json.loads(lines[1])
+        canonical = isinstance(obj, dict) and canonical_json(obj) == lines[1]
     except ValueError as exc:
         raise StatementError(f"{tag}: body is not JSON") from exc
-    except RecursionError:  # nested deeper than the parser goes
+    except RecursionError:  # nested deeper than the parser, or the canonical re-encoding, goes
         raise StatementError(f"{tag}: body is nested too deeply") from None
-    if not isinstance(obj, dict) or canonical_json(obj) != lines[1]:
+    if not canonical:
         raise StatementError(f"{tag}: body is not canonical JSON")
-    return obj
+    body: dict[str, Any] = obj
+    return body
+
+
+#: The last second of year 9999: a window beyond it (or before 1970) is refused, so every window converts to a date
+#: on every platform (a monitor printing or judging at 10**20 would stop with an overflow on a hostile entry).
+MAX_TIME: Final = 253402300799
 
 
 def _window(obj: Mapping[str, Any], tag: str) -> tuple[int, int]:
     nb, na = obj.get("not_before"), obj.get("not_after")
     if not isinstance(nb, int) or not isinstance(na, int) or isinstance(nb, bool) or isinstance(na, bool) or na <= nb:
         raise StatementError(f"{tag}: not_before/not_after must be integers with not_before < not_after")
+    if nb < 0 or na > MAX_TIME:
+        raise StatementError(f"{tag}: not_before/not_after must be unix seconds from 0 to {MAX_TIME} (year 9999)")
     return nb, na
 
 

@@ -180,13 +180,16 @@ class Bundle:
             if not isinstance(config, dict):
                 raise BundleError("malformed evidence bundle: 'config' must be a JSON object")
             canonical_config(config)  # refuses floats and nested values: they would not hash alike everywhere
+            certs = obj.get("certs") or {}
+            if not isinstance(certs, dict):  # unsigned attachments from the relay: a list here is malformed, not a crash
+                raise BundleError("malformed evidence bundle: 'certs' must be a JSON object")
             return cls(
                 platform=str(obj["platform"]),
                 key_config=base64.b64decode(obj["key_config"], validate=True),
                 report=base64.b64decode(obj["report"], validate=True),
                 gpu_evidence=base64.b64decode(obj.get("gpu_evidence", ""), validate=True),
                 nonce=bytes.fromhex(obj.get("nonce", "")),
-                certs={str(k): str(v) for k, v in (obj.get("certs") or {}).items()},
+                certs={str(k): str(v) for k, v in certs.items()},
                 issued_at=float(obj.get("issued_at", 0.0)),
                 config=config,
             )

@@ -535,11 +535,17 @@ function parseTagged(text, tag) {
   return obj;
 }
 
+// As transparency/statements.py MAX_TIME: the last second of year 9999.
+const MAX_TIME = 253402300799;
+
 function windowOf(obj, tag) {
   const nb = obj.not_before;
   const na = obj.not_after;
   if (!Number.isSafeInteger(nb) || !Number.isSafeInteger(na) || na <= nb) {
     throw fail("entry", `${tag}: not_before/not_after must be integers with not_before < not_after`);
+  }
+  if (nb < 0 || na > MAX_TIME) {
+    throw fail("entry", `${tag}: not_before/not_after must be unix seconds from 0 to ${MAX_TIME} (year 9999)`);
   }
   return [nb, na];
 }

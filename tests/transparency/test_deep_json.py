@@ -17,7 +17,7 @@ from tests.helpers import REPO
 from tlog.errors import StatementError
 from transparency import CERT_KEY, AttachmentError, LogProofs
 from transparency.follow import _release_window
-from transparency.statements import KEY_TAG, RELEASE_TAG, parse_key_entry
+from transparency.statements import KEY_TAG, MAX_TIME, RELEASE_TAG, canonical_json, parse_key_entry
 
 from .test_log_proofs import _gateway
 
@@ -47,3 +47,38 @@ def test_the_parsers_refuse_deep_nesting() -> None:
         parse_key_entry(deep_entry)
     signed = tlog.sign_note(f"{RELEASE_TAG}\n{'[' * 60000}\n", [tlog.generate_signer("releases.veil.example")])
     assert _release_window(signed) is None  # the gateway's follower skips it
+
+
+def test_nesting_the_parser_takes_but_the_canonical_check_does_not_is_refused_too() -> None:
+    # json.loads takes ~990 levels less the caller's stack depth; the canonical re-encoding recurses deeper. For
+    # some depth in this range one of the two runs out of stack at any caller's depth: both must be a StatementError.
+    opener = '{"a":'
+    for n in range(900, 1000):
+        entry = f"{KEY_TAG}\n{opener * n}1{'}' * n}\n".encode()
+        with pytest.raises(StatementError):
+            parse_key_entry(entry)
+
+
+def test_a_validity_window_past_year_9999_or_before_1970_is_refused() -> None:
+    # A monitor judging evidence at 10**20 would stop with an overflow on every restart (its position is in memory),
+    # blind to everything logged after that entry; such windows are refused where they are parsed.
+    def entry(nb: int, na: int) -> bytes:
+        body = canonical_json({"gateway": "gw", "key_ids": [1], "key_config_sha256": "ab" * 32,
+                               "evidence_sha256": "cd" * 32, "not_before": nb, "not_after": na, "release": None})
+        return f"{KEY_TAG}\n{body}\n".encode()
+
+    assert parse_key_entry(entry(0, MAX_TIME)).not_after == MAX_TIME
+    for nb, na in ((10**20, 10**20 + 10), (-5, 10), (1, MAX_TIME + 1)):
+        with pytest.raises(StatementError, match="year 9999"):
+            parse_key_entry(entry(nb, na))
+
+
+def test_a_bundle_whose_certs_is_not_an_object_is_malformed_not_a_crash() -> None:
+    import orjson
+
+    from enclave.attestation import BundleError
+
+    bundle, _ = _gateway()
+    for certs in ([1], "x", 3):
+        with pytest.raises(BundleError, match="'certs' must be a JSON object"):
+            Bundle.from_json(orjson.dumps({**orjson.loads(bundle), "certs": certs}))

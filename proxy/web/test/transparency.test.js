@@ -8,8 +8,8 @@ import { test } from "node:test";
 
 import { verifyBundle } from "../attestation.js";
 import {
-  LogError, STATE_KEY, checkAgainstKept, checkpointStore, consistencyProofFromTiles, cosignatureMessage, fromBase64, keyId, leafHash, memoryStore,
-  nodeHash, openCheckpoint, openNote, parseCheckpoint, policyRefusal, parseNote, parseTransparencyConfig, parseVerifierKey,
+  LogError, STATE_KEY, canonicalJson, checkAgainstKept, checkpointStore, consistencyProofFromTiles, cosignatureMessage, fromBase64, keyId, leafHash, memoryStore,
+  nodeHash, openCheckpoint, openNote, parseCheckpoint, parseKeyEntry, policyRefusal, parseNote, parseTransparencyConfig, parseVerifierKey,
   tilePath, toBase64, verifyConsistency, verifyCosignature, verifyInclusion, verifyLog,
 } from "../transparency.js";
 import { h, hex, loadVector, utf8 } from "./helpers.js";
@@ -437,4 +437,14 @@ test("kept checkpoints that do not parse are refused, never forgotten and overwr
   const store = checkpointStore({ getItem: (k) => items.get(k) ?? null, setItem: (k, v) => items.set(k, v) });
   assert.ok((await run(F.bundle_large, { store })).accepted);
   assert.ok(JSON.parse(items.get(STATE_KEY))[F.origin]);
+});
+
+test("key entries with a validity window past year 9999 or before 1970 are refused (as transparency/statements.py)", () => {
+  const entry = (nb, na) => utf8(`veil/key/v1\n${canonicalJson({
+    gateway: "gw", key_ids: [1], key_config_sha256: "ab".repeat(32), evidence_sha256: "cd".repeat(32),
+    not_before: nb, not_after: na, release: null })}\n`);
+  assert.equal(parseKeyEntry(entry(0, 253402300799)).notAfter, 253402300799);
+  for (const [nb, na] of [[1e15, 1e15 + 10], [-5, 10], [1, 253402300800]]) {
+    assert.throws(() => parseKeyEntry(entry(nb, na)), /year 9999/);
+  }
 });
