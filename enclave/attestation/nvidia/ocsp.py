@@ -13,8 +13,6 @@ exercised here: no recorded response could be obtained, so the tests sign respon
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ..errors import EvidenceFormatError
+from .attachment import decode_b64_list, encode_b64_list
 
 OCSP_CERT_KEY: Final = "nvidia_ocsp"
 MAX_OCSP: Final = 256
@@ -43,30 +42,17 @@ class OcspStatus:
 
 def decode_ocsp_list(text: str) -> list[ocsp.OCSPResponse]:
     """The bundle's stapled responses. Raises EvidenceFormatError on anything but a list of base64 DER responses."""
-    import orjson
-
-    try:
-        items = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise EvidenceFormatError(f"{OCSP_CERT_KEY} is not JSON: {exc}") from None
-    if not isinstance(items, list) or len(items) > MAX_OCSP or not all(isinstance(i, str) for i in items):
-        raise EvidenceFormatError(f"{OCSP_CERT_KEY} must be a list of at most {MAX_OCSP} base64 strings")
     out: list[ocsp.OCSPResponse] = []
-    for i, item in enumerate(items):
+    for i, der in enumerate(decode_b64_list(OCSP_CERT_KEY, text, MAX_OCSP, MAX_OCSP_SIZE)):
         try:
-            der = base64.b64decode(item, validate=True)
-            if len(der) > MAX_OCSP_SIZE:
-                raise ValueError("too large")
             out.append(ocsp.load_der_ocsp_response(der))
-        except (binascii.Error, ValueError) as exc:
+        except ValueError as exc:
             raise EvidenceFormatError(f"{OCSP_CERT_KEY}[{i}] is not a DER OCSP response: {exc}") from None
     return out
 
 
 def encode_ocsp_list(responses: Sequence[bytes]) -> str:
-    import orjson
-
-    return orjson.dumps([base64.b64encode(r).decode("ascii") for r in responses]).decode("ascii")
+    return encode_b64_list(OCSP_CERT_KEY, responses, MAX_OCSP)
 
 
 def check_ocsp(cert: x509.Certificate, issuer: x509.Certificate, responses: Sequence[ocsp.OCSPResponse],

@@ -38,6 +38,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..errors import EvidenceFormatError
+from .attachment import decode_b64_list, encode_b64_list
 
 #: SHA-256 of the DER of "CN=NVIDIA CoRIM signing Root CA, O=NVIDIA, C=US" (P-384, 2023-03-16..2053-03-08): the root
 #: of every Hopper, Blackwell and NVSwitch RIM signing chain. A different CA from the device identity root.
@@ -330,32 +331,12 @@ def decode_rim_list(text: str) -> list[bytes]:
     Raises:
         EvidenceFormatError: not such a list, or too many / too large entries.
     """
-    import orjson
-
-    try:
-        items = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise EvidenceFormatError(f"nvidia_rims is not JSON: {exc}") from None
-    if not isinstance(items, list) or len(items) > MAX_RIMS or not all(isinstance(i, str) for i in items):
-        raise EvidenceFormatError(f"nvidia_rims must be a list of at most {MAX_RIMS} base64 strings")
-    out: list[bytes] = []
-    for i, item in enumerate(items):
-        if len(item) > MAX_RIM_SIZE * 4 // 3 + 4:
-            raise EvidenceFormatError(f"nvidia_rims[{i}] is too large")
-        try:
-            out.append(base64.b64decode(item, validate=True))
-        except binascii.Error:
-            raise EvidenceFormatError(f"nvidia_rims[{i}] is not base64") from None
-    return out
+    return decode_b64_list(RIMS_CERT_KEY, text, MAX_RIMS, MAX_RIM_SIZE)
 
 
 def encode_rim_list(rims: Sequence[bytes]) -> str:
     """The inverse of :func:`decode_rim_list` (order kept)."""
-    import orjson
-
-    if len(rims) > MAX_RIMS:
-        raise ValueError(f"{len(rims)} RIMs (limit {MAX_RIMS})")
-    return orjson.dumps([base64.b64encode(r).decode("ascii") for r in rims]).decode("ascii")
+    return encode_b64_list(RIMS_CERT_KEY, rims, MAX_RIMS)
 
 
 #: The pinned root itself (it does not travel in evidence: the embedded copy in every RIM is ignored).
