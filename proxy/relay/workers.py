@@ -17,7 +17,7 @@
 * Shared between workers: the per-address limits (:mod:`.shared`), the metrics (multiprocess files), the spent-token
   store (its own SQLite file or Redis, as replicas share it). Per worker: the key and evidence cache and the
   health checks of replicas (each is correct on its own; the gateway sees N times the key fetches).
-* The shared files live in ``/dev/shm/veil-relay-PID-XXXX`` (mode 0700; it holds the configuration), removed when
+* The shared files live in ``/dev/shm/veil-relay-<supervisor pid>-<random>`` (mode 0700; it holds the configuration), removed when
   the supervisor stops. One killed outright (SIGKILL) cannot remove it, so each supervisor, on start, removes the
   directories of this user whose supervisor is gone: each holds an exclusive ``flock`` on its directory's
   ``supervisor.lock`` while it runs (the kernel drops it when the process dies, whatever its pid namespace).
@@ -57,6 +57,8 @@ STABLE_AFTER: Final = 60.0
 _TUPLES: Final = ("trusted_proxies", "cors_origins", "token_origin")
 #: the supervisor's shared directory: ``veil-relay-<supervisor pid>-<random>``
 _DIR_RE: Final = re.compile(r"veil-relay-(\d+)-[A-Za-z0-9_]+")
+#: where a shared directory is made before its lock is held (not matched by _DIR_RE)
+_STAGING: Final = ".veil-relay-new-"
 #: held (flock, exclusive) by the supervisor for as long as it runs
 _LOCK: Final = "supervisor.lock"
 #: a directory without its lock file (its supervisor died right after creating it) is left alone this long
@@ -106,11 +108,16 @@ def shared_root() -> str:
 
 
 def make_shared_dir(root: str) -> tuple[Path, int]:
-    """A fresh ``veil-relay-PID-XXXX`` directory (0700) under ``root`` and the fd of its lock file, locked
-    exclusively for as long as this process keeps the fd (close it after removing the directory)."""
-    path = Path(tempfile.mkdtemp(prefix=f"veil-relay-{os.getpid()}-", dir=root))
-    fd = os.open(path / _LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    """A fresh ``veil-relay-<pid>-<random>`` directory (0700) under ``root`` and the fd of its lock file, locked
+    exclusively for as long as this process keeps the fd (close it after removing the directory).
+
+    It is made under a name no supervisor scans and renamed once its lock is held: another supervisor's
+    :func:`remove_stale_dirs` never sees it between its creation and its lock, when it would look abandoned."""
+    staging = Path(tempfile.mkdtemp(prefix=_STAGING, dir=root))
+    fd = os.open(staging / _LOCK, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    path = staging.with_name(f"veil-relay-{os.getpid()}-{staging.name[len(_STAGING):]}")
+    os.rename(staging, path)
     return path, fd
 
 
@@ -141,7 +148,7 @@ def _owner_gone(path: Path, pid: int, mtime: float) -> bool:
 
 
 def remove_stale_dirs(root: str) -> list[str]:
-    """Remove the ``veil-relay-PID-XXXX`` directories under ``root`` that this user owns and whose supervisor is
+    """Remove the ``veil-relay-<pid>-<random>`` directories under ``root`` that this user owns and whose supervisor is
     gone (killed outright, so it could not remove its own); their names. Nothing of another user, no link, no
     directory of a running supervisor is touched."""
     removed = []

@@ -106,3 +106,32 @@ def test_one_lock_admission_applies_rate_then_slots_then_in_flight_over_both_wor
     assert tables[1].in_flight() == 2 and b.admit(key, now + 60) == "address_busy"  # worker 0 holds key's two
     clear_region(path, 0)  # worker 0 died
     assert tables[1].in_flight() == 0 and b.admit(key, now + 60) is None
+
+
+def test_a_shared_dir_being_made_is_never_taken_for_a_stale_one(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another supervisor's scan at the worst moment, between the lock file's creation and its lock, must not take
+    the new directory for an abandoned one (it would remove a live relay's shared files)."""
+    import fcntl
+
+    from proxy.relay import workers
+
+    real_flock = fcntl.flock
+    scanned: list[list[str]] = []
+    racing = [True]
+
+    def flock_after_a_scan(fd: int, op: int) -> None:
+        if racing.pop() if racing else False:  # once: the scan's own flock calls go straight through
+            scanned.append(workers.remove_stale_dirs(str(tmp_path)))
+        real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_scan)
+    path, fd = workers.make_shared_dir(str(tmp_path))
+    try:
+        assert scanned == [[]] and path.is_dir() and (path / "supervisor.lock").is_file()
+        assert path.name.startswith(f"veil-relay-{os.getpid()}-")
+        monkeypatch.setattr(fcntl, "flock", real_flock)
+        assert workers.remove_stale_dirs(str(tmp_path)) == [] and path.is_dir()  # locked: its supervisor runs
+    finally:
+        os.close(fd)
+    assert workers.remove_stale_dirs(str(tmp_path)) == [path.name] and not path.exists()  # lock gone: stale
