@@ -68,6 +68,11 @@ _JWE_MEMBERS: Final = {"protected", "encrypted_key", "iv", "ciphertext", "tag"}
 SslParam = aiohttp.Fingerprint | ssl_module.SSLContext | bool
 
 
+#: A broker whose TLS certificate is not the one its evidence binds (the connection is pinned to it).
+PINNED_TLS_MISMATCH: Final = ("the key broker's TLS certificate is not the one its evidence binds (a TLS-terminating "
+                              "proxy in front of the broker, a restarted broker, or an attack)")
+
+
 class KbsClientError(Exception):
     """The broker could not be attested, refused us, or answered something we do not accept."""
 
@@ -193,9 +198,7 @@ class KbsClient:
                 cookie = r.cookies.get(SESSION_COOKIE)
                 return r.status, await r.read(), cookie.value if cookie is not None else None
         except aiohttp.ServerFingerprintMismatch:
-            raise KbsClientError("the key broker's TLS certificate is not the one its evidence binds (a TLS-"
-                                 "terminating proxy in front of the broker, a restarted broker, or an attack)"
-                                 ) from None
+            raise KbsClientError(PINNED_TLS_MISMATCH) from None
         except aiohttp.ClientError as exc:
             raise KbsClientError(f"key broker request {method} {path} failed: {exc}") from None
 

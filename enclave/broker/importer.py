@@ -28,7 +28,7 @@ import orjson
 from veil_cli import Option, add_options
 
 from ..attestation.errors import AttestationError
-from ..kbs_client import KbsClientError, SslParam, _error_text, attest_broker
+from ..kbs_client import PINNED_TLS_MISMATCH, KbsClientError, SslParam, _error_text, attest_broker
 from .policy import AttestationPolicy
 from .protocol import KBS_PREFIX, KbsProtocolError, parse_resource_path
 
@@ -102,9 +102,7 @@ async def upload(base_url: str, resource: str, secret: bytes, token: bytes, *, s
                 s.post(url, data=secret, headers=headers, ssl=ssl) as r:
             status, body = r.status, await r.read()
     except aiohttp.ServerFingerprintMismatch:
-        raise KbsClientError("the key broker's TLS certificate is not the one its evidence binds (a TLS-terminating "
-                             "proxy in front of the broker, a restarted broker, or an attack): nothing was sent"
-                             ) from None
+        raise KbsClientError(f"{PINNED_TLS_MISMATCH}: nothing was sent") from None
     except aiohttp.ClientError as exc:
         raise KbsClientError(f"import to {url} failed: {exc}") from None
     if status != 200:
