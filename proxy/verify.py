@@ -161,15 +161,19 @@ def _log_verifier(allow_simulated: bool, local: Policy | None, transparency: Tra
         except BundleError as exc:
             raise AttestationRefused(f"evidence unusable: {exc}") from None
         now = dt.datetime.now(dt.timezone.utc)
+        # Without a local policy the release's verification also checks the fetched keys (one verify_bundle call);
+        # with one, the evidence is verified again below under it, the keys checked there.
+        keys = keys_body if local is None else None
         try:
             # The gateway's proofs when its evidence carries them (offline but for consistency with the kept
             # checkpoint); else the whole log. A present but bad attachment is refused, never skipped; valid proofs
             # without a release that admits the gateway send the client to the whole log (the line says so).
             if (proofs := bundle_proofs(bundle)) is not None:
                 result = verify_with_proofs_or_log(bundle, proofs, trusted, publishers, now=now,
-                                                   allow_simulated=allow_simulated, read_log=True)
+                                                   allow_simulated=allow_simulated, read_log=True, keys_body=keys)
             else:
-                result = verify_with_log(bundle, trusted.open(), publishers, now=now, allow_simulated=allow_simulated)
+                result = verify_with_log(bundle, trusted.open(), publishers, now=now, allow_simulated=allow_simulated,
+                                         keys_body=keys)
         except TlogError as exc:
             raise AttestationRefused(_log_refusal(exc)) from None
         except AttestationError as exc:
@@ -178,12 +182,13 @@ def _log_verifier(allow_simulated: bool, local: Policy | None, transparency: Tra
             failed = "; ".join(c.line() for c in result.verdict.failures[:3])
             raise AttestationRefused(f"no logged release of the publisher admits this gateway: {failed}",
                                      result.verdict)
-        # The same evidence again for the exact keys fetched, under the local policy when one narrows the release's.
-        try:
-            verdict = verify_bundle(bundle, keys_body, local or Policy.from_dict(result.release.policy), now=now,
-                                    allow_simulated=allow_simulated)
-        except AttestationError as exc:
-            raise AttestationRefused(f"evidence unusable: {exc}") from None
+        if local is None:
+            verdict = result.verdict
+        else:  # the local policy narrows the release's: the same evidence again, for the exact keys fetched
+            try:
+                verdict = verify_bundle(bundle, keys_body, local, now=now, allow_simulated=allow_simulated)
+            except AttestationError as exc:
+                raise AttestationRefused(f"evidence unusable: {exc}") from None
         if not verdict.ok:
             which = "the local policy (--policy)" if local is not None else f"release {result.release.name!r}"
             failed = "; ".join(c.line() for c in verdict.failures[:3])
