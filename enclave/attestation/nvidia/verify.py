@@ -303,13 +303,7 @@ def verify_nvidia(
 
     if len(gpus) > 1:
         # N copies of one GPU's evidence would otherwise pass as N GPUs: the device keys must differ.
-        present = [k for k in leaf_keys if k is not None]
-        verdict.add(
-            "gpus distinct devices",
-            len(present) == len(gpus) and len(set(present)) == len(present),
-            expected=f"{len(gpus)} distinct device keys",
-            found=f"{len(set(present))} distinct of {len(present)} parsed",
-        )
+        _distinct(verdict, "gpus distinct devices", leaf_keys)
         # All GPUs of one VM must be in the same multi-GPU mode; a mixed set means the host reconfigured some.
         distinct_modes = {m for m in modes if m is not None}
         verdict.add(
@@ -383,53 +377,18 @@ def _verify_switches(
             pdi = report.opaque(OpaqueFieldId.SWITCH_PDI)
             claims.update(vbios_version=report.vbios_version, nonce=report.nonce.hex(),
                           switch_pdi=None if pdi is None else pdi.hex())
-        chain: ChainResult | None = None
-        try:
-            chain = check_chain(parse_cert_chain(pem), now)
-        except (EvidenceFormatError, UnsupportedAlgorithm, ValueError) as exc:
-            v.add(prefix + "cert chain", False, detail=str(exc))
-            v.add(prefix + "cert validity", False, detail="no chain")
-            v.add(prefix + "root pinned", False, expected=NVIDIA_DEVICE_ROOT_SHA256, detail="no chain")
-        else:
-            v.add(prefix + "cert chain", chain.signatures_ok, detail=chain.signatures_detail)
-            v.add(prefix + "cert validity", chain.validity_ok, detail=chain.validity_detail)
-            v.add(prefix + "root pinned", hmac.compare_digest(chain.root_fingerprint, NVIDIA_DEVICE_ROOT_SHA256),
-                  expected=NVIDIA_DEVICE_ROOT_SHA256, found=chain.root_fingerprint,
-                  detail="SHA-256 of the root certificate's DER")
-            claims["device"] = chain.leaf.subject.rfc4514_string()
+        _, leaf_der = _verify_device(v, prefix, report, pem, now, expected_nonce, claims, fwid_required=False,
+                                     nonce_detail="requester nonce in GET_MEASUREMENTS (the GPUs' nonce)")
         if report is None:
             leaf_keys.append(None)
             continue
-        leaf_key: ec.EllipticCurvePublicKey | None = None
-        if chain is not None:
-            key = chain.leaf.public_key()
-            if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP384R1):
-                leaf_key = key
-        if report.fwid is not None:
-            _check_fwid(v, prefix, chain, report.fwid)
-        else:
+        if report.fwid is None:
             notes.append(f"switch[{i}] fwid not compared: the report carries no FWID opaque field (LS10)")
-        if leaf_key is None:
-            v.add(prefix + "signature", False, detail="no usable P-384 leaf key")
-        else:
-            v.add(prefix + "signature", verify_report_signature(report, leaf_key),
-                  detail=f"ECDSA P-384/SHA-384 over {len(report.signed_bytes)} bytes (request || response - "
-                  "signature)")
-        if expected_nonce is None:
-            v.add(prefix + "nonce", True, found=report.nonce.hex(), detail=NO_BINDING_DETAIL)
-        else:
-            v.add(prefix + "nonce", len(expected_nonce) == NONCE_SIZE
-                  and hmac.compare_digest(expected_nonce, report.nonce), expected=expected_nonce.hex(),
-                  found=report.nonce.hex(), detail="requester nonce in GET_MEASUREMENTS (the GPUs' nonce)")
         v.add(prefix + "measurements", None, found=f"{len(report.blocks)} blocks",
               detail=SWITCH_NO_RIM_DETAIL)
-        leaf_keys.append(None if leaf_key is None
-                         else leaf_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+        leaf_keys.append(leaf_der)
     if len(switches) > 1:
-        present = [k for k in leaf_keys if k is not None]
-        v.add("switches distinct devices", len(present) == len(switches) and len(set(present)) == len(present),
-              expected=f"{len(switches)} distinct device keys",
-              found=f"{len(set(present))} distinct of {len(present)} parsed")
+        _distinct(v, "switches distinct devices", leaf_keys)
 
 
 def _verify_one(
@@ -468,56 +427,12 @@ def _verify_one(
             chip_sku=report.chip_sku,
         )
 
-    chain: ChainResult | None = None
-    try:
-        chain = check_chain(parse_cert_chain(pem), now)
-    except (EvidenceFormatError, UnsupportedAlgorithm, ValueError) as exc:  # a key or curve cryptography cannot load
-        v.add(prefix + "cert chain", False, detail=str(exc))
-        v.add(prefix + "cert validity", False, detail="no chain")
-        v.add(prefix + "root pinned", False, expected=NVIDIA_DEVICE_ROOT_SHA256, detail="no chain")
-    else:
-        v.add(prefix + "cert chain", chain.signatures_ok, detail=chain.signatures_detail)
-        v.add(prefix + "cert validity", chain.validity_ok, detail=chain.validity_detail)
-        v.add(
-            prefix + "root pinned",
-            hmac.compare_digest(chain.root_fingerprint, NVIDIA_DEVICE_ROOT_SHA256),
-            expected=NVIDIA_DEVICE_ROOT_SHA256,
-            found=chain.root_fingerprint,
-            detail="SHA-256 of the root certificate's DER",
-        )
-        claims["device"] = chain.leaf.subject.rfc4514_string()
+    chain, leaf_der = _verify_device(v, prefix, report, pem, now, expected_nonce, claims, fwid_required=True,
+                                     nonce_detail="requester nonce in GET_MEASUREMENTS")
+    if chain is not None:
         claims["hwmodel"] = _cn(chain.certs[1]) if len(chain.certs) > 1 else None
-
     if report is None:
         return claims, None, None
-
-    leaf_key: ec.EllipticCurvePublicKey | None = None
-    if chain is not None:
-        key = chain.leaf.public_key()
-        if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP384R1):
-            leaf_key = key
-
-    if chain is not None and report.fwid is None:
-        v.add(prefix + "fwid", False, detail="report has no FWID opaque field")
-    else:
-        _check_fwid(v, prefix, chain, report.fwid)
-
-    if leaf_key is None:
-        v.add(prefix + "signature", False, detail="no usable P-384 leaf key")
-    else:
-        v.add(prefix + "signature", verify_report_signature(report, leaf_key),
-              detail=f"ECDSA P-384/SHA-384 over {len(report.signed_bytes)} bytes (request || response - signature)")
-
-    if expected_nonce is None:
-        v.add(prefix + "nonce", True, found=report.nonce.hex(), detail=NO_BINDING_DETAIL)
-    else:
-        v.add(
-            prefix + "nonce",
-            len(expected_nonce) == NONCE_SIZE and hmac.compare_digest(expected_nonce, report.nonce),
-            expected=expected_nonce.hex(),
-            found=report.nonce.hex(),
-            detail="requester nonce in GET_MEASUREMENTS",
-        )
 
     if rim_checks is not None:
         leaf_cn = _cn(chain.leaf) if chain is not None and chain.signatures_ok else None
@@ -549,8 +464,84 @@ def _verify_one(
     _check_version(v, prefix + "vbios version", report.vbios_version, policy.allowed_vbios_versions,
                    policy.any_version, fold_case=True)
 
-    leaf_der = None if leaf_key is None else leaf_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     return claims, leaf_der, (report.mode, report.protected_pcie_status)
+
+
+def _verify_device(
+    v: Verdict,
+    prefix: str,
+    report: GpuReport | None,
+    pem: str,
+    now: datetime.datetime,
+    expected_nonce: bytes | None,
+    claims: dict[str, Any],
+    *,
+    fwid_required: bool,
+    nonce_detail: str,
+) -> tuple[ChainResult | None, bytes | None]:
+    """The steps a GPU and an NVSwitch share, in this order: cert chain, cert validity, root pinned (sets
+    ``claims["device"]``); then, when the report parsed: fwid (when the report carries one; else a failed check only
+    if ``fwid_required``), signature by the P-384 leaf key, nonce. Returns the chain (None when it did not load) and
+    the leaf's public key DER (None when the report did not parse or there is no usable P-384 leaf key)."""
+    chain: ChainResult | None = None
+    try:
+        chain = check_chain(parse_cert_chain(pem), now)
+    except (EvidenceFormatError, UnsupportedAlgorithm, ValueError) as exc:  # a key or curve cryptography cannot load
+        v.add(prefix + "cert chain", False, detail=str(exc))
+        v.add(prefix + "cert validity", False, detail="no chain")
+        v.add(prefix + "root pinned", False, expected=NVIDIA_DEVICE_ROOT_SHA256, detail="no chain")
+    else:
+        v.add(prefix + "cert chain", chain.signatures_ok, detail=chain.signatures_detail)
+        v.add(prefix + "cert validity", chain.validity_ok, detail=chain.validity_detail)
+        v.add(
+            prefix + "root pinned",
+            hmac.compare_digest(chain.root_fingerprint, NVIDIA_DEVICE_ROOT_SHA256),
+            expected=NVIDIA_DEVICE_ROOT_SHA256,
+            found=chain.root_fingerprint,
+            detail="SHA-256 of the root certificate's DER",
+        )
+        claims["device"] = chain.leaf.subject.rfc4514_string()
+
+    if report is None:
+        return chain, None
+
+    leaf_key: ec.EllipticCurvePublicKey | None = None
+    if chain is not None:
+        key = chain.leaf.public_key()
+        if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP384R1):
+            leaf_key = key
+
+    if report.fwid is not None:
+        _check_fwid(v, prefix, chain, report.fwid)
+    elif fwid_required:
+        v.add(prefix + "fwid", False,
+              detail="no leaf certificate" if chain is None else "report has no FWID opaque field")
+
+    if leaf_key is None:
+        v.add(prefix + "signature", False, detail="no usable P-384 leaf key")
+    else:
+        v.add(prefix + "signature", verify_report_signature(report, leaf_key),
+              detail=f"ECDSA P-384/SHA-384 over {len(report.signed_bytes)} bytes (request || response - signature)")
+
+    if expected_nonce is None:
+        v.add(prefix + "nonce", True, found=report.nonce.hex(), detail=NO_BINDING_DETAIL)
+    else:
+        v.add(
+            prefix + "nonce",
+            len(expected_nonce) == NONCE_SIZE and hmac.compare_digest(expected_nonce, report.nonce),
+            expected=expected_nonce.hex(),
+            found=report.nonce.hex(),
+            detail=nonce_detail,
+        )
+    return chain, None if leaf_key is None else leaf_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def _distinct(v: Verdict, name: str, keys: Sequence[bytes | None]) -> None:
+    """N copies of one device's evidence would otherwise pass as N devices: every device key must be present (its
+    evidence parsed, with a usable leaf key) and differ from the others."""
+    present = [k for k in keys if k is not None]
+    v.add(name, len(present) == len(keys) and len(set(present)) == len(present),
+          expected=f"{len(keys)} distinct device keys", found=f"{len(set(present))} distinct of {len(present)} parsed")
 
 
 def _check_rims(
