@@ -125,11 +125,15 @@ def launch_digests(image: SnpImage, vcpus: Sequence[int], types: Sequence[str]) 
     kinds: list[str | None] = [*types] or [None]
     shapes = [SnpShape(n, t) for n, t in itertools.product(vcpus, kinds)]
     out: list[tuple[SnpShape, str]] = []
+    try:  # the OVMF pages' digest is the same for every shape: hash the image once, not once per shape
+        ovmf_hash: str = guest.calc_snp_ovmf_hash(ovmf).hex()
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise SnpMeasureError(f"sev-snp-measure could not compute the digest: {exc}") from None
     for shape in shapes:
         sig = vcpu_types.CPU_SIGS[shape.vcpu_type] if shape.vcpu_type is not None else 0
         try:
             digest: bytes = guest.snp_calc_launch_digest(shape.vcpus, sig, ovmf, kernel, initrd, image.append or "",
-                                                         image.guest_features, "", vmm)
+                                                         image.guest_features, ovmf_hash, vmm)
         except (RuntimeError, ValueError, OSError) as exc:
             raise SnpMeasureError(f"sev-snp-measure could not compute the digest: {exc}") from None
         out.append((shape, digest.hex()))
