@@ -169,10 +169,6 @@ class IssuerPassthrough(_SmallFetches):
 
 #: Where the page served by ``veil proxy --log`` reads the transparency log's tiles (its ``veil-config.json`` says so).
 PAGE_LOG_PATH: Final = "/log"
-_MAX_CHECKPOINT: Final = 16 * 1024
-#: per leaf of a full tile: a 32-byte hash in a hash tile, a uint16 length and an entry of at most 65535 bytes
-_HASH_BYTES: Final = 32
-_ENTRY_BYTES: Final = 2 + 0xFFFF
 
 
 def log_path_limit(path: str) -> int | None:
@@ -182,20 +178,21 @@ def log_path_limit(path: str) -> int | None:
     from tlog import entries_path, tile_path
     from tlog.errors import MalformedError
     from tlog.tiles import parse_tile_path
+    from transparency.client import max_bytes
 
-    if path == "checkpoint":
-        return _MAX_CHECKPOINT
     try:
         if path.startswith("tile/entries/"):
             _, index, width = parse_tile_path("0", path[len("tile/entries/"):])
-            return (width or 256) * _ENTRY_BYTES if entries_path(index, width) == path else None
-        if path.startswith("tile/"):
+            canonical = entries_path(index, width) == path
+        elif path.startswith("tile/"):
             level, _, rest = path[len("tile/"):].partition("/")
             lv, index, width = parse_tile_path(level, rest)
-            return (width or 256) * _HASH_BYTES if tile_path(lv, index, width) == path else None
+            canonical = tile_path(lv, index, width) == path
+        else:
+            canonical = path == "checkpoint"
     except MalformedError:
         return None
-    return None
+    return max_bytes(path) if canonical else None
 
 
 async def read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
