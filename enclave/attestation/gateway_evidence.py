@@ -149,14 +149,13 @@ class GatewayEvidence:
         #: NVSwitch evidence, collected with the GPUs' key-derived nonce into the same bound bytes (version 2)
         self.switches = switches
         self.pccs_url = pccs_url
-        #: the operator's folder of NVIDIA RIM files (``*.xml``, ``*.swidtag``) and/or NVIDIA's RIM service: the
-        #: RIMs this machine's GPUs name travel in every bundle, so clients compare measurements offline
-        self.gpu_rim_dir = gpu_rim_dir
         sources: list[RimSource] = []
         if gpu_rim_dir is not None:
             sources.append(RimDirectory(gpu_rim_dir))
         if gpu_rim_url is not None:
             sources.append(RimService(gpu_rim_url, fetch))
+        #: from the operator's folder of NVIDIA RIM files (``*.xml``, ``*.swidtag``) and/or NVIDIA's RIM service: the
+        #: RIMs this machine's GPUs name travel in every bundle, so clients compare measurements offline
         self.rims = RimCollector(sources) if sources else None
         #: staples OCSP responses for the device and RIM chains (``certs["nvidia_ocsp"]``), refreshed before they lapse
         self.ocsp = None if gpu_ocsp_url is None else OcspStapler(gpu_ocsp_url, ocsp_fetch)
