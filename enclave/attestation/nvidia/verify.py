@@ -286,13 +286,13 @@ def verify_nvidia(
     leaf_keys: list[bytes | None] = []
     modes: list[tuple[str, int | None] | None] = []
     for i, (raw, pem) in enumerate(gpus):
-        claims, leaf_key, mode = _verify_one(verdict, f"gpu[{i}] ", raw, pem, policy, now, expected_nonce,
-                                             rim_checks if rims else None)
+        claims, certs, leaf_key, mode = _verify_one(verdict, f"gpu[{i}] ", raw, pem, policy, now, expected_nonce,
+                                                    rim_checks if rims else None)
         gpu_claims.append(claims)
         leaf_keys.append(leaf_key)
         modes.append(mode)
         if ocsp_responses or policy.require_ocsp:
-            claims["revocation"] = _check_revocation(verdict, f"gpu[{i}] ", pem, claims, rim_checks,
+            claims["revocation"] = _check_revocation(verdict, f"gpu[{i}] ", certs, claims, rim_checks,
                                                      ocsp_responses, policy, now)
         else:
             notes.append(f"gpu[{i}] {REVOCATION_NOTE}; reported as unknown, never as good")
@@ -377,8 +377,8 @@ def _verify_switches(
             pdi = report.opaque(OpaqueFieldId.SWITCH_PDI)
             claims.update(vbios_version=report.vbios_version, nonce=report.nonce.hex(),
                           switch_pdi=None if pdi is None else pdi.hex())
-        _, leaf_der = _verify_device(v, prefix, report, pem, now, expected_nonce, claims, fwid_required=False,
-                                     nonce_detail="requester nonce in GET_MEASUREMENTS (the GPUs' nonce)")
+        _, _, leaf_der = _verify_device(v, prefix, report, pem, now, expected_nonce, claims, fwid_required=False,
+                                        nonce_detail="requester nonce in GET_MEASUREMENTS (the GPUs' nonce)")
         if report is None:
             leaf_keys.append(None)
             continue
@@ -400,7 +400,7 @@ def _verify_one(
     now: datetime.datetime,
     expected_nonce: bytes | None,
     rim_checks: list[RimCheck] | None,
-) -> tuple[dict[str, Any], bytes | None, tuple[str, int | None] | None]:
+) -> tuple[dict[str, Any], tuple[x509.Certificate, ...], bytes | None, tuple[str, int | None] | None]:
     claims: dict[str, Any] = {"revocation": "unknown"}
     report: GpuReport | None = None
     try:
@@ -427,12 +427,12 @@ def _verify_one(
             chip_sku=report.chip_sku,
         )
 
-    chain, leaf_der = _verify_device(v, prefix, report, pem, now, expected_nonce, claims, fwid_required=True,
-                                     nonce_detail="requester nonce in GET_MEASUREMENTS")
+    certs, chain, leaf_der = _verify_device(v, prefix, report, pem, now, expected_nonce, claims,
+                                            fwid_required=True, nonce_detail="requester nonce in GET_MEASUREMENTS")
     if chain is not None:
         claims["hwmodel"] = _cn(chain.certs[1]) if len(chain.certs) > 1 else None
     if report is None:
-        return claims, None, None
+        return claims, certs, None, None
 
     if rim_checks is not None:
         leaf_cn = _cn(chain.leaf) if chain is not None and chain.signatures_ok else None
@@ -464,7 +464,7 @@ def _verify_one(
     _check_version(v, prefix + "vbios version", report.vbios_version, policy.allowed_vbios_versions,
                    policy.any_version, fold_case=True)
 
-    return claims, leaf_der, (report.mode, report.protected_pcie_status)
+    return claims, certs, leaf_der, (report.mode, report.protected_pcie_status)
 
 
 def _verify_device(
@@ -478,14 +478,17 @@ def _verify_device(
     *,
     fwid_required: bool,
     nonce_detail: str,
-) -> tuple[ChainResult | None, bytes | None]:
+) -> tuple[tuple[x509.Certificate, ...], ChainResult | None, bytes | None]:
     """The steps a GPU and an NVSwitch share, in this order: cert chain, cert validity, root pinned (sets
     ``claims["device"]``); then, when the report parsed: fwid (when the report carries one; else a failed check only
-    if ``fwid_required``), signature by the P-384 leaf key, nonce. Returns the chain (None when it did not load) and
-    the leaf's public key DER (None when the report did not parse or there is no usable P-384 leaf key)."""
+    if ``fwid_required``), signature by the P-384 leaf key, nonce. Returns the parsed certificates (empty when the PEM
+    did not parse), the chain (None when it did not load) and the leaf's public key DER (None when the report did not
+    parse or there is no usable P-384 leaf key)."""
+    certs: tuple[x509.Certificate, ...] = ()
     chain: ChainResult | None = None
     try:
-        chain = check_chain(parse_cert_chain(pem), now)
+        certs = parse_cert_chain(pem)
+        chain = check_chain(certs, now)
     except (EvidenceFormatError, UnsupportedAlgorithm, ValueError) as exc:  # a key or curve cryptography cannot load
         v.add(prefix + "cert chain", False, detail=str(exc))
         v.add(prefix + "cert validity", False, detail="no chain")
@@ -503,7 +506,7 @@ def _verify_device(
         claims["device"] = chain.leaf.subject.rfc4514_string()
 
     if report is None:
-        return chain, None
+        return certs, chain, None
 
     leaf_key: ec.EllipticCurvePublicKey | None = None
     if chain is not None:
@@ -533,7 +536,8 @@ def _verify_device(
             found=report.nonce.hex(),
             detail=nonce_detail,
         )
-    return chain, None if leaf_key is None else leaf_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return certs, chain, (None if leaf_key is None
+                          else leaf_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
 
 
 def _distinct(v: Verdict, name: str, keys: Sequence[bytes | None]) -> None:
@@ -650,18 +654,16 @@ def _check_rims(
     return ok
 
 
-def _check_revocation(v: Verdict, prefix: str, pem: str, claims: dict[str, Any], rim_checks: list[RimCheck],
-                      responses: Sequence[OCSPResponse], policy: NvidiaPolicy, now: datetime.datetime) -> str:
-    """Stapled OCSP for the device chain (every certificate but the leaf and the root, as nvtrust does) and for each
-    RIM this GPU used (every certificate but the root). Returns the GPU's overall revocation claim."""
+def _check_revocation(v: Verdict, prefix: str, device: tuple[x509.Certificate, ...], claims: dict[str, Any],
+                      rim_checks: list[RimCheck], responses: Sequence[OCSPResponse], policy: NvidiaPolicy,
+                      now: datetime.datetime) -> str:
+    """Stapled OCSP for the device chain (every certificate of ``device`` but the leaf and the root, as nvtrust does;
+    ``device`` is the chain :func:`_verify_device` parsed, empty when it did not parse) and for each RIM this GPU used
+    (every certificate but the root). Returns the GPU's overall revocation claim."""
     from .ocsp import check_ocsp, ocsp_ok
     from .rim import _pinned_root
 
     seen: list[str] = []
-    try:
-        device = parse_cert_chain(pem)
-    except EvidenceFormatError:
-        device = ()
     chains: list[tuple[str, list[tuple[x509.Certificate, x509.Certificate]]]] = [
         ("device chain", [(device[i], device[i + 1]) for i in range(1, len(device) - 1)])]
     used = {r.get("sha256") for r in (claims.get("rims") or {}).values() if isinstance(r, dict)}
