@@ -5,7 +5,8 @@ it does not read.
   bytes received add one second, up to ``max_body_time`` in all. A client dripping a byte every few seconds is cut
   off (408) after ``body_timeout``; a large body on a slow but real link gets the time its size needs.
 * Rate (:class:`RateLimiter`): requests per address per minute, a fixed window forgotten when it ends.
-* Per address (:class:`ClientLimits`): open connections (checked as each is accepted) and requests in flight. An
+* Per address: open connections (:class:`ClientLimits`, checked as each is accepted) and requests in flight
+  (:class:`Admission`, with the rate and ``--max-concurrent``). An
   address is kept only as a keyed digest (a random key per process; an IPv6 address by its /64) in memory, never
   logged. Behind a TLS terminator every client has the terminator's address: ``trusted_proxies`` names the
   terminators whose ``X-Forwarded-For`` is believed (the rightmost address in it that is not itself trusted).
@@ -96,17 +97,15 @@ class RateLimiter:
 class ClientLimits:
     """Per-address connection and in-flight counts, under keyed digests of the addresses."""
 
-    def __init__(self, *, max_connections: int, max_in_flight: int, trusted_proxies: tuple[Network, ...] = (),
+    def __init__(self, *, max_connections: int, trusted_proxies: tuple[Network, ...] = (),
                  secret: bytes | None = None) -> None:
         self.max_connections = max_connections
-        self.max_in_flight = max_in_flight
         self.trusted = trusted_proxies
         self._secret = secret if secret is not None else os.urandom(32)
         #: counts every accepted connection (``--workers``: the ``veil_relay_worker_connections_total`` child)
         self.accepted: Callable[[], None] | None = None
         self._connections: dict[bytes, int] = {}
         self._open: dict[object, bytes] = {}  # connection (aiohttp's handler) -> its address key
-        self._in_flight: dict[bytes, int] = {}
 
     def key(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bytes:
         """A digest that stands for ``addr`` (for IPv6, its /64: one host usually has the whole prefix)."""
@@ -137,22 +136,6 @@ class ClientLimits:
 
     def client_key(self, request: web.BaseRequest) -> bytes:
         return self.key(self.client_address(request))
-
-    # -- requests in flight
-
-    def enter(self, key: bytes) -> bool:
-        n = self._in_flight.get(key, 0)
-        if n >= self.max_in_flight:
-            return False
-        self._in_flight[key] = n + 1
-        return True
-
-    def leave(self, key: bytes) -> None:
-        n = self._in_flight.get(key, 1) - 1
-        if n <= 0:
-            self._in_flight.pop(key, None)
-        else:
-            self._in_flight[key] = n
 
     # -- connections (hooked into the server by :func:`install`)
 
@@ -232,8 +215,10 @@ class Admission:
     refusal); :meth:`release` gives both back. ``shared.SharedAdmission`` does the same over all workers under one
     lock."""
 
-    def __init__(self, limiter: RateLimiter, slots: Slots, limits: ClientLimits) -> None:
-        self.limiter, self.slots, self.limits = limiter, slots, limits
+    def __init__(self, *, per_minute: int, max_concurrent: int, max_in_flight: int) -> None:
+        self.limiter, self.slots = RateLimiter(per_minute), Slots(max_concurrent)
+        self.max_in_flight = max_in_flight
+        self._in_flight: dict[bytes, int] = {}
 
     def admit(self, key: bytes) -> str | None:
         """None: admitted; else the refusal's outcome (``rate_limited``, ``busy``, ``address_busy``)."""
@@ -241,13 +226,19 @@ class Admission:
             return "rate_limited"
         if not self.slots.acquire():
             return "busy"
-        if not self.limits.enter(key):
+        n = self._in_flight.get(key, 0)
+        if n >= self.max_in_flight:
             self.slots.release()
             return "address_busy"
+        self._in_flight[key] = n + 1
         return None
 
     def release(self, key: bytes) -> None:
-        self.limits.leave(key)
+        n = self._in_flight.get(key, 1) - 1
+        if n <= 0:
+            self._in_flight.pop(key, None)
+        else:
+            self._in_flight[key] = n
         self.slots.release()
 
 

@@ -206,55 +206,13 @@ class _Lock:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
-class SharedRateLimiter:
-    """:class:`.limits.RateLimiter` over the sum of all workers' counts (fixed windows of a minute)."""
-
-    def __init__(self, table: SharedTable, per_minute: int) -> None:
-        self.table = table
-        self.per_minute = per_minute
-
-    def allow(self, addr: bytes | str, now: float | None = None) -> bool:
-        key = addr if isinstance(addr, bytes) else addr.encode()
-        window = int((time.monotonic() if now is None else now) // 60)
-        b0, b1 = SharedTable.buckets(key)
-        t = self.table
-        with t.locked():
-            return t.count_request(b0, b1, window) <= self.per_minute
-
-
-class SharedSlots:
-    """:class:`.limits.Slots` (``--max-concurrent``) over all workers."""
-
-    def __init__(self, table: SharedTable, limit: int) -> None:
-        self.table = table
-        self.limit = limit
-
-    def acquire(self) -> bool:
-        t = self.table
-        with t.locked():
-            if t.in_flight() >= self.limit:
-                return False
-            t.add_in_flight(1)
-        return True
-
-    def release(self) -> None:
-        self.table.add_in_flight(-1)  # lowering a count needs no lock: a concurrent reader sees it a little high
-
-
 class SharedClientLimits(ClientLimits):
-    """:class:`.limits.ClientLimits` with its counts in the shared table; keys with the table's shared key."""
+    """:class:`.limits.ClientLimits` (the address key, the connection count) with its counts in the shared table; keys
+    with the table's shared key. Requests in flight are :class:`SharedAdmission`'s."""
 
-    def __init__(self, table: SharedTable, *, max_connections: int, max_in_flight: int,
-                 trusted_proxies: tuple[Network, ...] = ()) -> None:
-        super().__init__(max_connections=max_connections, max_in_flight=max_in_flight,
-                         trusted_proxies=trusted_proxies, secret=table.secret)
+    def __init__(self, table: SharedTable, *, max_connections: int, trusted_proxies: tuple[Network, ...] = ()) -> None:
+        super().__init__(max_connections=max_connections, trusted_proxies=trusted_proxies, secret=table.secret)
         self.table = table
-
-    def enter(self, key: bytes) -> bool:
-        return self.table.take(_FLIGHT, key, self.max_in_flight)
-
-    def leave(self, key: bytes) -> None:
-        self.table.give(_FLIGHT, key)
 
     def _count_connection(self, key: bytes) -> bool:
         return self.table.take(_CONN, key, self.max_connections)

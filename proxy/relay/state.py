@@ -10,11 +10,10 @@ from aiohttp import web
 
 from .config import RelayConfig
 from .keycache import KeyCache
-from .limits import Admission, ClientLimits, RateLimiter, Slots, WriteWatchdog, parse_networks
+from .limits import Admission, ClientLimits, WriteWatchdog, parse_networks
 from .metrics import RelayMetrics
 from .pool import ReplicaPool, split_urls
-from .shared import (SharedAdmission, SharedClientLimits, SharedRateLimiter, SharedSlots, SharedTable,
-                     WorkerSpec)
+from .shared import SharedAdmission, SharedClientLimits, SharedTable, WorkerSpec
 from .vsock import VsockBridge
 
 
@@ -29,11 +28,10 @@ class RelayState:
     pools: dict[str, ReplicaPool] = field(init=False)
     metrics: RelayMetrics = field(init=False)
     keycache: KeyCache = field(init=False)
-    limiter: RateLimiter | SharedRateLimiter = field(init=False)
     limits: ClientLimits = field(init=False)
     watchdog: WriteWatchdog = field(init=False)
-    slots: Slots | SharedSlots = field(init=False)
-    #: the per-request checks of ``limiter``, ``slots`` and ``limits`` in one call (with workers: one lock)
+    #: the per-request checks (the rate, ``--max-concurrent``, the address's in flight) in one call (with workers:
+    #: one lock); ``limits`` is the address key and the connection count
     admission: Admission | SharedAdmission = field(init=False)
     table: SharedTable | None = field(init=False, default=None)
     bridges: list[VsockBridge] = field(default_factory=list)
@@ -50,18 +48,14 @@ class RelayState:
         self.keycache = KeyCache(cfg, self.metrics)
         trusted = parse_networks(cfg.trusted_proxies)
         if self.worker is None:
-            self.limiter = RateLimiter(cfg.rate_per_minute)
-            self.limits = ClientLimits(max_connections=cfg.max_connections_per_address,
-                                       max_in_flight=cfg.max_in_flight_per_address, trusted_proxies=trusted)
-            self.slots = Slots(cfg.max_concurrent)
-            self.admission = Admission(self.limiter, self.slots, self.limits)
+            self.limits = ClientLimits(max_connections=cfg.max_connections_per_address, trusted_proxies=trusted)
+            self.admission = Admission(per_minute=cfg.rate_per_minute, max_concurrent=cfg.max_concurrent,
+                                       max_in_flight=cfg.max_in_flight_per_address)
         else:
             self.table = table = SharedTable(self.worker.shared_path, self.worker.index)
-            self.limiter = SharedRateLimiter(table, cfg.rate_per_minute)
             self.limits = SharedClientLimits(table, max_connections=cfg.max_connections_per_address,
-                                             max_in_flight=cfg.max_in_flight_per_address, trusted_proxies=trusted)
+                                             trusted_proxies=trusted)
             self.limits.accepted = self.metrics.worker_connections
-            self.slots = SharedSlots(table, cfg.max_concurrent)
             self.admission = SharedAdmission(table, per_minute=cfg.rate_per_minute, max_concurrent=cfg.max_concurrent,
                                              max_in_flight=cfg.max_in_flight_per_address)
         self.watchdog = WriteWatchdog(cfg.write_timeout)

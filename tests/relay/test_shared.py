@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.relay.shared import (BUCKETS, SharedAdmission, SharedClientLimits, SharedRateLimiter, SharedSlots,
-                                SharedTable, clear_region, create_table)
+from proxy.relay.shared import BUCKETS, SharedAdmission, SharedClientLimits, SharedTable, clear_region, create_table
 
 
 @pytest.fixture
@@ -26,50 +25,56 @@ def tables(path: str) -> list[SharedTable]:
 
 
 def limits(t: SharedTable, **kw: int) -> SharedClientLimits:
-    return SharedClientLimits(t, max_connections=kw.get("conn", 3), max_in_flight=kw.get("flight", 3))
+    return SharedClientLimits(t, max_connections=kw.get("conn", 3))
+
+
+def in_flight_only(t: SharedTable, flight: int = 3) -> SharedAdmission:
+    """The address's in-flight check alone: the rate and all requests in flight far from their caps."""
+    return SharedAdmission(t, per_minute=1 << 20, max_concurrent=1 << 20, max_in_flight=flight)
+
+
+def enter(admission: SharedAdmission, key: bytes) -> bool:
+    return admission.admit(key) is None
 
 
 def test_in_flight_cap_holds_over_both_workers_and_a_dead_workers_count_is_cleared(path: str,
                                                                                   tables: list[SharedTable]) -> None:
-    a, b = limits(tables[0]), limits(tables[1])
-    assert a.key(None) == b.key(None)  # one key in every worker: an address has the same counters everywhere
+    assert limits(tables[0]).key(None) == limits(tables[1]).key(None)  # one key in every worker: an address has the
+    # same counters everywhere
+    a, b = in_flight_only(tables[0]), in_flight_only(tables[1])
     key = os.urandom(16)
-    assert a.enter(key) and b.enter(key) and a.enter(key)
-    assert not a.enter(key) and not b.enter(key)  # 3 = the cap, wherever the fourth arrives
-    assert b.enter(os.urandom(16))  # another address is not affected
-    b.leave(key)
-    assert a.enter(key)
-    assert not b.enter(key)
+    assert enter(a, key) and enter(b, key) and enter(a, key)
+    assert not enter(a, key) and not enter(b, key)  # 3 = the cap, wherever the fourth arrives
+    assert enter(b, os.urandom(16))  # another address is not affected
+    b.release(key)
+    assert enter(a, key)
+    assert not enter(b, key)
     clear_region(path, 0)  # worker 0 died: its 3 requests in flight went with it
-    assert b.enter(key) and b.enter(key) and b.enter(key) and not b.enter(key)
+    assert enter(b, key) and enter(b, key) and enter(b, key) and not enter(b, key)
 
 
-def test_connection_cap_and_global_slots_over_both_workers(tables: list[SharedTable]) -> None:
+def test_connection_cap_over_both_workers(tables: list[SharedTable]) -> None:
     a, b = limits(tables[0], conn=2), limits(tables[1], conn=2)
     key = os.urandom(16)
     assert a._count_connection(key) and b._count_connection(key)
     assert not a._count_connection(key) and not b._count_connection(key)
     a._uncount_connection(key)
     assert b._count_connection(key)
-    sa, sb = SharedSlots(tables[0], 3), SharedSlots(tables[1], 3)
-    assert sa.acquire() and sb.acquire() and sb.acquire() and not sa.acquire()
-    sb.release()
-    assert sa.acquire() and not sb.acquire()
 
 
 def test_rate_is_summed_within_a_window_and_forgotten_after_it(tables: list[SharedTable]) -> None:
-    ra, rb = SharedRateLimiter(tables[0], 4), SharedRateLimiter(tables[1], 4)
+    ra, rb = (SharedAdmission(t, per_minute=4, max_concurrent=1 << 20, max_in_flight=1 << 20) for t in tables)
     key = os.urandom(16)
     now = 600.0
-    assert [ra.allow(key, now), rb.allow(key, now), ra.allow(key, now), rb.allow(key, now)] == [True] * 4
-    assert not ra.allow(key, now) and not rb.allow(key, now)
-    assert ra.allow(os.urandom(16), now)
+    assert [ra.admit(key, now), rb.admit(key, now), ra.admit(key, now), rb.admit(key, now)] == [None] * 4
+    assert ra.admit(key, now) == "rate_limited" and rb.admit(key, now) == "rate_limited"
+    assert ra.admit(os.urandom(16), now) is None
     # The next minute: worker b has not seen it yet, its old counts must not count.
-    assert ra.allow(key, now + 60) and rb.allow(key, now + 60)
+    assert ra.admit(key, now + 60) is None and rb.admit(key, now + 60) is None
 
 
 def test_collisions_only_make_a_cap_stricter(tables: list[SharedTable]) -> None:
-    a = limits(tables[0], flight=2)
+    a = in_flight_only(tables[0], flight=2)
     victim = os.urandom(16)
     b0, b1 = SharedTable.buckets(victim)
     # Another address sharing the victim's first counter (not its second): the victim still gets its 2.
@@ -77,8 +82,8 @@ def test_collisions_only_make_a_cap_stricter(tables: list[SharedTable]) -> None:
     other[0:4] = victim[0:4]
     while SharedTable.buckets(bytes(other))[1] == b1:
         other[4:8] = os.urandom(4)
-    assert a.enter(bytes(other)) and a.enter(bytes(other))
-    assert a.enter(victim) and a.enter(victim) and not a.enter(victim)
+    assert enter(a, bytes(other)) and enter(a, bytes(other))
+    assert enter(a, victim) and enter(a, victim) and not enter(a, victim)
     assert 0 <= b0 < BUCKETS <= b1 < 2 * BUCKETS
 
 
