@@ -19,6 +19,8 @@ def allow(request: web.Request, resp: web.StreamResponse) -> None:
         resp.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
         if "*" not in allowed:
             resp.headers["Vary"] = "Origin"
+        if "WWW-Authenticate" in resp.headers:  # a token refusal's challenge, for a page that fetches tokens
+            resp.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate"
 
 
 async def preflight(request: web.Request) -> web.Response:

@@ -211,15 +211,6 @@ class TokenVerifier:
         return privacypass.build_www_authenticate(
             [PrivateTokenChallenge(challenge=self.challenge.encode(), token_key=self._preferred.spki)])
 
-    async def check(self, authorization: str | None, session: aiohttp.ClientSession) -> None:
-        """Accept and spend the token in ``authorization``, or raise: :meth:`verify`, then :meth:`spend`.
-
-        Raises:
-            TokenRejected: 401 for a missing, malformed, unknown-key, expired-key, wrong-challenge or forged token;
-                403 for one already spent; 503 when no issuer key is known or the store cannot be reached.
-        """
-        await self.spend(await self.verify(authorization, session))
-
     async def verify(self, authorization: str | None, session: aiohttp.ClientSession) -> Token:
         """The token in ``authorization`` if it is one this relay accepts (syntax, a known issuer key, the fixed
         challenge, the signature: one RSA verification), without spending it; the relay asks this before a request
@@ -322,7 +313,7 @@ async def check_token(request: web.Request) -> web.Response | None:
     try:
         request[_TOKEN] = await verifier.verify(request.headers.get("Authorization"), request.app[_SESSION])
     except TokenRejected as exc:
-        return _refusal(request, verifier, exc)
+        return _refusal(verifier, exc)
     return None
 
 
@@ -336,20 +327,15 @@ async def redeem(request: web.Request) -> web.Response | None:
             raise TokenRejected(401, "missing")
         await verifier.spend(token)
     except TokenRejected as exc:
-        return _refusal(request, verifier, exc)
+        return _refusal(verifier, exc)
     return None
 
 
-def _refusal(request: web.Request, verifier: TokenVerifier, exc: TokenRejected) -> web.Response:
+def _refusal(verifier: TokenVerifier, exc: TokenRejected) -> web.Response:
     headers = {"Cache-Control": "no-store"}
     if exc.status in (401, 403):
         headers["WWW-Authenticate"] = verifier.www_authenticate()
     if exc.status == 503:
         headers["Retry-After"] = "5"
-    resp = web.json_response({"error": f"token {exc.reason.replace('_', ' ')}"}, status=exc.status, headers=headers)
-    from .cors import allow  # here: cors -> state -> config, which imports this module's policy lazily
-
-    allow(request, resp)
-    if "Access-Control-Allow-Origin" in resp.headers:
-        resp.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate"
-    return resp
+    # CORS (and exposing WWW-Authenticate to an allowed page) is forward.forward's, as for every refusal it returns
+    return web.json_response({"error": f"token {exc.reason.replace('_', ' ')}"}, status=exc.status, headers=headers)

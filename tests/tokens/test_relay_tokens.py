@@ -71,7 +71,7 @@ def verifier(issuer_url: str, store: Any, registry: CollectorRegistry | None = N
 
 async def reason(v: TokenVerifier, auth: str | None, session: aiohttp.ClientSession) -> tuple[int, str]:
     try:
-        await v.check(auth, session)
+        await v.spend(await v.verify(auth, session))
     except TokenRejected as exc:
         return exc.status, exc.reason
     return 200, "ok"
