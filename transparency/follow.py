@@ -13,7 +13,6 @@ believes a checkpoint's size only once the log's signature on it verifies; given
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -34,7 +33,7 @@ from tlog.errors import MalformedError, StatementError, TlogError
 
 from .client import Fetch, LogUnavailableError, fetch_tiles
 from .proofs import MAX_RELEASES, InclusionProof, LogProofs
-from .statements import entry_kind, open_release, parse_key_entry
+from .statements import KeyEntry, entry_kind, open_release, parse_key_entry, release_window
 
 __all__ = ["MAX_BUNDLES_PER_UPDATE", "LogFollower"]
 
@@ -43,13 +42,12 @@ MAX_BUNDLES_PER_UPDATE = 64
 
 
 def _release_window(raw: bytes) -> tuple[int, int] | None:
-    """A release's validity window, read without its publisher's key (the gateway has none; clients verify)."""
+    """A release's validity window, read without its publisher's key (the gateway has none; clients verify), or None
+    when the entry is not a release the clients would parse (:func:`statements.release_window`)."""
     try:
-        obj = json.loads(parse_note(raw).text.split("\n")[1])
-        nb, na = obj["not_before"], obj["not_after"]
-    except (TlogError, ValueError, RecursionError, IndexError, KeyError, TypeError):
+        return release_window(raw)
+    except TlogError:
         return None
-    return (nb, na) if isinstance(nb, int) and isinstance(na, int) else None
 
 
 @dataclass
@@ -154,14 +152,15 @@ class LogFollower:
         ``ProofError`` when a proof does not lead to the checkpoint's root (the entries are read again next time)."""
         text, size, root = self.update()
         digest = hashlib.sha256(key_config).hexdigest()
-        key_index: int | None = None
+        found_key: tuple[int, KeyEntry] | None = None
         for idx in reversed(self._keys.get(digest, [])):
-            if parse_key_entry(self.entries[idx]).valid_at(now):
-                key_index = idx
+            if (entry := parse_key_entry(self.entries[idx])).valid_at(now):
+                found_key = idx, entry
                 break
-        if key_index is None:
+        if found_key is None:
             return None
-        named = parse_key_entry(self.entries[key_index]).release
+        key_index, key_entry = found_key
+        named = key_entry.release
         rel_indices: list[int] = []
         if named is not None and (found := self._leaves.get(bytes.fromhex(named))) is not None:
             rel_indices = [found]

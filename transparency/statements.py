@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from tlog import Signer, TlogError, Verifier, leaf_hash, open_note, sign_note
+from tlog import Signer, TlogError, Verifier, leaf_hash, open_note, parse_note, sign_note
 from tlog.errors import StatementError
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "release_text",
     "sign_release",
     "open_release",
+    "release_window",
     "key_entry_bytes",
     "parse_key_entry",
     "entry_kind",
@@ -146,6 +147,13 @@ def open_release(raw: bytes, publishers: Iterable[Verifier]) -> Release:
         raise StatementError(f"{RELEASE_TAG}: name must be a string and policy a table")
     nb, na = _window(obj, RELEASE_TAG)
     return Release(name, nb, na, policy, note.verified[0].name, raw)
+
+
+def release_window(raw: bytes) -> tuple[int, int]:
+    """A release's validity window, read without its publisher's key (the gateway has none; clients verify): the
+    note's syntax, the tag, canonical JSON and the window's bounds checked as :func:`open_release` does, the signature
+    not (``TlogError`` otherwise)."""
+    return _window(_parse_tagged(parse_note(raw).text, RELEASE_TAG), RELEASE_TAG)
 
 
 @dataclass(frozen=True)
