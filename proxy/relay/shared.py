@@ -51,16 +51,14 @@ WORKER_ENV: Final = "_VEIL_RELAY_WORKER"
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What the supervisor tells one worker: its index of ``count``, the shared file, the fd to say "ready" on."""
+    """What the supervisor tells one worker: its index, the shared file, the fd to say "ready" on."""
 
     index: int
-    count: int
     shared_path: str
     ready_fd: int
 
     def to_env(self) -> str:
-        return json.dumps({"index": self.index, "count": self.count, "shared_path": self.shared_path,
-                           "ready_fd": self.ready_fd})
+        return json.dumps({"index": self.index, "shared_path": self.shared_path, "ready_fd": self.ready_fd})
 
     @classmethod
     def from_env(cls) -> WorkerSpec | None:
@@ -68,8 +66,7 @@ class WorkerSpec:
         if not raw:
             return None
         d = json.loads(raw)
-        return cls(index=int(d["index"]), count=int(d["count"]), shared_path=str(d["shared_path"]),
-                   ready_fd=int(d["ready_fd"]))
+        return cls(index=int(d["index"]), shared_path=str(d["shared_path"]), ready_fd=int(d["ready_fd"]))
 
 
 def create_table(path: str, workers: int) -> None:

@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final
@@ -75,17 +75,16 @@ class _Worker:
     started: float = 0.0
     backoff: float = BACKOFF_START
     restart_at: float | None = None
-    pids: list[int] = field(default_factory=list)
 
 
-def config_to_json(config: RelayConfig) -> str:
+def config_to_dict(config: RelayConfig) -> dict[str, Any]:
     d = asdict(config)
     d["gateways"] = {k: list(v) if not isinstance(v, str) else v for k, v in config.gateways.items()}
-    return json.dumps(d)
+    return d
 
 
-def config_from_json(text: str) -> RelayConfig:
-    d: dict[str, Any] = json.loads(text)
+def config_from_dict(d: dict[str, Any]) -> RelayConfig:
+    d = dict(d)
     for name in _TUPLES:
         d[name] = tuple(d[name])
     return RelayConfig(**d)
@@ -191,7 +190,7 @@ class Supervisor:
         self.table = str(self.dir / "limits")
         create_table(self.table, workers)
         (self.dir / "worker.json").write_text(json.dumps({
-            "config": config_to_json(config), "host": host, "port": self.port, "log_level": log_level,
+            "config": config_to_dict(config), "host": host, "port": self.port, "log_level": log_level,
             "idle_timeout": idle_timeout, "shutdown_timeout": shutdown_timeout}))
         self.workers = [_Worker(i) for i in range(workers)]
         self._stop: int | None = None
@@ -203,7 +202,7 @@ class Supervisor:
         from veil_cli import dies_with_me
 
         r, wfd = os.pipe()
-        spec = WorkerSpec(index=w.index, count=self.count, shared_path=self.table, ready_fd=wfd)
+        spec = WorkerSpec(index=w.index, shared_path=self.table, ready_fd=wfd)
         env = {**os.environ, WORKER_ENV: spec.to_env(), "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
                "_VEIL_RELAY_WORKER_SETUP": str(self.dir / "worker.json")}
         try:
@@ -212,7 +211,6 @@ class Supervisor:
         finally:
             os.close(wfd)
         w.ready_fd, w.ready, w.started, w.restart_at = r, False, time.monotonic(), None
-        w.pids.append(w.popen.pid)
         self._sel.register(r, selectors.EVENT_READ, w)
 
     def _ready_event(self, w: _Worker) -> None:
@@ -254,7 +252,6 @@ class Supervisor:
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         handlers[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda s, f: None)  # wakes select via the fd
         self._sel.register(wake_r, selectors.EVENT_READ, None)
-        code = 0
         announced = False
         try:
             for w in self.workers:
@@ -296,7 +293,7 @@ class Supervisor:
                 for w in self.workers:
                     if w.restart_at is not None and w.restart_at <= now and w.popen is None:
                         self._spawn(w)
-            return code
+            return 0
         finally:
             self._stop_all()
             self._sel.close()
@@ -342,7 +339,7 @@ def worker_main() -> int:
     setup = json.loads(Path(setup_path).read_text())
     setup_logging(setup["log_level"], "relay")
     install_event_loop()
-    config = config_from_json(setup["config"])
+    config = config_from_dict(setup["config"])
     try:
         app = create_app(config, worker=spec)
     except (OSError, sqlite3.Error) as exc:  # the spent-token store's file cannot be opened
