@@ -15,16 +15,13 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from enclave.attestation import AttestationError, Bundle, BundleError, Policy, Verdict, verify_bundle
 from enclave.attestation import evidence_expiry as bundle_expiry
+from transparency.client import DEFAULT_LOG_STATE
 
 if TYPE_CHECKING:
     from tlog import Verifier as NoteVerifier
     from transparency.client import TrustedLog
 
 log = logging.getLogger("veil.client")
-
-#: Where ``veil proxy --log`` and ``veil attest verify --log`` keep the last checkpoint seen (rollback/fork check).
-DEFAULT_LOG_STATE = Path.home() / ".config" / "veil" / "log-state.json"
-
 
 class AttestationRefused(Exception):
     """The gateway's evidence does not pass; nothing may be sent to its keys."""

@@ -226,9 +226,5 @@ class Log:
         _atomic_write(self.public / "checkpoint", note)
         return note
 
-    def entries(self, start: int = 0) -> list[tuple[int, bytes]]:
-        return [(int(i), bytes(d)) for i, d in
-                self.db.execute("SELECT idx, data FROM leaves WHERE idx >= ? ORDER BY idx", (start,))]
-
     def close(self) -> None:
         self.db.close()

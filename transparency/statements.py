@@ -15,9 +15,8 @@ Each entry is the exact bytes of one leaf. Its text's first line is a type tag, 
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -244,11 +243,3 @@ def usable_release(raw: bytes, publishers: Iterable[Verifier], now: float) -> Re
     if not rel.valid_at(now):
         return f"release {rel.name!r} is outside its validity window"
     return rel
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def active_releases(releases: Sequence[Release], now: float) -> list[Release]:
-    return [r for r in releases if r.valid_at(now)]

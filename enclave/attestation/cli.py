@@ -237,7 +237,7 @@ def _verify_with_log(args: argparse.Namespace, bundle: Bundle, now: dt.datetime,
     ``--log-state`` keeps a checkpoint of another size (then only consistency tiles are fetched from ``--log``);
     one without needs ``--log``, read whole."""
     from tlog import TlogError, parse_verifier_key
-    from transparency.client import LogUnavailableError, TrustedLog, http_fetcher
+    from transparency.client import DEFAULT_LOG_STATE, LogUnavailableError, TrustedLog, http_fetcher
     from transparency.verify import bundle_proofs, verify_with_log, verify_with_proofs_or_log
 
     if not (args.publisher and args.log_key):
@@ -254,7 +254,7 @@ def _verify_with_log(args: argparse.Namespace, bundle: Bundle, now: dt.datetime,
             print("veil attest: the bundle carries no log proofs: give --log URL", file=sys.stderr)
             return 2
         # With proofs and no --log, a state file only when asked for: the check is then entirely offline.
-        default_state = Path.home() / ".config" / "veil" / "log-state.json" if args.log else None
+        default_state = DEFAULT_LOG_STATE if args.log else None
         state = Path(args.log_state) if args.log_state else default_state
         trusted = TrustedLog(parse_verifier_key(args.log_key), http_fetcher(args.log) if args.log else no_log,
                              state, [parse_verifier_key(w) for w in args.witness or []], args.min_witnesses)

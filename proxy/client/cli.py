@@ -9,10 +9,11 @@ from pathlib import Path
 
 from aiohttp import web
 
+from transparency.client import DEFAULT_LOG_STATE
 from veil_cli import Option, add_options
 
 from ..transport import OhttpClient
-from ..verify import DEFAULT_LOG_STATE, Transparency, make_verifier
+from ..verify import Transparency, make_verifier
 from .app import API_KEY_MODES, create_app
 from .guard import allowed_hosts
 from .tokens import TokenWallet

@@ -44,8 +44,10 @@ try:  # openai >= 3 is built on httpx2; older SDKs on httpx. Same transport API.
 except ImportError:  # pragma: no cover - exercised only with an older SDK
     import httpx  # type: ignore[no-redef,import-not-found,unused-ignore]
 
+from transparency.client import DEFAULT_LOG_STATE
+
 from ..transport import InnerResponse, OhttpClient, VeilClientError, Verifier, wants_stream
-from ..verify import DEFAULT_LOG_STATE, PolicyLike, Transparency, make_verifier
+from ..verify import PolicyLike, Transparency, make_verifier
 from .tokens import TokenWallet
 
 T = TypeVar("T")
