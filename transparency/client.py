@@ -49,7 +49,7 @@ from tlog.errors import ConsistencyError, StatementError
 from .statements import KeyEntry, Release, entry_kind, parse_key_entry, usable_release
 
 __all__ = ["DEFAULT_LOG_STATE", "LogUnavailableError", "LogView", "TrustedLog", "fetch_tiles", "http_fetcher",
-           "load_state", "max_bytes", "save_state"]
+           "load_state", "max_bytes", "read_entries", "save_state"]
 
 Fetch = Callable[[str], bytes]
 
@@ -180,6 +180,23 @@ def fetch_tiles(fetch: Fetch, need: Sequence[TileId]) -> dict[TileId, bytes]:
     return out
 
 
+def read_entries(fetch: Fetch, start: int, size: int) -> list[bytes]:
+    """The entries from index ``start`` (a multiple of ``TILE_WIDTH``) up to ``size``, bundle by bundle. A partial
+    bundle of a tree the log has since grown past may be gone (C2SP lets a log delete partial tiles once the full one
+    exists): then the full bundle's first entries are the same."""
+    out: list[bytes] = []
+    for n in range(start // TILE_WIDTH, (size + TILE_WIDTH - 1) // TILE_WIDTH):
+        width = min(TILE_WIDTH, size - n * TILE_WIDTH)
+        if width == TILE_WIDTH:
+            out += parse_entry_bundle(fetch(entries_path(n)))
+            continue
+        try:
+            out += parse_entry_bundle(fetch(entries_path(n, width)), width)
+        except LogUnavailableError:
+            out += parse_entry_bundle(fetch(entries_path(n)))[:width]
+    return out
+
+
 @dataclass
 class LogView:
     """A verified checkpoint and the entries read under it (every entry used is checked by an inclusion proof)."""
@@ -194,9 +211,7 @@ class LogView:
         return self.checkpoint.checkpoint.size
 
     def _get_tiles(self, need: Sequence[TileId]) -> dict[TileId, bytes]:
-        for t in need:
-            if t not in self._tiles:
-                self._tiles[t] = self.fetch(t.path())
+        self._tiles.update(fetch_tiles(self.fetch, [t for t in dict.fromkeys(need) if t not in self._tiles]))
         return self._tiles
 
     def prove(self, index: int) -> None:
@@ -269,12 +284,7 @@ class TrustedLog:
                     proof = consistency_proof_from_tiles(view._get_tiles(consistency_tiles(old.size, cp.size)),
                                                          old.size, cp.size)
                 check_successor(old, cp, proof)
-        entries: list[bytes] = []
-        for n in range((cp.size + 255) // 256):
-            width = min(256, cp.size - n * 256)
-            entries += parse_entry_bundle(self.fetch(entries_path(n, 0 if width == 256 else width)),
-                                          0 if width == 256 else width)
-        view.entries = entries
+        view.entries = read_entries(self.fetch, 0, cp.size)
         if self.state_file is not None:
             save_state(self.state_file, cp, raw)
         return view

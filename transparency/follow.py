@@ -20,18 +20,16 @@ from tlog import (
     TILE_WIDTH,
     TileId,
     Verifier,
-    entries_path,
     inclusion_proof_from_tiles,
     inclusion_tiles,
     leaf_hash,
     open_checkpoint,
     parse_checkpoint,
-    parse_entry_bundle,
     parse_note,
 )
 from tlog.errors import MalformedError, StatementError, TlogError
 
-from .client import Fetch, LogUnavailableError, fetch_tiles
+from .client import Fetch, fetch_tiles, read_entries
 from .proofs import MAX_RELEASES, InclusionProof, LogProofs
 from .statements import KeyEntry, entry_kind, open_release, parse_key_entry, release_window
 
@@ -100,15 +98,6 @@ class LogFollower:
                     window = (rel.not_before, rel.not_after)
                 self._releases[idx] = window
 
-    def _bundle(self, n: int, width: int) -> list[bytes]:
-        try:
-            return parse_entry_bundle(self.fetch(entries_path(n, width)), width)
-        except LogUnavailableError:
-            if width == 0:
-                raise
-            # the partial bundle of a size the log has since grown past may be gone: the full one starts alike
-            return parse_entry_bundle(self.fetch(entries_path(n)))[:width]
-
     @property
     def behind(self) -> bool:
         """Whether the last update left entries of its checkpoint unread (the next one reads on)."""
@@ -136,9 +125,7 @@ class LogFollower:
         keep = len(self.entries) - len(self.entries) % TILE_WIDTH  # a partial last bundle is read again
         self._reset(keep)
         first = keep // TILE_WIDTH
-        for n in range(first, min((cp.size + TILE_WIDTH - 1) // TILE_WIDTH, first + self.max_bundles)):
-            width = min(TILE_WIDTH, cp.size - n * TILE_WIDTH)
-            self.entries += self._bundle(n, 0 if width == TILE_WIDTH else width)
+        self.entries += read_entries(self.fetch, keep, min(cp.size, (first + self.max_bundles) * TILE_WIDTH))
         self._index(keep)
         # the root of the entries read, once they are the whole tree (a same-size, other-root tree is read again)
         self._size = cp.size
