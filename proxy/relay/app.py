@@ -18,6 +18,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+import hop
+
 from .config import RelayConfig
 from .cors import preflight
 from .forward import forbidden_post, forward
@@ -108,7 +110,9 @@ async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
         auto_decompress=False,
         skip_auto_headers=("User-Agent", "Accept-Encoding"),
     )
+    state.client = hop.Pool(connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout)
     yield
+    await state.client.close()
     await state.session.close()
 
 

@@ -14,8 +14,9 @@ import asyncio
 import time
 from typing import AsyncIterator, Final
 
-import aiohttp
 from aiohttp import web
+
+import hop
 
 from . import cors
 from .errors import bad_gateway, forbidden, gateway_timeout, refuse
@@ -154,13 +155,13 @@ async def _forward(request: web.Request, state: RelayState, pool: ReplicaPool, c
                    clock: BodyClock) -> web.StreamResponse:
     cfg = state.config
     metrics = state.metrics
-    assert state.session is not None
+    assert state.client is not None
     up_bytes = metrics.bytes_up
     # The forwarded request is built from scratch: content type, framing, nothing else of the client's.
-    headers = {"Content-Type": ctype}
+    headers = [("Content-Type", ctype)]
     if ctype == MEDIA_CHUNKED_REQ:
-        headers["Incremental"] = "?1"
-    data: object
+        headers.append(("Incremental", "?1"))
+    data: bytes | AsyncIterator[bytes]
     first = bytearray()  # the request's key id (RFC 9458 §4.1: the first byte of the encapsulated request)
     if ctype == MEDIA_CHUNKED_REQ and not request.content.is_eof():
         data = _body(request, cfg.max_request_bytes, cfg.client_timeout, up_bytes, clock, first)
@@ -179,13 +180,13 @@ async def _forward(request: web.Request, state: RelayState, pool: ReplicaPool, c
     t0 = time.perf_counter()
     try:
         # Another replica is tried only when nothing was sent (connection refused or timed out); never after.
-        upstream, replica = await pool.post(state.session, data, headers, metrics.retries)
+        upstream, replica = await pool.post(state.client, data, headers, metrics.retries)
     except _TooLarge:
         return _too_large(state)
-    except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
-        if clock.timed_out:  # the client's streamed body missed its deadline (aiohttp wraps the error)
-            return _too_slow(state)
-        if isinstance(exc, asyncio.TimeoutError):
+    except asyncio.TimeoutError:  # the client's streamed body missed its deadline
+        return _too_slow(state)
+    except hop.HopError as exc:
+        if isinstance(exc, hop.ReadTimeout) or (isinstance(exc, hop.ConnectFailed) and exc.timed_out):
             metrics.outcome("gateway_timeout").inc()
             return gateway_timeout("the gateway did not answer in time")
         metrics.outcome("gateway_error").inc()
@@ -203,8 +204,32 @@ async def _forward(request: web.Request, state: RelayState, pool: ReplicaPool, c
         replica.release()
 
 
-async def _stream_back(request: web.Request, state: RelayState,
-                       upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+class _TooLong(hop.HopError):
+    """The gateway's answer grew past ``--max-response-bytes``."""
+
+
+class _Pipe:
+    """The gateway's answer, piece by piece, from its socket's callback onto the client's socket (no task wakes up
+    per piece; see :mod:`hop.client`), counted and cut off past the limit."""
+
+    __slots__ = ("downstream", "limit", "total", "down")
+
+    def __init__(self, downstream: hop.Downstream, limit: int, total: int, down: Inc) -> None:
+        self.downstream = downstream
+        self.limit = limit
+        self.total = total
+        self.down = down
+
+    def __call__(self, piece: bytes) -> None:
+        self.total += len(piece)
+        if self.total > self.limit:
+            self.downstream.upstream.abort(_TooLong("the answer grew past --max-response-bytes"))
+            return
+        self.down.inc(len(piece))
+        self.downstream.write(piece)
+
+
+async def _stream_back(request: web.Request, state: RelayState, upstream: hop.Response) -> web.StreamResponse:
     """The gateway's answer, with only :data:`PASS_RESPONSE` headers, cut off past ``max_response_bytes``: one whose
     ``Content-Length`` says it is too large is a 502 before anything is sent; one that grows past the limit, or that
     the gateway breaks off, has its client connection closed short of the body's end."""
@@ -214,7 +239,7 @@ async def _stream_back(request: web.Request, state: RelayState,
         metrics.outcome("response_too_large").inc()
         upstream.close()
         return bad_gateway("the gateway's answer is larger than this relay forwards")
-    out_headers = {k: upstream.headers[k] for k in PASS_RESPONSE if k in upstream.headers}
+    out_headers = {k: v for k in PASS_RESPONSE if (v := upstream.headers.get(k.lower())) is not None}
     out_headers["Cache-Control"] = "no-store"
     resp = _Response(status=upstream.status, headers=out_headers)
     if upstream.content_length is not None and "Incremental" not in out_headers:
@@ -224,19 +249,33 @@ async def _stream_back(request: web.Request, state: RelayState,
     cors.allow(request, resp)
     await resp.prepare(request)
     down = metrics.bytes_down
-    total = 0
     try:
-        # iter_any: whatever the socket has delivered, in one piece (never split by lines or a fixed size); the
-        # relay never looks inside it.
-        async for piece in upstream.content.iter_any():
-            total += len(piece)
-            if total > limit:
-                metrics.outcome("response_too_large").inc()
-                upstream.close()
-                return _cut(request, resp)
+        # The first piece goes through aiohttp's writer, with the status line and headers in the same send; the
+        # rest is piped. The relay never looks inside a piece.
+        piece = await upstream.readany()
+        if len(piece) > limit:
+            raise _TooLong("the answer grew past --max-response-bytes")
+        if piece:
             down.inc(len(piece))
             await resp.write(piece)
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+        if not upstream.done:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the client closed its connection")
+            downstream = hop.Downstream(upstream, transport, chunked=resp.chunked)
+            upstream.pipe(_Pipe(downstream, limit, len(piece), down))
+            await upstream.finished()
+        else:
+            while piece := await upstream.readany():  # the rest of a body that had arrived whole
+                down.inc(len(piece))
+                await resp.write(piece)
+    except hop.ClientGone:
+        raise ConnectionResetError("the client closed its connection") from None
+    except _TooLong:
+        metrics.outcome("response_too_large").inc()
+        upstream.close()
+        return _cut(request, resp)
+    except hop.HopError:
         metrics.outcome("gateway_broke").inc()
         return _cut(request, resp)
     await resp.write_eof()

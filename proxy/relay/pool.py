@@ -20,11 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Final
+from urllib.parse import urlsplit
 
 import aiohttp
+
+import hop
 
 if TYPE_CHECKING:
     from .metrics import Inc
@@ -32,8 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("veil.relay")
 
 WELL_KNOWN: Final = "/.well-known/ohttp-gateway"
-#: Failures that happen before a request's first byte is written: safe to send the request elsewhere.
-NOT_SENT: Final = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 def split_urls(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -58,6 +59,16 @@ class Replica:
     checked_at: float = 0.0
     #: told 1.0 / 0.0 when the replica enters / leaves the rotation (the gauge, with --workers)
     on_change: Callable[[float], None] | None = field(default=None, repr=False)
+    _target: tuple[str, hop.Origin, str] | None = field(default=None, init=False, repr=False)
+
+    def target(self) -> tuple[hop.Origin, str]:
+        """Where requests go: the URL's origin and path (kept until the URL changes, as a vsock bridge's does)."""
+        cached = self._target
+        if cached is None or cached[0] != self.url:
+            parts = urlsplit(self.url)
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            cached = self._target = (self.url, hop.Origin.of(self.url), path)
+        return cached[1], cached[2]
 
     @property
     def healthz_url(self) -> str:
@@ -137,18 +148,19 @@ class ReplicaPool:
         for task in list(self._tasks):
             task.cancel()
 
-    async def post(self, session: aiohttp.ClientSession, data: Any, headers: dict[str, str],
-                   retries: Inc | None = None) -> tuple[aiohttp.ClientResponse, Replica]:
-        """POST to the best replica; on a failure before any byte was sent, to the next one. The caller must
-        :meth:`Replica.release` the replica when the response is done."""
+    async def post(self, client: hop.Pool, data: bytes | AsyncIterable[bytes], headers: Sequence[tuple[str, str]],
+                   retries: Inc | None = None) -> tuple[hop.Response, Replica]:
+        """POST to the best replica; on a failure before any byte was sent (:class:`hop.ConnectFailed`), to the
+        next one. The caller must :meth:`Replica.release` the replica when the response is done."""
         tried: set[Replica] = set()
         while True:
             replica = self.pick(tried)
             assert replica is not None
             replica.outstanding += 1
             try:
-                resp = await session.post(replica.url, data=data, headers=headers, allow_redirects=False)
-            except NOT_SENT as exc:
+                origin, path = replica.target()
+                resp = await client.request(origin, "POST", path, headers, data)
+            except hop.ConnectFailed as exc:
                 replica.outstanding -= 1
                 tried.add(replica)
                 if len(self.replicas) > 1:

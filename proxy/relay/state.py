@@ -8,6 +8,8 @@ from typing import Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
+import hop
+
 from .config import RelayConfig
 from .keycache import KeyCache
 from .limits import Admission, ClientLimits, WriteWatchdog, parse_networks
@@ -25,6 +27,8 @@ class RelayState:
     config: RelayConfig
     worker: WorkerSpec | None = None
     session: aiohttp.ClientSession | None = None
+    #: the forwarded requests' connections to the gateways (the session fetches keys, evidence and health)
+    client: hop.Pool | None = None
     pools: dict[str, ReplicaPool] = field(init=False)
     metrics: RelayMetrics = field(init=False)
     keycache: KeyCache = field(init=False)
