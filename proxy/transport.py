@@ -1,7 +1,8 @@
 """The client side of Veil's OHTTP: fetch and verify keys, encapsulate requests, open (chunked) responses.
 
-One aiohttp ``ClientSession``; all protocol work is done by ``ohttp``. Used by ``veil proxy``, the in-process
-httpx transport and the tests. Every request gets a fresh HPKE context and a ``Date`` inside the encapsulation,
+One aiohttp ``ClientSession`` (and, for ``veil proxy``, a :class:`hop.Pool` carrying the OHTTP requests, where every
+streamed token passes); all protocol work is done by ``ohttp``. Used by ``veil proxy``, the in-process httpx
+transport and the tests. Every request gets a fresh HPKE context and a ``Date`` inside the encapsulation,
 carries only the headers the API needs (:data:`INNER_HEADERS`) and is padded to a size bucket (RFC 9292 zero
 padding), so the relay cannot tell prompts apart by length; nothing that links two requests is added.
 """
@@ -14,12 +15,15 @@ import re
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import AsyncIterator, Callable, Final
+from collections.abc import Mapping
+from typing import AsyncIterator, Callable, Final, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 from aiohttp.client_middlewares import ClientMiddlewareType
 
+import hop
 import ohttp
 from ohttp import bhttp
 
@@ -80,6 +84,27 @@ class KeyState:
         return b"simulated" if self.simulated else b"verified"
 
 
+class HeldToken(Protocol):
+    """One Privacy Pass token to spend (:class:`proxy.client.tokens.HeldToken`)."""
+
+    @property
+    def key_id(self) -> bytes: ...
+
+    @property
+    def header(self) -> str: ...
+
+
+class Tokens(Protocol):
+    """Where a client with a :class:`hop.Pool` gets its Privacy Pass tokens (:class:`proxy.client.tokens.
+    TokenWallet`; sessions use its ``middleware()`` instead)."""
+
+    async def take(self) -> HeldToken: ...
+
+    def learn(self, www_authenticate: str) -> bool: ...
+
+    def drop_key(self, key_id: bytes) -> None: ...
+
+
 #: Verifies an evidence bundle for a keys body; returns (verification result, simulated?) or raises.
 Verifier = Callable[[bytes, bytes], "tuple[object, bool]"]
 #: When a verified bundle stops verifying by itself (unix time), read from its bytes; None: it does not expire.
@@ -123,6 +148,11 @@ class OhttpClient:
 
     ``middlewares`` go on the session this client makes (not on one passed in): a :class:`~proxy.client.tokens.
     TokenWallet`'s ``middleware()`` spends one Privacy Pass token per OHTTP ``POST`` to a relay that requires them.
+
+    ``pool`` (``veil proxy``): the OHTTP ``POST`` requests go through this :class:`hop.Pool` (closed with the client)
+    instead of the session, and a chunked response's content is a :class:`ChunkedStream`, which can be piped; then
+    ``tokens`` (a ``TokenWallet``) spends the Privacy Pass tokens, as its middleware does on a session. Key and
+    evidence fetches always use the session.
     """
 
     def __init__(
@@ -137,8 +167,15 @@ class OhttpClient:
         evidence_expiry: EvidenceExpiry | None = None,
         pad_to: int = REQUEST_PAD,
         middlewares: tuple[ClientMiddlewareType, ...] = (),
+        pool: hop.Pool | None = None,
+        tokens: Tokens | None = None,
     ) -> None:
         self.url = url
+        self._pool = pool
+        self._tokens = tokens
+        self._origin = hop.Origin.of(url)
+        parts = urlsplit(url)
+        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._middlewares = middlewares
         self.keys_url = keys_url or url
         self.attestation_url = attestation_url or url.rstrip("/") + "/attestation"
@@ -163,10 +200,12 @@ class OhttpClient:
         return self._session
 
     async def close(self) -> None:
-        """Close the session if this client created it."""
+        """Close the session if this client created it, and the pool."""
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
+        if self._pool is not None:
+            await self._pool.close()
 
     async def refresh_keys(self, *, stale: bytes | None = None, if_expired: bool = False) -> KeyState:
         """Fetch the key configuration and its evidence, verify, and keep them. Refuses unverifiable keys.
@@ -258,13 +297,15 @@ class OhttpClient:
         self, keys: KeyState, method: str, path: str, headers: list[tuple[str, str]], body: bytes, chunked: bool
     ) -> InnerResponse:
         inner = self._inner(method, path, headers, body)
+        if self._pool is not None:
+            return await self._send_hop(keys.config, inner, chunked)
         s = await self._http()
         if not chunked:
             enc_req, ctx = ohttp.ClientRequest(keys.config).encapsulate(inner)
             try:
                 async with s.post(self.url, data=enc_req, headers=_PLAIN_HEADERS) as r:
                     data = await r.read()
-                    await _check_outer(r, data, ohttp.MEDIA_TYPE_RESPONSE)
+                    _check_outer(r.status, r.headers, data, ohttp.MEDIA_TYPE_RESPONSE)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 raise VeilClientError(f"relay unreachable: {type(exc).__name__}: {exc}", 502) from None
             try:
@@ -281,8 +322,65 @@ class OhttpClient:
         if r.status != 200 or r.headers.get("Content-Type", "").split(";")[0] != ohttp.MEDIA_TYPE_CHUNKED_RESPONSE:
             data = await r.read()
             r.release()
-            await _check_outer(r, data, ohttp.MEDIA_TYPE_CHUNKED_RESPONSE)
+            _check_outer(r.status, r.headers, data, ohttp.MEDIA_TYPE_CHUNKED_RESPONSE)
         return await _open_stream(r, creq.response())
+
+    async def _send_hop(self, config: ohttp.KeyConfig, inner: bytes, chunked: bool) -> InnerResponse:
+        """:meth:`_send` through the pool: a whole response read at once, a chunked one opened as a
+        :class:`ChunkedStream`."""
+        try:
+            if not chunked:
+                enc_req, ctx = ohttp.ClientRequest(config).encapsulate(inner)
+                r = await self._post(enc_req, _PLAIN_HOP)
+                try:
+                    data = await r.read()
+                finally:
+                    r.release()
+                _check_outer(r.status, r.headers, data, ohttp.MEDIA_TYPE_RESPONSE)
+                try:
+                    resp = bhttp.decode_response(ctx.decapsulate(data))
+                except ohttp.OHTTPError as exc:
+                    raise VeilClientError(f"the encapsulated response did not open: {exc}") from None
+                return InnerResponse(resp.status, resp.headers, resp.content)
+            creq = ohttp.ChunkedClientRequest(config)
+            r = await self._post(creq.encode_chunk(inner, final=True), _CHUNKED_HOP)
+            if r.status != 200 or r.headers.get("content-type", "").split(";")[0] != ohttp.MEDIA_TYPE_CHUNKED_RESPONSE:
+                try:
+                    data = await r.read()
+                finally:
+                    r.release()
+                _check_outer(r.status, r.headers, data, ohttp.MEDIA_TYPE_CHUNKED_RESPONSE)
+        except (hop.HopError, aiohttp.ClientError) as exc:  # a TokenWallet's TokenUnavailable is a ClientError
+            raise VeilClientError(f"relay unreachable: {type(exc).__name__}: {exc}", 502) from None
+        stream = ChunkedStream(r, ohttp.ChunkedMessageDecoder(creq.response()))
+        head = await stream.open()
+        return InnerResponse(head.status, head.headers, pieces=stream)
+
+    async def _post(self, body: bytes, headers: tuple[tuple[str, str], ...]) -> hop.Response:
+        """One OHTTP ``POST`` through the pool, spending a token if the client has ``tokens``: a 401/403 carrying
+        a PrivateToken challenge drops the tokens under the refused key, adopts the challenge and is retried once
+        with another token (the relay refused it before forwarding, so the gateway never saw it)."""
+        assert self._pool is not None
+        if self._tokens is None:
+            return await self._pool.request(self._origin, "POST", self._target, headers, body)
+        r: hop.Response | None = None
+        for attempt in (1, 2):
+            try:
+                held = await self._tokens.take()
+            except aiohttp.ClientError:  # TokenUnavailable
+                if r is not None:
+                    return r
+                raise
+            if r is not None:
+                r.close()
+            r = await self._pool.request(self._origin, "POST", self._target,
+                                         (*headers, ("Authorization", held.header)), body)
+            if r.status not in (401, 403) or attempt == 2 or not self._tokens.learn(r.headers.get(
+                    "www-authenticate", "")):
+                return r
+            if r.status == 401:
+                self._tokens.drop_key(held.key_id)
+        raise AssertionError("unreachable")
 
 
 _MAX_AGE: Final = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)\"?", re.IGNORECASE)
@@ -308,6 +406,8 @@ def _default_evidence_expiry(bundle_json: bytes) -> float | None:
 
 _PLAIN_HEADERS: Final = {"Content-Type": ohttp.MEDIA_TYPE_REQUEST}
 _CHUNKED_HEADERS: Final = {"Content-Type": ohttp.MEDIA_TYPE_CHUNKED_REQUEST, "Incremental": "?1"}
+_PLAIN_HOP: Final = tuple(_PLAIN_HEADERS.items())
+_CHUNKED_HOP: Final = tuple(_CHUNKED_HEADERS.items())
 _date_cache: tuple[int, bytes] = (0, b"")
 
 
@@ -335,16 +435,17 @@ class _KeyRejected(Exception):
     pass
 
 
-async def _check_outer(r: aiohttp.ClientResponse, data: bytes, expected: str) -> None:
-    if r.status == 422 and b"ohttp-key" in data:
+def _check_outer(status: int, headers: Mapping[str, str], data: bytes, expected: str) -> None:
+    """``headers``: aiohttp's (any case) or hop's (lower-cased names)."""
+    if status == 422 and b"ohttp-key" in data:
         raise _KeyRejected()
-    if r.status in (401, 403) and "privatetoken" in r.headers.get("WWW-Authenticate", "").lower():
-        raise VeilClientError(f"the relay wants a Privacy Pass token (HTTP {r.status}): give veil proxy --issuer, or "
-                              "the transport tokens=TokenWallet(...)", r.status, "veil_token_required")
-    if r.status != 200:
+    if status in (401, 403) and "privatetoken" in headers.get("www-authenticate", "").lower():
+        raise VeilClientError(f"the relay wants a Privacy Pass token (HTTP {status}): give veil proxy --issuer, or "
+                              "the transport tokens=TokenWallet(...)", status, "veil_token_required")
+    if status != 200:
         # Unencapsulated: from the relay or the gateway before decapsulation. Not trusted beyond its status.
-        raise VeilClientError(f"relay or gateway answered HTTP {r.status} before decryption", 502 if r.status >= 500 else r.status)
-    ctype = r.headers.get("Content-Type", "").split(";")[0].strip()
+        raise VeilClientError(f"relay or gateway answered HTTP {status} before decryption", 502 if status >= 500 else status)
+    ctype = headers.get("content-type", "").split(";")[0].strip()
     if ctype != expected:
         raise VeilClientError(f"unexpected response media type {ctype!r}, wanted {expected}")
 
@@ -410,3 +511,177 @@ async def _open_pieces(
             close()
 
     return InnerResponse(head.status, head.headers, pieces=pieces())
+
+
+
+class _Failed(hop.HopError):
+    """A piped piece did not open: the stream is invalid."""
+
+
+class ChunkedStream:
+    """The content of a chunked OHTTP response that came through a :class:`hop.Pool`, after its head: pulled
+    (``async for``, as the in-process transports do) or pushed (:meth:`pipe`, as ``veil proxy`` does: each piece is
+    decrypted in the socket's callback and handed on at once, with no task woken per token).
+
+    Errors are :class:`VeilClientError` (``stream broke`` for the connection, ``stream failed`` for the bytes), or
+    the :class:`hop.ClientGone` of a piped writer. The response is released once its content has ended (its
+    connection goes back to the pool when the HTTP body has ended too), closed on any failure.
+    """
+
+    __slots__ = ("upstream", "_dec", "_eof", "_ended", "_error", "_write")
+
+    def __init__(self, upstream: hop.Response, dec: ohttp.ChunkedMessageDecoder[ohttp.ChunkedClientResponse]) -> None:
+        self.upstream = upstream
+        self._dec = dec
+        self._eof = False  # the end of the HTTP body was fed to the decoder
+        self._ended = False  # the message's EndOfMessage came out
+        self._error: ohttp.OHTTPError | None = None  # a piped piece did not open
+        self._write: Callable[[bytes], None] | None = None
+
+    async def open(self) -> bhttp.ResponseHead:
+        """Read until the response head has arrived."""
+        try:
+            while True:
+                ev = self._dec.next_event()
+                if ev is ohttp.NEED_DATA:
+                    if not await self._pump():
+                        raise VeilClientError("stream ended before the response head")
+                elif isinstance(ev, bhttp.ResponseHead):
+                    return ev
+        except ohttp.OHTTPError as exc:
+            self.upstream.close()
+            raise VeilClientError(f"the encapsulated stream did not open: {exc}") from None
+        except BaseException:
+            self.upstream.close()
+            raise
+
+    async def _pump(self) -> bool:
+        """Read more from the network into the decoder; False once its end has been fed already."""
+        if self._eof:
+            return False
+        try:
+            piece = await self.upstream.readany()
+        except hop.HopError as exc:
+            raise VeilClientError(f"stream broke: {type(exc).__name__}", 502) from None
+        self._dec.receive_data(piece)
+        self._eof = not piece
+        return True
+
+    # -- pulling ---------------------------------------------------------------------------------------------
+
+    def __aiter__(self) -> ChunkedStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._ended:
+            raise StopAsyncIteration
+        try:
+            while True:
+                ev = self._dec.next_event()
+                if ev is ohttp.NEED_DATA:
+                    if not await self._pump():
+                        raise VeilClientError("stream truncated: it ended without its final chunk")
+                elif isinstance(ev, bhttp.Data):
+                    return ev.data
+                elif isinstance(ev, bhttp.EndOfMessage):
+                    self._ended = True
+                    await self._end()
+                    raise StopAsyncIteration
+        except ohttp.OHTTPError as exc:
+            self.upstream.close()
+            raise VeilClientError(f"stream failed: {exc}") from None
+        except BaseException as exc:
+            if not isinstance(exc, StopAsyncIteration):
+                self.upstream.close()
+            raise
+
+    async def _end(self) -> None:
+        """The message has ended: wait for the HTTP body's own end (it follows at once) so the connection is kept."""
+        try:
+            while await self.upstream.readany():
+                pass  # nothing may follow the final chunk; the decoder is done, so it is not read
+        except hop.HopError:
+            self.upstream.close()  # the content is complete; only the connection is lost
+            return
+        self.upstream.release()
+
+    async def aclose(self) -> None:
+        """Stop reading: the connection is dropped unless the content has ended."""
+        if self._ended:
+            return
+        self.upstream.close()
+
+    # -- pushing ---------------------------------------------------------------------------------------------
+
+    def pipe(self, write: Callable[[bytes], None]) -> None:
+        """From now on, decrypted content goes to ``write`` from the socket's callback (what has arrived already
+        goes at once). Then ``await`` :meth:`finished`."""
+        self._write = write
+        self._decrypt()
+        if not self._ended and self._error is None:
+            self.upstream.pipe(self._received)
+
+    def _received(self, piece: bytes) -> None:
+        if self._ended or self._error is not None:
+            return  # past the final chunk: ignored, as the pulling reader does
+        try:
+            self._dec.receive_data(piece)
+        except ohttp.OHTTPError as exc:
+            self._fail(exc)
+            return
+        self._decrypt()
+
+    def _decrypt(self) -> None:
+        """Hand on what the decoder holds, joined: one write (one HTTP chunk, one send) per network piece."""
+        assert self._write is not None
+        out: list[bytes] = []
+        try:
+            while (ev := self._dec.next_event()) is not ohttp.NEED_DATA:
+                if isinstance(ev, bhttp.Data):
+                    out.append(ev.data)
+                elif isinstance(ev, bhttp.EndOfMessage):
+                    self._ended = True
+                    break
+        except ohttp.OHTTPError as exc:
+            self._fail(exc)  # what opened before the bad chunk is still handed on
+        if out:
+            self._write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _fail(self, exc: ohttp.OHTTPError) -> None:
+        self._error = exc
+        self.upstream.abort(_Failed(str(exc)))  # nothing more is read (a no-op if the body had ended)
+
+    async def finished(self) -> None:
+        """Wait for the end of a piped stream.
+
+        Raises:
+            VeilClientError: the stream broke or failed (then the response is closed).
+            hop.ClientGone: ``write``'s client went away.
+        """
+        try:
+            await self.upstream.finished()
+            if self._error is None and not self._ended:  # the body ended short of the final chunk
+                self._eof = True
+                try:
+                    self._dec.receive_data(b"")
+                except ohttp.OHTTPError as exc:
+                    self._fail(exc)
+                else:
+                    self._decrypt()
+                if self._error is None and not self._ended:
+                    raise VeilClientError("stream truncated: it ended without its final chunk")
+        except _Failed:
+            pass  # self._error says why
+        except hop.ClientGone:
+            self.upstream.close()
+            raise
+        except hop.HopError as exc:
+            self.upstream.close()
+            raise VeilClientError(f"stream broke: {type(exc).__name__}", 502) from None
+        except BaseException:
+            self.upstream.close()
+            raise
+        if self._error is not None:
+            self.upstream.close()
+            raise VeilClientError(f"stream failed: {self._error}")
+        self.upstream.release()

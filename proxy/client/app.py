@@ -2,7 +2,8 @@
 
 The SDK talks plain HTTP to 127.0.0.1; the proxy encapsulates the whole request (method, path, headers, body)
 as BHTTP to the verified gateway key and sends it through the relay. ``stream: true`` travels as chunked OHTTP
-and is re-emitted as SSE as chunks arrive.
+and is re-emitted as SSE as chunks arrive: through a :class:`hop.Pool` (``veil proxy`` makes its client with one),
+each piece is decrypted in the relay socket's callback and written straight onto the SDK's connection.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import TYPE_CHECKING, AsyncIterator, Final
 import orjson
 from aiohttp import web
 
+import hop
 from enclave.attestation import Verdict
 
-from ..transport import ATTESTATION_HEADER, OhttpClient, VeilClientError, wants_stream
+from ..transport import ATTESTATION_HEADER, ChunkedStream, OhttpClient, VeilClientError, wants_stream
 from .guard import host_guard
 from .passthrough import (
     PAGE_ISSUER_PATH,
@@ -96,21 +98,60 @@ async def api(request: web.Request) -> web.StreamResponse:
     out_headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in inner.caller_headers(_HOP, state.client.keys)]
     if inner.pieces is None:
         return web.Response(status=inner.status, body=inner.body, headers=out_headers)
-    resp = web.StreamResponse(status=inner.status, headers=out_headers)
+    resp = _Response(status=inner.status, headers=out_headers)
     resp.enable_chunked_encoding()
     await resp.prepare(request)
     try:
-        async for piece in inner.pieces:
-            await resp.write(piece)
+        if isinstance(inner.pieces, ChunkedStream):
+            await _pipe(request, resp, inner.pieces)
+        else:
+            async for piece in inner.pieces:
+                await resp.write(piece)
     except VeilClientError as exc:
-        # Headers are out; tell the SDK in-band, as an SSE error event, and end the stream.
+        # The head is decided: tell the SDK in-band, as an SSE error event (the openai SDK raises it), then cut the
+        # connection short of the final HTTP chunk, so that any client sees truncation rather than an end.
         log.warning("stream failed: %s", exc)
         err = {"error": {"message": f"Veil: {exc}", "type": "veil_error", "code": "veil_stream_broken"}}
-        await resp.write(b"data: " + orjson.dumps(err) + b"\n\n")
-    except (ConnectionResetError, OSError):
+        try:
+            await resp.write(b"data: " + orjson.dumps(err) + b"\n\n")
+        except (ConnectionResetError, OSError):
+            pass
+        return _cut(request, resp)
+    except (ConnectionResetError, OSError, hop.ClientGone):
         await _drain_close(inner.pieces)
         return resp
     await resp.write_eof()
+    return resp
+
+
+class _Response(web.StreamResponse):
+    """A streamed response whose status line and headers leave with its first body bytes, in one send (as the
+    relay's): the SDK can do nothing with the headers alone, and the first piece is usually there with the head."""
+
+    _send_headers_immediately = False
+
+
+async def _pipe(request: web.Request, resp: web.StreamResponse, stream: ChunkedStream) -> None:
+    """The first piece through aiohttp's writer (with the head), the rest piped from the relay's socket onto the
+    SDK's: no task wakes up per token, and reading from the relay stops while the SDK leaves too much unread
+    (:class:`hop.Downstream`)."""
+    try:
+        first = await stream.__anext__()
+    except StopAsyncIteration:
+        return
+    await resp.write(first)
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("the client closed its connection")
+    stream.pipe(hop.Downstream(stream.upstream, transport, chunked=True).write)
+    await stream.finished()
+
+
+def _cut(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+    """End a started response that cannot be completed: the connection closes after the bytes already written."""
+    resp.force_close()
+    if request.transport is not None:
+        request.transport.close()
     return resp
 
 

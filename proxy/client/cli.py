@@ -9,6 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+import hop
 from transparency.client import DEFAULT_LOG_STATE
 from veil_cli import Option, add_options
 
@@ -116,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
     client = OhttpClient(
         args.relay, verifier=make_verifier(allow_simulated=args.insecure_allow_simulated, policy=policy,
                                              transparency=transparency),
-        middlewares=(wallet.middleware(),) if wallet is not None else (),
+        # every request to the relay through hop (each streamed token passes here; see hop.client), spending
+        # the wallet's tokens itself
+        pool=hop.Pool(connect_timeout=10, read_timeout=600), tokens=wallet,
     )
     web_dir = str(WEB_DIR) if (WEB_DIR / "index.html").is_file() else None
     app = create_app(client, api_key_mode=args.api_key, static_dir=web_dir,
