@@ -173,7 +173,7 @@ class OhttpClient:
         self.url = url
         self._pool = pool
         self._tokens = tokens
-        self._origin = hop.Origin.of(url)
+        self._origin = hop.Origin.of(url) if pool is not None else None
         parts = urlsplit(url)
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._middlewares = middlewares
@@ -360,7 +360,7 @@ class OhttpClient:
         """One OHTTP ``POST`` through the pool, spending a token if the client has ``tokens``: a 401/403 carrying
         a PrivateToken challenge drops the tokens under the refused key, adopts the challenge and is retried once
         with another token (the relay refused it before forwarding, so the gateway never saw it)."""
-        assert self._pool is not None
+        assert self._pool is not None and self._origin is not None
         if self._tokens is None:
             return await self._pool.request(self._origin, "POST", self._target, headers, body)
         r: hop.Response | None = None
