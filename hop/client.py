@@ -20,6 +20,7 @@ Failures are :class:`HopError`: :class:`ConnectFailed` when nothing was sent (th
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
@@ -36,6 +37,12 @@ MAX_HEAD: Final = 64 * 1024
 MAX_HEADERS: Final = 100
 #: a request body's bytes waiting in the socket buffer before the writer waits for the server to read
 _WRITE_HIGH: Final = 256 * 1024
+#: pulled body bytes waiting unread before the socket is no longer read
+PULL_HIGH: Final = 256 * 1024
+
+
+_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_TARGET: Final = re.compile(r"/[\x21-\x7e]*")
 
 
 class HopError(Exception):
@@ -88,7 +95,7 @@ class Response:
     connection); both are safe to call twice."""
 
     __slots__ = ("status", "headers", "content_length", "_conn", "_pending", "_waiter", "_sink", "_done",
-                 "_error", "_finished", "_released")
+                 "_error", "_finished", "_released", "_pending_bytes", "_held")
 
     def __init__(self, conn: _Conn) -> None:
         self.status = 0
@@ -103,6 +110,8 @@ class Response:
         self._error: HopError | None = None
         self._finished: asyncio.Future[None] | None = None
         self._released = False
+        self._pending_bytes = 0
+        self._held = False  # reading paused because pulled pieces wait unread
 
     # -- pulling ---------------------------------------------------------------------------------------------
 
@@ -119,6 +128,10 @@ class Response:
             if self._pending:
                 pending = self._pending
                 self._pending = []
+                self._pending_bytes = 0
+                if self._held:
+                    self._held = False
+                    self.resume_reading()
                 return pending[0] if len(pending) == 1 else b"".join(pending)
             if self._error is not None:
                 raise self._error
@@ -213,6 +226,11 @@ class Response:
             self._sink(piece)
             return
         self._pending.append(piece)
+        self._pending_bytes += len(piece)
+        if self._pending_bytes > PULL_HIGH and not self._held:
+            # pulled more slowly than it arrives: stop reading the socket until the reader catches up
+            self._held = True
+            self._conn.transport_pause(True)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -256,7 +274,9 @@ class _Conn(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's transports do not subclass asyncio's
+        assert hasattr(transport, "write")  # uvloop's transports do not subclass asyncio.Transport
+        transport.set_write_buffer_limits(high=_WRITE_HIGH)  # type: ignore[attr-defined]
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.last_data = self.loop.time()
@@ -316,6 +336,8 @@ class _Conn(asyncio.Protocol):
         self._headers += 1
         if self._headers > MAX_HEADERS:  # every header line, repeated names too
             self._refuse(BadResponse(f"more than {MAX_HEADERS} response headers"))
+        if resp.status:
+            return  # a chunked body's trailer: counted, never taken for a header
         resp.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
@@ -450,6 +472,9 @@ class _Conn(asyncio.Protocol):
                         break
                     if piece:
                         transport.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+                        # while the request is still going out, the server's silence is expected: only the time
+                        # since the last piece counts
+                        self.last_data = self.loop.time()
                         if self._writable is not None:
                             await self._writable
                 if not self.closed:
@@ -459,6 +484,9 @@ class _Conn(asyncio.Protocol):
             # the body's source failed (the caller's client was too slow, ...) or the answer did: the connection is
             # in an unknown state and is not reused
             self.close()
+            head_future = self._head
+            if head_future is not None and head_future.done() and not head_future.cancelled():
+                head_future.exception()  # retrieved: the caller gets the body's own exception
             raise
         finally:
             self._head = None
@@ -483,6 +511,10 @@ class Pool:
                       body: bytes | AsyncIterable[bytes] | None = None) -> Response:
         """Send one request and return its response once the status and headers have arrived. ``headers`` must not
         carry ``Host``, ``Content-Length`` or ``Transfer-Encoding``: those come from ``origin`` and ``body``."""
+        if not _TOKEN.fullmatch(method) or method == "HEAD":  # a HEAD answer's body framing would be misread
+            raise ValueError(f"unsupported method {method!r}")
+        if not _TARGET.fullmatch(target):
+            raise ValueError("request target must be an origin-form path without spaces or control characters")
         lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode("ascii"), target.encode("ascii"),
                                                       origin.host_header)]
         for name, value in headers:

@@ -1279,3 +1279,76 @@ async def test_pool_close_closes_idle_connections(serve: Serve) -> None:
     resp.release()
     await pool.close()
     await closed.wait()
+
+
+# -- the review's second round: trailers, request-line checks, pulled backpressure, slow uploads ----------------------
+
+
+@bounded
+async def test_trailer_fields_do_not_become_headers(serve: Serve, pool: hop.Pool) -> None:
+    server = await serve(keep_answering(
+        CHUNKED_HEAD[:-2] + b"Trailer: X-Late\r\n\r\n" + chunk(b"abc") + b"0\r\nX-Late: sneaky\r\nContent-Type: x\r\n\r\n"))
+    resp = await pool.request(server.origin, "GET", "/")
+    assert await resp.read() == b"abc"
+    assert "x-late" not in resp.headers and "content-type" not in resp.headers
+    assert resp.headers["trailer"] == "X-Late"
+
+
+@pytest.mark.parametrize(("method", "target"), [
+    ("GET", "/a b"), ("GET", "/a\r\nX: y"), ("GET", "http://elsewhere/"), ("GET", ""), ("GET", "/\x7f"),
+    ("G ET", "/"), ("GET\r\n", "/"), ("HEAD", "/"),
+])
+@bounded
+async def test_a_bad_method_or_target_is_refused_before_connecting(serve: Serve, pool: hop.Pool, method: str,
+                                                                   target: str) -> None:
+    server = await serve(keep_answering(OK))
+    with pytest.raises(ValueError):
+        await pool.request(server.origin, method, target)
+    assert server.accepted == 0
+
+
+@bounded
+async def test_a_pulled_body_read_slowly_stops_the_socket_being_read(serve: Serve, pool: hop.Pool) -> None:
+    # 16 MiB offered as fast as the client takes it, pulled by nobody for a while: hop stops reading past
+    # PULL_HIGH, so the server gets out little more than the socket buffers hold; then all of it arrives
+    sent = 0
+
+    async def handle(peer: Peer) -> None:
+        nonlocal sent
+        await peer.request()
+        await peer.send(CHUNKED_HEAD)
+        for _ in range(256):
+            await peer.send(chunk(bytes(65536)))
+            sent += 65536
+        await peer.send(b"0\r\n\r\n")
+        await peer.client_closed()
+
+    server = await serve(handle)
+    resp = await pool.request(server.origin, "GET", "/")
+    await asyncio.sleep(0.5)
+    assert sent < 12 << 20, f"{sent} bytes taken in with nothing pulled"
+    total = 0
+    async for piece in resp:
+        total += len(piece)
+    assert total == 16 << 20
+
+
+@bounded
+async def test_a_slow_upload_is_not_a_read_timeout_while_pieces_keep_going_out(serve: Serve) -> None:
+    async def handle(peer: Peer) -> None:
+        await peer.request()  # the whole chunked body, terminator included
+        await peer.send(OK)
+        await peer.client_closed()
+
+    async def slow() -> AsyncIterator[bytes]:
+        for _ in range(6):
+            await asyncio.sleep(0.1)
+            yield b"x"
+
+    server = await serve(handle)
+    p = hop.Pool(read_timeout=0.3)  # the upload takes 0.6 s, never 0.3 s without a piece
+    try:
+        resp = await p.request(server.origin, "POST", "/", body=slow())
+        assert await resp.read() == b"ok"
+    finally:
+        await p.close()
