@@ -6,14 +6,16 @@ import asyncio
 import ipaddress
 import logging
 import time
-from typing import AsyncIterator
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
+import hop
+
 from .base import SSE, EngineUnavailable, InnerResponse
 from .selfcheck import SELF_CHECKS, EngineSelfCheckFailed, SelfCheck, cpu_summary, judge
+from .sse import SseStream
 
 log = logging.getLogger("veil.engine")
 
@@ -30,7 +32,12 @@ def require_loopback(url: str) -> None:
 
 
 class UpstreamEngine:
-    """Forwards to ``base_url`` (e.g. ``http://127.0.0.1:8000``) over one pooled client session."""
+    """Forwards to ``base_url`` (e.g. ``http://127.0.0.1:8000``).
+
+    Requests travel over a :class:`hop.Pool`, whose streamed answers can be pushed from the socket's callback
+    (:class:`~enclave.engines.sse.SseStream`): every token crosses this hop. The rare control requests (models,
+    health, the self-check) keep an aiohttp session, for its whole-request timeouts and JSON helpers.
+    """
 
     kind = "upstream"
 
@@ -40,6 +47,9 @@ class UpstreamEngine:
         self.base_url = base_url.rstrip("/")
         self._read_timeout = read_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._pool: hop.Pool | None = None
+        self._origin = hop.Origin.of(self.base_url)
+        self._prefix = urlsplit(self.base_url).path  # a base URL's own path, kept in front of each request's
         self._models: list[str] | None = None
         self._healthy = False
         #: ask SELF_CHECKS before reporting healthy (see selfcheck.py); until it passed, healthy() is False
@@ -50,7 +60,11 @@ class UpstreamEngine:
         self.self_check_hint = "check the upstream server's model and numerics"
 
     def open_session(self) -> None:
-        """The pooled client session to the upstream (idempotent)."""
+        """The pooled connections to the upstream (idempotent)."""
+        if self._pool is None:
+            # As the aiohttp session's timeouts were: 5 s to connect, then the engine may stay silent for
+            # read_timeout (before its head, or between two pieces of a stream), however long it streams.
+            self._pool = hop.Pool(connect_timeout=5, read_timeout=self._read_timeout)
         if self._session is None:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self._read_timeout)
             self._session = aiohttp.ClientSession(
@@ -126,6 +140,9 @@ class UpstreamEngine:
         return False
 
     async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -139,54 +156,23 @@ class UpstreamEngine:
         return list(self._models or [])
 
     async def call(self, method: str, path: str, body: bytes | None, *, stream: bool) -> InnerResponse:
-        if self._session is None:
+        pool = self._pool
+        if pool is None:
             raise EngineUnavailable("engine not started")
-        headers = {"content-type": "application/json"} if body is not None else {}
+        headers = (("content-type", "application/json"),) if body is not None else ()
         try:
-            resp = await self._session.request(method, self.base_url + path, data=body, headers=headers)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            resp = await pool.request(self._origin, method, self._prefix + path, headers, body)
+        except hop.HopError as exc:
             self._healthy = False
             raise EngineUnavailable(f"engine unreachable: {type(exc).__name__}") from None
         # Only the media type travels on: nothing else the engine says about itself reaches the client.
         ctype = resp.headers.get("content-type", "application/json").split(";")[0].strip().encode("latin-1")
         if stream and resp.status == 200 and ctype == b"text/event-stream":
-            return InnerResponse(status=200, headers=SSE, events=_sse_events(resp))
+            return InnerResponse(status=200, headers=SSE, events=SseStream(resp))
         try:
             data = await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except hop.HopError as exc:
             raise EngineUnavailable(f"engine failed mid-response: {type(exc).__name__}") from None
         finally:
             resp.release()
         return InnerResponse(status=resp.status, headers=((b"content-type", ctype),), body=data)
-
-
-async def _sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """Split an SSE body into events (each ending in a blank line) as bytes arrive. The complete events that one
-    read brought are handed on together, as one piece: they are available already, so joining them delays none of
-    them, and the gateway seals and sends one chunk instead of one per event (the end of a stream, or an engine
-    that is ahead of the network)."""
-    buf = b""
-    complete = False
-    try:
-        async for piece in resp.content.iter_any():
-            buf += piece.replace(b"\r\n", b"\n")
-            if (i := buf.rfind(b"\n\n")) < 0:
-                continue
-            ready, buf = buf[: i + 2], buf[i + 2 :]
-            if ready.count(b"\n\n") == 1:
-                if ready.strip():
-                    yield ready  # the usual case: exactly one event
-                continue
-            events = [e for e in ready.split(b"\n\n") if e.strip()]
-            if events:
-                yield b"\n\n".join(events) + b"\n\n"
-        if buf.strip():
-            yield buf if buf.endswith(b"\n\n") else buf.rstrip(b"\n") + b"\n\n"
-        complete = True
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise EngineUnavailable(f"engine stream broke: {type(exc).__name__}") from None
-    finally:
-        if not complete:
-            resp.close()  # closing the connection makes vLLM abort the generation
-        else:
-            resp.release()

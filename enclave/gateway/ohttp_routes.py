@@ -15,16 +15,19 @@ import asyncio
 import logging
 import math
 import time
-from typing import AsyncIterator, Final
+from typing import AsyncIterator, Callable, Final
 
 import orjson
 from aiohttp import web
+from prometheus_client import Counter
 
+import hop
 import ohttp
 from ohttp import bhttp
 
 from ..attestation.errors import AttestationError
 from ..engines import EngineUnavailable, InnerResponse
+from ..engines.sse import SseStream
 from .app_state_keys import STATE
 from .inner import MAX_REQUEST_CHUNKS as _MAX_REQUEST_CHUNKS
 from .inner import serve_inner
@@ -269,6 +272,8 @@ async def _post_chunked(request: web.Request) -> web.StreamResponse:
             # A whole body (an error, or a route that does not stream) travels in the final chunk, padded as a
             # whole so that the one sealed chunk the relay sees has the bucket's size, not the body's.
             last = bhttp.encode_chunk(api_resp.body) if api_resp.body else b""
+        elif isinstance(api_resp.events, SseStream) and state.config.coalesce_ms <= 0:
+            await _pipe_events(request, api_resp.events, seal, pad, m.chunks)
         elif state.config.coalesce_ms <= 0:
             # No coalescing window: without _events in between, one generator hop less per token; each piece is
             # padded and framed in one join (the bytes of frame(_pad_event(piece, pad))).
@@ -299,6 +304,49 @@ async def _post_chunked(request: web.Request) -> web.StreamResponse:
     m.outcome("chunked", outcome).inc()
     m.latency_of("chunked").observe(time.perf_counter() - start)
     return out
+
+
+class _Sealer:
+    """One piece of a stream's content, padded, framed and sealed as the next chunk (the bytes the pulled path
+    sends), and written by ``write`` (:class:`hop.Downstream`'s, straight onto the relay's connection). ``count``:
+    the chunks written, added to the metrics once per stream (a counter's ``inc`` takes a lock: per token, it cost
+    as much as the padding)."""
+
+    __slots__ = ("write", "seal", "pad", "count")
+
+    def __init__(self, write: Callable[[bytes], None], seal: Callable[[bytes], bytes], pad: int) -> None:
+        self.write = write
+        self.seal = seal
+        self.pad = pad
+        self.count = 0
+
+    def __call__(self, piece: bytes) -> None:
+        self.write(self.seal(_padded_chunk(piece, self.pad) if self.pad > 0 else bhttp.encode_chunk(piece)))
+        self.count += 1
+
+
+async def _pipe_events(request: web.Request, events: SseStream, seal: Callable[[bytes], bytes], pad: int,
+                       chunks: Counter) -> None:
+    """An upstream engine's stream, each piece of events sealed and written from the engine socket's callback onto
+    the relay's connection (no task wakes up per token; see :mod:`hop.client`), with the relay's unread bytes
+    bounded by pausing the engine's socket (:class:`hop.Downstream`). The response head has gone out through
+    aiohttp's writer; its final chunk follows the same way. An engine failure ends the stream in an SSE error event,
+    as on the pulled path; a client that has gone is a ``ConnectionResetError`` (and the engine's connection is
+    closed, which makes vLLM abort the generation)."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        await events.aclose()
+        raise ConnectionResetError("the client closed its connection")
+    sealer = _Sealer(hop.Downstream(events.upstream, transport, chunked=True).write, seal, pad)
+    events.pipe(sealer)
+    try:
+        await events.finished()
+    except EngineUnavailable as exc:
+        sealer(_engine_failed_event(exc))
+    except hop.ClientGone:
+        raise ConnectionResetError("the client closed its connection") from None
+    finally:
+        chunks.inc(sealer.count)
 
 
 def _take_data(dec: ohttp.ChunkedMessageDecoder[ohttp.ChunkedGatewayRequest], inner: bytearray) -> None:

@@ -1,59 +1,46 @@
 """The upstream engine's SSE splitter: events that one read brought travel on together (one sealed chunk at the
-gateway, none delayed); events split across reads, blank events and CRLF framing come out as before."""
+gateway, none delayed); events split across reads, blank events and CRLF framing come out as before. Every case
+is also fed whole and byte by byte: the events' bytes must not depend on how the engine's writes were cut."""
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+import pytest
 
-from enclave.engines.upstream import _sse_events
-
-
-class _Content:
-    def __init__(self, pieces: list[bytes]) -> None:
-        self.pieces = pieces
-
-    async def iter_any(self) -> AsyncIterator[bytes]:
-        for p in self.pieces:
-            yield p
+from enclave.engines.sse import SseSplitter
 
 
-class _Resp:
-    """What ``_sse_events`` uses of an aiohttp response: ``content.iter_any()``, ``release()``, ``close()``."""
-
-    def __init__(self, pieces: list[bytes]) -> None:
-        self.content = _Content(pieces)
-        self.released = self.closed = False
-
-    def release(self) -> None:
-        self.released = True
-
-    def close(self) -> None:
-        self.closed = True
+def _pieces(reads: list[bytes]) -> list[bytes]:
+    split = SseSplitter()
+    out = [ready for r in reads if (ready := split.feed(r))]
+    if tail := split.end():
+        out.append(tail)
+    return out
 
 
-async def _pieces(reads: list[bytes]) -> tuple[list[bytes], Any]:
-    resp = _Resp(reads)
-    out = [p async for p in _sse_events(resp)]  # type: ignore[arg-type]
-    return out, resp
+CASES = [
+    ([b"data: a\n\n", b"data: b\n\n", b"data: [DONE]\n\n"], [b"data: a\n\n", b"data: b\n\n", b"data: [DONE]\n\n"]),
+    ([b"data: a\n\n", b'data: {"finish"}\n\ndata: {"usage"}\n\ndata: [DONE]\n\n'],
+     [b"data: a\n\n", b'data: {"finish"}\n\ndata: {"usage"}\n\ndata: [DONE]\n\n']),
+    ([b"data: a\n\ndata: b", b"c\n\n\n\ndata: d\n\nda", b"ta: e\n\n", b"\n\n"],
+     [b"data: a\n\n", b"data: bc\n\ndata: d\n\n", b"data: e\n\n"]),
+    ([b"data: a\r\n\r\ndata: b\r\n\r\n", b"data: [DONE]"], [b"data: a\n\ndata: b\n\n", b"data: [DONE]\n\n"]),
+    ([b"\n\n", b"\n\n\n\n", b"  \n\n"], []),
+    ([b"data: x\n", b"\n"], [b"data: x\n\n"]),
+    ([b"data: unterminated\n"], [b"data: unterminated\n\n"]),
+]
 
 
-async def test_one_event_per_read_is_one_piece_each() -> None:
-    out, resp = await _pieces([b"data: a\n\n", b"data: b\n\n", b"data: [DONE]\n\n"])
-    assert out == [b"data: a\n\n", b"data: b\n\n", b"data: [DONE]\n\n"]
-    assert resp.released and not resp.closed
+@pytest.mark.parametrize(("reads", "expected"), CASES)
+def test_pieces_as_read(reads: list[bytes], expected: list[bytes]) -> None:
+    assert _pieces(reads) == expected
 
 
-async def test_events_available_together_are_one_piece() -> None:
-    out, _ = await _pieces([b"data: a\n\n", b'data: {"finish"}\n\ndata: {"usage"}\n\ndata: [DONE]\n\n'])
-    assert out == [b"data: a\n\n", b'data: {"finish"}\n\ndata: {"usage"}\n\ndata: [DONE]\n\n']
-
-
-async def test_an_incomplete_event_waits_for_its_end_and_blank_events_are_dropped() -> None:
-    out, _ = await _pieces([b"data: a\n\ndata: b", b"c\n\n\n\ndata: d\n\nda", b"ta: e\n\n", b"\n\n"])
-    assert out == [b"data: a\n\n", b"data: bc\n\ndata: d\n\n", b"data: e\n\n"]
-    assert b"".join(out) == b"data: a\n\ndata: bc\n\ndata: d\n\ndata: e\n\n"
-
-
-async def test_crlf_framing_and_an_unterminated_last_event() -> None:
-    out, _ = await _pieces([b"data: a\r\n\r\ndata: b\r\n\r\n", b"data: [DONE]"])
-    assert out == [b"data: a\n\ndata: b\n\n", b"data: [DONE]\n\n"]
+# (CRLF is folded per read: a CR and its LF split across two reads stay apart, as before)
+@pytest.mark.parametrize(("reads", "expected"), [c for c in CASES if b"\r" not in b"".join(c[0])])
+def test_the_same_events_whole_and_byte_by_byte(reads: list[bytes], expected: list[bytes]) -> None:
+    whole = b"".join(reads)
+    want = b"".join(expected)
+    assert b"".join(_pieces([whole])) == want
+    assert b"".join(_pieces([whole[i:i + 1] for i in range(len(whole))])) == want
+    # byte by byte, every piece is exactly one event: nothing is held back once its blank line has arrived
+    assert all(p.count(b"\n\n") == 1 for p in _pieces([whole[i:i + 1] for i in range(len(whole))]))
