@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-__all__ = ["BadResponse", "ConnectFailed", "HopError", "Origin", "Pool", "ReadTimeout", "Response"]
+__all__ = ["BadResponse", "ConnectFailed", "HopError", "Origin", "Pool", "ReadTimeout", "Response", "check_target"]
 
 #: status line plus headers, in bytes
 MAX_HEAD: Final = 64 * 1024
@@ -44,6 +44,14 @@ PULL_HIGH: Final = 256 * 1024
 
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _TARGET: Final = re.compile(r"/[\x21-\x7e]*")
+
+
+def check_target(target: str) -> str:
+    """``target`` if it can be a request target here (an origin-form path and query: no spaces or control
+    characters), else ``ValueError``; for checking configured URLs when they are read, not on each request."""
+    if not _TARGET.fullmatch(target):
+        raise ValueError(f"not a request path without spaces or control characters: {target!r}")
+    return target
 
 
 class HopError(Exception):
@@ -81,7 +89,12 @@ class Origin:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        return cls(parts.scheme, parts.hostname, port)
+        origin = cls(parts.scheme, parts.hostname, port)
+        try:
+            origin.host_header  # noqa: B018 - a host IDNA cannot encode is refused here, once, not per request
+        except UnicodeError:
+            raise ValueError(f"not a valid host name: {parts.hostname!r}") from None
+        return origin
 
     @functools.cached_property
     def host_header(self) -> bytes:  # cached: the idna codec is slow enough to show in a profile per request
@@ -96,7 +109,7 @@ class Response:
     connection); both are safe to call twice."""
 
     __slots__ = ("status", "headers", "content_length", "_conn", "_pending", "_waiter", "_sink", "_done",
-                 "_error", "_finished", "_released", "_pending_bytes", "_held")
+                 "_error", "_finished", "_released", "_pending_bytes", "_held", "_batch")
 
     def __init__(self, conn: _Conn) -> None:
         self.status = 0
@@ -113,6 +126,7 @@ class Response:
         self._released = False
         self._pending_bytes = 0
         self._held = False  # reading paused because pulled pieces wait unread
+        self._batch: list[bytes] = []  # piped pieces of the current read
 
     # -- pulling ---------------------------------------------------------------------------------------------
 
@@ -170,8 +184,12 @@ class Response:
         self._sink = sink
         pending = self._pending
         self._pending = []
-        for piece in pending:
-            sink(piece)
+        self._pending_bytes = 0
+        if self._held:  # read was held for a puller that is gone: the sink decides from now on (it may pause again)
+            self._held = False
+            self.resume_reading()
+        if pending:
+            sink(pending[0] if len(pending) == 1 else b"".join(pending))
 
     async def finished(self) -> None:
         """Wait for the end of a piped body; raises the :class:`HopError` that cut it short."""
@@ -224,7 +242,9 @@ class Response:
         if self._error is not None:  # aborted (by the sink, on a piece before this one in the same read)
             return
         if self._sink is not None:
-            self._sink(piece)
+            # the pieces of one socket read reach the sink together (see _Conn.data_received): one write onward for
+            # what arrived together, as a puller gets it
+            self._batch.append(piece)
             return
         self._pending.append(piece)
         self._pending_bytes += len(piece)
@@ -235,7 +255,16 @@ class Response:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def _flush(self) -> None:
+        """Hand the sink what this read brought."""
+        batch = self._batch
+        if batch:
+            self._batch = []
+            if self._error is None and self._sink is not None:
+                self._sink(batch[0] if len(batch) == 1 else b"".join(batch))
+
     def _end(self) -> None:
+        self._flush()
         self._done = True
         self._wake()
 
@@ -262,9 +291,10 @@ class _Conn(asyncio.Protocol):
         self.response: Response | None = None
         self._head: asyncio.Future[None] | None = None
         self._head_bytes = 0
-        self._head_read = 0  # bytes received while the head is incomplete
+        self._unbodied = 0  # bytes received since the last body piece (head, chunk framing, trailers)
         self._headers = 0
         self._keep_alive = False
+        self._sending = False  # a streamed request body is still going out
         self._writable: asyncio.Future[None] | None = None
         self._reading_paused = False
         self.last_data = 0.0
@@ -284,22 +314,26 @@ class _Conn(asyncio.Protocol):
         if self.parser is None:  # bytes while no request is out: the server is not speaking HTTP to us
             self.close()
             return
+        # llhttp hands a header (or a trailer field) over only once it has ended, and httptools keeps what came of it
+        # so far: bytes that are not body are counted here, and past MAX_HEAD since the last body piece (a head, or
+        # trailers, that never end) the response is refused, after what arrived so far
+        self._unbodied += len(data)
+        resp = self.response
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._error(BadResponse("the server switched protocols"))
         except httptools.HttpParserError as exc:
-            if self.response is not None and self.response._error is not None:
+            if resp is not None:
+                resp._flush()  # what was well-formed before the error still reaches the sink, as it would by chunk
+            if resp is not None and resp._error is not None:
                 return  # a callback's own failure (limits below), already recorded
             self._error(BadResponse(f"malformed HTTP response ({exc})"))
             return
-        head = self._head
-        if head is not None and not head.done():
-            # llhttp hands a header over only once it has ended (then _count sees it): one that never ends is cut
-            # off here, after what arrived so far
-            self._head_read += len(data)
-            if self._head_read > MAX_HEAD:
-                self._error(BadResponse(f"response head larger than {MAX_HEAD} bytes"))
+        if resp is not None:
+            resp._flush()
+        if self._unbodied > MAX_HEAD and self.parser is not None and (resp is None or not resp._done):
+            self._error(BadResponse(f"response head or trailers larger than {MAX_HEAD} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -355,14 +389,17 @@ class _Conn(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         assert self.response is not None
+        self._unbodied = 0
         self.response._body(body)
 
     def on_message_complete(self) -> None:
         resp = self.response
         assert resp is not None and self.parser is not None
         # asked now: once this callback returns, llhttp has reset the message's flags and would answer for none
-        self._keep_alive = self.parser.should_keep_alive()
+        self._keep_alive = self.parser.should_keep_alive() and not self._sending
         self._cancel_timer()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)  # a request body still going out stops (exchange sees the answer)
         resp._end()
         if not resp._released:
             return
@@ -459,7 +496,8 @@ class _Conn(asyncio.Protocol):
         assert transport is not None
         resp = self.response = Response(self)
         self.parser = httptools.HttpResponseParser(self)
-        self._head_bytes = self._head_read = self._headers = 0
+        self._head_bytes = self._unbodied = self._headers = 0
+        self._sending = False
         self._keep_alive = False
         self._head = self.loop.create_future()
         self._arm_timer()
@@ -468,8 +506,10 @@ class _Conn(asyncio.Protocol):
                 transport.write(head + body if body else head)
             else:
                 transport.write(head)
+                self._sending = True
                 async for piece in body:
-                    if self.closed:
+                    if self.closed or resp._done:  # answered before the body ended: the rest is not wanted
+                        self._keep_alive = False  # and the server may still be reading it: not reusable
                         break
                     if piece:
                         transport.write(b"%x\r\n%b\r\n" % (len(piece), piece))
@@ -478,8 +518,9 @@ class _Conn(asyncio.Protocol):
                         self.last_data = self.loop.time()
                         if self._writable is not None:
                             await self._writable
-                if not self.closed:
+                if not self.closed and not resp._done:
                     transport.write(b"0\r\n\r\n")
+                self._sending = False
             await self._head
         except BaseException:
             # the body's source failed (the caller's client was too slow, ...) or the answer did: the connection is
@@ -499,8 +540,9 @@ class Pool:
 
     def __init__(self, *, connect_timeout: float | None = None, read_timeout: float | None = None,
                  ssl_context: ssl.SSLContext | None = None, idle_timeout: float = 15.0, max_idle: int = 256) -> None:
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
+        # 0 or less means no limit, as it did for aiohttp's client timeouts these replace
+        self.connect_timeout = connect_timeout if connect_timeout is not None and connect_timeout > 0 else None
+        self.read_timeout = read_timeout if read_timeout is not None and read_timeout > 0 else None
         self.ssl_context = ssl_context
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
@@ -514,8 +556,7 @@ class Pool:
         carry ``Host``, ``Content-Length`` or ``Transfer-Encoding``: those come from ``origin`` and ``body``."""
         if not _TOKEN.fullmatch(method) or method == "HEAD":  # a HEAD answer's body framing would be misread
             raise ValueError(f"unsupported method {method!r}")
-        if not _TARGET.fullmatch(target):
-            raise ValueError("request target must be an origin-form path without spaces or control characters")
+        check_target(target)
         lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode("ascii"), target.encode("ascii"),
                                                       origin.host_header)]
         for name, value in headers:
@@ -543,7 +584,7 @@ class Pool:
         loop = asyncio.get_running_loop()
         use_ssl = self.ssl_context if origin.scheme == "https" else None
         if origin.scheme == "https" and use_ssl is None:
-            use_ssl = ssl.create_default_context()
+            use_ssl = self.ssl_context = ssl.create_default_context()  # once: it loads the CA store
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(lambda: _Conn(self, origin, loop), origin.host, origin.port,

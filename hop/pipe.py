@@ -18,8 +18,10 @@ __all__ = ["ClientGone", "Downstream", "HIGH_WATER", "LOW_WATER"]
 
 HIGH_WATER: Final = 256 * 1024
 LOW_WATER: Final = 64 * 1024
-#: how often a paused pipe looks at the client's buffer again (only while paused)
+#: how soon a paused pipe first looks at the client's buffer again, and the longest wait between looks (each wait
+#: doubles while the client reads nothing): one check chain per pipe, however many pieces arrive meanwhile
 _RECHECK: Final = 0.005
+_RECHECK_MAX: Final = 0.2
 
 
 class ClientGone(HopError):
@@ -29,13 +31,14 @@ class ClientGone(HopError):
 class Downstream:
     """The client side of a pipe: ``write`` frames a piece (HTTP/1.1 chunked or raw) and sends it."""
 
-    __slots__ = ("upstream", "transport", "chunked", "_loop")
+    __slots__ = ("upstream", "transport", "chunked", "_loop", "_paused")
 
     def __init__(self, upstream: Response, transport: asyncio.Transport, *, chunked: bool) -> None:
         self.upstream = upstream
         self.transport = transport
         self.chunked = chunked
         self._loop = asyncio.get_running_loop()
+        self._paused = False
 
     def closing(self) -> bool:
         """True (and the upstream response aborted) once the client has gone."""
@@ -51,14 +54,18 @@ class Downstream:
             return
         # the same bytes aiohttp's own writer sends for one write of a chunked response
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
-        if transport.get_write_buffer_size() > HIGH_WATER:
+        if not self._paused and transport.get_write_buffer_size() > HIGH_WATER:
+            self._paused = True
             self.upstream.pause_reading()
-            self._loop.call_later(_RECHECK, self._drained)
+            self._loop.call_later(_RECHECK, self._drained, _RECHECK)
 
-    def _drained(self) -> None:
+    def _drained(self, waited: float) -> None:
         if self.closing():
+            self._paused = False
             return
         if self.transport.get_write_buffer_size() <= LOW_WATER:
+            self._paused = False
             self.upstream.resume_reading()
         else:
-            self._loop.call_later(_RECHECK, self._drained)
+            wait = min(waited * 2, _RECHECK_MAX)
+            self._loop.call_later(wait, self._drained, wait)
