@@ -3,11 +3,14 @@
 Why two ways: the gateway passes every token through here. Pulled (``async for``), each read wakes a task before
 the event can be sealed; pushed (:meth:`SseStream.pipe`), the events are handed to a function from the engine
 socket's own callback (see :mod:`hop.client`), which seals and writes them to the relay with no task switch per
-token. Both give the same pieces: the complete events that one read brought, joined (they are available already,
-so joining delays none of them, and the gateway seals and sends one chunk instead of one per event).
+token. Both give the complete events that have arrived, joined: pushed, those of one socket read; pulled, those of
+the reads since the last pull (one read, unless the puller fell behind). They are available already, so joining
+delays none of them, and the gateway seals and sends one chunk instead of one per event. The pieces carry no
+framing of their own: the splitter takes its input cut anywhere (an HTTP chunk, a read, a byte).
 
-An engine that breaks off, or stays silent past the pool's read timeout, is :class:`EngineUnavailable`; a stream
-given up before its end closes the engine's connection, which makes vLLM abort the generation.
+An engine that breaks off, stays silent past the pool's read timeout, or sends more than :data:`MAX_EVENT` bytes
+without ending an event, is :class:`EngineUnavailable`; a stream given up before its end closes the engine's
+connection, which makes vLLM abort the generation.
 """
 
 from __future__ import annotations
@@ -19,39 +22,74 @@ import hop
 
 from .base import EngineUnavailable
 
-__all__ = ["SseSplitter", "SseStream"]
+__all__ = ["MAX_EVENT", "EventTooLarge", "SseSplitter", "SseStream"]
 
 _BLANK: Final = b"\n\n"
+#: The most bytes of an unfinished event (since the last blank line) kept while waiting for its end. Without a bound,
+#: an engine that never sends a blank line would grow the gateway's memory for as long as it streams. Generous, as a
+#: real event can be large: a chat token's is a few hundred bytes, but ``/v1/completions`` with ``echo`` and
+#: ``logprobs`` sends the whole prompt with its tokens' logprobs in the first event (some 70 bytes a token, so several
+#: MiB for a long prompt). 16 MiB takes that for prompts of about 200k tokens, and bounds a broken engine's streams
+#: at a few GiB even with hundreds of them at once (each is cut off as soon as it passes the bound).
+MAX_EVENT: Final = 16 * 1024 * 1024
+
+
+class EventTooLarge(EngineUnavailable):
+    """The engine sent more than :data:`MAX_EVENT` bytes without ending an event."""
 
 
 class SseSplitter:
     """Sans-I/O: :meth:`feed` takes bytes as they arrive and returns the complete events among them (``b""`` if
     none), each ending in a blank line, blank events dropped, CRLF framing turned into LF; :meth:`end` returns
-    what is left at the end of the body (an unterminated last event, terminated)."""
+    what is left at the end of the body (an unterminated last event, terminated). An unfinished event past
+    :data:`MAX_EVENT` bytes is :class:`EventTooLarge` (from :meth:`feed`; the splitter is then empty)."""
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_parts", "_size")
 
     def __init__(self) -> None:
-        self._buf = b""
+        # the unfinished event's pieces, joined only once its end arrives (a large event costs no copy per read)
+        self._parts: list[bytes] = []
+        self._size = 0
 
     def feed(self, piece: bytes) -> bytes:
-        if not self._buf and piece.endswith(_BLANK) and piece.count(_BLANK) == 1 and b"\r" not in piece:
+        if not self._size and piece.endswith(_BLANK) and piece.count(_BLANK) == 1 and b"\r" not in piece:
             return b"" if piece.isspace() else piece  # the usual read: exactly one whole event
         if b"\r" in piece:
             piece = piece.replace(b"\r\n", b"\n")
-        buf = self._buf + piece if self._buf else piece
+        if self._size:
+            if _BLANK not in piece and not (piece[:1] == b"\n" and self._parts[-1][-1:] == b"\n"):
+                self._keep(piece)  # still no end
+                return b""
+            buf = b"".join((*self._parts, piece))
+            self._parts, self._size = [], 0
+        else:
+            buf = piece
         if (i := buf.rfind(_BLANK)) < 0:
-            self._buf = buf
+            self._keep(buf)
             return b""
         end = i + 2
-        ready, self._buf = (buf, b"") if end == len(buf) else (buf[:end], buf[end:])
+        if end == len(buf):
+            ready = buf
+        else:
+            ready = buf[:end]
+            self._keep(buf[end:])
         if ready.count(_BLANK) == 1:
             return b"" if ready.isspace() else ready
         events = [e for e in ready.split(_BLANK) if e.strip()]
         return _BLANK.join(events) + _BLANK if events else b""
 
+    def _keep(self, piece: bytes) -> None:
+        if not piece:
+            return
+        self._size += len(piece)
+        if self._size > MAX_EVENT:
+            self._parts, self._size = [], 0
+            raise EventTooLarge(f"more than {MAX_EVENT} bytes without the end of an event")
+        self._parts.append(piece)
+
     def end(self) -> bytes:
-        buf, self._buf = self._buf, b""
+        buf = b"".join(self._parts)
+        self._parts, self._size = [], 0
         if not buf.strip():
             return b""
         return buf if buf.endswith(_BLANK) else buf.rstrip(b"\n") + _BLANK
@@ -63,13 +101,14 @@ class SseStream:
     and ``await`` :meth:`finished`. Either way its end releases the connection; :meth:`aclose` before the end
     closes it."""
 
-    __slots__ = ("upstream", "_split", "_sink", "_sink_error", "_ended")
+    __slots__ = ("upstream", "_split", "_sink", "_sink_error", "_too_large", "_ended")
 
     def __init__(self, upstream: hop.Response) -> None:
         self.upstream = upstream
         self._split = SseSplitter()
         self._sink: Callable[[bytes], None] | None = None
         self._sink_error: Exception | None = None
+        self._too_large: EventTooLarge | None = None
         self._ended = False
 
     # -- pulling ---------------------------------------------------------------------------------------------
@@ -93,7 +132,12 @@ class SseStream:
                 if tail := self._split.end():
                     return tail
                 break
-            if ready := self._split.feed(piece):
+            try:
+                ready = self._split.feed(piece)
+            except EventTooLarge:
+                self.close()
+                raise
+            if ready:
                 return ready
         raise StopAsyncIteration
 
@@ -108,7 +152,13 @@ class SseStream:
     def _piece(self, piece: bytes) -> None:
         assert self._sink is not None
         try:
-            if ready := self._split.feed(piece):
+            ready = self._split.feed(piece)
+        except EventTooLarge as exc:  # the engine's fault: finished() raises it, as for an engine that broke off
+            self._too_large = exc
+            self.upstream.abort(hop.BadResponse(str(exc)))
+            return
+        try:
+            if ready:
                 self._sink(ready)
         except Exception as exc:  # a bug in the sink: the stream stops here, and finished() raises it
             self._sink_error = exc
@@ -116,8 +166,9 @@ class SseStream:
 
     async def finished(self) -> None:
         """Wait for the end of a piped stream; its last, unterminated event (if any) goes to the sink first.
-        Raises :class:`EngineUnavailable` when the engine broke off or stayed silent too long, and the
-        :class:`hop.HopError` the sink aborted with otherwise (:class:`hop.ClientGone`, ...)."""
+        Raises :class:`EngineUnavailable` when the engine broke off, stayed silent too long or sent an event past
+        :data:`MAX_EVENT`, and the :class:`hop.HopError` the sink aborted with otherwise (:class:`hop.ClientGone`,
+        ...)."""
         assert self._sink is not None
         try:
             await self.upstream.finished()
@@ -125,6 +176,8 @@ class SseStream:
             self.close()
             if self._sink_error is not None:
                 raise self._sink_error from None
+            if self._too_large is not None:
+                raise self._too_large from None
             if isinstance(exc, hop.ClientGone):  # not the engine's failure: the consumer's own
                 raise
             raise EngineUnavailable(f"engine stream broke: {type(exc).__name__}") from None

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import time
+from typing import Final
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -18,6 +19,12 @@ from .selfcheck import SELF_CHECKS, EngineSelfCheckFailed, SelfCheck, cpu_summar
 from .sse import SseStream
 
 log = logging.getLogger("veil.engine")
+
+#: Seconds an engine connection may wait idle in the pool before it is no longer reused: below the engine server's own
+#: keep-alive (uvicorn's ``timeout_keep_alive``, 5 s by default, which vLLM keeps), so the gateway never sends a
+#: request on a connection the engine is closing at that moment (which would fail the request with a 503 and mark the
+#: engine unhealthy). ``hop.Pool``'s default (15 s) and aiohttp's connector's (15 s) are both longer.
+IDLE_TIMEOUT: Final = 4.0
 
 
 def require_loopback(url: str) -> None:
@@ -64,11 +71,12 @@ class UpstreamEngine:
         if self._pool is None:
             # As the aiohttp session's timeouts were: 5 s to connect, then the engine may stay silent for
             # read_timeout (before its head, or between two pieces of a stream), however long it streams.
-            self._pool = hop.Pool(connect_timeout=5, read_timeout=self._read_timeout)
+            self._pool = hop.Pool(connect_timeout=5, read_timeout=self._read_timeout, idle_timeout=IDLE_TIMEOUT)
         if self._session is None:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=self._read_timeout)
             self._session = aiohttp.ClientSession(
-                timeout=timeout, connector=aiohttp.TCPConnector(limit=0, force_close=False), auto_decompress=False
+                timeout=timeout, auto_decompress=False,
+                connector=aiohttp.TCPConnector(limit=0, force_close=False, keepalive_timeout=IDLE_TIMEOUT),  # as above
             )
 
     async def start(self) -> None:

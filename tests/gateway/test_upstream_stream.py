@@ -8,7 +8,9 @@ connection close); the message's content picks the script."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -16,9 +18,11 @@ import orjson
 import pytest
 from aiohttp import web
 
+import hop
 import ohttp
 from enclave.attestation import SimulatedProvider
 from enclave.engines import UpstreamEngine
+from enclave.engines.sse import MAX_EVENT
 from enclave.gateway import GatewayConfig, create_app
 from enclave.gateway.app_state_keys import STATE
 from ohttp import GatewayKey, KeyRing, bhttp
@@ -30,6 +34,8 @@ EVENTS = [b'data: {"n": %d}\n\n' % i for i in range(5)]
 #: (about 14 MiB on Linux's loopback), and padded still under the client's 64 MiB limit on a response's content
 FLOOD_EVENT = b"data: " + b"x" * (32 * 1024 - 8) + b"\n\n"
 FLOOD_EVENTS = 1920
+#: what the "endless" engine sends without ending its event (then it ends the body): past the gateway's bound
+ENDLESS = MAX_EVENT + 2 * 1024 * 1024
 
 
 @dataclass
@@ -50,8 +56,12 @@ async def _chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
 
 
 async def _watch_eof(reader: asyncio.StreamReader, engine: Engine) -> None:
-    if not await reader.read(1):
-        engine.hung_up.set()
+    try:
+        if await reader.read(1):
+            return
+    except ConnectionError:  # reset: closed with our bytes unread
+        pass
+    engine.hung_up.set()
 
 
 async def _script(name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, engine: Engine) -> bool:
@@ -67,6 +77,7 @@ async def _script(name: str, reader: asyncio.StreamReader, writer: asyncio.Strea
             await _chunk(writer, event)
             await asyncio.sleep(0.01)
         await _chunk(writer, EVENTS[3] + EVENTS[4][:7])  # two reads that cut one event apart
+        await asyncio.sleep(0.01)  # (two reads: the gateway hands on the events of one read together)
         await _chunk(writer, EVENTS[4][7:] + b"data: [DONE]\n\n")
         await _chunk(writer, b"")
         return True
@@ -91,6 +102,23 @@ async def _script(name: str, reader: asyncio.StreamReader, writer: asyncio.Strea
         except ConnectionError:
             pass
         await asyncio.wait_for(watch, 30)
+        return False
+    if name == "endless":  # an event whose lines go on and on, its blank line never sent
+        watch = asyncio.ensure_future(_watch_eof(reader, engine))
+        try:
+            await _chunk(writer, EVENTS[0])
+            line = b"data: " + b"x" * (64 * 1024 - 7) + b"\n"
+            for _ in range(ENDLESS // len(line)):
+                if watch.done():
+                    break
+                await _chunk(writer, line)
+            await _chunk(writer, b"")
+        except ConnectionError:
+            pass
+        try:
+            await asyncio.wait_for(watch, 10)
+        except TimeoutError:
+            pass
         return False
     if name == "flood":
         for _ in range(FLOOD_EVENTS):
@@ -204,6 +232,42 @@ async def test_an_engine_that_stalls_mid_stream_hits_the_read_timeout(gateway_on
     assert events[0] == EVENTS[0] and len(events) == 2
     assert "ReadTimeout" in _engine_error(events[1])["message"]
     await asyncio.wait_for(engine.hung_up.wait(), 10)  # and its connection is closed
+
+
+@pytest.mark.parametrize("config", [{}, {"coalesce_ms": 50.0}])
+async def test_an_event_that_never_ends_is_cut_off_with_an_error_event(gateway_on: MakeGateway, engine: Engine,
+                                                                       config: dict[str, Any]) -> None:
+    gw = await gateway_on(**config)  # piped, and pulled
+    got = await asyncio.wait_for(gw.stream(chat_request("endless", stream=True)), 30)
+    events = _events(got.content)
+    assert events[0] == EVENTS[0] and len(events) == 2
+    assert _engine_error(events[1])["code"] == "engine_unavailable"
+    assert len(got.content) < 64 * 1024  # nothing of the unfinished event was passed on
+    await asyncio.wait_for(engine.hung_up.wait(), 10)  # and the engine's connection is closed (vLLM aborts)
+
+
+async def test_an_event_that_never_ends_over_plain_ohttp(gateway_on: MakeGateway, engine: Engine) -> None:
+    gw = await gateway_on()
+    _, resp = await asyncio.wait_for(gw.roundtrip(chat_request("endless", stream=True)), 30)
+    events = _events(resp.content)
+    assert resp.status == 200 and events[0] == EVENTS[0] and len(events) == 2
+    assert _engine_error(events[1])["code"] == "engine_unavailable"
+    await asyncio.wait_for(engine.hung_up.wait(), 10)
+
+
+async def test_an_engine_connection_idle_past_uvicorns_keep_alive_is_not_reused(
+        gateway_on: MakeGateway, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    gw = await gateway_on()
+    await gw.stream(chat_request("ok", stream=True))
+    reused = engine.connections
+    await gw.stream(chat_request("ok", stream=True))
+    assert engine.connections == reused  # kept alive between two requests close together
+    # 4.5 s later (uvicorn, vLLM's server, closes an idle connection after 5 s): a request sent on the idle
+    # connection might meet the engine closing it, so a fresh one is made
+    real = time.monotonic
+    monkeypatch.setattr(hop.client, "time", SimpleNamespace(monotonic=lambda: real() + 4.5))
+    got = await gw.stream(chat_request("ok", stream=True))
+    assert got.head.status == 200 and engine.connections == reused + 1
 
 
 @pytest.mark.parametrize("script", ["silent", "refuse"])
