@@ -40,6 +40,10 @@ INNER_HEADERS: Final = frozenset({"content-type", "accept", "authorization", "op
 REQUEST_PAD: Final = 1024
 #: The response header in which clients tell their caller how the gateway's attestation was checked.
 ATTESTATION_HEADER: Final = b"x-veil-attestation"
+#: The largest whole (non-streamed) answer read from the relay: a relay cuts answers off at its
+#: ``--max-response-bytes`` (64 MiB by default), and the gateway's BHTTP content is bounded by the same 64 MiB
+#: (``bhttp.Limits.max_content_size``). A body past it is refused (:class:`VeilClientError`, 502), never buffered.
+MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 
 
 def inner_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
@@ -173,9 +177,10 @@ class OhttpClient:
         self.url = url
         self._pool = pool
         self._tokens = tokens
-        self._origin = hop.Origin.of(url) if pool is not None else None
-        parts = urlsplit(url)
-        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._origin: hop.Origin | None = None
+        self._target = "/"
+        if pool is not None:  # checked here, once: a bad URL would otherwise fail every request
+            self._origin, self._target = _hop_target(url)
         self._middlewares = middlewares
         self.keys_url = keys_url or url
         self.attestation_url = attestation_url or url.rstrip("/") + "/attestation"
@@ -223,12 +228,12 @@ class OhttpClient:
                 async with s.get(self.keys_url, headers={"Accept": ohttp.MEDIA_TYPE_KEYS}) as r:
                     if r.status != 200:
                         raise VeilClientError(f"key fetch from {self.keys_url} failed: HTTP {r.status}")
-                    body = await r.read()
+                    body = await _read_aiohttp(r)
                     keys_age = max_age(r.headers.get("Cache-Control"))
                 async with s.get(self.attestation_url, headers={"Accept": "application/json"}) as r:
                     if r.status != 200:
                         raise VeilClientError(f"attestation fetch from {self.attestation_url} failed: HTTP {r.status}")
-                    bundle = await r.read()
+                    bundle = await _read_aiohttp(r)
                     bundle_age = max_age(r.headers.get("Cache-Control"))
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 raise VeilClientError(f"cannot reach {self.keys_url}: {type(exc).__name__}: {exc}") from None
@@ -304,7 +309,7 @@ class OhttpClient:
             enc_req, ctx = ohttp.ClientRequest(keys.config).encapsulate(inner)
             try:
                 async with s.post(self.url, data=enc_req, headers=_PLAIN_HEADERS) as r:
-                    data = await r.read()
+                    data = await _read_aiohttp(r)
                     _check_outer(r.status, r.headers, data, ohttp.MEDIA_TYPE_RESPONSE)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 raise VeilClientError(f"relay unreachable: {type(exc).__name__}: {exc}", 502) from None
@@ -320,8 +325,12 @@ class OhttpClient:
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise VeilClientError(f"relay unreachable: {type(exc).__name__}: {exc}", 502) from None
         if r.status != 200 or r.headers.get("Content-Type", "").split(";")[0] != ohttp.MEDIA_TYPE_CHUNKED_RESPONSE:
-            data = await r.read()
-            r.release()
+            try:
+                data = await _read_aiohttp(r)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise VeilClientError(f"relay unreachable: {type(exc).__name__}: {exc}", 502) from None
+            finally:
+                r.release()
             _check_outer(r.status, r.headers, data, ohttp.MEDIA_TYPE_CHUNKED_RESPONSE)
         return await _open_stream(r, creq.response())
 
@@ -333,7 +342,7 @@ class OhttpClient:
                 enc_req, ctx = ohttp.ClientRequest(config).encapsulate(inner)
                 r = await self._post(enc_req, _PLAIN_HOP)
                 try:
-                    data = await r.read()
+                    data = await _read_hop(r)
                 finally:
                     r.release()
                 _check_outer(r.status, r.headers, data, ohttp.MEDIA_TYPE_RESPONSE)
@@ -346,7 +355,7 @@ class OhttpClient:
             r = await self._post(creq.encode_chunk(inner, final=True), _CHUNKED_HOP)
             if r.status != 200 or r.headers.get("content-type", "").split(";")[0] != ohttp.MEDIA_TYPE_CHUNKED_RESPONSE:
                 try:
-                    data = await r.read()
+                    data = await _read_hop(r)
                 finally:
                     r.release()
                 _check_outer(r.status, r.headers, data, ohttp.MEDIA_TYPE_CHUNKED_RESPONSE)
@@ -364,22 +373,31 @@ class OhttpClient:
         if self._tokens is None:
             return await self._pool.request(self._origin, "POST", self._target, headers, body)
         r: hop.Response | None = None
-        for attempt in (1, 2):
-            try:
-                held = await self._tokens.take()
-            except aiohttp.ClientError:  # TokenUnavailable
+        try:
+            for attempt in (1, 2):
+                try:
+                    held = await self._tokens.take()
+                except aiohttp.ClientError:  # TokenUnavailable: the refusal stands
+                    if r is None:
+                        raise
+                    refused, r = r, None
+                    return refused
                 if r is not None:
-                    return r
-                raise
+                    r.close()
+                    r = None
+                r = await self._pool.request(self._origin, "POST", self._target,
+                                             (*headers, ("Authorization", held.header)), body)
+                if r.status not in (401, 403) or attempt == 2 or not self._tokens.learn(r.headers.get(
+                        "www-authenticate", "")):
+                    answer, r = r, None
+                    return answer
+                if r.status == 401:
+                    self._tokens.drop_key(held.key_id)
+        finally:
+            # a refused answer not handed on (taking another token failed otherwise, or the task was cancelled):
+            # its connection is dropped, never left open
             if r is not None:
                 r.close()
-            r = await self._pool.request(self._origin, "POST", self._target,
-                                         (*headers, ("Authorization", held.header)), body)
-            if r.status not in (401, 403) or attempt == 2 or not self._tokens.learn(r.headers.get(
-                    "www-authenticate", "")):
-                return r
-            if r.status == 401:
-                self._tokens.drop_key(held.key_id)
         raise AssertionError("unreachable")
 
 
@@ -433,6 +451,59 @@ def wants_stream(body: bytes) -> bool:
 
 class _KeyRejected(Exception):
     pass
+
+
+def _hop_target(url: str) -> tuple[hop.Origin, str]:
+    """``url``'s origin and request target for a :class:`hop.Pool`; ValueError (saying what is wrong) for a URL
+    the pool could not send a request to: not http(s), a bad port, a host IDNA refuses (``a..b``), a path with
+    spaces, control or non-ASCII characters."""
+    try:
+        origin = hop.Origin.of(url)
+        parts = urlsplit(url)
+        target = hop.check_target((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+        origin.host_header  # noqa: B018 - encoded once here (Origin.of checks it too, today)
+    except ValueError as exc:  # UnicodeError is one
+        raise ValueError(f"bad relay URL {url!r}: {exc}") from None
+    return origin, target
+
+
+def _too_large(limit: int) -> VeilClientError:
+    return VeilClientError(f"the relay's answer is larger than {limit} bytes", 502)
+
+
+async def _read_aiohttp(r: aiohttp.ClientResponse) -> bytes:
+    """A whole answer through the session, at most :data:`MAX_RESPONSE_BYTES` (else :class:`VeilClientError`, the
+    connection dropped)."""
+    limit = MAX_RESPONSE_BYTES
+    if r.content_length is not None and r.content_length > limit:
+        r.close()
+        raise _too_large(limit)
+    parts: list[bytes] = []
+    total = 0
+    async for piece in r.content.iter_any():
+        total += len(piece)
+        if total > limit:
+            r.close()
+            raise _too_large(limit)
+        parts.append(piece)
+    return b"".join(parts)
+
+
+async def _read_hop(r: hop.Response) -> bytes:
+    """:func:`_read_aiohttp` for a :class:`hop.Response` (its :class:`hop.HopError` pass through)."""
+    limit = MAX_RESPONSE_BYTES
+    if r.content_length is not None and r.content_length > limit:
+        r.close()
+        raise _too_large(limit)
+    parts: list[bytes] = []
+    total = 0
+    while piece := await r.readany():
+        total += len(piece)
+        if total > limit:
+            r.close()
+            raise _too_large(limit)
+        parts.append(piece)
+    return b"".join(parts)
 
 
 def _check_outer(status: int, headers: Mapping[str, str], data: bytes, expected: str) -> None:
@@ -618,8 +689,10 @@ class ChunkedStream:
         goes at once). Then ``await`` :meth:`finished`."""
         self._write = write
         self._decrypt()
-        if not self._ended and self._error is None:
-            self.upstream.pipe(self._received)
+        # Always attached, even when the content has ended already (or failed): the HTTP body's end is still to
+        # be read, and bytes after the content must be taken (and ignored) for it to come; left to the pull mode,
+        # they would pile up unread until reading paused, and finished() would wait for ever.
+        self.upstream.pipe(self._received)
 
     def _received(self, piece: bytes) -> None:
         if self._ended or self._error is not None:
@@ -652,7 +725,9 @@ class ChunkedStream:
         self.upstream.abort(_Failed(str(exc)))  # nothing more is read (a no-op if the body had ended)
 
     async def finished(self) -> None:
-        """Wait for the end of a piped stream.
+        """Wait for the end of a piped stream: for the HTTP body's end after the content's (then the connection
+        goes back to the pool). A connection that breaks or stalls after the content has ended is closed, and the
+        stream has still succeeded.
 
         Raises:
             VeilClientError: the stream broke or failed (then the response is closed).
@@ -676,7 +751,9 @@ class ChunkedStream:
             self.upstream.close()
             raise
         except hop.HopError as exc:
-            self.upstream.close()
+            self.upstream.close()  # never reused: the HTTP body did not end as it should
+            if self._ended and self._error is None:
+                return  # the content is complete (as the pulling reader takes it); only the connection is lost
             raise VeilClientError(f"stream broke: {type(exc).__name__}", 502) from None
         except BaseException:
             self.upstream.close()

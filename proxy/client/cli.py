@@ -114,13 +114,16 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"veil proxy: --issuer: {exc}") from None
     elif args.issuer_key:
         raise SystemExit("veil proxy: --issuer-key is for an issuer: give --issuer URL too")
-    client = OhttpClient(
-        args.relay, verifier=make_verifier(allow_simulated=args.insecure_allow_simulated, policy=policy,
-                                             transparency=transparency),
-        # every request to the relay through hop (each streamed token passes here; see hop.client), spending
-        # the wallet's tokens itself
-        pool=hop.Pool(connect_timeout=10, read_timeout=600), tokens=wallet,
-    )
+    verifier = make_verifier(allow_simulated=args.insecure_allow_simulated, policy=policy, transparency=transparency)
+    try:
+        client = OhttpClient(
+            args.relay, verifier=verifier,
+            # every request to the relay through hop (each streamed token passes here; see hop.client), spending
+            # the wallet's tokens itself
+            pool=hop.Pool(connect_timeout=10, read_timeout=600), tokens=wallet,
+        )
+    except ValueError as exc:  # a relay URL no request could be sent to (OhttpClient checks it once, here)
+        raise SystemExit(f"veil proxy: --relay: {exc}") from None
     web_dir = str(WEB_DIR) if (WEB_DIR / "index.html").is_file() else None
     app = create_app(client, api_key_mode=args.api_key, static_dir=web_dir,
                      allow_simulated=args.insecure_allow_simulated,

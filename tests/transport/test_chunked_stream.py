@@ -13,10 +13,10 @@ from aiohttp.test_utils import TestServer
 
 import hop
 import ohttp
-from ohttp import ChunkedMessageDecoder
+from ohttp import ChunkedMessageDecoder, bhttp
 from proxy.transport import ChunkedStream, VeilClientError
 
-from .test_open_stream import EVENTS, bytewise, stream, whole
+from .test_open_stream import EVENTS, KEY, RING, bytewise, stream, whole
 
 
 async def serve(writes: list[bytes], *, cut: bool = False, gate: asyncio.Event | None = None) -> TestServer:
@@ -124,6 +124,101 @@ async def test_connection_cut_mid_stream_breaks_it(read: str) -> None:
         with pytest.raises(VeilClientError, match="stream broke: BadResponse") as info:
             await READERS[read](s)
         assert info.value.status == 502
+    finally:
+        await pool.close()
+        await server.close()
+
+
+# -- the content ended before the HTTP body did (a gateway that ends the message in a non-final chunk) -------------
+
+
+def early_end() -> tuple[ohttp.ChunkedClientRequest, bytes]:
+    """A chunked response whose BHTTP end comes in a non-final chunk: its content is complete, and the HTTP body
+    may still go on after it (a final chunk; here whatever the relay sends)."""
+    creq = ohttp.ChunkedClientRequest(KEY.config)
+    greq = ohttp.ChunkedGatewayRequest(RING)
+    greq.receive_data(creq.encode_chunk(bhttp.encode_request(bhttp.Request(method=b"POST")), final=True))
+    greq.receive_data(b"")
+    while greq.next_event() is not ohttp.NEED_DATA:
+        pass
+    enc = greq.response()
+    parts = [enc.encode_chunk(bhttp.encode_response_head(200, [("content-type", "text/event-stream")]))]
+    parts += [enc.encode_chunk(bhttp.encode_chunk(e)) for e in EVENTS]
+    parts.append(enc.encode_chunk(bhttp.encode_end()))
+    return creq, b"".join(parts)
+
+
+async def serve_after(message: bytes, gate: asyncio.Event, then: str) -> TestServer:
+    """Writes ``message``, waits for ``gate``, then: ``junk`` (1 MiB more of HTTP body, then its end), ``stall``
+    (the HTTP body never ends) or ``cut`` (the connection closes)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        out = web.StreamResponse(headers={"Content-Type": ohttp.MEDIA_TYPE_CHUNKED_RESPONSE})
+        out.enable_chunked_encoding()
+        await out.prepare(request)
+        await out.write(message)
+        await gate.wait()
+        if then == "junk":
+            for _ in range(16):
+                await out.write(b"\x5a" * 65536)
+            await out.write_eof()
+        elif then == "cut":
+            assert request.transport is not None
+            request.transport.close()
+        else:
+            await asyncio.Event().wait()  # until the server closes
+        return out
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    server = TestServer(app)
+    await server.start_server()
+    return server
+
+
+async def test_bytes_after_the_content_are_taken_and_ignored_when_piped() -> None:
+    """The whole message was pulled (as ``veil proxy`` pulls its first piece) before more than hop.PULL_HIGH bytes
+    followed it: piping must still take them, or reading stays paused and the stream never finishes."""
+    creq, message = early_end()
+    gate = asyncio.Event()
+    server = await serve_after(message, gate, "junk")
+    pool = hop.Pool()
+    try:
+        r = await pool.request(hop.Origin.of(str(server.make_url("/"))), "POST", "/", body=b"x")
+        dec = ChunkedMessageDecoder(creq.response())
+        got = b""
+        while len(got) < len(message):  # all of it in the decoder, none of what follows
+            got += await r.readany()
+        dec.receive_data(got)
+        s = ChunkedStream(r, dec)
+        assert (await s.open()).status == 200
+        gate.set()
+        for _ in range(500):  # the bytes after the end pile up unread until reading pauses
+            if r._held:
+                break
+            await asyncio.sleep(0.01)
+        assert r._held
+        assert await asyncio.wait_for(push(s), 10) == b"".join(EVENTS)
+        assert sum(len(v) for v in pool._idle.values()) == 1  # the HTTP body ended well: the connection is kept
+    finally:
+        await pool.close()
+        await server.close()
+
+
+@pytest.mark.parametrize("read", READERS)
+@pytest.mark.parametrize("then", ["stall", "cut"])
+async def test_a_connection_lost_after_the_content_is_no_failure(read: str, then: str) -> None:
+    """The content has ended; the HTTP body then stalls (read timeout) or breaks: the stream has succeeded, and
+    the connection is dropped, not reused."""
+    creq, message = early_end()
+    gate = asyncio.Event()
+    gate.set()
+    server = await serve_after(message, gate, then)
+    pool = hop.Pool(read_timeout=0.3)
+    try:
+        s = await opened(server, pool, creq)
+        assert await asyncio.wait_for(READERS[read](s), 10) == b"".join(EVENTS)
+        assert not pool._idle.get(s.upstream._conn.origin)
     finally:
         await pool.close()
         await server.close()
