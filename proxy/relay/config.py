@@ -9,6 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Sequence
+from urllib.parse import urlsplit
+
+import hop
 
 from .limits import parse_networks
 from .pool import split_urls
@@ -67,6 +70,13 @@ class RelayConfig:
                     parse_vsock_url(url)  # ValueError says what is wrong
                 elif not url.startswith(("http://", "https://")):
                     raise ValueError(f"gateway URL {url!r} must be http(s):// or vsock://CID:PORT/path")
+                else:  # what the forwarded requests need of it, checked once here rather than failing each request
+                    parts = urlsplit(url)
+                    try:
+                        hop.Origin.of(url)
+                        hop.check_target((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+                    except ValueError as exc:
+                        raise ValueError(f"gateway URL {url!r}: {exc}") from None
         parse_networks(self.trusted_proxies)  # ValueError says which one is wrong
         if self.require_token is None and self.token_origin:
             raise ValueError("token origins are given but no issuer's tokens are required (--require-token)")

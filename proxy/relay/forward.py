@@ -15,6 +15,7 @@ import time
 from typing import AsyncIterator, Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 import hop
 
@@ -50,6 +51,16 @@ async def forbidden_post(request: web.Request) -> web.Response:
 def _too_large(state: RelayState) -> web.Response:
     return refuse(state.metrics, "too_large", 413, "request too large",
                   f"limit is {state.config.max_request_bytes} bytes")
+
+
+def _bad_body(state: RelayState) -> web.Response:
+    return refuse(state.metrics, "bad_request", 400, "bad request", "the request body's framing is malformed")
+
+
+def _client_gone(state: RelayState) -> web.StreamResponse:
+    """The client's connection broke while its request body was read or forwarded: nobody is left to answer."""
+    state.metrics.outcome("client_gone").inc()
+    return web.StreamResponse()
 
 
 def _too_slow(state: RelayState) -> web.Response:
@@ -174,6 +185,10 @@ async def _forward(request: web.Request, state: RelayState, pool: ReplicaPool, c
             return _too_large(state)
         except asyncio.TimeoutError:
             return _too_slow(state)
+        except HttpProcessingError:
+            return _bad_body(state)
+        except (ConnectionResetError, OSError):
+            return _client_gone(state)
         first += data[:1]
     if state.redeem is not None and (refused := await state.redeem(request)) is not None:
         return refused  # --require-token: verified before admission, spent only now (the double-spend check)
@@ -185,6 +200,10 @@ async def _forward(request: web.Request, state: RelayState, pool: ReplicaPool, c
         return _too_large(state)
     except asyncio.TimeoutError:  # the client's streamed body missed its deadline
         return _too_slow(state)
+    except HttpProcessingError:  # the client's chunked body was malformed
+        return _bad_body(state)
+    except (ConnectionResetError, OSError):  # the client left while its body was being forwarded
+        return _client_gone(state)
     except hop.HopError as exc:
         if isinstance(exc, hop.ReadTimeout) or (isinstance(exc, hop.ConnectFailed) and exc.timed_out):
             metrics.outcome("gateway_timeout").inc()
@@ -197,8 +216,7 @@ async def _forward(request: web.Request, state: RelayState, pool: ReplicaPool, c
     try:
         return await _stream_back(request, state, upstream)
     except (ConnectionResetError, OSError):
-        metrics.outcome("client_gone").inc()
-        return web.StreamResponse()
+        return _client_gone(state)
     finally:
         upstream.release()
         replica.release()
@@ -266,7 +284,11 @@ async def _stream_back(request: web.Request, state: RelayState, upstream: hop.Re
             upstream.pipe(_Pipe(downstream, limit, len(piece), down))
             await upstream.finished()
         else:
+            total = len(piece)
             while piece := await upstream.readany():  # the rest of a body that had arrived whole
+                total += len(piece)
+                if total > limit:
+                    raise _TooLong("the answer grew past --max-response-bytes")
                 down.inc(len(piece))
                 await resp.write(piece)
     except hop.ClientGone:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, Callable, Final
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -41,10 +41,6 @@ def parse_networks(items: Iterable[str]) -> tuple[Network, ...]:
         except ValueError:
             raise ValueError(f"--trusted-proxy takes an address or CIDR (e.g. 10.0.0.0/8), got {item!r}") from None
     return tuple(out)
-
-
-#: peer addresses whose keys are kept (cleared when full: a key is cheap to compute again)
-_PEER_KEYS: Final = 4096
 
 
 def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -110,9 +106,6 @@ class ClientLimits:
         self.accepted: Callable[[], None] | None = None
         self._connections: dict[bytes, int] = {}
         self._open: dict[object, bytes] = {}  # connection (aiohttp's handler) -> its address key
-        #: the key of a peer address as aiohttp gives it (``request.remote``), kept: parsing and hashing it again for
-        #: every request of a kept-alive connection was ~4 % of the relay's CPU per request
-        self._peer_keys: dict[str | None, bytes] = {}
 
     def key(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bytes:
         """A digest that stands for ``addr`` (for IPv6, its /64: one host usually has the whole prefix)."""
@@ -144,13 +137,10 @@ class ClientLimits:
     def client_key(self, request: web.BaseRequest) -> bytes:
         if self.trusted:  # X-Forwarded-For may name another client on every request
             return self.key(self.client_address(request))
-        remote = request.remote
-        key = self._peer_keys.get(remote)
-        if key is None:
-            if len(self._peer_keys) >= _PEER_KEYS:
-                self._peer_keys.clear()
-            key = self._peer_keys[remote] = self.key(_ip(remote))
-        return key
+        # the key the connection was counted under (no address is kept, and it goes with the connection): parsing and
+        # hashing the address again for every request of a kept-alive connection was ~4 % of the CPU per request
+        key = self._open.get(request.protocol)
+        return key if key is not None else self.key(_ip(request.remote))
 
     # -- connections (hooked into the server by :func:`install`)
 

@@ -144,3 +144,65 @@ async def test_a_stream_past_the_limit_is_cut(relay: MakeRelay, streaming: Any) 
     assert body.count(b"y") <= 5500
     async with asyncio.timeout(3):
         await gw.closed_by_peer.wait()
+
+
+async def _production_relay(gateway_url: str) -> tuple[Any, int]:
+    """The relay app served as ``veil relay`` serves it (``web.AppRunner``, as ``web.run_app``): aiohttp's test
+    server cancels a handler whose client leaves, which would hide what the relay itself does then."""
+    from aiohttp import web
+
+    from proxy.relay import RelayConfig, create_app
+
+    runner = web.AppRunner(create_app(RelayConfig(gateways={"gw": gateway_url})), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, port
+
+
+async def _metrics(port: int) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    text = (await reader.read()).decode()
+    writer.close()
+    return text
+
+
+async def test_a_client_that_leaves_mid_upload_is_counted_not_a_500(streaming: Any,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    gw = await streaming([b"z"])
+    runner, port = await _production_relay(gw.url)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /gw HTTP/1.1\r\nHost: x\r\nContent-Type: message/ohttp-chunked-req\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n5\r\n\x01abcd\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the relay is forwarding the body as it comes
+        writer.transport.abort()  # and the client is gone
+        await asyncio.sleep(0.3)
+        assert 'veil_relay_requests_total{outcome="client_gone"} 1.0' in await _metrics(port)
+        assert "Error handling request" not in caplog.text
+    finally:
+        await runner.cleanup()
+
+
+async def test_no_client_address_is_kept_for_the_per_address_key(relay: MakeRelay, streaming: Any) -> None:
+    from proxy.relay.state import STATE
+
+    gw = await streaming([b"z"])
+    client = await relay(gateways={"gw": gw.url})
+    resp = await client.post("/gw", data=BODY, headers={"Content-Type": MEDIA_CHUNKED_REQ})
+    assert resp.status == 200
+    await resp.read()
+    limits = client.server.app[STATE].limits
+    assert "127.0.0.1" not in repr(vars(limits))
+
+
+@pytest.mark.parametrize("url", ["http://a..b/.well-known/ohttp-gateway", "http://h:1/a b",
+                                 "http://h:1/\x7f"])
+def test_a_gateway_url_the_relay_cannot_request_is_refused_at_start(url: str) -> None:
+    from proxy.relay import RelayConfig
+
+    with pytest.raises(ValueError, match="gateway URL"):
+        RelayConfig(gateways={"gw": url})
