@@ -103,6 +103,8 @@ OPTIONS = [
     Option("max-request-bytes", "largest encapsulated request", 4 * 1024 * 1024, type=int),
     Option("body-timeout", "seconds a request body may take to arrive in full (408 beyond; keep it above the "
            "relays' --max-body-time)", 90.0, type=float),
+    Option("write-timeout", "seconds a relay may leave a streamed answer unread before it is dropped and the "
+           "engine's stream closed (0: never; above the relays' own --write-timeout)", 60.0, type=float),
     Option("replay-window", "seconds an inner Date may differ from now; seen requests are kept this long", 60.0, type=float),
     Option("require-date", "reject encapsulated requests without a Date (the default; kept for old configs)",
            False, flag=True),
@@ -282,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
     config = GatewayConfig(
         max_request_bytes=args.max_request_bytes,
         body_timeout=args.body_timeout,
+        write_timeout=args.write_timeout,
         replay_window=args.replay_window,
         require_date=not args.allow_missing_date,
         pad_to=args.pad_to,

@@ -31,14 +31,20 @@ class ClientGone(HopError):
 class Downstream:
     """The client side of a pipe: ``write`` frames a piece (HTTP/1.1 chunked or raw) and sends it."""
 
-    __slots__ = ("upstream", "transport", "chunked", "_loop", "_paused")
+    __slots__ = ("upstream", "transport", "chunked", "stall_timeout", "_loop", "_paused", "_since", "_left")
 
-    def __init__(self, upstream: Response, transport: asyncio.Transport, *, chunked: bool) -> None:
+    def __init__(self, upstream: Response, transport: asyncio.Transport, *, chunked: bool,
+                 stall_timeout: float | None = None) -> None:
         self.upstream = upstream
         self.transport = transport
         self.chunked = chunked
+        #: a client that takes none of its unread bytes for this long is dropped (and the upstream response ended):
+        #: else a peer that stops reading would hold the stream, and what feeds it, for good
+        self.stall_timeout = stall_timeout if stall_timeout is not None and stall_timeout > 0 else None
         self._loop = asyncio.get_running_loop()
         self._paused = False
+        self._since = 0.0  # when the client last took some of its unread bytes (while paused)
+        self._left = 0  # its unread bytes then
 
     def closing(self) -> bool:
         """True (and the upstream response aborted) once the client has gone."""
@@ -54,8 +60,9 @@ class Downstream:
             return
         # the same bytes aiohttp's own writer sends for one write of a chunked response
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
-        if not self._paused and transport.get_write_buffer_size() > HIGH_WATER:
+        if not self._paused and (left := transport.get_write_buffer_size()) > HIGH_WATER:
             self._paused = True
+            self._since, self._left = self._loop.time(), left
             self.upstream.pause_reading()
             self._loop.call_later(_RECHECK, self._drained, _RECHECK)
 
@@ -63,9 +70,18 @@ class Downstream:
         if self.closing():
             self._paused = False
             return
-        if self.transport.get_write_buffer_size() <= LOW_WATER:
+        left = self.transport.get_write_buffer_size()
+        if left <= LOW_WATER:
             self._paused = False
             self.upstream.resume_reading()
         else:
+            now = self._loop.time()
+            if left < self._left:  # it reads, slowly: not stalled
+                self._since, self._left = now, left
+            elif self.stall_timeout is not None and now - self._since >= self.stall_timeout:
+                self._paused = False
+                self.upstream.abort(ClientGone(f"the client read nothing for {self.stall_timeout:g} s"))
+                self.transport.abort()
+                return
             wait = min(waited * 2, _RECHECK_MAX)
             self._loop.call_later(wait, self._drained, wait)

@@ -24,6 +24,9 @@ class GatewayConfig:
     max_request_bytes: int = 4 * 1024 * 1024
     #: seconds an encapsulated request body may take to arrive in full (408 beyond); above the relays' own bound
     body_timeout: float = 90.0
+    #: seconds a relay may leave a streamed answer's bytes unread before it is dropped and the engine's stream
+    #: closed (0: never); without it a relay that stops reading holds a stream, and its generation, for good
+    write_timeout: float = 60.0
     #: accept an inner ``Date`` only within this many seconds of now; seen ``enc`` values are kept this long
     replay_window: float = 60.0
     #: require a ``Date`` inside every encapsulated request (without one, a request could be replayed once its

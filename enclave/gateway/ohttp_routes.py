@@ -273,7 +273,7 @@ async def _post_chunked(request: web.Request) -> web.StreamResponse:
             # whole so that the one sealed chunk the relay sees has the bucket's size, not the body's.
             last = bhttp.encode_chunk(api_resp.body) if api_resp.body else b""
         elif isinstance(api_resp.events, SseStream) and state.config.coalesce_ms <= 0:
-            await _pipe_events(request, api_resp.events, seal, pad, m.chunks)
+            await _pipe_events(request, api_resp.events, seal, pad, m.chunks, state.config.write_timeout)
         elif state.config.coalesce_ms <= 0:
             # No coalescing window: without _events in between, one generator hop less per token; each piece is
             # padded and framed in one join (the bytes of frame(_pad_event(piece, pad))).
@@ -326,10 +326,11 @@ class _Sealer:
 
 
 async def _pipe_events(request: web.Request, events: SseStream, seal: Callable[[bytes], bytes], pad: int,
-                       chunks: Counter) -> None:
+                       chunks: Counter, write_timeout: float) -> None:
     """An upstream engine's stream, each piece of events sealed and written from the engine socket's callback onto
     the relay's connection (no task wakes up per token; see :mod:`hop.client`), with the relay's unread bytes
-    bounded by pausing the engine's socket (:class:`hop.Downstream`). The response head has gone out through
+    bounded by pausing the engine's socket (:class:`hop.Downstream`), and a relay that takes none of them for
+    ``write_timeout`` seconds dropped. The response head has gone out through
     aiohttp's writer; its final chunk follows the same way. An engine failure ends the stream in an SSE error event,
     as on the pulled path; a client that has gone is a ``ConnectionResetError`` (and the engine's connection is
     closed, which makes vLLM abort the generation)."""
@@ -337,7 +338,8 @@ async def _pipe_events(request: web.Request, events: SseStream, seal: Callable[[
     if transport is None or transport.is_closing():
         await events.aclose()
         raise ConnectionResetError("the client closed its connection")
-    sealer = _Sealer(hop.Downstream(events.upstream, transport, chunked=True).write, seal, pad)
+    down = hop.Downstream(events.upstream, transport, chunked=True, stall_timeout=write_timeout)
+    sealer = _Sealer(down.write, seal, pad)
     events.pipe(sealer)
     try:
         await events.finished()

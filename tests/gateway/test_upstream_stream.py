@@ -122,7 +122,11 @@ async def _script(name: str, reader: asyncio.StreamReader, writer: asyncio.Strea
         return False
     if name == "flood":
         for _ in range(FLOOD_EVENTS):
-            await _chunk(writer, FLOOD_EVENT)
+            try:
+                await _chunk(writer, FLOOD_EVENT)
+            except ConnectionError:  # the gateway closed the connection mid-flood
+                engine.hung_up.set()
+                raise
             engine.flooded += len(FLOOD_EVENT)
         await _chunk(writer, b"data: [DONE]\n\n")
         await _chunk(writer, b"")
@@ -366,3 +370,15 @@ async def test_a_slow_reader_holds_the_engine_back_and_still_gets_everything(gat
         assert isinstance(chunk, ohttp.Chunk) and chunk.final
     assert engine.flooded == FLOOD_EVENTS * len(FLOOD_EVENT)
     assert size == engine.flooded + len(b"data: [DONE]\n\n")
+
+
+async def test_a_relay_that_reads_nothing_past_the_write_timeout_is_dropped_and_the_engine_closed(
+        gateway_on: MakeGateway, engine: Engine) -> None:
+    gw = await gateway_on(write_timeout=0.5)
+    resp, _ = await _open_stream(gw, "flood")  # and never read: the relay stopped reading
+    try:
+        # the engine is held back, then its connection closed once nothing was taken for write_timeout
+        await asyncio.wait_for(engine.hung_up.wait(), 10)
+        assert engine.flooded < FLOOD_EVENTS * len(FLOOD_EVENT)
+    finally:
+        resp.close()

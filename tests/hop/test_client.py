@@ -1471,11 +1471,16 @@ class _FakeTransport:
     def is_closing(self) -> bool:
         return self.closing
 
+    def abort(self) -> None:
+        self.closing = True
+        self.aborted = True
+
 
 class _FakeUpstream:
     def __init__(self) -> None:
         self.pauses = 0
         self.resumes = 0
+        self.error: BaseException | None = None
 
     def pause_reading(self) -> None:
         self.pauses += 1
@@ -1484,7 +1489,7 @@ class _FakeUpstream:
         self.resumes += 1
 
     def abort(self, error: BaseException) -> None:
-        pass
+        self.error = self.error or error
 
 
 async def test_a_slow_client_costs_one_recheck_chain_however_many_pieces_arrive() -> None:
@@ -1515,3 +1520,27 @@ async def test_a_slow_client_costs_one_recheck_chain_however_many_pieces_arrive(
         assert scheduled == settled  # no chain left running once resumed
     finally:
         loop.call_later = real  # type: ignore[method-assign]
+
+
+async def test_a_client_that_reads_nothing_past_the_stall_timeout_is_dropped() -> None:
+    transport, upstream = _FakeTransport(), _FakeUpstream()
+    down = hop.Downstream(upstream, transport, chunked=False, stall_timeout=0.3)  # type: ignore[arg-type]
+    down.write(bytes(hop.HIGH_WATER + 1))
+    await asyncio.sleep(0.15)
+    assert upstream.error is None  # not yet
+    await asyncio.sleep(0.6)
+    assert isinstance(upstream.error, hop.ClientGone)
+    assert getattr(transport, "aborted", False)
+
+
+async def test_a_client_that_reads_slowly_is_not_dropped() -> None:
+    transport, upstream = _FakeTransport(), _FakeUpstream()
+    down = hop.Downstream(upstream, transport, chunked=False, stall_timeout=0.3)  # type: ignore[arg-type]
+    down.write(bytes(hop.HIGH_WATER + 100_000))
+    for _ in range(12):  # 1.2 s, taking a little every 0.1 s, never below LOW_WATER
+        await asyncio.sleep(0.1)
+        transport.buffered -= 8_000
+    assert upstream.error is None and not getattr(transport, "aborted", False)
+    transport.buffered = 0
+    await asyncio.sleep(0.3)
+    assert upstream.resumes == 1
