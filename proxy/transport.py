@@ -1,10 +1,11 @@
 """The client side of Veil's OHTTP: fetch and verify keys, encapsulate requests, open (chunked) responses.
 
-One aiohttp ``ClientSession`` (and, for ``veil proxy``, a :class:`hop.Pool` carrying the OHTTP requests, where every
-streamed token passes); all protocol work is done by ``ohttp``. Used by ``veil proxy``, the in-process httpx
-transport and the tests. Every request gets a fresh HPKE context and a ``Date`` inside the encapsulation,
-carries only the headers the API needs (:data:`INNER_HEADERS`) and is padded to a size bucket (RFC 9292 zero
-padding), so the relay cannot tell prompts apart by length; nothing that links two requests is added.
+One aiohttp ``ClientSession`` for key and evidence fetches (and, for ``veil proxy`` and the in-process transports, a
+:class:`hop.Pool` carrying the OHTTP requests, where every streamed token passes); all protocol work is done by
+``ohttp``. Used by ``veil proxy``, the in-process httpx transport and the tests. Every request gets a fresh HPKE
+context and a ``Date`` inside the encapsulation, carries only the headers the API needs (:data:`INNER_HEADERS`)
+and is padded to a size bucket (RFC 9292 zero padding), so the relay cannot tell prompts apart by length; nothing
+that links two requests is added.
 """
 
 from __future__ import annotations
@@ -153,8 +154,9 @@ class OhttpClient:
     ``middlewares`` go on the session this client makes (not on one passed in): a :class:`~proxy.client.tokens.
     TokenWallet`'s ``middleware()`` spends one Privacy Pass token per OHTTP ``POST`` to a relay that requires them.
 
-    ``pool`` (``veil proxy``): the OHTTP ``POST`` requests go through this :class:`hop.Pool` (closed with the client)
-    instead of the session, and a chunked response's content is a :class:`ChunkedStream`, which can be piped; then
+    ``pool`` (``veil proxy``, the in-process transports): the OHTTP ``POST`` requests go through this
+    :class:`hop.Pool` (closed with the client) instead of the session, and a chunked response's content is a
+    :class:`ChunkedStream`, which can be piped (``veil proxy``) or pulled (the in-process transports); then
     ``tokens`` (a ``TokenWallet``) spends the Privacy Pass tokens, as its middleware does on a session. Key and
     evidence fetches always use the session.
     """

@@ -19,11 +19,13 @@ To trust a publisher instead of naming measurements (``veil proxy --publisher VK
 publisher's unexpired logged releases (``policy`` then narrows it: both must pass) and a key configuration not in
 the log is refused; the log is fetched in a thread, never on the event loop.
 
-The host in ``base_url`` is never contacted: every request is encapsulated and sent to the relay. The SDK's API key
+The host in ``base_url`` is never contacted: every request is encapsulated and sent to the relay, through a
+:class:`hop.Pool` (a relay URL no request could go to, such as one with spaces in its path, raises ValueError when
+the transport is made). The SDK's API key
 stays on this machine unless ``send_api_key=True`` (then it travels inside the encapsulation only).
 
 For a relay that requires Privacy Pass tokens (``veil relay --require-token``), pass ``tokens=TokenWallet(issuer_url,
-issuer_api_key)`` (:mod:`proxy.client.tokens`): the relay session spends one per request, in the outer
+issuer_api_key)`` (:mod:`proxy.client.tokens`): the transport spends one per request, in the outer
 ``Authorization`` header the relay checks and never forwards, from a pool the wallet fills ahead of need (started when
 the transport is made, or at its first request when no event loop runs yet). The transport closes the wallet.
 """
@@ -39,6 +41,8 @@ from typing_extensions import Unpack
 
 import aiohttp
 
+import hop
+
 try:  # openai >= 3 is built on httpx2; older SDKs on httpx. Same transport API.
     import httpx2 as httpx
 except ImportError:  # pragma: no cover - exercised only with an older SDK
@@ -51,6 +55,8 @@ from ..verify import PolicyLike, Transparency, make_verifier
 from .tokens import TokenWallet
 
 T = TypeVar("T")
+#: The read timeout of the transports' requests to the relay (seconds of silence; OhttpClient's default).
+TIMEOUT = 600.0
 _HOP = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
 
 
@@ -110,7 +116,13 @@ class VeilAsyncTransport(httpx.AsyncBaseTransport):
                                              log_state)),
             keys_url=keys_url,
             attestation_url=attestation_url,
-            middlewares=(tokens.middleware(),) if tokens is not None else (),
+            timeout=TIMEOUT,
+            # The OHTTP POSTs (and every streamed piece) go through hop, as veil proxy's do, with the timeouts the
+            # session had (connect 10 s, read TIMEOUT); the wallet spends its tokens on them itself. A Pool binds to
+            # no event loop when made: its connections are made on the loop that sends (VeilTransport's own
+            # thread), and closed with the client on that loop. A relay URL no request could go to: ValueError here.
+            pool=hop.Pool(connect_timeout=10, read_timeout=TIMEOUT),
+            tokens=tokens,
         )
         self.send_api_key = send_api_key
         self.tokens = tokens
