@@ -247,8 +247,15 @@ class OhttpPathClient:
         from proxy.transport import OhttpClient
         from proxy.verify import make_verifier
 
+        try:  # as VeilTransport builds it: the OHTTP requests on a hop.Pool (checkouts from before hop/: aiohttp)
+            import hop
+
+            pool: Any = hop.Pool(connect_timeout=10, read_timeout=600)
+        except ImportError:
+            pool = None
+        extra = {"pool": pool} if pool is not None else {}
         self.client = OhttpClient(url, verifier=make_verifier(allow_simulated=True), keys_url=keys_url,
-                                  attestation_url=attestation_url)
+                                  attestation_url=attestation_url, **extra)
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         inner = await self.client.request("POST", CHAT_PATH, [("content-type", "application/json")], orjson.dumps(body))

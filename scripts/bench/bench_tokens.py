@@ -23,7 +23,6 @@ from _bench_env import prepare
 
 prepare(__file__, "aiohttp", "prometheus_client")
 
-import aiohttp  # noqa: E402
 from aiohttp.test_utils import TestServer  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
@@ -89,9 +88,7 @@ async def bench_relay(tmp: str, gateway_base: str, n: int, tokens: bool) -> list
         assert issuer is not None
         wallet = TokenWallet(str(issuer.make_url("")).rstrip("/"), KEY, batch=n + 20, low_water=0)
         await wallet.prefetch()  # fetched ahead: spending adds no round trip
-        transport.client._session = aiohttp.ClientSession(middlewares=(wallet.middleware(),), auto_decompress=False,
-                                                          cookie_jar=aiohttp.DummyCookieJar())
-        transport.client._own_session = True
+        transport.client._tokens = wallet  # as VeilAsyncTransport(tokens=wallet) spends them: on its hop.Pool
     body = b'{"model":"echo","messages":[{"role":"user","content":"hi"}]}'
     headers = [("content-type", "application/json")]
     times = []
