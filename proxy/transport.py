@@ -614,19 +614,24 @@ class ChunkedStream:
     async def open(self) -> bhttp.ResponseHead:
         """Read until the response head has arrived."""
         try:
-            while True:
-                ev = self._dec.next_event()
-                if ev is ohttp.NEED_DATA:
-                    if not await self._pump():
-                        raise VeilClientError("stream ended before the response head")
-                elif isinstance(ev, bhttp.ResponseHead):
-                    return ev
+            while not isinstance(ev := await self._event("stream ended before the response head"),
+                                 bhttp.ResponseHead):
+                pass
+            return ev
         except ohttp.OHTTPError as exc:
             self.upstream.close()
             raise VeilClientError(f"the encapsulated stream did not open: {exc}") from None
         except BaseException:
             self.upstream.close()
             raise
+
+    async def _event(self, short: str) -> object:
+        """The decoder's next event, reading from the network as it needs; ``VeilClientError(short)`` when the body
+        ends first."""
+        while (ev := self._dec.next_event()) is ohttp.NEED_DATA:
+            if not await self._pump():
+                raise VeilClientError(short)
+        return ev
 
     async def _pump(self) -> bool:
         """Read more from the network into the decoder; False once its end has been fed already."""
@@ -650,13 +655,10 @@ class ChunkedStream:
             raise StopAsyncIteration
         try:
             while True:
-                ev = self._dec.next_event()
-                if ev is ohttp.NEED_DATA:
-                    if not await self._pump():
-                        raise VeilClientError("stream truncated: it ended without its final chunk")
-                elif isinstance(ev, bhttp.Data):
+                ev = await self._event("stream truncated: it ended without its final chunk")
+                if isinstance(ev, bhttp.Data):
                     return ev.data
-                elif isinstance(ev, bhttp.EndOfMessage):
+                if isinstance(ev, bhttp.EndOfMessage):
                     self._ended = True
                     await self._end()
                     raise StopAsyncIteration
