@@ -16,7 +16,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, Mapping
 from typing import AsyncIterator, Callable, Final, Protocol
 from urllib.parse import urlsplit
 
@@ -476,33 +476,25 @@ def _too_large(limit: int) -> VeilClientError:
 async def _read_aiohttp(r: aiohttp.ClientResponse) -> bytes:
     """A whole answer through the session, at most :data:`MAX_RESPONSE_BYTES` (else :class:`VeilClientError`, the
     connection dropped)."""
-    limit = MAX_RESPONSE_BYTES
-    if r.content_length is not None and r.content_length > limit:
-        r.close()
-        raise _too_large(limit)
-    parts: list[bytes] = []
-    total = 0
-    async for piece in r.content.iter_any():
-        total += len(piece)
-        if total > limit:
-            r.close()
-            raise _too_large(limit)
-        parts.append(piece)
-    return b"".join(parts)
+    return await _read_bounded(r.content_length, r.content.iter_any(), r.close)
 
 
 async def _read_hop(r: hop.Response) -> bytes:
     """:func:`_read_aiohttp` for a :class:`hop.Response` (its :class:`hop.HopError` pass through)."""
+    return await _read_bounded(r.content_length, r, r.close)
+
+
+async def _read_bounded(length: int | None, pieces: AsyncIterable[bytes], close: Callable[[], None]) -> bytes:
     limit = MAX_RESPONSE_BYTES
-    if r.content_length is not None and r.content_length > limit:
-        r.close()
+    if length is not None and length > limit:
+        close()
         raise _too_large(limit)
     parts: list[bytes] = []
     total = 0
-    while piece := await r.readany():
+    async for piece in pieces:
         total += len(piece)
         if total > limit:
-            r.close()
+            close()
             raise _too_large(limit)
         parts.append(piece)
     return b"".join(parts)
