@@ -94,6 +94,32 @@ class RateLimiter:
         return n <= self.per_minute
 
 
+class CappedCounts:
+    """Counts per key, each at most ``cap``; a key whose count falls to zero is dropped (no address digest stays
+    behind its last connection or request)."""
+
+    __slots__ = ("cap", "_counts")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._counts: dict[bytes, int] = {}
+
+    def take(self, key: bytes) -> bool:
+        """One more for ``key``; False (and nothing taken) at the cap."""
+        n = self._counts.get(key, 0)
+        if n >= self.cap:
+            return False
+        self._counts[key] = n + 1
+        return True
+
+    def give(self, key: bytes) -> None:
+        n = self._counts.get(key, 1) - 1
+        if n <= 0:
+            self._counts.pop(key, None)
+        else:
+            self._counts[key] = n
+
+
 class ClientLimits:
     """Per-address connection and in-flight counts, under keyed digests of the addresses."""
 
@@ -104,7 +130,7 @@ class ClientLimits:
         self._secret = secret if secret is not None else os.urandom(32)
         #: counts every accepted connection (``--workers``: the ``veil_relay_worker_connections_total`` child)
         self.accepted: Callable[[], None] | None = None
-        self._connections: dict[bytes, int] = {}
+        self._connections = CappedCounts(max_connections)
         self._open: dict[object, bytes] = {}  # connection (aiohttp's handler) -> its address key
 
     def key(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bytes:
@@ -164,18 +190,10 @@ class ClientLimits:
             self._uncount_connection(key)
 
     def _count_connection(self, key: bytes) -> bool:
-        n = self._connections.get(key, 0)
-        if n >= self.max_connections:
-            return False
-        self._connections[key] = n + 1
-        return True
+        return self._connections.take(key)
 
     def _uncount_connection(self, key: bytes) -> None:
-        n = self._connections.get(key, 1) - 1
-        if n <= 0:
-            self._connections.pop(key, None)
-        else:
-            self._connections[key] = n
+        self._connections.give(key)
 
     def install(self, server: web.Server) -> None:
         """Count every connection ``server`` accepts; close at once those over their address's cap."""
@@ -222,8 +240,7 @@ class Admission:
 
     def __init__(self, *, per_minute: int, max_concurrent: int, max_in_flight: int) -> None:
         self.limiter, self.slots = RateLimiter(per_minute), Slots(max_concurrent)
-        self.max_in_flight = max_in_flight
-        self._in_flight: dict[bytes, int] = {}
+        self._in_flight = CappedCounts(max_in_flight)
 
     def admit(self, key: bytes) -> str | None:
         """None: admitted; else the refusal's outcome (``rate_limited``, ``busy``, ``address_busy``)."""
@@ -231,19 +248,13 @@ class Admission:
             return "rate_limited"
         if not self.slots.acquire():
             return "busy"
-        n = self._in_flight.get(key, 0)
-        if n >= self.max_in_flight:
+        if not self._in_flight.take(key):
             self.slots.release()
             return "address_busy"
-        self._in_flight[key] = n + 1
         return None
 
     def release(self, key: bytes) -> None:
-        n = self._in_flight.get(key, 1) - 1
-        if n <= 0:
-            self._in_flight.pop(key, None)
-        else:
-            self._in_flight[key] = n
+        self._in_flight.give(key)
         self.slots.release()
 
 
