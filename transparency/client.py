@@ -46,6 +46,7 @@ from tlog import (
 )
 from tlog.errors import ConsistencyError, StatementError
 
+from .proofs import MAX_CHECKPOINT_BYTES
 from .statements import KeyEntry, Release, entry_kind, parse_key_entry, usable_release
 
 __all__ = ["DEFAULT_LOG_STATE", "LogUnavailableError", "LogView", "TrustedLog", "fetch_tiles", "http_fetcher",
@@ -58,8 +59,6 @@ class LogUnavailableError(TlogError):
     """The log could not be reached (no checkpoint, a missing tile)."""
 
 
-#: the most bytes of a checkpoint note (a few signature lines; proofs.py takes at most as many characters)
-MAX_CHECKPOINT_BYTES = 16 * 1024
 #: Where ``veil proxy --log`` and ``veil attest verify --log`` keep the last checkpoint seen (rollback/fork check).
 DEFAULT_LOG_STATE = Path.home() / ".config" / "veil" / "log-state.json"
 #: per leaf of a tile: a 32-byte hash, or in an entry bundle a uint16 length and an entry of at most 65535 bytes

@@ -92,10 +92,9 @@ class LogFollower:
                 self._leaves[leaf_hash(raw)] = idx
                 if self.publishers:
                     try:
-                        rel = open_release(raw, self.publishers)
+                        open_release(raw, self.publishers)  # the publisher's signature; the window is the same
                     except StatementError:
                         continue  # another publisher's: attached only when a key entry names it
-                    window = (rel.not_before, rel.not_after)
                 self._releases[idx] = window
 
     @property

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tlog import TlogError, Verifier, parse_verifier_key
+from tlog import TlogError, Verifier, leaf_hash, parse_verifier_key
 
 from .log import MAX_EVIDENCE_BYTES, evidence_path
 from .statements import (
@@ -172,7 +172,7 @@ def _monitor_once(args: argparse.Namespace, seen: int) -> tuple[int, int]:
     problems = 0
     for raw in view.entries:
         if entry_kind(raw) == "release":
-            releases[hashlib.sha256(b"\x00" + raw).hexdigest()] = raw
+            releases[leaf_hash(raw).hex()] = raw
     for i in range(seen, view.size):
         raw = view.entries[i]
         view.prove(i)

@@ -38,7 +38,9 @@ CERT_KEY: Final = "veil_log"
 #: bounds on what a client parses (the relay passes bundles of at most 1 MiB in all)
 MAX_ATTACHMENT_CHARS: Final = 512 * 1024
 MAX_RELEASES: Final = 16
-_MAX_CHECKPOINT_CHARS: Final = 16 * 1024
+#: the most bytes (characters, in the attachment) of a checkpoint note: a few signature lines; the log client
+#: reads at most as many
+MAX_CHECKPOINT_BYTES: Final = 16 * 1024
 _MAX_ENTRY: Final = 0xFFFF
 #: a proof in a tree of at most 2**64 leaves has at most 64 hashes
 _MAX_PROOF: Final = 64
@@ -102,8 +104,8 @@ class LogProofs:
             raise AttachmentError("veil_log attachment is nested too deeply") from None
         _fields(obj, {"checkpoint", "key", "releases"}, "veil_log")
         cp = obj["checkpoint"]
-        if not isinstance(cp, str) or not cp or len(cp) > _MAX_CHECKPOINT_CHARS:
-            raise AttachmentError(f"veil_log: checkpoint must be a note of at most {_MAX_CHECKPOINT_CHARS} "
+        if not isinstance(cp, str) or not cp or len(cp) > MAX_CHECKPOINT_BYTES:
+            raise AttachmentError(f"veil_log: checkpoint must be a note of at most {MAX_CHECKPOINT_BYTES} "
                                   "characters")
         rels = obj["releases"]
         if not isinstance(rels, list) or len(rels) > MAX_RELEASES:

@@ -279,10 +279,10 @@ async def _post_chunked(request: web.Request) -> web.StreamResponse:
             # padded and framed in one join (the bytes of frame(_pad_event(piece, pad))).
             try:
                 async for piece in api_resp.events:
-                    await write(seal(_padded_chunk(piece, pad) if pad > 0 else frame(piece)))
+                    await write(seal(_padded_chunk(piece, pad)))
                     sent()
             except EngineUnavailable as exc:
-                await write(seal(frame(_pad_event(_engine_failed_event(exc), pad))))
+                await write(seal(_padded_chunk(_engine_failed_event(exc), pad)))
                 sent()
         else:
             async for piece in _events(api_resp.events, pad, state.config.coalesce_ms / 1000):
@@ -321,7 +321,7 @@ class _Sealer:
         self.count = 0
 
     def __call__(self, piece: bytes) -> None:
-        self.write(self.seal(_padded_chunk(piece, self.pad) if self.pad > 0 else bhttp.encode_chunk(piece)))
+        self.write(self.seal(_padded_chunk(piece, self.pad)))
         self.count += 1
 
 
@@ -336,8 +336,7 @@ async def _pipe_events(request: web.Request, events: SseStream, seal: Callable[[
     closed, which makes vLLM abort the generation)."""
     transport = request.transport
     if transport is None or transport.is_closing():
-        await events.aclose()
-        raise ConnectionResetError("the client closed its connection")
+        raise ConnectionResetError("the client closed its connection")  # the caller closes the events
     down = hop.Downstream(events.upstream, transport, chunked=True, stall_timeout=write_timeout)
     sealer = _Sealer(down.write, seal, pad)
     events.pipe(sealer)
@@ -433,8 +432,10 @@ _PAD_LINES: dict[int, bytes] = {}
 
 
 def _padded_chunk(event: bytes, pad: int) -> bytes:
-    """``bhttp.encode_chunk(_pad_event(event, pad))`` for ``pad > 0``, built with one join: the padding line comes
-    from a cache (one per length), so a token costs no ``b"p" * n`` and no intermediate copies."""
+    """``bhttp.encode_chunk(_pad_event(event, pad))``, built with one join: the padding line comes from a cache (one
+    per length), so a token costs no ``b"p" * n`` and no intermediate copies."""
+    if pad <= 0:
+        return bhttp.encode_chunk(event)
     n = -(len(event) + 2) % pad
     line = _PAD_LINES.get(n)
     if line is None:
