@@ -31,7 +31,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
-__all__ = ["BadResponse", "ConnectFailed", "HopError", "Origin", "Pool", "ReadTimeout", "Response", "check_target"]
+__all__ = ["BadResponse", "ConnectFailed", "HopError", "Origin", "Pool", "ReadTimeout", "Response", "check_target",
+           "target_of"]
 
 #: status line plus headers, in bytes
 MAX_HEAD: Final = 64 * 1024
@@ -44,6 +45,14 @@ PULL_HIGH: Final = 256 * 1024
 
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _TARGET: Final = re.compile(r"/[\x21-\x7e]*")
+
+
+def target_of(url: str) -> tuple[Origin, str]:
+    """``url``'s origin and request target (path and query), both checked as :meth:`Pool.request` needs them
+    (ValueError saying what is wrong): for checking a configured URL once, where it is read."""
+    origin = Origin.of(url)
+    parts = urlsplit(url)
+    return origin, check_target((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
 
 
 def check_target(target: str) -> str:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from collections.abc import AsyncIterable, Mapping
 from typing import AsyncIterator, Callable, Final, Protocol
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -460,13 +459,9 @@ def _hop_target(url: str) -> tuple[hop.Origin, str]:
     the pool could not send a request to: not http(s), a bad port, a host IDNA refuses (``a..b``), a path with
     spaces, control or non-ASCII characters."""
     try:
-        origin = hop.Origin.of(url)
-        parts = urlsplit(url)
-        target = hop.check_target((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
-        origin.host_header  # noqa: B018 - encoded once here (Origin.of checks it too, today)
+        return hop.target_of(url)
     except ValueError as exc:  # UnicodeError is one
         raise ValueError(f"bad relay URL {url!r}: {exc}") from None
-    return origin, target
 
 
 def _too_large(limit: int) -> VeilClientError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Sequence
-from urllib.parse import urlsplit
 
 import hop
 
@@ -71,10 +70,8 @@ class RelayConfig:
                 elif not url.startswith(("http://", "https://")):
                     raise ValueError(f"gateway URL {url!r} must be http(s):// or vsock://CID:PORT/path")
                 else:  # what the forwarded requests need of it, checked once here rather than failing each request
-                    parts = urlsplit(url)
                     try:
-                        hop.Origin.of(url)
-                        hop.check_target((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+                        hop.target_of(url)
                     except ValueError as exc:
                         raise ValueError(f"gateway URL {url!r}: {exc}") from None
         parse_networks(self.trusted_proxies)  # ValueError says which one is wrong

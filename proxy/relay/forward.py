@@ -53,6 +53,29 @@ def _too_large(state: RelayState) -> web.Response:
                   f"limit is {state.config.max_request_bytes} bytes")
 
 
+#: The forwarded request's headers, built from scratch: content type, framing, nothing else of the client's.
+_FORWARD_HEADERS: Final = {MEDIA_REQ: (("Content-Type", MEDIA_REQ),),
+                           MEDIA_CHUNKED_REQ: (("Content-Type", MEDIA_CHUNKED_REQ), ("Incremental", "?1"))}
+
+
+class _TooLarge(Exception):
+    pass
+
+
+#: What reading a client's body can end in (too large, too slow, malformed framing, the client gone).
+_BODY_FAILURES: Final = (_TooLarge, asyncio.TimeoutError, HttpProcessingError, OSError)
+
+
+def _body_failed(state: RelayState, exc: BaseException) -> web.StreamResponse:
+    if isinstance(exc, _TooLarge):
+        return _too_large(state)
+    if isinstance(exc, asyncio.TimeoutError):
+        return _too_slow(state)
+    if isinstance(exc, HttpProcessingError):
+        return _bad_body(state)
+    return _client_gone(state)
+
+
 def _bad_body(state: RelayState) -> web.Response:
     return refuse(state.metrics, "bad_request", 400, "bad request", "the request body's framing is malformed")
 
@@ -102,10 +125,6 @@ async def _admit(request: web.Request) -> web.StreamResponse:
     finally:
         metrics.in_flight.dec()
         admission.release(client)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class _Response(web.StreamResponse):
@@ -168,10 +187,7 @@ async def _forward(request: web.Request, state: RelayState, pool: ReplicaPool, c
     metrics = state.metrics
     assert state.client is not None
     up_bytes = metrics.bytes_up
-    # The forwarded request is built from scratch: content type, framing, nothing else of the client's.
-    headers = [("Content-Type", ctype)]
-    if ctype == MEDIA_CHUNKED_REQ:
-        headers.append(("Incremental", "?1"))
+    headers = _FORWARD_HEADERS[ctype]
     data: bytes | AsyncIterator[bytes]
     first = bytearray()  # the request's key id (RFC 9458 §4.1: the first byte of the encapsulated request)
     if ctype == MEDIA_CHUNKED_REQ and not request.content.is_eof():
@@ -181,14 +197,8 @@ async def _forward(request: web.Request, state: RelayState, pool: ReplicaPool, c
         # forwarded in one piece with a Content-Length, rather than as chunks and a terminator in separate sends.
         try:
             data = await _whole_body(request, cfg.max_request_bytes, cfg.client_timeout, up_bytes, clock)
-        except _TooLarge:
-            return _too_large(state)
-        except asyncio.TimeoutError:
-            return _too_slow(state)
-        except HttpProcessingError:
-            return _bad_body(state)
-        except (ConnectionResetError, OSError):
-            return _client_gone(state)
+        except _BODY_FAILURES as exc:
+            return _body_failed(state, exc)
         first += data[:1]
     if state.redeem is not None and (refused := await state.redeem(request)) is not None:
         return refused  # --require-token: verified before admission, spent only now (the double-spend check)
@@ -196,14 +206,8 @@ async def _forward(request: web.Request, state: RelayState, pool: ReplicaPool, c
     try:
         # Another replica is tried only when nothing was sent (connection refused or timed out); never after.
         upstream, replica = await pool.post(state.client, data, headers, metrics.retries)
-    except _TooLarge:
-        return _too_large(state)
-    except asyncio.TimeoutError:  # the client's streamed body missed its deadline
-        return _too_slow(state)
-    except HttpProcessingError:  # the client's chunked body was malformed
-        return _bad_body(state)
-    except (ConnectionResetError, OSError):  # the client left while its body was being forwarded
-        return _client_gone(state)
+    except _BODY_FAILURES as exc:  # the client's streamed body, while it was being forwarded
+        return _body_failed(state, exc)
     except hop.HopError as exc:
         if isinstance(exc, hop.ReadTimeout) or (isinstance(exc, hop.ConnectFailed) and exc.timed_out):
             metrics.outcome("gateway_timeout").inc()

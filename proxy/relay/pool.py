@@ -23,7 +23,6 @@ import time
 from collections.abc import AsyncIterable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Final
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -65,9 +64,7 @@ class Replica:
         """Where requests go: the URL's origin and path (kept until the URL changes, as a vsock bridge's does)."""
         cached = self._target
         if cached is None or cached[0] != self.url:
-            parts = urlsplit(self.url)
-            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            cached = self._target = (self.url, hop.Origin.of(self.url), path)
+            cached = self._target = (self.url, *hop.target_of(self.url))
         return cached[1], cached[2]
 
     @property
