@@ -150,13 +150,7 @@ class Response:
         """What has arrived of the body (waiting for something if nothing has); ``b""`` at its end."""
         while True:
             if self._pending:
-                pending = self._pending
-                self._pending = []
-                self._pending_bytes = 0
-                if self._held:
-                    self._held = False
-                    self.resume_reading()
-                return pending[0] if len(pending) == 1 else b"".join(pending)
+                return self._take_pending()
             if self._error is not None:
                 raise self._error
             if self._done:
@@ -191,14 +185,19 @@ class Response:
         must not block; it may call :meth:`abort`, :meth:`pause_reading`). Pieces that arrived before are given to
         it at once. Then ``await`` :meth:`finished`."""
         self._sink = sink
+        # a read held for a puller that is gone is released first: the sink decides from now on (it may pause again)
+        if pending := self._take_pending():
+            sink(pending)
+
+    def _take_pending(self) -> bytes:
+        """What waits unread, in one piece (the socket is read again if it was held for it)."""
         pending = self._pending
         self._pending = []
         self._pending_bytes = 0
-        if self._held:  # read was held for a puller that is gone: the sink decides from now on (it may pause again)
+        if self._held:
             self._held = False
             self.resume_reading()
-        if pending:
-            sink(pending[0] if len(pending) == 1 else b"".join(pending))
+        return pending[0] if len(pending) == 1 else b"".join(pending)
 
     async def finished(self) -> None:
         """Wait for the end of a piped body; raises the :class:`HopError` that cut it short."""
@@ -349,14 +348,16 @@ class _Conn(asyncio.Protocol):
         self._cancel_timer()
         self.pool.forget(self)
         self._error(BadResponse("the server closed the connection before the response ended"))
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
+        self._wake_writer()
 
     def pause_writing(self) -> None:
         if self._writable is None or self._writable.done():
             self._writable = self.loop.create_future()
 
     def resume_writing(self) -> None:
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
 
@@ -407,8 +408,7 @@ class _Conn(asyncio.Protocol):
         # asked now: once this callback returns, llhttp has reset the message's flags and would answer for none
         self._keep_alive = self.parser.should_keep_alive() and not self._sending
         self._cancel_timer()
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)  # a request body still going out stops (exchange sees the answer)
+        self._wake_writer()  # a request body still going out stops (exchange sees the answer)
         resp._end()
         if not resp._released:
             return
@@ -450,8 +450,7 @@ class _Conn(asyncio.Protocol):
                 self.transport.abort()  # close() would wait for a server that may never read them
             else:
                 self.transport.close()
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)  # a request body waiting to be written sees the close
+        self._wake_writer()  # a request body waiting to be written sees the close
         self.closed = True
         self._cancel_timer()
         self.pool.forget(self)

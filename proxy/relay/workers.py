@@ -177,7 +177,6 @@ class Supervisor:
 
     def __init__(self, config: RelayConfig, *, host: str, port: int, workers: int, log_level: str,
                  idle_timeout: float, shutdown_timeout: float) -> None:
-        self.host, self.count = host, workers
         self.shutdown_timeout = shutdown_timeout
         self._reserved = reserve(host, port)
         self.port: int = self._reserved.getsockname()[1]
@@ -272,7 +271,7 @@ class Supervisor:
                         self._ready_event(key.data)
                 if not announced and all(w.ready for w in self.workers):
                     announced = True
-                    print(f"veil relay: {self.count} workers listening on port {self.port} (SO_REUSEPORT)",
+                    print(f"veil relay: {len(self.workers)} workers listening on port {self.port} (SO_REUSEPORT)",
                           flush=True)
                 for w in self.workers:
                     status = self._reap(w)
