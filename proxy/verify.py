@@ -147,7 +147,7 @@ def make_verifier(
 def _log_verifier(allow_simulated: bool, local: Policy | None, transparency: Transparency
                   ) -> Callable[[bytes, bytes], tuple[object, bool]]:
     from tlog import TlogError
-    from transparency.verify import bundle_proofs, verify_with_log, verify_with_proofs_or_log
+    from transparency.verify import bundle_proofs, verify_with_proofs_or_log
 
     trusted = transparency.trusted_log()
     publishers = transparency.publisher_keys()
@@ -165,12 +165,8 @@ def _log_verifier(allow_simulated: bool, local: Policy | None, transparency: Tra
             # The gateway's proofs when its evidence carries them (offline but for consistency with the kept
             # checkpoint); else the whole log. A present but bad attachment is refused, never skipped; valid proofs
             # without a release that admits the gateway send the client to the whole log (the line says so).
-            if (proofs := bundle_proofs(bundle)) is not None:
-                result = verify_with_proofs_or_log(bundle, proofs, trusted, publishers, now=now,
-                                                   allow_simulated=allow_simulated, read_log=True, keys_body=keys)
-            else:
-                result = verify_with_log(bundle, trusted.open(), publishers, now=now, allow_simulated=allow_simulated,
-                                         keys_body=keys)
+            result = verify_with_proofs_or_log(bundle, bundle_proofs(bundle), trusted, publishers, now=now,
+                                               allow_simulated=allow_simulated, read_log=True, keys_body=keys)
         except TlogError as exc:
             raise AttestationRefused(_log_refusal(exc)) from None
         except AttestationError as exc:

@@ -109,13 +109,17 @@ def verify_with_proofs(bundle: Bundle, proofs: LogProofs, trusted: TrustedLog, p
                   "gateway", now, allow_simulated, keys_body)
 
 
-def verify_with_proofs_or_log(bundle: Bundle, proofs: LogProofs, trusted: TrustedLog, publishers: Sequence[Verifier],
-                              *, now: dt.datetime, allow_simulated: bool = False, read_log: bool,
-                              keys_body: bytes | None = None) -> LogVerdict:
-    """:func:`verify_with_proofs`; when its proofs verify but carry no release that admits the gateway (in a log
+def verify_with_proofs_or_log(bundle: Bundle, proofs: LogProofs | None, trusted: TrustedLog,
+                              publishers: Sequence[Verifier], *, now: dt.datetime, allow_simulated: bool = False,
+                              read_log: bool, keys_body: bytes | None = None) -> LogVerdict:
+    """:func:`verify_with_log` on the whole log when the bundle carried no ``proofs``; else :func:`verify_with_proofs`,
+    and when its proofs verify but carry no release that admits the gateway (in a log
     shared by publishers, a gateway may attach others' releases) and ``read_log`` (a log URL is configured), the
     verdict of :func:`verify_with_log` on the whole log instead, its line saying so. Any other failure of the proofs
     (signature, inclusion, consistency, key entry) is a refusal, never a reason to look elsewhere."""
+    if proofs is None:
+        return verify_with_log(bundle, trusted.open(), publishers, now=now, allow_simulated=allow_simulated,
+                               keys_body=keys_body)
     try:
         result = verify_with_proofs(bundle, proofs, trusted, publishers, now=now, allow_simulated=allow_simulated,
                                     keys_body=keys_body)

@@ -238,7 +238,7 @@ def _verify_with_log(args: argparse.Namespace, bundle: Bundle, now: dt.datetime,
     one without needs ``--log``, read whole."""
     from tlog import TlogError, parse_verifier_key
     from transparency.client import DEFAULT_LOG_STATE, LogUnavailableError, TrustedLog, http_fetcher
-    from transparency.verify import bundle_proofs, verify_with_log, verify_with_proofs_or_log
+    from transparency.verify import bundle_proofs, verify_with_proofs_or_log
 
     if not (args.publisher and args.log_key):
         print("veil attest: --publisher and --log-key go together (with --log, or a bundle carrying log proofs)",
@@ -259,13 +259,8 @@ def _verify_with_log(args: argparse.Namespace, bundle: Bundle, now: dt.datetime,
         trusted = TrustedLog(parse_verifier_key(args.log_key), http_fetcher(args.log) if args.log else no_log,
                              state, [parse_verifier_key(w) for w in args.witness or []], args.min_witnesses)
         publishers = [parse_verifier_key(k) for k in args.publisher]
-        if proofs is not None:
-            result = verify_with_proofs_or_log(bundle, proofs, trusted, publishers, now=now,
-                                               allow_simulated=args.insecure_allow_simulated,
-                                               read_log=bool(args.log))
-        else:
-            result = verify_with_log(bundle, trusted.open(), publishers, now=now,
-                                     allow_simulated=args.insecure_allow_simulated)
+        result = verify_with_proofs_or_log(bundle, proofs, trusted, publishers, now=now,
+                                           allow_simulated=args.insecure_allow_simulated, read_log=bool(args.log))
     except TlogError as exc:
         print(f"refused by the transparency log: {exc}", file=sys.stderr)
         return 5
