@@ -18,7 +18,7 @@ from .auth import (
     parse_private_token_challenges,
     parse_www_authenticate,
 )
-from .directory import MEDIA_TYPE_DIRECTORY, WELL_KNOWN_DIRECTORY, Directory, DirectoryKey
+from .directory import MAX_DIRECTORY_BYTES, MEDIA_TYPE_DIRECTORY, WELL_KNOWN_DIRECTORY, Directory, DirectoryKey
 from .errors import (
     DecodeError,
     KeyIdError,
@@ -56,6 +56,7 @@ __all__ = [
     "parse_authorization",
     "parse_private_token_challenges",
     "parse_www_authenticate",
+    "MAX_DIRECTORY_BYTES",
     "MEDIA_TYPE_DIRECTORY",
     "WELL_KNOWN_DIRECTORY",
     "Directory",

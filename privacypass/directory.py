@@ -18,7 +18,8 @@ __all__ = ["MEDIA_TYPE_DIRECTORY", "WELL_KNOWN_DIRECTORY", "DirectoryKey", "Dire
 
 MEDIA_TYPE_DIRECTORY: Final = "application/private-token-issuer-directory"
 WELL_KNOWN_DIRECTORY: Final = "/.well-known/private-token-issuer-directory"
-_MAX_DIRECTORY: Final = 256 * 1024
+#: the largest directory decoded (a fetcher should stop reading past it)
+MAX_DIRECTORY_BYTES: Final = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +62,7 @@ class Directory:
         Raises:
             DecodeError: not JSON, no ``issuer-request-uri``, or ``token-keys`` not a list.
         """
-        if len(data) > _MAX_DIRECTORY:
+        if len(data) > MAX_DIRECTORY_BYTES:
             raise DecodeError(f"issuer directory too large: {len(data)} bytes")
         try:
             doc = json.loads(data)

@@ -35,11 +35,17 @@ from prometheus_client import CollectorRegistry, Counter
 import privacypass
 from privacypass import Directory, PrivateTokenChallenge, Token, TokenChallenge, TokenKey
 
+from .keycache import read_whole
+
 log = logging.getLogger("veil.relay.tokens")
 
 #: A relay's spent set must outlive every key it accepts: the issuer's default lifetime plus overlap is 8 days.
 DEFAULT_RETENTION: Final = 9 * 24 * 3600.0
 _MAX_AGE_RE: Final = re.compile(r"max-age=(\d+)")
+
+
+class _DirectoryTooLarge(Exception):
+    """The issuer's directory is larger than ``privacypass.MAX_DIRECTORY_BYTES`` (or shorter than it said)."""
 
 
 class TokenRejected(Exception):
@@ -179,16 +185,21 @@ class TokenVerifier:
                 return
             self._last_fetch = now
             try:
-                async with session.get(self.policy.directory_url, timeout=aiohttp.ClientTimeout(total=10)) as r:
+                # not redirected (the operator named this URL), and bounded: an issuer, or whoever answers for it,
+                # must not make the relay hold an arbitrary body in memory
+                async with session.get(self.policy.directory_url, timeout=aiohttp.ClientTimeout(total=10),
+                                       allow_redirects=False) as r:
                     if r.status != 200:
                         raise aiohttp.ClientResponseError(r.request_info, (), status=r.status)
-                    body = await r.read()
+                    body = await read_whole(r, privacypass.MAX_DIRECTORY_BYTES)
+                    if body is None:
+                        raise _DirectoryTooLarge(f"larger than {privacypass.MAX_DIRECTORY_BYTES} bytes or incomplete")
                     m = _MAX_AGE_RE.search(r.headers.get("Cache-Control", ""))
                 directory = Directory.decode(body)
-            except (aiohttp.ClientError, asyncio.TimeoutError, privacypass.DecodeError) as exc:
+            except (aiohttp.ClientError, asyncio.TimeoutError, privacypass.DecodeError, _DirectoryTooLarge) as exc:
                 self.metrics.directory_fetches.labels("error").inc()
-                log.warning("issuer directory fetch failed (%s); keeping %d cached keys", type(exc).__name__,
-                            len(self.keys))
+                log.warning("issuer directory fetch failed (%s%s); keeping %d cached keys", type(exc).__name__,
+                            f": {exc}" if isinstance(exc, _DirectoryTooLarge) else "", len(self.keys))
                 self._fresh_until = now + min(self.policy.refresh_interval, 5.0)
                 return
             self.metrics.directory_fetches.labels("ok").inc()

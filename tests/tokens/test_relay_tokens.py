@@ -166,3 +166,52 @@ async def test_rotation_new_key_learned_and_old_key_expired(issuer: TestServer, 
     schedule.rotate(now + 3600 + 61)  # the first key's overlap has passed
     v._fresh_until = 0
     assert await reason(v, first, session) == (401, "expired_key")
+
+
+async def test_directory_too_large_or_redirected_is_refused_and_cached_keys_kept(
+        issuer: TestServer, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture) -> None:
+    """The relay fetches the directory from the URL its operator named, and stops reading it past
+    privacypass.MAX_DIRECTORY_BYTES: an endless body (no Content-Length to refuse it by) is a failed fetch at once,
+    not memory filled until the fetch times out; a redirect is not followed. Either way the keys it had stay."""
+    from aiohttp import web
+
+    real = str(issuer.make_url("")).rstrip("/")
+    async with session.get(real + privacypass.WELL_KNOWN_DIRECTORY) as r:
+        good = await r.read()
+    mode = {"now": "good"}
+
+    async def directory(request: web.Request) -> web.StreamResponse:
+        if mode["now"] == "redirect":
+            raise web.HTTPFound(real + privacypass.WELL_KNOWN_DIRECTORY)
+        if mode["now"] == "good":
+            return web.Response(body=good, content_type=privacypass.MEDIA_TYPE_DIRECTORY)
+        resp = web.StreamResponse(headers={"Content-Type": privacypass.MEDIA_TYPE_DIRECTORY})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(good[:-1])
+        for _ in range(16 * 1024):  # 1 GiB of JSON whitespace, until the relay stops reading
+            await resp.write(b" " * 65536)
+        return resp
+
+    app = web.Application()
+    app.router.add_get(privacypass.WELL_KNOWN_DIRECTORY, directory)
+    stand_in = TestServer(app)
+    await stand_in.start_server()
+    registry = CollectorRegistry()
+    try:
+        v = verifier(str(stand_in.make_url("")).rstrip("/"), None, registry)
+        await v.refresh(session, force=True)
+        keys = dict(v.keys)
+        assert keys
+        for now, why in (("endless", "_DirectoryTooLarge"), ("redirect", "ClientResponseError")):
+            mode["now"] = now
+            v._fresh_until = 0
+            caplog.clear()
+            await v.refresh(session)
+            assert v.keys == keys
+            assert [why in r.getMessage() for r in caplog.records if r.name == "veil.relay.tokens"] == [True]
+        text = generate_latest(registry).decode()
+        assert 'veil_relay_issuer_directory_fetches_total{outcome="ok"} 1.0' in text
+        assert 'veil_relay_issuer_directory_fetches_total{outcome="error"} 2.0' in text
+    finally:
+        await stand_in.close()
