@@ -27,10 +27,16 @@ the nginx worker comes from ``/proc/<pid>/stat``.
 Target (the issue): relay requests/s >= 0.5x nginx's at 64 connections, for 1 and 2 workers each; and how each
 scales from 1 to 2 workers (printed as the ratio of their requests/s).
 
+``--floor`` adds what serving the relay's POST path off aiohttp could reach at best: a raw asyncio protocol that
+parses requests with llhttp (``httptools``) and forwards them through ``hop.Pool`` as the relay does, and does none of
+the relay's checks (allow list, media type, sizes, deadlines, rate and per-address limits, tokens, CORS, metrics,
+the write watchdog) and no streaming (one whole answer per request, no pipelining). Its ratio to nginx is a ceiling
+for any relay whose per-request work is Python on asyncio, not a relay.
+
 Usage::
 
     scripts/bench/bench_relay.py [--quick] [--duration S] [--rounds N] [--loops asyncio,uvloop] [--workers 1,2]
-                                 [--json PATH]
+                                 [--floor] [--json PATH]
 """
 
 from __future__ import annotations
@@ -213,6 +219,69 @@ def serve_upstream(port: int, answer: bytes) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
+def serve_floor(port: int, upstream: str) -> None:
+    """Hidden mode (``--floor``): the POST path alone, on a raw asyncio protocol and llhttp, forwarded through
+    ``hop.Pool``; no checks, no streaming, no pipelining (a benchmark's floor, never a relay)."""
+    import asyncio
+
+    import httptools
+
+    import hop
+
+    origin, target = hop.target_of(upstream)
+    forward_headers = (("Content-Type", "message/ohttp-req"),)
+
+    class Floor(asyncio.Protocol):
+        def __init__(self, pool: hop.Pool) -> None:
+            self.pool = pool
+            self.transport: asyncio.Transport | None = None
+            self.parser = httptools.HttpRequestParser(self)
+            self.body: list[bytes] = []
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport  # type: ignore[assignment]
+
+        def data_received(self, data: bytes) -> None:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:
+                assert self.transport is not None
+                self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                self.transport.close()
+
+        def on_body(self, body: bytes) -> None:
+            self.body.append(body)
+
+        def on_message_complete(self) -> None:
+            body, self.body = b"".join(self.body), []
+            asyncio.ensure_future(self.answer(body))
+
+        async def answer(self, body: bytes) -> None:
+            assert self.transport is not None
+            try:
+                resp = await self.pool.request(origin, "POST", target, forward_headers, body)
+                data = await resp.read(1 << 20)
+                resp.release()
+            except hop.HopError:
+                self.transport.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                return
+            ctype = resp.headers.get("content-type", "application/octet-stream").encode("latin-1")
+            self.transport.write(b"HTTP/1.1 %d OK\r\nContent-Type: %s\r\nCache-Control: no-store\r\n"
+                                 b"Content-Length: %d\r\n\r\n%s" % (resp.status, ctype, len(data), data))
+
+    async def run() -> None:
+        pool = hop.Pool(connect_timeout=5.0, read_timeout=30.0)
+        server = await asyncio.get_running_loop().create_server(lambda: Floor(pool), "127.0.0.1", port)
+        await server.serve_forever()
+
+    try:  # the relay's default loop where installed
+        import uvloop
+    except ImportError:
+        asyncio.run(run())
+    else:
+        uvloop.run(run())
+
+
 def ensure_tools() -> None:
     missing = [t for t in ("nginx", "wrk") if shutil.which(t) is None and not Path(f"/usr/sbin/{t}").exists()]
     if not missing:
@@ -327,12 +396,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-root", type=Path, default=None,
                         help="also run the relay from this checkout (e.g. a git worktree of an older commit) in the "
                              "same interleaved rounds: series *-base, and the ratio to it per round")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure the floor: the POST path alone on a raw asyncio protocol and hop/, with none "
+                             "of the relay's checks (what moving the relay off aiohttp's server could reach at best)")
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the results as JSON to PATH")
+    parser.add_argument("--_serve-floor", dest="serve_floor", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--_floor-upstream", dest="floor_upstream", help=argparse.SUPPRESS)
     parser.add_argument("--_serve-upstream", dest="serve_upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--_answer", dest="answer", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_upstream is not None:
         serve_upstream(args.serve_upstream, bytes.fromhex(args.answer))
+        return 0
+    if args.serve_floor is not None:
+        serve_floor(args.serve_floor, args.floor_upstream)
         return 0
     duration = args.duration or (3.0 if args.quick else 8.0)
     rounds = args.rounds or (1 if args.quick else 3)
@@ -341,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         loops = [x.strip() for x in args.loops.split(",") if x.strip()]
     counts = [int(x) for x in args.workers.split(",") if x.strip()]
+    if args.floor and 1 not in counts:
+        parser.error("--floor is one process: it is compared with nginx's 1 worker, so --workers must include 1")
     ensure_tools()
 
     req, resp = payloads()
@@ -405,6 +484,16 @@ def main(argv: list[str] | None = None) -> int:
                         wait_all_workers(relay, n)
                         targets.append((Series(name, f"veil relay ({loop}, {n} worker{'s' if n > 1 else ''}{note})",
                                                workers=n), f"http://127.0.0.1:{port}/gw", relay.pid))
+            if args.floor:
+                port = free_port()
+                floor = start("floor", [sys.executable, __file__, "--_serve-floor", str(port), "--_floor-upstream",
+                                        f"http://127.0.0.1:{up_port}/.well-known/ohttp-gateway"], port, tmp,
+                              env={"PYTHONPATH": str(veil_root)},
+                              ready=lambda p: http_ok(p.base + "/gw", method="POST", data=b"x", timeout=2.0,
+                                                      headers={"Content-Type": "message/ohttp-req"}))
+                procs.append(floor)
+                targets.append((Series("floor", "floor: POST path alone, raw protocol + hop/, uvloop, no checks (not a relay)"),
+                                f"http://127.0.0.1:{port}/gw", floor.pid))
             # warm-up
             for s, url, pid in targets:
                 wrk(url, args.connections, 1, script, pid)
@@ -467,6 +556,15 @@ def main(argv: list[str] | None = None) -> int:
         lines.append((ratio >= TARGET_RATIO,
                       f"{s.label} throughput >= {TARGET_RATIO}x nginx ({s.workers} worker(s)) at {c} connections: "
                       f"{s.med(c, 'rps'):.0f} vs {base.med(c, 'rps'):.0f} req/s = {ratio:.2f}x"))
+    floor_s = next((s for s in series if s.key == "floor"), None)
+    if floor_s is not None:
+        relay1 = [s for s in series if s.key.startswith("relay") and s.workers == 1 and not s.key.endswith("-base")]
+        print(f"Floor (no checks, not a relay): {floor_s.med(c, 'rps') / nginx[1].med(c, 'rps'):.2f}x nginx (1 worker), "
+              f"{floor_s.med(c, 'cpu_us_per_request'):.1f} µs of CPU per request against nginx's "
+              f"{nginx[1].med(c, 'cpu_us_per_request'):.1f}; " + "; ".join(
+                  f"{s.key} {s.med(c, 'rps') / floor_s.med(c, 'rps'):.2f}x the floor's req/s at "
+                  f"{s.med(c, 'cpu_us_per_request'):.1f} µs" for s in relay1))
+        print()
     errors = sum(s.errors() for s in series)
     for ok, text in lines:
         print(f"{'PASS' if ok else 'MISS'}: {text}")
