@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import tracemalloc
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -30,10 +31,20 @@ from ohttp import GatewayKey, KeyRing, bhttp
 from .conftest import WELL_KNOWN, Gateway, GatewayFactory, chat_request, dated, sse_data
 
 EVENTS = [b'data: {"n": %d}\n\n' % i for i in range(5)]
-#: the flood: events of 32 KiB, 60 MiB in all: more than the socket buffers on the way take while nobody reads
-#: (about 14 MiB on Linux's loopback), and padded still under the client's 64 MiB limit on a response's content
+#: the flood: events of 32 KiB, 60 MiB in all, padded still under the client's 64 MiB limit on a response's content.
+#: What the engine gets out before a reader that reads nothing holds it back is what the socket buffers on the way
+#: take, and they autotune up to net.ipv4.tcp_rmem/tcp_wmem's maxima: 10-16 MiB with a 4 MiB tcp_wmem max, 35-40
+#: MiB with 32 MiB maxima, the whole flood with 128 MiB ones. So the tests bound what the gateway holds (HELD_BOUND)
 FLOOD_EVENT = b"data: " + b"x" * (32 * 1024 - 8) + b"\n\n"
 FLOOD_EVENTS = 1920
+#: "flood-on" sends FLOOD_EVENTs until the gateway hangs up, or this much (past any socket buffers: then it ends)
+FLOOD_ON_GUARD = 256 << 20
+#: the most this process (gateway, stand-in engine and client) may allocate at its peak while the client reads
+#: nothing: 2.8-3.4 MiB measured, whatever the sysctls. A gateway that did not pause (hop.pipe.HIGH_WATER set to
+#: 256 MiB) holds what the sockets' buffers leave of the flood: 55 MiB at its peak with a 4 MiB tcp_wmem max, 37 MiB
+#: with 32 MiB maxima; with 128 MiB ones they take it all, and only the write-timeout test (whose flood goes on)
+#: tells such a gateway apart there
+HELD_BOUND = 8 << 20
 #: what the "endless" engine sends without ending its event (then it ends the body): past the gateway's bound
 ENDLESS = MAX_EVENT + 2 * 1024 * 1024
 
@@ -120,8 +131,9 @@ async def _script(name: str, reader: asyncio.StreamReader, writer: asyncio.Strea
         except TimeoutError:
             pass
         return False
-    if name == "flood":
-        for _ in range(FLOOD_EVENTS):
+    if name in ("flood", "flood-on"):
+        events = FLOOD_EVENTS if name == "flood" else FLOOD_ON_GUARD // len(FLOOD_EVENT)
+        for _ in range(events):
             try:
                 await _chunk(writer, FLOOD_EVENT)
             except ConnectionError:  # the gateway closed the connection mid-flood
@@ -347,14 +359,20 @@ async def test_a_client_gone_mid_stream_closes_the_engines_connection(
 async def test_a_slow_reader_holds_the_engine_back_and_still_gets_everything(gateway_on: MakeGateway,
                                                                              engine: Engine) -> None:
     gw = await gateway_on()
-    resp, creq = await _open_stream(gw, "flood")
-    for _ in range(100):  # the engine writes what the sockets and the gateway's bounded buffer take, then waits
-        before = engine.flooded
-        await asyncio.sleep(0.05)
-        if engine.flooded == before:
-            break
-    # a gateway that read on regardless would have let the engine write the whole flood by now
-    assert 0 < engine.flooded < FLOOD_EVENTS * len(FLOOD_EVENT)
+    tracemalloc.start()
+    try:
+        resp, creq = await _open_stream(gw, "flood")
+        for _ in range(100):  # the engine writes what the sockets and the gateway's bounded buffer take, then waits
+            before = engine.flooded
+            await asyncio.sleep(0.05)
+            if engine.flooded == before:
+                break
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert 0 < engine.flooded
+    # a gateway that read on regardless would hold what of the flood the sockets' buffers did not take
+    assert peak < HELD_BOUND, f"{peak} bytes held at the peak (the engine got {engine.flooded} out)"
     dec, bdec = creq.response(), bhttp.BHTTPDecoder(expect="response")
     size = 0
     async for piece in resp.content.iter_any():
@@ -375,10 +393,17 @@ async def test_a_slow_reader_holds_the_engine_back_and_still_gets_everything(gat
 async def test_a_relay_that_reads_nothing_past_the_write_timeout_is_dropped_and_the_engine_closed(
         gateway_on: MakeGateway, engine: Engine) -> None:
     gw = await gateway_on(write_timeout=0.5)
-    resp, _ = await _open_stream(gw, "flood")  # and never read: the relay stopped reading
+    tracemalloc.start()
     try:
-        # the engine is held back, then its connection closed once nothing was taken for write_timeout
-        await asyncio.wait_for(engine.hung_up.wait(), 10)
-        assert engine.flooded < FLOOD_EVENTS * len(FLOOD_EVENT)
+        # never read: the relay stopped reading. A flood with no end: socket buffers that took all of a bounded one
+        # would let the engine finish before the gateway gives up (and then there is no stream left to cut)
+        resp, _ = await _open_stream(gw, "flood-on")
+        try:
+            # the engine is held back, then its connection closed once nothing was taken for write_timeout
+            await asyncio.wait_for(engine.hung_up.wait(), 10)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            resp.close()
     finally:
-        resp.close()
+        tracemalloc.stop()
+    assert peak < HELD_BOUND, f"{peak} bytes held at the peak (the engine got {engine.flooded} out)"
