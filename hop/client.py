@@ -39,6 +39,8 @@ MAX_HEAD: Final = 64 * 1024
 MAX_HEADERS: Final = 100
 #: a request body's bytes waiting in the socket buffer before the writer waits for the server to read
 _WRITE_HIGH: Final = 256 * 1024
+#: a chunked body's reads longer than this are parsed in slices of it (see _Conn.data_received)
+_FEED_SLICE: Final = 16 * 1024
 #: pulled body bytes waiting unread before the socket is no longer read
 PULL_HIGH: Final = 256 * 1024
 
@@ -322,26 +324,48 @@ class _Conn(asyncio.Protocol):
         if self.parser is None:  # bytes while no request is out: the server is not speaking HTTP to us
             self.close()
             return
+        resp = self.response
+        if len(data) > _FEED_SLICE and resp is not None and resp.content_length is None:
+            # A chunked body (or a head not parsed yet, which may start one): trailers may follow its last piece in
+            # this same read, and on_body zeroes the count of bytes since a body piece after the whole read was
+            # counted. Fed in slices, at most one slice after the last piece goes uncounted, so trailers that never
+            # end are refused near MAX_HEAD, not once more bytes come (they may never come).
+            view = memoryview(data)
+            for i in range(0, len(data), _FEED_SLICE):
+                if self.parser is None:  # the response ended and its connection went back to the pool: as above
+                    self.close()
+                    return
+                if not self._feed(self.parser, view[i:i + _FEED_SLICE], resp):
+                    return
+        elif not self._feed(self.parser, data, resp):
+            return
+        if resp is not None:
+            resp._flush()
+
+    def _feed(self, parser: httptools.HttpResponseParser, data: bytes | memoryview, resp: Response | None) -> bool:
+        """Parse ``data``; False once the response has failed (what arrived before went to the sink first)."""
         # llhttp hands a header (or a trailer field) over only once it has ended, and httptools keeps what came of it
         # so far: bytes that are not body are counted here, and past MAX_HEAD since the last body piece (a head, or
         # trailers, that never end) the response is refused, after what arrived so far
         self._unbodied += len(data)
-        resp = self.response
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._error(BadResponse("the server switched protocols"))
+            return False
         except httptools.HttpParserError as exc:
             if resp is not None:
                 resp._flush()  # what was well-formed before the error still reaches the sink, as it would by chunk
             if resp is not None and resp._error is not None:
-                return  # a callback's own failure (limits below), already recorded
+                return False  # a callback's own failure (limits below), already recorded
             self._error(BadResponse(f"malformed HTTP response ({exc})"))
-            return
-        if resp is not None:
-            resp._flush()
+            return False
         if self._unbodied > MAX_HEAD and self.parser is not None and (resp is None or not resp._done):
+            if resp is not None:
+                resp._flush()
             self._error(BadResponse(f"response head or trailers larger than {MAX_HEAD} bytes"))
+            return False
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

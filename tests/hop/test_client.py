@@ -1447,6 +1447,32 @@ async def test_trailers_that_never_end_are_cut_off(serve: Serve, pool: hop.Pool)
         await resp.read()
 
 
+@pytest.mark.parametrize("mode", ["pull", "pipe"])
+@bounded
+async def test_trailers_in_the_same_read_as_the_last_body_piece_are_counted(serve: Serve, pool: hop.Pool,
+                                                                            mode: str) -> None:
+    # the last body piece and MAX_HEAD + 20 KiB of a trailer that never ends, in one send (one or two reads on
+    # loopback); then the server waits: the trailer's bytes after the piece must count toward MAX_HEAD already (they
+    # did not: the piece zeroed the count after its whole read was counted, and the response waited for bytes that
+    # would never come)
+    async def handle(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(CHUNKED_HEAD + chunk(b"x" * 1000) + b"0\r\nX-Endless: " + b"a" * (MAX_HEAD + 20 * 1024))
+        await asyncio.sleep(LIMIT)
+
+    server = await serve(handle)
+    resp = await pool.request(server.origin, "GET", "/")
+    got: list[bytes] = []
+    with pytest.raises(hop.BadResponse, match="trailers"):
+        if mode == "pull":
+            async for piece in resp:
+                got.append(piece)
+        else:
+            resp.pipe(got.append)
+            await resp.finished()
+    assert b"".join(got) == b"x" * 1000  # the body before them was handed on
+
+
 @bounded
 async def test_an_answer_before_the_body_ends_stops_the_upload_and_drops_the_connection(serve: Serve,
                                                                                         pool: hop.Pool) -> None:
