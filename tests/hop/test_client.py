@@ -40,6 +40,18 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
+async def take(resp: hop.Response, mode: str, got: list[bytes]) -> None:
+    """The body the way ``mode`` says: ``pull`` (async for), ``read`` (whole) or ``pipe`` (pushed); pieces in ``got``."""
+    if mode == "pull":
+        async for piece in resp:
+            got.append(piece)
+    elif mode == "read":
+        got.append(await resp.read())
+    else:
+        resp.pipe(got.append)
+        await resp.finished()
+
+
 class Peer:
     """The server's side of one accepted connection."""
 
@@ -739,14 +751,7 @@ async def test_silent_server_mid_body_is_read_timeout(serve: Serve, mode: str) -
         resp = await pool.request(server.origin, "GET", "/")
         got: list[bytes] = []
         with pytest.raises(hop.ReadTimeout):
-            if mode == "pull":
-                async for piece in resp:
-                    got.append(piece)
-            elif mode == "read":
-                await resp.read()
-            else:
-                resp.pipe(got.append)
-                await resp.finished()
+            await take(resp, mode, got)
         if mode != "read":
             assert b"".join(got) == b"onetwo"
         await closed.wait()  # the connection was closed
@@ -771,12 +776,7 @@ async def test_server_closing_mid_body_is_bad_response(serve: Serve, pool: hop.P
     resp = await pool.request(server.origin, "GET", "/")
     got: list[bytes] = []
     with pytest.raises(hop.BadResponse):
-        if mode == "pull":
-            async for piece in resp:
-                got.append(piece)
-        else:
-            resp.pipe(got.append)
-            await resp.finished()
+        await take(resp, mode, got)
     assert got == [b"part"]
     resp.release()
     with pytest.raises(hop.BadResponse):  # and again: the error stays
@@ -1464,12 +1464,7 @@ async def test_trailers_in_the_same_read_as_the_last_body_piece_are_counted(serv
     resp = await pool.request(server.origin, "GET", "/")
     got: list[bytes] = []
     with pytest.raises(hop.BadResponse, match="trailers"):
-        if mode == "pull":
-            async for piece in resp:
-                got.append(piece)
-        else:
-            resp.pipe(got.append)
-            await resp.finished()
+        await take(resp, mode, got)
     assert b"".join(got) == b"x" * 1000  # the body before them was handed on
 
 
