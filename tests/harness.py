@@ -20,8 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ from veil_cli import die_with_parent as _pdeathsig
 
 REPO = Path(__file__).resolve().parents[1]
 
-__all__ = ["REPO", "Proc", "free_port", "http_ok", "run_to_exit_watching_health", "start_process", "start_veil", "stop_all"]
+__all__ = ["REPO", "Proc", "free_port", "http_ok", "run_to_exit_watching_health", "start_process", "start_veil", "stop_all",
+           "traced_peak"]
 
 
 def free_port() -> int:
@@ -203,3 +205,22 @@ def start_veil(args: list[str], port: int, *, health: str = "/healthz", timeout:
     """Start ``python -m veil_cli ARGS`` and wait until ``health`` answers 200; ``kw`` as for ``start_process``."""
     kw.setdefault("name", f"veil {' '.join(args)}")
     return start_process([python, "-m", "veil_cli", *args], port, health=health, timeout=timeout, env=env, **kw)
+
+
+@contextlib.contextmanager
+def traced_peak() -> Iterator[Callable[[], int]]:
+    """``with traced_peak() as peak: ...; held = peak()``: the most this process's Python allocations rose above their
+    level at entry, while inside (read ``peak()`` inside the block). What a test bounds to show that a process holds
+    back instead of buffering; bytes a peer got out would measure the kernel's autotuned socket buffers instead.
+    Tracing already on (``PYTHONTRACEMALLOC``, ``-X tracemalloc``) is left on, and what it counted before is not
+    counted here."""
+    was = tracemalloc.is_tracing()
+    if not was:
+        tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    try:
+        yield lambda: tracemalloc.get_traced_memory()[1] - base
+    finally:
+        if not was:
+            tracemalloc.stop()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import tracemalloc
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -27,6 +26,7 @@ from enclave.engines.sse import MAX_EVENT
 from enclave.gateway import GatewayConfig, create_app
 from enclave.gateway.app_state_keys import STATE
 from ohttp import GatewayKey, KeyRing, bhttp
+from tests.harness import traced_peak
 
 from .conftest import WELL_KNOWN, Gateway, GatewayFactory, chat_request, dated, sse_data
 
@@ -359,17 +359,14 @@ async def test_a_client_gone_mid_stream_closes_the_engines_connection(
 async def test_a_slow_reader_holds_the_engine_back_and_still_gets_everything(gateway_on: MakeGateway,
                                                                              engine: Engine) -> None:
     gw = await gateway_on()
-    tracemalloc.start()
-    try:
+    with traced_peak() as held:
         resp, creq = await _open_stream(gw, "flood")
         for _ in range(100):  # the engine writes what the sockets and the gateway's bounded buffer take, then waits
             before = engine.flooded
             await asyncio.sleep(0.05)
             if engine.flooded == before:
                 break
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+        peak = held()
     assert 0 < engine.flooded
     # a gateway that read on regardless would hold what of the flood the sockets' buffers did not take
     assert peak < HELD_BOUND, f"{peak} bytes held at the peak (the engine got {engine.flooded} out)"
@@ -393,17 +390,14 @@ async def test_a_slow_reader_holds_the_engine_back_and_still_gets_everything(gat
 async def test_a_relay_that_reads_nothing_past_the_write_timeout_is_dropped_and_the_engine_closed(
         gateway_on: MakeGateway, engine: Engine) -> None:
     gw = await gateway_on(write_timeout=0.5)
-    tracemalloc.start()
-    try:
+    with traced_peak() as held:
         # never read: the relay stopped reading. A flood with no end: socket buffers that took all of a bounded one
         # would let the engine finish before the gateway gives up (and then there is no stream left to cut)
         resp, _ = await _open_stream(gw, "flood-on")
         try:
             # the engine is held back, then its connection closed once nothing was taken for write_timeout
             await asyncio.wait_for(engine.hung_up.wait(), 10)
-            peak = tracemalloc.get_traced_memory()[1]
+            peak = held()
         finally:
             resp.close()
-    finally:
-        tracemalloc.stop()
     assert peak < HELD_BOUND, f"{peak} bytes held at the peak (the engine got {engine.flooded} out)"

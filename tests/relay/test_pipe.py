@@ -6,11 +6,12 @@ and a stream that grows past the limit is cut."""
 from __future__ import annotations
 
 import asyncio
-import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+
+from tests.harness import traced_peak
 
 from .conftest import MEDIA_CHUNKED_REQ, WELL_KNOWN, MakeRelay
 
@@ -103,15 +104,12 @@ async def test_a_client_that_stops_reading_holds_the_gateway_back(relay: MakeRel
     gw = await streaming([bytes(65536)] * 1024)
     client = await relay(gateways={"gw": gw.url}, max_response_bytes=1 << 30)
     port = client.server.port
-    tracemalloc.start()
-    try:
+    with traced_peak() as held:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(_request(port))
         await writer.drain()
         await asyncio.sleep(1.5)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+        peak = held()
     assert peak < 8 << 20, f"{peak} bytes held at the peak (the gateway got {gw.sent} out) for a client reading nothing"
     # and the stream resumes, whole, once the client reads
     total = 0
