@@ -53,8 +53,9 @@ OPTIONS = [
     Option("key-refresh-interval", "seconds between drops of a gateway's cached keys and evidence after a 422 for a "
            "cached key id (a key rotation); anyone can draw a 422, so no more often than this", 10.0, type=float),
     Option("require-token", "every forwarded request must spend a Privacy Pass token (RFC 9577 PrivateToken, type 2) "
-           "of the issuer at this URL: checked offline against its directory's keys, each token once (401/403 with a "
-           "fresh challenge otherwise); tokens are never logged", metavar="ISSUER_URL"),
+           "of the issuer at this URL: checked offline against its directory's keys (fetched from this URL itself, "
+           "redirects not followed, at most 256 KiB), each token once (401/403 with a fresh challenge otherwise); "
+           "tokens are never logged", metavar="ISSUER_URL"),
     Option("spent-store", "where spent tokens are remembered (with --require-token): a SQLite FILE that replicas on "
            "one host share, or redis://HOST:PORT/DB for replicas on several", "veil-relay-spent.sqlite",
            metavar="FILE|redis://..."),

@@ -190,7 +190,9 @@ class TokenVerifier:
                 async with session.get(self.policy.directory_url, timeout=aiohttp.ClientTimeout(total=10),
                                        allow_redirects=False) as r:
                     if r.status != 200:
-                        raise aiohttp.ClientResponseError(r.request_info, (), status=r.status)
+                        moved = f" to {r.headers.get('Location', '?')} (not followed)" if 300 <= r.status < 400 else ""
+                        raise aiohttp.ClientResponseError(r.request_info, (), status=r.status,
+                                                          message=f"HTTP {r.status}{moved}")
                     body = await read_whole(r, privacypass.MAX_DIRECTORY_BYTES)
                     if body is None:
                         raise _DirectoryTooLarge(f"larger than {privacypass.MAX_DIRECTORY_BYTES} bytes or incomplete")
@@ -198,8 +200,10 @@ class TokenVerifier:
                 directory = Directory.decode(body)
             except (aiohttp.ClientError, asyncio.TimeoutError, privacypass.DecodeError, _DirectoryTooLarge) as exc:
                 self.metrics.directory_fetches.labels("error").inc()
-                log.warning("issuer directory fetch failed (%s%s); keeping %d cached keys", type(exc).__name__,
-                            f": {exc}" if isinstance(exc, _DirectoryTooLarge) else "", len(self.keys))
+                detail = (f": {exc}" if isinstance(exc, _DirectoryTooLarge) else
+                          f": {exc.message}" if isinstance(exc, aiohttp.ClientResponseError) else "")
+                log.warning("issuer directory fetch failed (%s%s); keeping %d cached keys", type(exc).__name__, detail,
+                            len(self.keys))
                 self._fresh_until = now + min(self.policy.refresh_interval, 5.0)
                 return
             self.metrics.directory_fetches.labels("ok").inc()

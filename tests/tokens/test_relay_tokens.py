@@ -203,7 +203,7 @@ async def test_directory_too_large_or_redirected_is_refused_and_cached_keys_kept
         await v.refresh(session, force=True)
         keys = dict(v.keys)
         assert keys
-        for now, why in (("endless", "_DirectoryTooLarge"), ("redirect", "ClientResponseError")):
+        for now, why in (("endless", "_DirectoryTooLarge"), ("redirect", "HTTP 302 to http")):
             mode["now"] = now
             v._fresh_until = 0
             caplog.clear()
