@@ -30,8 +30,9 @@ scales from 1 to 2 workers (printed as the ratio of their requests/s).
 ``--floor`` adds what serving the relay's POST path off aiohttp could reach at best: a raw asyncio protocol that
 parses requests with llhttp (``httptools``) and forwards them through ``hop.Pool`` as the relay does, and does none of
 the relay's checks (allow list, media type, sizes, deadlines, rate and per-address limits, tokens, CORS, metrics,
-the write watchdog) and no streaming (one whole answer per request, no pipelining). Its ratio to nginx is a ceiling
-for any relay whose per-request work is Python on asyncio, not a relay.
+the write watchdog), no streaming (one whole answer per request) and no ordering of pipelined requests (wrk does not
+pipeline). It is not a relay: it is a reference point for a relay on a raw protocol (one design, a task per request;
+a leaner one could do better).
 
 Usage::
 
@@ -492,7 +493,9 @@ def main(argv: list[str] | None = None) -> int:
                               ready=lambda p: http_ok(p.base + "/gw", method="POST", data=b"x", timeout=2.0,
                                                       headers={"Content-Type": "message/ohttp-req"}))
                 procs.append(floor)
-                targets.append((Series("floor", "floor: POST path alone, raw protocol + hop/, uvloop, no checks (not a relay)"),
+                floor_loop = "uvloop" if version_of("uvloop") != "not installed" else "asyncio"  # as serve_floor picks
+                targets.append((Series("floor", f"floor: POST path alone, raw protocol + hop/, {floor_loop}, no checks "
+                                                "(not a relay)"),
                                 f"http://127.0.0.1:{port}/gw", floor.pid))
             # warm-up
             for s, url, pid in targets:
