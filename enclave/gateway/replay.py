@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict
 from email.utils import format_datetime, parsedate_to_datetime
@@ -37,7 +38,10 @@ class ReplayCache:
     """Remembers each ``enc`` for ``window`` seconds; a second sighting within it is a replay.
 
     Memory is bounded by request rate times window; ``max_entries`` is a hard cap past which the oldest entries
-    are dropped early (a replay of those would then rely on the Date window alone).
+    are dropped early (a replay of those would then rely on the Date window alone). What is kept of an ``enc`` is a
+    16-byte BLAKE2b digest, not the value: X-Wing's is 1,120 bytes, and the cap alone would otherwise allow about
+    1.2 GB. A replay carries the same ``enc``, so the same digest; refusing a fresh request would take a second
+    preimage of another's digest (2^128 work).
     """
 
     def __init__(self, window: float, max_entries: int = 1_000_000) -> None:
@@ -48,15 +52,16 @@ class ReplayCache:
     def seen(self, enc: bytes, now: float | None = None) -> bool:
         """Record ``enc``; ``True`` if it was already recorded within the window."""
         t = time.monotonic() if now is None else now
+        key = hashlib.blake2b(enc, digest_size=16).digest()
         while self._seen:
             first, expiry = next(iter(self._seen.items()))
             if expiry > t and len(self._seen) < self.max_entries:
                 break
             del self._seen[first]
-        if enc in self._seen:
+        if key in self._seen:
             return True
         # Twice the window: a request dated at the window's far edge may be replayed until the other edge.
-        self._seen[enc] = t + 2 * self.window
+        self._seen[key] = t + 2 * self.window
         return False
 
     def __len__(self) -> int:

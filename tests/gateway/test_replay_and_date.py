@@ -11,7 +11,9 @@ import orjson
 import pytest
 
 import ohttp
+from enclave.gateway.replay import ReplayCache
 from ohttp import bhttp
+from tests.harness import traced_peak
 
 from .conftest import PROBLEM_DATE, Gateway, GatewayFactory, dated
 
@@ -102,3 +104,20 @@ async def test_a_date_refusal_over_chunked_ohttp_is_the_same_problem(gateway: Ga
     assert got.head.status == 400 and orjson.loads(got.content)["type"] == PROBLEM_DATE
     assert dict(got.head.headers)[b"content-type"] == b"application/problem+json"
     assert b"date" in dict(got.head.headers)
+
+
+def test_the_replay_cache_keeps_a_small_digest_of_each_enc_not_the_enc() -> None:
+    """X-Wing's enc is 1,120 bytes; the cache remembers every request for 120 s (up to 1,000,000 of them). What it
+    keeps per request must not grow with the KEM: about 150 B measured (dict entry and table, 16-byte digest,
+    expiry), where keeping the enc itself took about 1.25 KB."""
+    cache = ReplayCache(60.0)
+    n = 5000
+    with traced_peak() as held:
+        for i in range(n):
+            assert not cache.seen(os.urandom(1120), now=i / 1000)  # a fresh enc each time, dropped by the caller
+        per_entry = held() / n
+    assert len(cache) == n
+    assert per_entry < 300, per_entry
+    enc = os.urandom(1120)
+    assert not cache.seen(enc, now=10.0) and cache.seen(bytes(enc), now=11.0)  # equal bytes: a replay
+    assert not cache.seen(enc[:-1] + bytes([enc[-1] ^ 1]), now=12.0)  # one bit off: another request
