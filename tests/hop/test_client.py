@@ -198,6 +198,20 @@ def keep_answering(response: bytes) -> Handler:
     return handle
 
 
+def chunked_zeros(pieces: int, size: int = 65536) -> Handler:
+    """Answers one request with ``pieces`` chunks of ``size`` zero bytes, offered as fast as the client takes them,
+    and the last chunk; then waits for the client to close."""
+    async def handle(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(CHUNKED_HEAD)
+        for _ in range(pieces):
+            await peer.send(chunk(bytes(size)))
+        await peer.send(b"0\r\n\r\n")
+        await peer.client_closed()
+
+    return handle
+
+
 async def silent(peer: Peer) -> None:
     await peer.client_closed()
 
@@ -1321,15 +1335,7 @@ async def test_a_pulled_body_read_slowly_stops_the_socket_being_read(serve: Serv
     # PULL_HIGH and holds no more than that and the rest of one socket read; then all of it arrives. What hop holds
     # is measured, not what the server got out: that is the kernel's socket buffers, which tcp_rmem/tcp_wmem let
     # autotune to 16 MiB and more on some machines
-    async def handle(peer: Peer) -> None:
-        await peer.request()
-        await peer.send(CHUNKED_HEAD)
-        for _ in range(256):
-            await peer.send(chunk(bytes(65536)))
-        await peer.send(b"0\r\n\r\n")
-        await peer.client_closed()
-
-    server = await serve(handle)
+    server = await serve(chunked_zeros(256))
     resp = await pool.request(server.origin, "GET", "/")
     conn = resp._conn
     # until hop stops reading (or, were it never to, has the whole body): waited for, not slept, as how long that
@@ -1407,15 +1413,7 @@ async def test_pieces_of_one_read_reach_the_sink_as_one(serve: Serve, pool: hop.
 async def test_pipe_after_a_held_pull_reads_again(serve: Serve, pool: hop.Pool) -> None:
     # more than PULL_HIGH arrives before pipe(): the pull side had stopped reading; pipe() must read again, or the
     # stream would stay paused for good (and the read timeout never fires while paused)
-    async def handle(peer: Peer) -> None:
-        await peer.request()
-        await peer.send(CHUNKED_HEAD)
-        for _ in range(12):
-            await peer.send(chunk(bytes(65536)))
-        await peer.send(b"0\r\n\r\n")
-        await peer.client_closed()
-
-    server = await serve(handle)
+    server = await serve(chunked_zeros(12))
     resp = await pool.request(server.origin, "GET", "/")
     await asyncio.sleep(0.3)  # everything the socket takes arrives; past PULL_HIGH reading stops
     total = 0

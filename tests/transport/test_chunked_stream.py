@@ -5,7 +5,8 @@ a response read to its end leaves its connection in the pool."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 from aiohttp import web
@@ -13,10 +14,10 @@ from aiohttp.test_utils import TestServer
 
 import hop
 import ohttp
-from ohttp import ChunkedMessageDecoder, bhttp
+from ohttp import ChunkedMessageDecoder
 from proxy.transport import ChunkedStream, VeilClientError
 
-from .test_open_stream import EVENTS, KEY, RING, bytewise, stream, whole
+from .test_open_stream import EVENTS, bytewise, stream, whole
 
 
 async def serve(writes: list[bytes], *, cut: bool = False, gate: asyncio.Event | None = None) -> TestServer:
@@ -42,6 +43,17 @@ async def serve(writes: list[bytes], *, cut: bool = False, gate: asyncio.Event |
     server = TestServer(app)
     await server.start_server()
     return server
+
+
+@asynccontextmanager
+async def pool_on(server: TestServer, read_timeout: float | None = None) -> AsyncIterator[hop.Pool]:
+    """A pool for requests to ``server``; both closed at the end."""
+    pool = hop.Pool() if read_timeout is None else hop.Pool(read_timeout=read_timeout)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+        await server.close()
 
 
 async def opened(server: TestServer, pool: hop.Pool, creq: ohttp.ChunkedClientRequest) -> ChunkedStream:
@@ -71,28 +83,20 @@ READERS = {"pull": pull, "push": push}
 async def test_content_and_the_connection_is_kept(read: str, split: Callable[[bytes], list[bytes]]) -> None:
     creq, writes = stream()
     server = await serve(split(b"".join(writes)))
-    pool = hop.Pool()
-    try:
+    async with pool_on(server) as pool:
         s = await opened(server, pool, creq)
         assert await READERS[read](s) == b"".join(EVENTS)
         assert sum(len(v) for v in pool._idle.values()) == 1  # back in the pool for the next request
-    finally:
-        await pool.close()
-        await server.close()
 
 
 @pytest.mark.parametrize("read", READERS)
 async def test_missing_final_chunk_fails(read: str) -> None:
     creq, writes = stream()
     server = await serve(writes[:-1])
-    pool = hop.Pool()
-    try:
+    async with pool_on(server) as pool:
         s = await opened(server, pool, creq)
         with pytest.raises(VeilClientError, match="stream failed: stream truncated"):
             await READERS[read](s)
-    finally:
-        await pool.close()
-        await server.close()
 
 
 @pytest.mark.parametrize("read", READERS)
@@ -102,31 +106,23 @@ async def test_tampered_chunk_fails(read: str) -> None:
     bad[-1] ^= 0x40
     gate = asyncio.Event()  # the bad chunk comes after the head has opened
     server = await serve([writes[0], writes[1], bytes(bad), *writes[3:]], gate=gate)
-    pool = hop.Pool()
-    try:
+    async with pool_on(server) as pool:
         s = await opened(server, pool, creq)
         gate.set()
         with pytest.raises(VeilClientError, match="stream failed"):
             await READERS[read](s)
         assert not pool._idle.get(s.upstream._conn.origin)  # dropped, not reused
-    finally:
-        await pool.close()
-        await server.close()
 
 
 @pytest.mark.parametrize("read", READERS)
 async def test_connection_cut_mid_stream_breaks_it(read: str) -> None:
     creq, writes = stream()
     server = await serve(writes[:2], cut=True)
-    pool = hop.Pool()
-    try:
+    async with pool_on(server) as pool:
         s = await opened(server, pool, creq)
         with pytest.raises(VeilClientError, match="stream broke: BadResponse") as info:
             await READERS[read](s)
         assert info.value.status == 502
-    finally:
-        await pool.close()
-        await server.close()
 
 
 # -- the content ended before the HTTP body did (a gateway that ends the message in a non-final chunk) -------------
@@ -135,17 +131,8 @@ async def test_connection_cut_mid_stream_breaks_it(read: str) -> None:
 def early_end() -> tuple[ohttp.ChunkedClientRequest, bytes]:
     """A chunked response whose BHTTP end comes in a non-final chunk: its content is complete, and the HTTP body
     may still go on after it (a final chunk; here whatever the relay sends)."""
-    creq = ohttp.ChunkedClientRequest(KEY.config)
-    greq = ohttp.ChunkedGatewayRequest(RING)
-    greq.receive_data(creq.encode_chunk(bhttp.encode_request(bhttp.Request(method=b"POST")), final=True))
-    greq.receive_data(b"")
-    while greq.next_event() is not ohttp.NEED_DATA:
-        pass
-    enc = greq.response()
-    parts = [enc.encode_chunk(bhttp.encode_response_head(200, [("content-type", "text/event-stream")]))]
-    parts += [enc.encode_chunk(bhttp.encode_chunk(e)) for e in EVENTS]
-    parts.append(enc.encode_chunk(bhttp.encode_end()))
-    return creq, b"".join(parts)
+    creq, writes = stream(end_in_final=False)
+    return creq, b"".join(writes)
 
 
 async def serve_after(message: bytes, gate: asyncio.Event, then: str) -> TestServer:
@@ -182,8 +169,7 @@ async def test_bytes_after_the_content_are_taken_and_ignored_when_piped() -> Non
     creq, message = early_end()
     gate = asyncio.Event()
     server = await serve_after(message, gate, "junk")
-    pool = hop.Pool()
-    try:
+    async with pool_on(server) as pool:
         r = await pool.request(hop.Origin.of(str(server.make_url("/"))), "POST", "/", body=b"x")
         dec = ChunkedMessageDecoder(creq.response())
         got = b""
@@ -200,9 +186,6 @@ async def test_bytes_after_the_content_are_taken_and_ignored_when_piped() -> Non
         assert r._held
         assert await asyncio.wait_for(push(s), 10) == b"".join(EVENTS)
         assert sum(len(v) for v in pool._idle.values()) == 1  # the HTTP body ended well: the connection is kept
-    finally:
-        await pool.close()
-        await server.close()
 
 
 @pytest.mark.parametrize("read", READERS)
@@ -214,11 +197,7 @@ async def test_a_connection_lost_after_the_content_is_no_failure(read: str, then
     gate = asyncio.Event()
     gate.set()
     server = await serve_after(message, gate, then)
-    pool = hop.Pool(read_timeout=0.3)
-    try:
+    async with pool_on(server, read_timeout=0.3) as pool:
         s = await opened(server, pool, creq)
         assert await asyncio.wait_for(READERS[read](s), 10) == b"".join(EVENTS)
         assert not pool._idle.get(s.upstream._conn.origin)
-    finally:
-        await pool.close()
-        await server.close()

@@ -20,8 +20,9 @@ RING = KeyRing([KEY])
 EVENTS = [b"data: {\"n\": 1}\n\n", b"data: {\"n\": 2}\n\n", b"data: [DONE]\n\n"]
 
 
-def stream() -> tuple[ChunkedClientRequest, list[bytes]]:
-    """A client request and the gateway's chunked response to it, one network write per chunk."""
+def stream(*, end_in_final: bool = True) -> tuple[ChunkedClientRequest, list[bytes]]:
+    """A client request and the gateway's chunked response to it, one network write per chunk; ``end_in_final=False``:
+    the BHTTP end comes in a non-final chunk (the content is complete, the chunked message is not ended)."""
     creq = ChunkedClientRequest(KEY.config)
     greq = ChunkedGatewayRequest(RING)
     greq.receive_data(creq.encode_chunk(bhttp.encode_request(bhttp.Request(method=b"POST")), final=True))
@@ -31,7 +32,7 @@ def stream() -> tuple[ChunkedClientRequest, list[bytes]]:
     enc = greq.response()
     writes = [enc.encode_chunk(bhttp.encode_response_head(200, [("content-type", "text/event-stream")]))]
     writes += [enc.encode_chunk(bhttp.encode_chunk(e)) for e in EVENTS]
-    writes.append(enc.encode_chunk(bhttp.encode_end(), final=True))
+    writes.append(enc.encode_chunk(bhttp.encode_end(), final=end_in_final))
     return creq, writes
 
 
