@@ -314,11 +314,7 @@ class OhttpClient:
                     _check_outer(r.status, r.headers, data, ohttp.MEDIA_TYPE_RESPONSE)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 raise VeilClientError(f"relay unreachable: {type(exc).__name__}: {exc}", 502) from None
-            try:
-                resp = bhttp.decode_response(ctx.decapsulate(data))
-            except ohttp.OHTTPError as exc:
-                raise VeilClientError(f"the encapsulated response did not open: {exc}") from None
-            return InnerResponse(resp.status, resp.headers, resp.content)
+            return _open_whole(ctx, data)
         creq = ohttp.ChunkedClientRequest(keys.config)
         wire = creq.encode_chunk(inner, final=True)
         try:
@@ -347,11 +343,7 @@ class OhttpClient:
                 finally:
                     r.release()
                 _check_outer(r.status, r.headers, data, ohttp.MEDIA_TYPE_RESPONSE)
-                try:
-                    resp = bhttp.decode_response(ctx.decapsulate(data))
-                except ohttp.OHTTPError as exc:
-                    raise VeilClientError(f"the encapsulated response did not open: {exc}") from None
-                return InnerResponse(resp.status, resp.headers, resp.content)
+                return _open_whole(ctx, data)
             creq = ohttp.ChunkedClientRequest(config)
             r = await self._post(creq.encode_chunk(inner, final=True), _CHUNKED_HOP)
             if r.status != 200 or r.headers.get("content-type", "").split(";")[0] != ohttp.MEDIA_TYPE_CHUNKED_RESPONSE:
@@ -477,6 +469,15 @@ async def _read_aiohttp(r: aiohttp.ClientResponse) -> bytes:
 async def _read_hop(r: hop.Response) -> bytes:
     """:func:`_read_aiohttp` for a :class:`hop.Response` (its :class:`hop.HopError` pass through)."""
     return await _read_bounded(r.content_length, r, r.close)
+
+
+def _open_whole(ctx: ohttp.ClientResponse, data: bytes) -> InnerResponse:
+    """A whole encapsulated response, opened and decoded."""
+    try:
+        resp = bhttp.decode_response(ctx.decapsulate(data))
+    except ohttp.OHTTPError as exc:
+        raise VeilClientError(f"the encapsulated response did not open: {exc}") from None
+    return InnerResponse(resp.status, resp.headers, resp.content)
 
 
 async def _read_bounded(length: int | None, pieces: AsyncIterable[bytes], close: Callable[[], None]) -> bytes:
@@ -727,7 +728,6 @@ class ChunkedStream:
         try:
             await self.upstream.finished()
             if self._error is None and not self._ended:  # the body ended short of the final chunk
-                self._eof = True
                 try:
                     self._dec.receive_data(b"")
                 except ohttp.OHTTPError as exc:

@@ -145,8 +145,8 @@ def _count(piece: bytes, limit: int, counter: Inc, clock: BodyClock) -> None:
 
 async def _body(request: web.Request, limit: int, timeout: float, counter: Inc,
                 clock: BodyClock, first: bytearray) -> AsyncIterator[bytes]:
-    """A streamed ``message/ohttp-chunked-req`` body; its first byte (the key id) is kept in ``first``, and a body
-    that misses its deadline sets ``clock.timed_out``."""
+    """A streamed ``message/ohttp-chunked-req`` body; its first byte (the key id) is kept in ``first``. A body that
+    misses its deadline raises ``TimeoutError`` (a 408 in ``_body_failed``)."""
     it = request.content.iter_any().__aiter__()
     while True:
         try:
@@ -154,9 +154,6 @@ async def _body(request: web.Request, limit: int, timeout: float, counter: Inc,
                 piece = await it.__anext__()
         except StopAsyncIteration:
             return
-        except TimeoutError:
-            clock.timed_out = True
-            raise
         if not first and piece:
             first.append(piece[0])
         _count(piece, limit, counter, clock)
@@ -274,27 +271,21 @@ async def _stream_back(request: web.Request, state: RelayState, upstream: hop.Re
     try:
         # The first piece goes through aiohttp's writer, with the status line and headers in the same send; the
         # rest is piped. The relay never looks inside a piece.
-        piece = await upstream.readany()
-        if len(piece) > limit:
-            raise _TooLong("the answer grew past --max-response-bytes")
-        if piece:
+        total = 0
+        while piece := await upstream.readany():  # the first piece; all of a body that had arrived whole
+            total += len(piece)
+            if total > limit:
+                raise _TooLong("the answer grew past --max-response-bytes")
             down.inc(len(piece))
             await resp.write(piece)
-        if not upstream.done:
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                raise ConnectionResetError("the client closed its connection")
-            downstream = hop.Downstream(upstream, transport, chunked=resp.chunked)
-            upstream.pipe(_Pipe(downstream, limit, len(piece), down))
-            await upstream.finished()
-        else:
-            total = len(piece)
-            while piece := await upstream.readany():  # the rest of a body that had arrived whole
-                total += len(piece)
-                if total > limit:
-                    raise _TooLong("the answer grew past --max-response-bytes")
-                down.inc(len(piece))
-                await resp.write(piece)
+            if not upstream.done:  # the rest is piped
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    raise ConnectionResetError("the client closed its connection")
+                downstream = hop.Downstream(upstream, transport, chunked=resp.chunked)
+                upstream.pipe(_Pipe(downstream, limit, total, down))
+                await upstream.finished()
+                break
     except hop.ClientGone:
         raise ConnectionResetError("the client closed its connection") from None
     except _TooLong:

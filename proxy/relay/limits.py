@@ -64,7 +64,6 @@ class BodyClock:
     cap: float
     start: float = 0.0
     received: int = 0
-    timed_out: bool = False
 
     def __post_init__(self) -> None:
         self.start = time.monotonic()
