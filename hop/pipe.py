@@ -5,6 +5,8 @@ its own client's transport (an aiohttp request's ``request.transport``, once the
 through aiohttp's writer). :class:`Downstream` does that write the way aiohttp's writer would frame it, stops
 reading upstream while more than :data:`HIGH_WATER` bytes wait unread by the client (and reads again below
 :data:`LOW_WATER`), and ends the upstream response with :class:`ClientGone` once the client's connection closes.
+The three aiohttp servers that pipe (relay, gateway, ``veil proxy``) share :class:`HeadWithBody`,
+:func:`client_transport` and :func:`cut` from here.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 import asyncio
 from typing import Final
 
+from aiohttp import web
+
 from .client import HopError, Response
 
-__all__ = ["ClientGone", "Downstream", "HIGH_WATER", "LOW_WATER"]
+__all__ = ["ClientGone", "Downstream", "HIGH_WATER", "LOW_WATER", "HeadWithBody", "client_transport", "cut"]
 
 HIGH_WATER: Final = 256 * 1024
 LOW_WATER: Final = 64 * 1024
@@ -85,3 +89,29 @@ class Downstream:
                 return
             wait = min(waited * 2, _RECHECK_MAX)
             self._loop.call_later(wait, self._drained, wait)
+
+
+class HeadWithBody(web.StreamResponse):
+    """A streamed response whose status line and headers leave with its first body bytes, in one send instead of
+    two (as aiohttp's own ``web.Response`` does): the next hop can do nothing with the headers alone, and the first
+    piece is usually there with the head."""
+
+    _send_headers_immediately = False
+
+
+def client_transport(request: web.BaseRequest) -> asyncio.Transport:
+    """The request's connection, for a :class:`Downstream` to write on; ``ConnectionResetError`` if it has gone."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("the client closed its connection")
+    return transport
+
+
+def cut(request: web.BaseRequest, resp: web.StreamResponse) -> web.StreamResponse:
+    """End a response that has started but cannot be completed: the connection is closed (after the bytes already
+    written), so the client sees the body end short of its Content-Length or without its final HTTP chunk, never a
+    silent success, and never waits on a kept-alive connection for bytes that will not come."""
+    resp.force_close()
+    if request.transport is not None:
+        request.transport.close()
+    return resp

@@ -251,7 +251,7 @@ async def _post_chunked(request: web.Request) -> web.StreamResponse:
     enc = dec.chunks.response()
     outcome, api_resp = await _serve_inner(state, bytes(inner), dec.chunks.enc)
     m.inner_status_of(api_resp.status).inc()
-    out = _StreamResponse(
+    out = hop.HeadWithBody(
         status=200,
         headers={
             "Content-Type": ohttp.MEDIA_TYPE_CHUNKED_RESPONSE,
@@ -334,9 +334,7 @@ async def _pipe_events(request: web.Request, events: SseStream, seal: Callable[[
     aiohttp's writer; its final chunk follows the same way. An engine failure ends the stream in an SSE error event,
     as on the pulled path; a client that has gone is a ``ConnectionResetError`` (and the engine's connection is
     closed, which makes vLLM abort the generation)."""
-    transport = request.transport
-    if transport is None or transport.is_closing():
-        raise ConnectionResetError("the client closed its connection")  # the caller closes the events
+    transport = hop.client_transport(request)  # or ConnectionResetError: the caller closes the events
     down = hop.Downstream(events.upstream, transport, chunked=True, stall_timeout=write_timeout)
     sealer = _Sealer(down.write, seal, pad)
     events.pipe(sealer)
@@ -356,12 +354,6 @@ def _take_data(dec: ohttp.ChunkedMessageDecoder[ohttp.ChunkedGatewayRequest], in
         if isinstance(ev, bhttp.Data):
             inner += ev.data
 
-
-class _StreamResponse(web.StreamResponse):
-    """A streamed response whose status line and headers leave with the first chunk (the encapsulated response
-    head, written right after), in one send instead of two, as aiohttp's own ``web.Response`` does."""
-
-    _send_headers_immediately = False
 
 
 async def _events(events: AsyncIterator[bytes], pad: int, window: float) -> AsyncIterator[bytes]:

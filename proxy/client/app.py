@@ -98,7 +98,7 @@ async def api(request: web.Request) -> web.StreamResponse:
     out_headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in inner.caller_headers(_HOP, state.client.keys)]
     if inner.pieces is None:
         return web.Response(status=inner.status, body=inner.body, headers=out_headers)
-    resp = _Response(status=inner.status, headers=out_headers)
+    resp = hop.HeadWithBody(status=inner.status, headers=out_headers)
     resp.enable_chunked_encoding()
     await resp.prepare(request)
     try:
@@ -116,19 +116,13 @@ async def api(request: web.Request) -> web.StreamResponse:
             await resp.write(b"data: " + orjson.dumps(err) + b"\n\n")
         except (ConnectionResetError, OSError):
             pass
-        return _cut(request, resp)
+        return hop.cut(request, resp)
     except (ConnectionResetError, OSError, hop.ClientGone):
         await _drain_close(inner.pieces)
         return resp
     await resp.write_eof()
     return resp
 
-
-class _Response(web.StreamResponse):
-    """A streamed response whose status line and headers leave with its first body bytes, in one send (as the
-    relay's): the SDK can do nothing with the headers alone, and the first piece is usually there with the head."""
-
-    _send_headers_immediately = False
 
 
 async def _pipe(request: web.Request, resp: web.StreamResponse, stream: ChunkedStream) -> None:
@@ -140,19 +134,9 @@ async def _pipe(request: web.Request, resp: web.StreamResponse, stream: ChunkedS
     except StopAsyncIteration:
         return
     await resp.write(first)
-    transport = request.transport
-    if transport is None or transport.is_closing():
-        raise ConnectionResetError("the client closed its connection")
-    stream.pipe(hop.Downstream(stream.upstream, transport, chunked=True).write)
+    stream.pipe(hop.Downstream(stream.upstream, hop.client_transport(request), chunked=True).write)
     await stream.finished()
 
-
-def _cut(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
-    """End a started response that cannot be completed: the connection closes after the bytes already written."""
-    resp.force_close()
-    if request.transport is not None:
-        request.transport.close()
-    return resp
 
 
 async def _drain_close(pieces: AsyncIterator[bytes]) -> None:

@@ -127,13 +127,6 @@ async def _admit(request: web.Request) -> web.StreamResponse:
         admission.release(client)
 
 
-class _Response(web.StreamResponse):
-    """A streamed response whose status line and headers leave with its first body bytes, in one send instead of
-    two (as aiohttp's own ``web.Response`` does): an OHTTP client can do nothing with the headers alone, and the
-    gateway sends the first bytes right behind its own headers."""
-
-    _send_headers_immediately = False
-
 
 def _count(piece: bytes, limit: int, counter: Inc, clock: BodyClock) -> None:
     """Account for one piece of a request body: its deadline grows with it, and past ``limit`` it is refused."""
@@ -260,7 +253,7 @@ async def _stream_back(request: web.Request, state: RelayState, upstream: hop.Re
         return bad_gateway("the gateway's answer is larger than this relay forwards")
     out_headers = {k: v for k in PASS_RESPONSE if (v := upstream.headers.get(k.lower())) is not None}
     out_headers["Cache-Control"] = "no-store"
-    resp = _Response(status=upstream.status, headers=out_headers)
+    resp = hop.HeadWithBody(status=upstream.status, headers=out_headers)
     if upstream.content_length is not None and "Incremental" not in out_headers:
         resp.content_length = upstream.content_length
     else:
@@ -279,10 +272,7 @@ async def _stream_back(request: web.Request, state: RelayState, upstream: hop.Re
             down.inc(len(piece))
             await resp.write(piece)
             if not upstream.done:  # the rest is piped
-                transport = request.transport
-                if transport is None or transport.is_closing():
-                    raise ConnectionResetError("the client closed its connection")
-                downstream = hop.Downstream(upstream, transport, chunked=resp.chunked)
+                downstream = hop.Downstream(upstream, hop.client_transport(request), chunked=resp.chunked)
                 upstream.pipe(_Pipe(downstream, limit, total, down))
                 await upstream.finished()
                 break
@@ -291,20 +281,11 @@ async def _stream_back(request: web.Request, state: RelayState, upstream: hop.Re
     except _TooLong:
         metrics.outcome("response_too_large").inc()
         upstream.close()
-        return _cut(request, resp)
+        return hop.cut(request, resp)
     except hop.HopError:
         metrics.outcome("gateway_broke").inc()
-        return _cut(request, resp)
+        return hop.cut(request, resp)
     await resp.write_eof()
     metrics.outcome("ok" if upstream.status == 200 else f"gateway_{upstream.status // 100}xx").inc()
     return resp
 
-
-def _cut(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
-    """End a response that has started but cannot be completed: the connection is closed (after the bytes already
-    written), so the client sees the body end short of its Content-Length or without its final HTTP chunk, never a
-    silent success, and never waits on a kept-alive connection for bytes that will not come."""
-    resp.force_close()
-    if request.transport is not None:
-        request.transport.close()
-    return resp
