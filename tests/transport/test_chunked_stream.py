@@ -5,7 +5,7 @@ a response read to its end leaves its connection in the pool."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -18,6 +18,15 @@ from ohttp import ChunkedMessageDecoder
 from proxy.transport import ChunkedStream, VeilClientError
 
 from .test_open_stream import EVENTS, bytewise, stream, whole
+
+
+async def serving(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> TestServer:
+    """A started test server answering ``POST /`` with ``handler``."""
+    app = web.Application()
+    app.router.add_post("/", handler)
+    server = TestServer(app)
+    await server.start_server()
+    return server
 
 
 async def serve(writes: list[bytes], *, cut: bool = False, gate: asyncio.Event | None = None) -> TestServer:
@@ -38,11 +47,7 @@ async def serve(writes: list[bytes], *, cut: bool = False, gate: asyncio.Event |
         await out.write_eof()
         return out
 
-    app = web.Application()
-    app.router.add_post("/", handler)
-    server = TestServer(app)
-    await server.start_server()
-    return server
+    return await serving(handler)
 
 
 @asynccontextmanager
@@ -156,11 +161,7 @@ async def serve_after(message: bytes, gate: asyncio.Event, then: str) -> TestSer
             await asyncio.Event().wait()  # until the server closes
         return out
 
-    app = web.Application()
-    app.router.add_post("/", handler)
-    server = TestServer(app)
-    await server.start_server()
-    return server
+    return await serving(handler)
 
 
 async def test_bytes_after_the_content_are_taken_and_ignored_when_piped() -> None:
